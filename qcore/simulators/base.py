@@ -1,0 +1,64 @@
+"""The small interface every simulator backend implements, and the registry that names them."""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence
+
+import torch
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+from qiskit.quantum_info import SparsePauliOp
+
+
+class Simulator(Protocol):
+    """Runs one circuit for a batch of inputs and one weight vector, differentiably.
+
+    ``x`` is ``(batch, num_inputs)``, ``w`` is ``(num_weights,)``; both are real tensors and
+    gradients flow to both (autograd for `exact`, the parameter-shift rule for `aer`).
+    """
+
+    num_qubits: int
+
+    def expval(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``(batch, num_observables)`` expectation values."""
+        ...
+
+    def probs(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``(batch, 2**num_qubits)`` basis-state probabilities, Qiskit's little-endian order."""
+        ...
+
+
+SimulatorFactory = Callable[..., Simulator]
+_REGISTRY: dict[str, SimulatorFactory] = {}
+
+
+def register(name: str) -> Callable[[SimulatorFactory], SimulatorFactory]:
+    """Register a simulator factory under a backend name."""
+
+    def wrap(factory: SimulatorFactory) -> SimulatorFactory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def available_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_simulator(
+    backend: str,
+    circuit: QuantumCircuit,
+    *,
+    inputs: Sequence[Parameter],
+    weights: Sequence[Parameter],
+    observables: Sequence[SparsePauliOp],
+    dtype: torch.dtype,
+    **options: object,
+) -> Simulator:
+    """Build the named backend for one circuit; unknown names are refused with the known ones."""
+    if backend not in _REGISTRY:
+        raise ValueError(f"unknown backend {backend!r}; available backends: {available_backends()}")
+    return _REGISTRY[backend](
+        circuit, inputs=inputs, weights=weights, observables=observables, dtype=dtype, **options
+    )

@@ -1,0 +1,238 @@
+"""The `exact` backend against Qiskit's Statevector: every circuit family, random circuits, both dtypes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter, ParameterVector
+from qiskit.quantum_info import SparsePauliOp, Statevector
+
+from qcore import CircuitError, QuantumLayer
+from qcore.circuits import (
+    amplitude_angles,
+    amplitude_encoding,
+    angle_encoding,
+    cnot_ry_blocks,
+    compose,
+    data_reuploading,
+    hardware_efficient,
+    qdllm_ansatz,
+    qpa_chain,
+    real_amplitudes,
+    zz_feature_inputs,
+    zz_feature_map,
+)
+from qcore.circuits.base import ModelCircuit
+
+ONE_Q = ["h", "x", "y", "z", "s", "sdg", "t", "tdg", "sx", "rx", "ry", "rz", "p", "u", "r"]
+TWO_Q = ["cx", "cy", "cz", "ch", "swap", "crx", "cry", "crz", "cp", "rxx", "ryy", "rzz", "rzx", "cu"]
+THREE_Q = ["ccx", "cswap", "ccz"]
+N_ANGLES = {"rx": 1, "ry": 1, "rz": 1, "p": 1, "u": 3, "r": 2, "crx": 1, "cry": 1, "crz": 1,
+            "cp": 1, "rxx": 1, "ryy": 1, "rzz": 1, "rzx": 1, "cu": 4}
+
+
+def random_circuit(n: int, depth: int, rng: np.random.Generator) -> ModelCircuit:
+    """A random circuit over every supported gate, angles affine in inputs and weights."""
+    x = ParameterVector("x", n)
+    w = ParameterVector("w", 3 * depth)
+    qc = QuantumCircuit(n)
+    used_w = 0
+    names = ONE_Q + (TWO_Q if n >= 2 else []) + (THREE_Q if n >= 3 else [])
+    for _ in range(depth):
+        name = names[rng.integers(len(names))]
+        width = 1 if name in ONE_Q else 2 if name in TWO_Q else 3
+        qubits = [int(q) for q in rng.choice(n, size=width, replace=False)]
+        angles = []
+        for _ in range(N_ANGLES.get(name, 0)):
+            kind = rng.integers(4)
+            if kind == 0:
+                angles.append(float(rng.uniform(-3, 3)))
+            elif kind == 1:
+                angles.append(2 * x[int(rng.integers(n))] - 0.5)
+            elif kind == 2:
+                angles.append(w[used_w] * 0.5 + x[int(rng.integers(n))])
+                used_w += 1
+            else:
+                angles.append(w[used_w])
+                used_w += 1
+        getattr(qc, name)(*angles, *qubits)
+    weights = [p for p in w if p in qc.parameters]
+    inputs = [p for p in x if p in qc.parameters]
+    return ModelCircuit(qc, tuple(inputs), tuple(weights))
+
+
+def random_observables(n: int, rng: np.random.Generator) -> list[SparsePauliOp]:
+    labels = ["".join(rng.choice(list("IXYZ"), size=n)) for _ in range(3)]
+    z_only = "".join(rng.choice(list("IZ"), size=n))
+    obs = [SparsePauliOp(lbl, coeffs=[rng.uniform(-1, 1)]) for lbl in labels]
+    obs.append(SparsePauliOp([labels[0], z_only], coeffs=[0.7, -1.3]))
+    return obs
+
+
+def reference(model: ModelCircuit, x: np.ndarray, w: np.ndarray, obs):
+    bound = model.circuit.assign_parameters(
+        dict(zip(list(model.inputs) + list(model.weights), list(x) + list(w)))
+    )
+    sv = Statevector(bound)
+    return np.array([sv.expectation_value(o).real for o in obs]), sv.probabilities()
+
+
+def check(model: ModelCircuit, obs, dtype: torch.dtype, tol: float, batch: int = 3, seed: int = 0,
+          **options):
+    layer = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights,
+                         observables=obs, dtype=dtype, seed=seed, **options)
+    probs = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights,
+                         output="probs", dtype=dtype, seed=seed, **options)
+    real = layer.weights.dtype
+    x = torch.rand(batch, len(model.inputs), dtype=real, generator=torch.Generator().manual_seed(seed)) * 4 - 2
+    y, p = layer(x).detach().numpy(), probs(x).detach().numpy()
+    w = layer.weights.detach().numpy()
+    for b in range(batch):
+        ey, ep = reference(model, x[b].numpy(), w, obs)
+        np.testing.assert_allclose(y[b], ey, atol=tol)
+        np.testing.assert_allclose(p[b], ep, atol=tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.complex128, 1e-6), (torch.complex64, 2e-5)])
+@pytest.mark.parametrize("n", list(range(1, 11)))
+def test_random_circuits_match_statevector(n: int, dtype: torch.dtype, tol: float) -> None:
+    rng = np.random.default_rng(100 + n)
+    for trial in range(3):
+        model = random_circuit(n, depth=6 * n + 4, rng=rng)
+        check(model, random_observables(n, rng), dtype, tol, seed=trial)
+
+
+def _families() -> dict[str, tuple[ModelCircuit, object]]:
+    """Every circuit family the project ships, with an input transform where one is needed."""
+    zz = zz_feature_map(4, reps=2)
+    return {
+        "angle-ry+hardware-efficient": (compose(angle_encoding(6, "ry"), hardware_efficient(6, 3)), None),
+        "angle-rz+hardware-efficient-chain": (
+            compose(angle_encoding(5, "rz"), hardware_efficient(5, 2, entanglement="chain")), None),
+        "qdllm": (compose(angle_encoding(11, "rx"), qdllm_ansatz(11, 2)), None),
+        "pqc-head-reuploading": (
+            data_reuploading(angle_encoding(6, "ry"), cnot_ry_blocks(6, 3), repeats=3,
+                             head=cnot_ry_blocks(6, 2, params="φ")), None),
+        "amplitude+cnot-ry": (compose(amplitude_encoding(4), cnot_ry_blocks(4, 2)), amplitude_angles),
+        "zz+real-amplitudes": (compose(zz, real_amplitudes(4, reps=3)),
+                               lambda v: zz_feature_inputs(v[..., :4])),
+        "qpa-chain": (compose(angle_encoding(7, "ry"), qpa_chain(7, 8)), None),
+    }
+
+
+@pytest.mark.parametrize("family", list(_families()))
+@pytest.mark.parametrize("dtype,tol", [(torch.complex128, 1e-6), (torch.complex64, 2e-5)])
+def test_circuit_families_match_statevector(family: str, dtype: torch.dtype, tol: float) -> None:
+    model, _ = _families()[family]
+    n = model.circuit.num_qubits
+    rng = np.random.default_rng(7)
+    obs = [SparsePauliOp("I" * (n - 1) + "Z"), SparsePauliOp("Z" * n)] + random_observables(n, rng)[:2]
+    check(model, obs, dtype, tol)
+
+
+def test_amplitude_encoding_is_differentiable_end_to_end() -> None:
+    """Gradients reach the raw feature vector through the encoding angles."""
+    model = compose(amplitude_encoding(3), cnot_ry_blocks(3, 2))
+    layer = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights,
+                         dtype=torch.complex128, seed=0)
+    v = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    layer(amplitude_angles(v)).sum().backward()
+    assert v.grad is not None and torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0
+
+
+def test_gradients_match_finite_differences() -> None:
+    """Autograd through the compiled program equals central differences (complex128)."""
+    rng = np.random.default_rng(3)
+    model = random_circuit(5, 40, rng)
+    obs = random_observables(5, rng)
+    layer = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights,
+                         observables=obs, dtype=torch.complex128, seed=1)
+    x = torch.rand(2, len(model.inputs), dtype=torch.float64, requires_grad=True)
+    coef = torch.tensor([1.0, -2.0, 0.5, 1.5], dtype=torch.float64)
+    (layer(x) @ coef).sum().backward()
+
+    def f(xv: torch.Tensor, wv: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((layer.simulator.expval(xv, wv) @ coef).sum())
+
+    eps = 1e-6
+    w0 = layer.weights.detach().clone()
+    for k in range(min(6, w0.numel())):
+        d = torch.zeros_like(w0)
+        d[k] = eps
+        fd = (f(x.detach(), w0 + d) - f(x.detach(), w0 - d)) / (2 * eps)
+        assert abs(fd - layer.weights.grad[k].item()) < 1e-6
+    for j in range(min(4, x.shape[1])):
+        d = torch.zeros_like(x)
+        d[:, j] = eps
+        fd = (f(x.detach() + d, w0) - f(x.detach() - d, w0)) / (2 * eps)
+        assert abs(fd - x.grad[:, j].sum().item()) < 1e-6
+
+
+@pytest.mark.parametrize("group_size", [1, 2, 3, 5, 8])
+def test_group_size_does_not_change_results(group_size: int) -> None:
+    model = compose(angle_encoding(7, "ry"), hardware_efficient(7, 2))
+    check(model, [SparsePauliOp("IIIIIZZ"), SparsePauliOp("XIIIIIY")], torch.complex128, 1e-9,
+          group_size=group_size)
+
+
+def test_no_inputs_broadcasts_to_batch() -> None:
+    qc, w = hardware_efficient(3, 2)
+    layer = QuantumLayer(qc, weights=w, seed=0)
+    assert layer(torch.zeros(5, 0)).shape == (5, 3)
+    assert layer().shape == (1, 3)
+
+
+# ------------------------------------------------------------------ bad input
+def test_unknown_gate_is_named() -> None:
+    qc = QuantumCircuit(2)
+    qc.measure_all()
+    with pytest.raises(CircuitError, match="unsupported gate 'measure'.*supported gates"):
+        QuantumLayer(qc)
+
+
+def test_parameter_neither_input_nor_weight_is_named() -> None:
+    a, b = Parameter("a"), Parameter("b")
+    qc = QuantumCircuit(1)
+    qc.rx(a, 0)
+    qc.ry(b, 0)
+    with pytest.raises(CircuitError, match=r"\['b'\].*neither inputs nor weights"):
+        QuantumLayer(qc, inputs=[a])
+
+
+def test_nonlinear_angle_is_refused() -> None:
+    x, w = Parameter("x"), Parameter("w")
+    qc = QuantumCircuit(1)
+    qc.rx(x * w, 0)
+    with pytest.raises(CircuitError, match="not linear"):
+        QuantumLayer(qc, inputs=[x], weights=[w])
+
+
+def test_wrong_input_width_is_refused() -> None:
+    model = compose(angle_encoding(3, "ry"), hardware_efficient(3, 1))
+    layer = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights)
+    with pytest.raises(ValueError, match=r"shape \(4, 2\).*\(batch, 3\)"):
+        layer(torch.zeros(4, 2))
+
+
+def test_unknown_backend_is_named() -> None:
+    qc, w = hardware_efficient(2, 1)
+    with pytest.raises(ValueError, match="unknown backend 'qpu'.*available backends.*exact"):
+        QuantumLayer(qc, weights=w, backend="qpu")
+
+
+def test_observable_of_wrong_width_is_refused() -> None:
+    qc, w = hardware_efficient(2, 1)
+    with pytest.raises(ValueError, match="observable 0 acts on 3 qubits; the circuit has 2"):
+        QuantumLayer(qc, weights=w, observables=["ZZZ"])
+
+
+def test_seeded_weights_repeat() -> None:
+    qc, w = hardware_efficient(3, 1)
+    a = QuantumLayer(qc, weights=w, seed=5).weights.detach()
+    b = QuantumLayer(qc, weights=w, seed=5).weights.detach()
+    assert torch.equal(a, b) and float(a.min()) >= 0 and float(a.max()) < 2 * math.pi

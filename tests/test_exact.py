@@ -144,33 +144,48 @@ def test_amplitude_encoding_is_differentiable_end_to_end() -> None:
     assert v.grad is not None and torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0
 
 
-def test_gradients_match_finite_differences() -> None:
-    """Autograd through the compiled program equals central differences (complex128)."""
-    rng = np.random.default_rng(3)
-    model = random_circuit(5, 40, rng)
-    obs = random_observables(5, rng)
+def _check_gradients(model: ModelCircuit, obs, transform=None, width: int | None = None) -> None:
+    """Autograd through the compiled program equals central differences, every weight and input."""
     layer = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights,
                          observables=obs, dtype=torch.complex128, seed=1)
-    x = torch.rand(2, len(model.inputs), dtype=torch.float64, requires_grad=True)
-    coef = torch.tensor([1.0, -2.0, 0.5, 1.5], dtype=torch.float64)
-    (layer(x) @ coef).sum().backward()
+    gen = torch.Generator().manual_seed(2)
+    width = width or len(model.inputs)
+    raw = (torch.rand(2, width, dtype=torch.float64, generator=gen) * 2 - 1).requires_grad_(True)
+    coef = torch.linspace(-1.0, 2.0, len(obs), dtype=torch.float64)
 
-    def f(xv: torch.Tensor, wv: torch.Tensor) -> float:
-        with torch.no_grad():
-            return float((layer.simulator.expval(xv, wv) @ coef).sum())
+    def f(xv: torch.Tensor, wv: torch.Tensor) -> torch.Tensor:
+        x = transform(xv) if transform is not None else xv
+        return (layer.simulator.expval(x, wv) @ coef).sum()
 
+    f(raw, layer.weights).backward()
     eps = 1e-6
     w0 = layer.weights.detach().clone()
-    for k in range(min(6, w0.numel())):
-        d = torch.zeros_like(w0)
-        d[k] = eps
-        fd = (f(x.detach(), w0 + d) - f(x.detach(), w0 - d)) / (2 * eps)
-        assert abs(fd - layer.weights.grad[k].item()) < 1e-6
-    for j in range(min(4, x.shape[1])):
-        d = torch.zeros_like(x)
-        d[:, j] = eps
-        fd = (f(x.detach() + d, w0) - f(x.detach() - d, w0)) / (2 * eps)
-        assert abs(fd - x.grad[:, j].sum().item()) < 1e-6
+    with torch.no_grad():
+        for k in range(w0.numel()):
+            d = torch.zeros_like(w0)
+            d[k] = eps
+            fd = (f(raw.detach(), w0 + d) - f(raw.detach(), w0 - d)) / (2 * eps)
+            assert abs(fd - layer.weights.grad[k]).item() < 1e-6, f"weight {k}"
+        for j in range(raw.shape[1]):
+            d = torch.zeros_like(raw)
+            d[:, j] = eps
+            fd = (f(raw.detach() + d, w0) - f(raw.detach() - d, w0)) / (2 * eps)
+            assert abs(fd - raw.grad[:, j].sum()).item() < 1e-6, f"input {j}"
+
+
+def test_gradients_match_finite_differences_random() -> None:
+    rng = np.random.default_rng(3)
+    for n in (1, 3, 5):
+        _check_gradients(random_circuit(n, 8 * n + 6, rng), random_observables(n, rng))
+
+
+@pytest.mark.parametrize("family", list(_families()))
+def test_gradients_match_finite_differences_families(family: str) -> None:
+    model, transform = _families()[family]
+    n = model.circuit.num_qubits
+    obs = [SparsePauliOp("I" * (n - 1) + "Z"), SparsePauliOp("X" + "I" * (n - 2) + "Y")]
+    raw_width = {"amplitude+cnot-ry": 2**n, "zz+real-amplitudes": n}.get(family)
+    _check_gradients(model, obs, transform, raw_width)
 
 
 @pytest.mark.parametrize("group_size", [1, 2, 3, 5, 8])

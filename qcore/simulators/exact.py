@@ -6,7 +6,7 @@ by arithmetic, so the compiler fuses aggressively:
 * Runs of single-qubit gates become one *layer*: every gate is written as
   ``e^{iγ} U3(θ, φ, λ)``, whose four entries are ``cos(a) · e^{ib}`` with ``a, b`` affine in the
   circuit parameters. A whole layer's matrices are therefore one affine map, one ``cos`` and one
-  ``polar``, then one matmul per extra gate on the same qubit.
+  ``exp``; Z- and Y-rotations on a qubit fuse algebraically into one such matrix.
 * A layer is applied as Kronecker products over groups of neighbouring qubits (one matmul per
   group, built by a log-depth product tree), and the first layer on ``|0…0⟩`` gives a product
   state directly, without touching a ``2^n`` matrix.
@@ -194,8 +194,8 @@ def _dense_matrix(name: str, angles: list[torch.Tensor], rdtype: torch.dtype) ->
         gam = angles[3] if name == "cu" else torch.zeros_like(th)
         c, s = torch.cos(th / 2), torch.sin(th / 2)
         u = torch.stack([
-            torch.stack([torch.polar(c, gam), -torch.polar(s, gam + la)], -1),
-            torch.stack([torch.polar(s, gam + ph), torch.polar(c, gam + ph + la)], -1),
+            torch.stack([c * torch.exp(1j * gam), -s * torch.exp(1j * (gam + la))], -1),
+            torch.stack([s * torch.exp(1j * (gam + ph)), c * torch.exp(1j * (gam + ph + la))], -1),
         ], -2)
         return controlled(u)
     raise KeyError(name)
@@ -295,13 +295,26 @@ def _permutation(gate: Gate, n: int) -> np.ndarray:
     return k ^ ((flip << a) | (flip << b))
 
 
+_DIAGONAL_1Q_PHASE = {"z": math.pi, "s": HALF_PI, "sdg": -HALF_PI, "t": math.pi / 4,
+                      "tdg": -math.pi / 4}
+DIAGONAL_1Q = {"rz", "p", "u1", "id"} | set(_DIAGONAL_1Q_PHASE)
+
+
 def _diagonal_pattern(gate: Gate, n: int) -> tuple[Angle, np.ndarray]:
-    """A diagonal gate as ``exp(i · angle · pattern[k])``."""
+    """A diagonal gate as ``exp(i · angle · pattern[k])`` over basis states ``k``."""
     k = np.arange(2**n, dtype=np.int64)
     q = gate.qubits
     b = [_bit(k, i).astype(float) for i in q]
     z = [1.0 - 2.0 * bi for bi in b]
     name = gate.name
+    if name in _DIAGONAL_1Q_PHASE:
+        return Angle(_DIAGONAL_1Q_PHASE[name]), b[0]
+    if name == "id":
+        return Angle(0.0), b[0]
+    if name in ("p", "u1"):
+        return gate.angles[0], b[0]
+    if name == "rz":
+        return gate.angles[0], -0.5 * z[0]
     if name == "cz":
         return Angle(math.pi), b[0] * b[1]
     if name == "ccz":
@@ -354,7 +367,8 @@ class _LayerOp(_Op):
 
     def _matrices_from(self, t: torch.Tensor) -> torch.Tensor:
         t = t.view(*t.shape[:-1], self.positions, self.n, 2, 4)
-        m = torch.polar(torch.cos(t[..., 0, :]), t[..., 1, :])
+        # cos(a)·e^{ib}; not torch.polar, whose gradient assumes a non-negative magnitude.
+        m = torch.cos(t[..., 0, :]) * torch.exp(1j * t[..., 1, :])
         m = m.view(*m.shape[:-1], 2, 2)
         out = m[..., 0, :, :, :]
         for p in range(1, self.positions):  # later blocks act after earlier ones: m_p @ out
@@ -419,7 +433,7 @@ class _DiagonalOp(_Op):
 
     def apply(self, state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         phase = self.map(x, w) @ self.pattern
-        return state * torch.polar(torch.ones_like(phase), phase)
+        return state * torch.exp(1j * phase)
 
 
 class _DenseOp(_Op):
@@ -469,7 +483,14 @@ def _compile(prog: Program, rdtype: torch.dtype, group_size: int) -> list[_Op]:
     def flush() -> None:
         if not pending:
             return
-        ops.append(_LayerOp(pending, n, prog, rdtype, group_size))
+        waiting = [g for gates in pending.values() for g in gates]
+        if all(g.name in DIAGONAL_1Q for g in waiting):  # RZ/P/S/T layers: phases, no matmul
+            if not isinstance(ops[-1] if ops else None, _DiagonalOp):
+                ops.append(_DiagonalOp())
+            for g in waiting:
+                ops[-1].extend(g, n)
+        else:
+            ops.append(_LayerOp(pending, n, prog, rdtype, group_size))
         pending.clear()
 
     for gate in prog.gates:

@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: install
-	$(BIN)/python bench/engine.py --quick
+	$(BIN)/qllm run distill
 
 test: install
 	$(BIN)/python -m pytest -q

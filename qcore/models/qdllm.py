@@ -165,7 +165,10 @@ class QDLLMStudent(nn.Module):
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], **backend_options: object) -> QDLLMStudent:
-        """A student saved by :meth:`save`, on the backend its config names."""
+        """A student saved by :meth:`save`, on the backend its config names (with ``backend_options``).
+
+        Refuses a folder whose ``circuit.qasm`` is not the circuit the config builds today.
+        """
         folder = Path(directory)
         config = QDLLMConfig.from_json((folder / CONFIG_FILE).read_text())
         saved_qasm = (folder / CIRCUIT_FILE).read_text()
@@ -196,7 +199,7 @@ class QDLLMStudent(nn.Module):
         """A copy with the same weights whose circuit runs on ``backend`` (e.g. noisy ``aer``).
 
         For evaluating a trained model under shots or device noise:
-        ``model.with_backend("aer", shots=4000, noise="fake_torino")``.
+        ``model.with_backend("aer", shots=4000, noise="fake_torino", simulator_seed=0)``.
         """
         copy = type(self)(replace(self.config, backend=backend), **backend_options)
         copy.load_parameters(dict(self.named_parameters()))

@@ -1,0 +1,85 @@
+"""Results tables and plots shared by the flows: mean ± std over seeds, training curves, confusion."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+COLUMNS = ("accuracy", "macro_f1", "agreement")
+
+
+def summarize(rows: Sequence[dict[str, Any]], group_key: str = "kind") -> list[dict[str, Any]]:
+    """One row per model kind (seeds pooled): metric means and standard deviations."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[r[group_key]].append(r)
+    table = []
+    for kind, rs in groups.items():
+        row: dict[str, Any] = {"model": kind, "seeds": len(rs)}
+        for col in COLUMNS + ("latency_ms", "train_seconds", "size_bytes"):
+            vals = [r["metrics"][col] for r in rs if col in r.get("metrics", {})]
+            if vals:
+                row[col] = float(np.mean(vals))
+                row[f"{col}_std"] = float(np.std(vals))
+        params = rs[0].get("params", {})
+        row["circuit_params"] = params.get("circuit", 0)
+        row["classical_params"] = params.get("classical", 0)
+        table.append(row)
+    return table
+
+
+def markdown(table: Sequence[dict[str, Any]]) -> str:
+    """The summary as a Markdown table (for the terminal and the Prefect artifact)."""
+    head = "| model | seeds | accuracy | macro-F1 | agreement | circuit params | classical params | latency ms/sample |"
+    lines = [head, "|" + "---|" * 8]
+
+    def pm(row: dict[str, Any], col: str) -> str:
+        if col not in row:
+            return "–"
+        return f"{row[col]:.4f} ± {row[col + '_std']:.4f}"
+
+    for r in table:
+        lat = f"{r['latency_ms']:.3f}" if "latency_ms" in r else "–"
+        lines.append(f"| {r['model']} | {r['seeds']} | {pm(r, 'accuracy')} | {pm(r, 'macro_f1')} | "
+                     f"{pm(r, 'agreement')} | {r['circuit_params']:,} | {r['classical_params']:,} | {lat} |")
+    return "\n".join(lines)
+
+
+def training_curves(history: dict[str, list[float]], title: str) -> Figure:
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    ax[0].plot(epochs, history["loss"], marker="o")
+    ax[0].set(xlabel="epoch", ylabel="distillation loss", title=title)
+    for key in ("accuracy", "val_accuracy"):
+        if key in history:
+            ax[1].plot(epochs, history[key], marker="o", label="validation" if key == "val_accuracy" else "train")
+    ax[1].set(xlabel="epoch", ylabel="accuracy")
+    ax[1].legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion(true: np.ndarray, pred: np.ndarray, labels: Sequence[str], title: str) -> Figure:
+    k = len(labels)
+    m = np.zeros((k, k), dtype=int)
+    np.add.at(m, (true, pred), 1)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1 + 0.6 * k))
+    ax.imshow(m, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center")
+    ax.set(xticks=range(k), yticks=range(k), xticklabels=labels, yticklabels=labels,
+           xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)

@@ -1,0 +1,55 @@
+"""Where things live at run time: one settings object, read from ``QLLM_`` environment variables.
+
+| variable | default | what |
+|---|---|---|
+| ``QLLM_ARTIFACT_ROOT`` | ``./qllm-artifacts`` | any fsspec URL (``s3://bucket/prefix`` through s3fs) |
+| ``QLLM_MLFLOW_URI`` | SQLite file under a local artifact root | an MLflow tracking server |
+| ``QLLM_DASK_ADDRESS`` | a temporary ``LocalCluster`` | ``tcp://scheduler:8786`` |
+| ``QLLM_DASK_WORKERS`` | number of cores | workers of the temporary cluster |
+| ``QLLM_DATA_DIR`` | unset: download named sets | a folder holding the named data sets |
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Run-time locations; every field can be overridden per flow run."""
+
+    model_config = SettingsConfigDict(env_prefix="QLLM_", extra="ignore")
+
+    artifact_root: str = "./qllm-artifacts"
+    mlflow_uri: str | None = None
+    dask_address: str | None = None
+    dask_workers: int = max(1, os.cpu_count() or 1)
+    data_dir: str | None = None
+
+    @property
+    def root_is_local(self) -> bool:
+        return "://" not in self.artifact_root or self.artifact_root.startswith("file://")
+
+    @property
+    def local_root(self) -> Path:
+        """The artifact root as a local path (only for local roots)."""
+        return Path(self.artifact_root.removeprefix("file://")).resolve()
+
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI: the configured one, else SQLite beside the artifacts."""
+        if self.mlflow_uri:
+            return self.mlflow_uri
+        if self.root_is_local:
+            db = self.local_root / "mlflow.db"
+        else:  # an object store cannot hold SQLite: keep the database in the user's cache
+            db = Path.home() / ".cache" / "qllm-lab" / "mlflow.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{db}"
+
+    def mlflow_artifact_location(self) -> str:
+        """Where new MLflow experiments put their artifacts."""
+        if self.root_is_local:
+            return (self.local_root / "mlruns").as_uri()
+        return self.artifact_root.rstrip("/") + "/mlruns"

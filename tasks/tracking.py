@@ -1,0 +1,132 @@
+"""MLflow tracking: one parent run per flow run, one child run per configuration.
+
+Only the flow's own process writes to MLflow. Dask workers return their results and the flow
+logs them one after another, so parallel workers can never race or corrupt the store (a SQLite
+file by default). Calls are retried with backoff, since a tracking server may blip.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, delay: float = 0.5) -> T:
+    """Run ``fn``, retrying with exponential backoff; the last failure is raised, never hidden."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - tracking errors are many types; re-raised below
+            if i == attempts - 1:
+                raise RuntimeError(f"MLflow {what} failed after {attempts} attempts: {exc}") from exc
+            log.warning("MLflow %s failed (%s); retrying in %.1fs", what, exc, delay * 2**i)
+            time.sleep(delay * 2**i)
+    raise AssertionError("unreachable")
+
+
+def setup(settings: Settings, experiment: str) -> str:
+    """Point MLflow at the configured store and return the experiment id."""
+    mlflow.set_tracking_uri(settings.tracking_uri())
+
+    def get_or_create() -> str:
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        return mlflow.create_experiment(experiment, artifact_location=f"{settings.mlflow_artifact_location()}/{experiment}")
+
+    return with_retries(get_or_create, what="experiment setup")
+
+
+def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested parameters as MLflow's flat string params (values cut to MLflow's 6000 chars)."""
+    out: dict[str, str] = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flat_params(v, prefix=f"{key}."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+@contextmanager
+def parent_run(settings: Settings, experiment: str, name: str, params: Mapping[str, Any],
+               tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """The flow run's parent MLflow run."""
+    exp_id = setup(settings, experiment)
+    run = with_retries(lambda: mlflow.start_run(experiment_id=exp_id, run_name=name, tags=dict(tags or {})),
+                       what="start run")
+    try:
+        with_retries(lambda: mlflow.log_params(flat_params(params)), what="log params")
+        yield run
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def log_child(
+    parent: mlflow.ActiveRun,
+    name: str,
+    *,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    history: Mapping[str, list[float]] | None = None,
+    artifacts: Path | None = None,
+    figures: Mapping[str, Any] | None = None,
+    status: str = "FINISHED",
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """One child run: params, final metrics, per-epoch curves (step = epoch), files and plots."""
+    client = MlflowClient()
+    parent_id = parent.info.run_id
+    exp_id = parent.info.experiment_id
+
+    def create() -> str:
+        run = client.create_run(exp_id, run_name=name,
+                                tags={"mlflow.parentRunId": parent_id, **dict(tags or {})})
+        return run.info.run_id
+
+    run_id = with_retries(create, what="create child run")
+    now = int(time.time() * 1000)
+    batch_metrics = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    for key, values in (history or {}).items():
+        batch_metrics += [mlflow.entities.Metric(key, float(v), now, step) for step, v in enumerate(values, 1)]
+    batch_params = [mlflow.entities.Param(k, v) for k, v in flat_params(params).items()]
+    with_retries(lambda: client.log_batch(run_id, metrics=batch_metrics, params=batch_params),
+                 what="log metrics")
+    if artifacts is not None:
+        with_retries(lambda: client.log_artifacts(run_id, str(artifacts), "model"), what="log model")
+    for fname, fig in (figures or {}).items():
+        with_retries(lambda: client.log_figure(run_id, fig, fname), what="log figure")
+    with_retries(lambda: client.set_terminated(run_id, status=status), what="end child run")
+    return run_id
+
+
+def log_table(run: mlflow.ActiveRun, rows: list[dict[str, Any]], name: str = "results.json") -> None:
+    """The results table as a JSON artifact of the parent run."""
+    client = MlflowClient()
+    with_retries(lambda: client.log_table(run.info.run_id, data={k: [r.get(k) for r in rows] for k in rows[0]},
+                                          artifact_file=name), what="log table")
+
+
+def download_model(run_id: str, settings: Settings) -> Path:
+    """Download a run's ``model/`` artifacts to a temporary folder (for ``qllm predict``)."""
+    mlflow.set_tracking_uri(settings.tracking_uri())
+    target = Path(tempfile.mkdtemp(prefix="qllm-model-"))
+    return Path(with_retries(
+        lambda: mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(target)),
+        what="download model"))

@@ -1,0 +1,201 @@
+"""Prefect tasks that train and evaluate quantum students and their classical competitors.
+
+Each training is one task, so a sweep fans out across the Dask workers. A finished training is
+stored under ``<artifact root>/students/<key>/`` where ``key`` hashes everything that determines
+it (data, teacher, configuration, seed); ``result.json`` is written last, so a half-written
+folder is never read, and a re-run after a crash skips every training that had finished.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from qcore.models.classical import distilled_mlp, logistic_regression, matched_mlp
+from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
+from qcore.training import evaluate, model_size_bytes, train
+
+from .artifacts import atomic_write_bytes, hash_json, join_url, read_bytes
+
+
+@dataclass(frozen=True)
+class Features:
+    """What every model of one flow run learns from: the same features, labels and teacher."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    train_teacher: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    test_teacher: np.ndarray
+    label_names: tuple[str, ...]
+    key: str  # teacher cache key: data hash + teacher model + settings
+    teacher: dict[str, Any]  # the TeacherSpec fields: how to turn new text into features
+
+
+@dataclass(frozen=True)
+class StudentJob:
+    """One point of a sweep: a student configuration, a seed and the training settings."""
+
+    qubits: int
+    blocks: int
+    alpha: float
+    seed: int
+    temperature: float
+    epochs: int
+    batch_size: int
+    lr: float
+    backend: str = "exact"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"student-q{self.qubits}-b{self.blocks}-a{self.alpha:g}-s{self.seed}"
+
+
+def _set_threads() -> None:
+    # One thread per task: the Dask workers already use every core between them.
+    torch.set_num_threads(1)
+
+
+def _store(root: str, folder: Path, result: dict[str, Any], key: str) -> str:
+    """Copy a saved model to the artifact store, then commit it by writing result.json."""
+    url = join_url(root, "students", key)
+    for f in sorted(folder.iterdir()):
+        atomic_write_bytes(join_url(url, "model", f.name), f.read_bytes())
+    result = {**result, "model_url": join_url(url, "model")}
+    atomic_write_bytes(join_url(url, "result.json"), json.dumps(result).encode())
+    return url
+
+
+def _cached_result(root: str, key: str) -> dict[str, Any] | None:
+    raw = read_bytes(join_url(root, "students", key, "result.json"))
+    return None if raw is None else {**json.loads(raw), "cached": True}
+
+
+@task(name="train-student", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE,
+      task_run_name="{job.name}")
+def train_student(job: StudentJob, data: Features, root: str) -> dict[str, Any]:
+    """Train one quantum student with the distillation loss and evaluate it on the test split."""
+    key = hash_json({"data": data.key, "job": asdict(job), "v": 1})
+    cached = _cached_result(root, key)
+    if cached is not None:
+        get_run_logger().info("%s: finished before, reusing %s", job.name, key[:12])
+        return cached
+    _set_threads()
+    log = get_run_logger()
+    cfg = QDLLMConfig(in_features=data.train_x.shape[1], num_classes=len(data.label_names),
+                      qubits=job.qubits, blocks=job.blocks, backend=job.backend, seed=job.seed)
+    model = QDLLMStudent(cfg, **job.backend_options)
+
+    def progress(epoch: int, m: dict[str, float]) -> None:
+        log.info("%s epoch %d/%d: loss %.4f, train acc %.3f", job.name, epoch, job.epochs,
+                 m["loss"], m["accuracy"])
+
+    t0 = time.perf_counter()
+    history = train(model, data.train_x, data.train_y, data.train_teacher, epochs=job.epochs,
+                    batch_size=job.batch_size, lr=job.lr, seed=job.seed,
+                    temperature=job.temperature, alpha=job.alpha, on_epoch=progress)
+    seconds = time.perf_counter() - t0
+    model = model.with_backend("exact") if job.backend != "exact" else model
+    metrics = evaluate(model, data.test_x, data.test_y, data.test_teacher)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = model.save(Path(tmp) / "model")
+        # What `qllm predict` needs to turn new text into this student's input features.
+        (folder / "teacher.json").write_text(json.dumps(
+            {"teacher": data.teacher, "label_names": list(data.label_names)}, indent=2))
+        result = {
+            "name": job.name, "kind": "quantum student", "job": asdict(job),
+            "metrics": {**metrics, "train_seconds": seconds, "size_bytes": model_size_bytes(folder)},
+            "params": model.parameter_counts(),
+            "history": {k: [h[k] for h in history] for k in history[0]},
+            "test_predictions": model_predictions(model, data.test_x),
+        }
+        _store(root, folder, result, key)
+    log.info("%s: test accuracy %.4f", job.name, metrics["accuracy"])
+    return {**_cached_result(root, key), "cached": False}
+
+
+def model_predictions(model: torch.nn.Module, x: np.ndarray) -> list[int]:
+    with torch.inference_mode():
+        return model(torch.as_tensor(x, dtype=torch.float32)).argmax(-1).tolist()
+
+
+@task(name="classical-baselines", retries=1, cache_policy=NO_CACHE, task_run_name="baselines-s{seed}")
+def classical_baselines(data: Features, seed: int, target_params: int, epochs: int, batch_size: int,
+                        lr: float, temperature: float, alpha: float) -> list[dict[str, Any]]:
+    """Logistic regression, a size-matched MLP (labels only) and a size-matched MLP distilled
+    with the same loss, all on the same features and split as the quantum students."""
+    _set_threads()
+    rows: list[dict[str, Any]] = []
+    lr_logits = logistic_regression(data.train_x, data.train_y, data.test_x, seed=seed)
+    rows.append(_baseline_row("logistic regression", seed, lr_logits, data,
+                              {"classical": int(data.train_x.shape[1] + 1) * len(data.label_names)}))
+    for kind, a in (("MLP (labels only)", 0.0), ("classical distilled MLP", alpha)):
+        t0 = time.perf_counter()
+        if a == 0.0:
+            mlp = matched_mlp(data.train_x.shape[1], len(data.label_names), target_params, seed=seed)
+            history = train(mlp, data.train_x, data.train_y, None, epochs=epochs, batch_size=batch_size,
+                            lr=lr, seed=seed, temperature=temperature, alpha=0.0)
+        else:
+            mlp, history = distilled_mlp(data.train_x, data.train_y, data.train_teacher,
+                                         target_params=target_params, seed=seed, epochs=epochs,
+                                         batch_size=batch_size, lr=lr, temperature=temperature, alpha=a)
+        metrics = evaluate(mlp, data.test_x, data.test_y, data.test_teacher)
+        metrics["train_seconds"] = time.perf_counter() - t0
+        rows.append({"name": f"{kind} s{seed}", "kind": kind, "seed": seed, "metrics": metrics,
+                     "params": mlp.parameter_counts(),
+                     "history": {k: [h[k] for h in history] for k in history[0]}})
+    return rows
+
+
+def _baseline_row(kind: str, seed: int, logits: torch.Tensor, data: Features,
+                  params: dict[str, int]) -> dict[str, Any]:
+    from sklearn.metrics import f1_score
+
+    pred = logits.argmax(-1).numpy()
+    return {"name": f"{kind} s{seed}", "kind": kind, "seed": seed, "params": {**params, "circuit": 0},
+            "metrics": {"accuracy": float((pred == data.test_y).mean()),
+                        "macro_f1": float(f1_score(data.test_y, pred, average="macro")),
+                        "agreement": float((pred == data.test_teacher.argmax(-1)).mean())}}
+
+
+@task(name="noisy-evaluation", retries=1, cache_policy=NO_CACHE,
+      task_run_name="noisy-{label}-{start}")
+def noisy_evaluation(model_url: str, data: Features, label: str, start: int, stop: int, seed: int,
+                     backend_options: dict[str, Any]) -> dict[str, Any]:
+    """Predictions of a trained student for test samples ``start:stop`` on the `aer` backend
+    (shots and/or a device noise model) beside its exact predictions."""
+    _set_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        fs, path = fsspec.core.url_to_fs(model_url)
+        fs.get(path.rstrip("/") + "/", tmp + "/", recursive=True)
+        model = QDLLMStudent.load(tmp)
+    noisy = model.with_backend("aer", simulator_seed=seed + start, **backend_options)
+    x = data.test_x[start:stop]
+    t0 = time.perf_counter()
+    noisy_pred = model_predictions(noisy, x)
+    return {"label": label, "start": start, "noisy": noisy_pred, "exact": model_predictions(model, x),
+            "seconds": time.perf_counter() - t0, "options": backend_options}
+
+
+def merge_noisy(chunks: list[dict[str, Any]], test_y: np.ndarray) -> dict[str, Any]:
+    """One row per noise setting from its chunks: accuracy on the same samples, noisy and exact."""
+    chunks = sorted(chunks, key=lambda c: c["start"])
+    noisy = np.array([p for c in chunks for p in c["noisy"]])
+    exact = np.array([p for c in chunks for p in c["exact"]])
+    y = test_y[chunks[0]["start"]: chunks[0]["start"] + len(noisy)]
+    return {"label": chunks[0]["label"], "samples": len(y), "accuracy": float((noisy == y).mean()),
+            "exact_accuracy_same_samples": float((exact == y).mean()),
+            "agreement_with_exact": float((noisy == exact).mean()),
+            "seconds": sum(c["seconds"] for c in chunks), "options": chunks[0]["options"]}

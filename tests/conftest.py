@@ -1,0 +1,16 @@
+"""Test-wide environment: a private Prefect home, no telemetry, and the shared data sets."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Set before Prefect is imported anywhere: Prefect reads its settings from the environment.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="qllm-test-prefect-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if "QLLM_DATA_DIR" not in os.environ and _shared.is_dir():
+    os.environ["QLLM_DATA_DIR"] = str(_shared)

@@ -1,0 +1,104 @@
+"""The distill flow end to end: a real Prefect run on a real Dask cluster, tracked in a real
+MLflow store; then a second run that must reuse every cache; then prediction from the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.cli import main as cli
+from flows.distill import DistillParams, run_distill
+from flows.predict import predict
+from tasks.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("artifacts")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("QLLM_ARTIFACT_ROOT", str(path))
+    mp.setenv("QLLM_DASK_WORKERS", "2")
+    yield path
+    mp.undo()
+
+
+PARAMS = dict(train_size=160, test_size=80, seeds=[0, 1], epochs=2, qubits=[5], blocks=[1],
+              eval_samples=6, noise_samples=2, eval_shots=256, eval_noise="fake_manila", experiment="test-distill")
+
+
+@pytest.fixture(scope="module")
+def first_run(root: Path) -> dict:
+    return run_distill(DistillParams(**PARAMS))
+
+
+def test_flow_reports_students_beside_baselines(first_run: dict) -> None:
+    models = {row["model"] for row in first_run["table"]}
+    assert {"teacher", "quantum student", "logistic regression", "MLP (labels only)",
+            "classical distilled MLP"} <= models
+    student = next(r for r in first_run["table"] if r["model"] == "quantum student")
+    assert student["seeds"] == 2 and 0.3 <= student["accuracy"] <= 1.0
+    assert student["circuit_params"] == 5 * 7 - 5  # one QD-LLM block on 5 qubits
+    assert [r["label"] for r in first_run["noisy"]] == ["shots=256", "fake_manila+shots=256"]
+    assert [r["samples"] for r in first_run["noisy"]] == [6, 2]
+
+
+def test_mlflow_has_parent_children_and_model(first_run: dict, root: Path) -> None:
+    mlflow.set_tracking_uri(Settings().tracking_uri())
+    client = MlflowClient()
+    parent = client.get_run(first_run["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["train_size"] == "160"
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    students = [c for c in children if c.data.tags.get("kind") == "quantum student"]
+    assert len(students) == 2 and len(children) == 2 + 3 * 2  # 3 baselines per seed
+    files = {f.path for f in client.list_artifacts(students[0].info.run_id, "model")}
+    assert {"model/weights.safetensors", "model/circuit.qasm", "model/config.json",
+            "model/teacher.json"} <= files
+    assert len(client.get_metric_history(students[0].info.run_id, "loss")) == 2  # one per epoch
+    plots = {f.path for f in client.list_artifacts(students[0].info.run_id)}
+    assert {"training_curves.png", "confusion_matrix.png"} <= plots
+
+
+def test_second_run_reuses_caches(first_run: dict) -> None:
+    again = run_distill(DistillParams(**PARAMS))
+    assert all(s["cached"] for s in again["students"])
+    first = {r["model"]: r.get("accuracy") for r in first_run["table"]}
+    second = {r["model"]: r.get("accuracy") for r in again["table"]}
+    assert first == second  # same parameters and seeds: the same numbers
+
+
+def test_predict_loads_the_student(first_run: dict) -> None:
+    mlflow.set_tracking_uri(Settings().tracking_uri())
+    client = MlflowClient()
+    parent = client.get_run(first_run["mlflow_run_id"])
+    child = client.search_runs([parent.info.experiment_id],
+                               f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.kind = 'quantum student'")[0]
+    out = predict(child.info.run_id, ["a wonderful, moving film", "dull and lifeless"])
+    assert [label in ("negative", "positive") for _, label, _ in out] == [True, True]
+    assert all(abs(sum(p.values()) - 1) < 1e-3 for _, _, p in out)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "sst3"], "sst3"),
+    (["--qubits", "0"], "qubits [0] out of range; allowed 2..20"),
+    (["--alpha", "1.5"], "alpha [1.5] out of range"),
+    (["--eval-noise", "fake_nowhere"], "unknown fake backend 'fake_nowhere'"),
+    (["--dataset", "/nonexistent/data.tsv"], "/nonexistent/data.tsv"),
+])
+def test_bad_input_is_refused_before_any_work(args: list[str], message: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "artifacts"
+    monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(out))
+    try:
+        code = cli(["run", "distill", *args])
+    except Exception as exc:  # data errors surface from the flow's first task
+        code, text = 1, str(exc)
+    else:
+        text = capsys.readouterr().err
+    assert code != 0 and message in text
+    assert not out.exists()  # nothing written

@@ -7,6 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test bench
 
+# Named data sets: $QLLM_DATA_DIR when set, else ../shared/data when present, else downloaded.
+ifeq ($(QLLM_DATA_DIR),)
+ifneq ($(wildcard ../shared/data),)
+export QLLM_DATA_DIR := $(abspath ../shared/data)
+endif
+endif
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

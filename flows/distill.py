@@ -17,10 +17,10 @@ import mlflow
 import numpy as np
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator, ValidationInfo
 
 from tasks import reporting, tracking
-from tasks.prepare import prepare_data, teacher_inference
+from tasks.prepare import prepare_data, teacher_outputs
 from tasks.data import load_dataset
 from tasks.settings import Settings
 from tasks.teacher import TeacherSpec
@@ -56,6 +56,8 @@ class DistillParams(BaseModel):
     teacher_model: str | None = Field(None, description="teacher model name or folder "
                                                         "(default: the embedded all-MiniLM-L6-v2)")
     teacher_batch_size: int = Field(64, ge=1, description="teacher inference batch size")
+    teacher_shard_size: int = Field(4000, ge=1, description="texts per teacher shard: larger sets are "
+                                                            "split across the Dask workers")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="training seeds (one student each)")
     qubits: list[int] = Field([11], min_length=1, description=f"student qubits, 2..{MAX_QUBITS} (a list sweeps)")
     blocks: list[int] = Field([2], min_length=1, description="QD-LLM ansatz blocks, 1..20 (a list sweeps)")
@@ -76,28 +78,13 @@ class DistillParams(BaseModel):
     experiment: str = Field("qllm-distill", min_length=1, description="MLflow experiment name")
     dask_address: str | None = Field(None, description="Dask scheduler address (default: a temporary LocalCluster)")
 
-    @field_validator("qubits")
+    @field_validator("qubits", "blocks", "alpha")
     @classmethod
-    def _qubits(cls, v: list[int]) -> list[int]:
-        bad = [q for q in v if not 2 <= q <= MAX_QUBITS]
+    def _in_range(cls, v: list[float], info: ValidationInfo) -> list[float]:
+        lo, hi = {"qubits": (2, MAX_QUBITS), "blocks": (1, 20), "alpha": (0, 1)}[info.field_name]
+        bad = [x for x in v if not lo <= x <= hi]
         if bad:
-            raise ValueError(f"qubits {bad} out of range; allowed 2..{MAX_QUBITS}")
-        return v
-
-    @field_validator("blocks")
-    @classmethod
-    def _blocks(cls, v: list[int]) -> list[int]:
-        bad = [b for b in v if not 1 <= b <= 20]
-        if bad:
-            raise ValueError(f"blocks {bad} out of range; allowed 1..20")
-        return v
-
-    @field_validator("alpha")
-    @classmethod
-    def _alpha(cls, v: list[float]) -> list[float]:
-        bad = [a for a in v if not 0 <= a <= 1]
-        if bad:
-            raise ValueError(f"alpha {bad} out of range; allowed 0..1")
+            raise ValueError(f"{info.field_name} {bad} out of range; allowed {lo}..{hi}")
         return v
 
     @field_validator("noise", "eval_noise")
@@ -153,7 +140,7 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
                         label_column=params.label_column)
     spec = TeacherSpec(kind=params.teacher, model=params.teacher_model,
                        batch_size=params.teacher_batch_size)
-    feats = _features(data, teacher_inference(data, spec, root), spec)
+    feats = _features(data, teacher_outputs(data, spec, root, params.teacher_shard_size), spec)
 
     jobs = params.jobs()
     students = train_student.map(jobs, unmapped(feats), unmapped(root))
@@ -193,7 +180,6 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
                "| setting | samples | accuracy | exact accuracy | agreement with exact |\n|---|---|---|---|---|\n"
                + noisy_md)
     create_markdown_artifact(key="distill-report", markdown=md)
-    log.info("results:\n%s", md)
     return {"table": table, "noisy": noisy_rows, "markdown": md, "mlflow_run_id": run_id,
             "students": [{"name": r["name"], "cached": r.get("cached", False)} for r in student_rows]}
 

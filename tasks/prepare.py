@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+import numpy as np
+from prefect import get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from .data import Dataset, load_dataset
-from .teacher import TeacherOutputs, TeacherSpec, cached_teacher_outputs
+from .teacher import TeacherOutput, TeacherOutputs, TeacherSpec, cached_teacher_outputs, unfitted_outputs
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE)
@@ -21,9 +22,32 @@ def prepare_data(name_or_url: str, *, train_size: int | None, test_size: int | N
     return data
 
 
-@task(name="teacher-inference", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
-def teacher_inference(data: Dataset, spec: TeacherSpec, cache_root: str) -> TeacherOutputs:
-    """Soft labels and features of the teacher, cached by data hash + model + settings."""
-    out = cached_teacher_outputs(data, spec, cache_root)
-    get_run_logger().info("teacher %s outputs ready (cache key %s)", spec.kind, out.key[:12])
+@task(name="teacher-shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+      task_run_name="teacher-shard-{start}")
+def teacher_shard(spec: TeacherSpec, label_names: tuple[str, ...], texts: list[str],
+                  start: int) -> TeacherOutput:
+    """One shard of teacher inference on a Dask worker (the worker loads the model once)."""
+    return unfitted_outputs(spec, label_names, texts)
+
+
+def teacher_outputs(data: Dataset, spec: TeacherSpec, cache_root: str, shard_size: int) -> TeacherOutputs:
+    """Soft labels and features of the teacher, cached by data hash + model + settings.
+
+    Called from a flow: on a cache miss, sets larger than ``shard_size`` texts are split into
+    shards mapped across the Dask workers; smaller ones run in the flow's process.
+    """
+    names = tuple(data.label_names)
+
+    def sharded(texts: list[str]) -> TeacherOutput:
+        starts = list(range(0, len(texts), shard_size))
+        futures = teacher_shard.map(spec=unmapped(spec), label_names=unmapped(names),
+                                    texts=[texts[i:i + shard_size] for i in starts], start=starts)
+        parts = [f.result() for f in futures]
+        return TeacherOutput(np.concatenate([p.logits for p in parts]),
+                             np.concatenate([p.features for p in parts]))
+
+    big = len(data.train_texts) + len(data.test_texts) > shard_size
+    out = cached_teacher_outputs(data, spec, cache_root, infer=sharded if big else None)
+    get_run_logger().info("teacher %s outputs ready (cache key %s%s)", spec.kind, out.key[:12],
+                          ", sharded across workers" if big else "")
     return out

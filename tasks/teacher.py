@@ -7,6 +7,8 @@ words as QD-LLM does. Outputs are cached by content so a re-run never repeats in
 
 from __future__ import annotations
 
+import functools
+
 import inspect
 import json
 import os
@@ -266,6 +268,21 @@ def embed_texts(
     return SentenceEncoder(spec, resolve_model(model), device_for(spec)).encode(texts, progress=progress)
 
 
+def fit_probe(features: np.ndarray, labels: np.ndarray, label_names: Sequence[str], c: float) -> Any:
+    """The probe's logistic regression on frozen sentence features."""
+    from sklearn.linear_model import LogisticRegression
+
+    missing = sorted(set(range(len(label_names))) - set(np.asarray(labels).tolist()))
+    if missing:
+        raise TeacherError(f"the probe needs every class in its training labels; missing "
+                           f"{[label_names[i] for i in missing]}: use a larger or stratified train_size")
+    return LogisticRegression(C=c, max_iter=2000).fit(features, labels)
+
+
+def probe_logits(classifier: Any, features: np.ndarray) -> np.ndarray:
+    return classifier.predict_log_proba(features).astype(np.float32)
+
+
 class ProbeTeacher(Teacher):
     """Frozen sentence encoder + logistic regression: needs no GPU and no fine-tuning."""
 
@@ -275,17 +292,10 @@ class ProbeTeacher(Teacher):
         self.classifier: Any = None
 
     def _fit_features(self, features: np.ndarray, labels: np.ndarray) -> None:
-        from sklearn.linear_model import LogisticRegression
-
-        missing = sorted(set(range(len(self.label_names))) - set(np.asarray(labels).tolist()))
-        if missing:
-            raise TeacherError(f"the probe needs every class in its training labels; missing "
-                               f"{[self.label_names[i] for i in missing]}: use a larger or stratified train_size")
-        self.classifier = LogisticRegression(C=self.spec.probe_c, max_iter=2000).fit(features, labels)
+        self.classifier = fit_probe(features, labels, self.label_names, self.spec.probe_c)
 
     def _output(self, features: np.ndarray) -> TeacherOutput:
-        logits = self.classifier.predict_log_proba(features).astype(np.float32)
-        return TeacherOutput(logits=logits, features=features)
+        return TeacherOutput(logits=probe_logits(self.classifier, features), features=features)
 
     def fit(self, texts: Sequence[str], labels: np.ndarray) -> ProbeTeacher:
         self._fit_features(self.encoder.encode(texts), labels)
@@ -387,6 +397,28 @@ def teacher_cache_key(dataset_hash: str, spec: TeacherSpec) -> str:
                       "kind": spec.kind, "settings": spec.settings()})
 
 
+@functools.lru_cache(maxsize=2)
+def loaded_teacher(spec: TeacherSpec, label_names: tuple[str, ...]) -> Teacher:
+    """A teacher with its model loaded, once per process (each Dask worker loads it once)."""
+    return make_teacher(spec, label_names)
+
+
+def unfitted_outputs(spec: TeacherSpec, label_names: Sequence[str], texts: Sequence[str],
+                     progress: bool = False) -> TeacherOutput:
+    """What needs no fitting: the probe's features (logits empty), the other kinds' predictions.
+
+    Shards of a large data set go through this on different workers and are joined in order.
+    """
+    teacher = loaded_teacher(spec, tuple(label_names))
+    if isinstance(teacher, ProbeTeacher):
+        features = teacher.encoder.encode(texts, progress=progress)
+        return TeacherOutput(np.zeros((len(features), 0), dtype=np.float32), features)
+    return teacher.predict(texts, progress=progress)
+
+
+Infer = Callable[[Sequence[str]], TeacherOutput]
+
+
 def cached_teacher_outputs(
     dataset: Dataset,
     teacher_spec: TeacherSpec,
@@ -394,15 +426,25 @@ def cached_teacher_outputs(
     *,
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = True,
+    infer: Infer | None = None,
 ) -> TeacherOutputs:
     """Teacher outputs for `dataset` (a `tasks.data.Dataset`), from `<cache_root>/teacher/<key>.npz`
-    when present (any fsspec URL), else fitted, predicted and stored atomically."""
+    when present (any fsspec URL), else computed and stored atomically.
+
+    ``infer(texts)`` runs the unfitted part of the teacher (default: :func:`unfitted_outputs` in
+    this process); a caller may pass one that shards the texts across workers. The probe's
+    classifier is then fitted here on the training features.
+    """
     key = teacher_cache_key(dataset.content_hash, teacher_spec)
+    names = tuple(dataset.label_names)
+    run = infer or (lambda texts: unfitted_outputs(teacher_spec, names, texts, progress))
 
     def compute() -> dict[str, np.ndarray]:
-        teacher = make_teacher(teacher_spec, dataset.label_names)
-        train = teacher.fit_predict(dataset.train_texts, dataset.train_labels, progress=progress)
-        test = teacher.predict(dataset.test_texts, progress=progress)
+        train, test = run(dataset.train_texts), run(dataset.test_texts)
+        if teacher_spec.kind == "probe":  # fit the classifier on the gathered features
+            clf = fit_probe(train.features, dataset.train_labels, names, teacher_spec.probe_c)
+            train = TeacherOutput(probe_logits(clf, train.features), train.features)
+            test = TeacherOutput(probe_logits(clf, test.features), test.features)
         return {"train_logits": train.logits, "train_features": train.features,
                 "test_logits": test.logits, "test_features": test.features}
 

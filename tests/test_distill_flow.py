@@ -25,7 +25,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mp.undo()
 
 
-PARAMS = dict(train_size=160, test_size=80, seeds=[0, 1], epochs=2, qubits=[5], blocks=[1],
+PARAMS = dict(train_size=160, test_size=80, teacher_shard_size=100, seeds=[0, 1], epochs=2, qubits=[5], blocks=[1],
               eval_samples=6, noise_samples=2, eval_shots=256, eval_noise="fake_manila", experiment="test-distill")
 
 

@@ -251,3 +251,21 @@ def test_seeded_weights_repeat() -> None:
     a = QuantumLayer(qc, weights=w, seed=5).weights.detach()
     b = QuantumLayer(qc, weights=w, seed=5).weights.detach()
     assert torch.equal(a, b) and float(a.min()) >= 0 and float(a.max()) < 2 * math.pi
+
+
+@pytest.mark.parametrize("family", ["qdllm", "pqc-head-reuploading", "zz+real-amplitudes"])
+def test_gradients_match_parameter_shift_on_aer(family: str) -> None:
+    """Autograd on `exact` equals the parameter-shift rule on Aer, for weights and inputs."""
+    model, _ = _families()[family]
+    n = model.circuit.num_qubits
+    obs = [SparsePauliOp("I" * (n - 1) + "Z"), SparsePauliOp("Z" * n)]
+    grads = {}
+    for backend in ("exact", "aer"):
+        layer = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights,
+                             observables=obs, backend=backend, dtype=torch.complex128, seed=4)
+        x = (torch.rand(2, len(model.inputs), dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(5)) * 2).requires_grad_(True)
+        (layer(x) @ torch.tensor([1.0, -0.5], dtype=torch.float64)).sum().backward()
+        grads[backend] = (layer.weights.grad.clone(), x.grad.clone())
+    torch.testing.assert_close(grads["exact"][0], grads["aer"][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(grads["exact"][1], grads["aer"][1], atol=1e-6, rtol=0)

@@ -219,3 +219,27 @@ def test_cache_on_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3: dict) 
     import s3fs
 
     assert s3fs.S3FileSystem(**s3).ls("lab/runs/teacher") == [f"lab/runs/teacher/{first.key}.npz"]
+
+
+def test_sharded_inference_equals_one_pass(tmp_path) -> None:
+    """Shards joined in order give the same soft labels and features as one pass."""
+    import numpy as np
+
+    from tasks.data import load_dataset
+    from tasks.teacher import TeacherOutput, TeacherSpec, cached_teacher_outputs, unfitted_outputs
+
+    data = load_dataset("sst2", train_size=120, test_size=40, seed=3)
+    spec = TeacherSpec()
+    calls = []
+
+    def sharded(texts):
+        parts = [unfitted_outputs(spec, data.label_names, texts[i:i + 50]) for i in range(0, len(texts), 50)]
+        calls.append(len(parts))
+        return TeacherOutput(np.concatenate([p.logits for p in parts]),
+                             np.concatenate([p.features for p in parts]))
+
+    one = cached_teacher_outputs(data, spec, str(tmp_path / "a"), progress=False)
+    many = cached_teacher_outputs(data, spec, str(tmp_path / "b"), progress=False, infer=sharded)
+    assert calls == [3, 1]
+    np.testing.assert_allclose(many.train.features, one.train.features, atol=1e-5)
+    np.testing.assert_allclose(many.test.logits, one.test.logits, atol=1e-4)

@@ -71,6 +71,18 @@ def test_second_run_reuses_caches(first_run: dict) -> None:
     assert first == second  # same parameters and seeds: the same numbers
 
 
+def test_rerun_redoes_only_unfinished_work(first_run: dict, root: Path) -> None:
+    """A student folder without result.json (a crash mid-write) is never read but retrained;
+    finished students are reused; a new seed is trained."""
+    results = sorted((root / "students").glob("*/result.json"))
+    assert len(results) == 2
+    results[0].unlink()
+    rerun = run_distill(DistillParams(**{**PARAMS, "seeds": [0, 1, 2]}))
+    cached = [s["cached"] for s in rerun["students"]]
+    assert sorted(cached) == [False, False, True]
+    assert len(list((root / "students").glob("*/result.json"))) == 3
+
+
 def test_predict_loads_the_student(first_run: dict) -> None:
     mlflow.set_tracking_uri(Settings().tracking_uri())
     client = MlflowClient()

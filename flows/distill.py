@@ -110,7 +110,8 @@ class DistillParams(BaseModel):
             options = {k: v for k, v in (("shots", self.shots), ("noise", self.noise)) if v is not None}
         return [StudentJob(qubits=q, blocks=b, alpha=a, seed=s, temperature=self.temperature,
                            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           backend=self.backend, backend_options=options)
+                           backend=self.backend,
+                           backend_options={**options, "simulator_seed": s} if options else options)
                 for q, b, a, s in itertools.product(self.qubits, self.blocks, self.alpha, self.seeds)]
 
 

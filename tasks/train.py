@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import fsspec
 import numpy as np
@@ -63,6 +64,25 @@ class StudentJob:
         return f"student-q{self.qubits}-b{self.blocks}-a{self.alpha:g}-s{self.seed}"
 
 
+@contextmanager
+def _dask_client_for(backend: str) -> Iterator[Any]:
+    """On a Dask worker and for `aer`, a client that lets the parameter-shift batches of this
+    training spread over all workers (``worker_client`` secedes from the worker's thread pool,
+    so the chunks can run beside it); otherwise ``None``."""
+    if backend != "aer":
+        yield None
+        return
+    from distributed import get_worker, worker_client
+
+    try:
+        get_worker()
+    except ValueError:  # not running on a Dask worker
+        yield None
+        return
+    with worker_client() as client:
+        yield client
+
+
 def _set_threads() -> None:
     # One thread per task: the Dask workers already use every core between them.
     torch.set_num_threads(1)
@@ -96,16 +116,21 @@ def train_student(job: StudentJob, data: Features, root: str) -> dict[str, Any]:
     log = get_run_logger()
     cfg = QDLLMConfig(in_features=data.train_x.shape[1], num_classes=len(data.label_names),
                       qubits=job.qubits, blocks=job.blocks, backend=job.backend, seed=job.seed)
-    model = QDLLMStudent(cfg, **job.backend_options)
 
     def progress(epoch: int, m: dict[str, float]) -> None:
         log.info("%s epoch %d/%d: loss %.4f, train acc %.3f", job.name, epoch, job.epochs,
                  m["loss"], m["accuracy"])
 
     t0 = time.perf_counter()
-    history = train(model, data.train_x, data.train_y, data.train_teacher, epochs=job.epochs,
-                    batch_size=job.batch_size, lr=job.lr, seed=job.seed,
-                    temperature=job.temperature, alpha=job.alpha, on_epoch=progress)
+    with _dask_client_for(job.backend) as client:
+        split = {} if client is None else {"client": client}
+        if split:
+            log.info("%s: parameter-shift batches split across %d Dask workers", job.name,
+                     len(client.scheduler_info()["workers"]))
+        model = QDLLMStudent(cfg, **job.backend_options, **split)
+        history = train(model, data.train_x, data.train_y, data.train_teacher, epochs=job.epochs,
+                        batch_size=job.batch_size, lr=job.lr, seed=job.seed,
+                        temperature=job.temperature, alpha=job.alpha, on_epoch=progress)
     seconds = time.perf_counter() - t0
     model = model.with_backend("exact") if job.backend != "exact" else model
     metrics = evaluate(model, data.test_x, data.test_y, data.test_teacher)

@@ -114,3 +114,18 @@ def test_bad_input_is_refused_before_any_work(args: list[str], message: str, tmp
         text = capsys.readouterr().err
     assert code != 0 and message in text
     assert not out.exists()  # nothing written
+
+
+def test_noise_aware_training_on_aer_repeats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--backend aer with shots trains through parameter shift (split over the Dask workers)
+    and, seeded, gives the same student twice."""
+    params = DistillParams(train_size=40, test_size=20, seeds=[0], epochs=1, qubits=[3], blocks=[1],
+                           backend="aer", shots=256, eval_shots=None, eval_noise=None,
+                           experiment="test-aer")
+    accuracies = []
+    for run in ("a", "b"):
+        monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(tmp_path / run))
+        result = run_distill(params)
+        assert result["students"] == [{"name": "student-q3-b1-a0.5-s0", "cached": False}]
+        accuracies.append({r["model"]: r["accuracy"] for r in result["table"]})
+    assert accuracies[0] == accuracies[1]

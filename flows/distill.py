@@ -12,15 +12,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-import fsspec
 import mlflow
 import numpy as np
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator, ValidationInfo
 
 from tasks import reporting, tracking
 from tasks.prepare import prepare_data, teacher_outputs
+from qcore.training import classification_metrics
+from tasks.artifacts import download_folder
 from tasks.data import load_dataset
 from tasks.settings import Settings
 from tasks.teacher import TeacherSpec
@@ -122,18 +123,13 @@ def _features(data: Any, teacher: Any, spec: TeacherSpec) -> Features:
 
 
 def _teacher_row(feats: Features) -> dict[str, Any]:
-    from sklearn.metrics import f1_score
-
-    pred = feats.test_teacher.argmax(-1)
     return {"name": "teacher", "kind": "teacher", "params": {},
-            "metrics": {"accuracy": float((pred == feats.test_y).mean()), "agreement": 1.0,
-                        "macro_f1": float(f1_score(feats.test_y, pred, average="macro"))}}
+            "metrics": classification_metrics(feats.test_teacher.argmax(-1), feats.test_y, feats.test_teacher)}
 
 
 @flow(name="distill", task_runner=dask_runner(), log_prints=True)
 def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
     """Distil a teacher LLM into quantum students and compare them with classical competitors."""
-    log = get_run_logger()
     settings = Settings()
     root = settings.artifact_root
     data = prepare_data(params.dataset, train_size=params.train_size, test_size=params.test_size,
@@ -162,7 +158,7 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
     chunked = {}
     for label, opts, samples in settings_:
         n = min(samples, len(feats.test_y))
-        step = max(1, -(-n // Settings().dask_workers))  # one chunk per worker
+        step = max(1, -(-n // settings.dask_workers))  # one chunk per worker
         chunked[label] = [noisy_evaluation.submit(first["model_url"], feats, label, i, min(i + step, n), 0, opts)
                           for i in range(0, n, step)]
     baseline_rows = [r for f in baselines for r in f.result()]
@@ -206,9 +202,7 @@ def _log_mlflow(settings: Settings, params: DistillParams, data: Any, feats: Fea
                     "confusion_matrix.png": reporting.confusion(
                         feats.test_y, np.array(r["test_predictions"]), feats.label_names, r["name"])}
             with tempfile.TemporaryDirectory() as tmp:
-                local = Path(tmp) / "model"
-                fs, path = fsspec.core.url_to_fs(r["model_url"])
-                fs.get(path.rstrip("/") + "/", str(local) + "/", recursive=True)
+                local = download_folder(r["model_url"], Path(tmp) / "model")
                 tracking.log_child(parent, r["name"], params=r["job"],
                                    metrics={**r["metrics"], **{f"params_{k}": v for k, v in r["params"].items()}},
                                    history=r["history"], artifacts=local, figures=figs,

@@ -113,6 +113,17 @@ def train(
     return history
 
 
+def classification_metrics(pred: ArrayLike, y: ArrayLike, teacher_logits: ArrayLike | None = None
+                           ) -> dict[str, float]:
+    """Accuracy, macro-F1 and, given teacher logits, agreement of ``pred`` with the teacher's argmax."""
+    pred, y = np.asarray(pred), np.asarray(y)
+    metrics = {"accuracy": float((pred == y).mean()),
+               "macro_f1": float(f1_score(y, pred, average="macro"))}
+    if teacher_logits is not None:
+        metrics["agreement"] = float((pred == np.asarray(teacher_logits).argmax(-1)).mean())
+    return metrics
+
+
 def evaluate(
     model: nn.Module,
     x: ArrayLike,
@@ -128,15 +139,9 @@ def evaluate(
     mimics, not how well it classifies. ``latency_ms`` is the median over ``repeats`` of one
     forward pass on the first ``latency_batch`` samples (no autograd), divided by the batch size.
     """
-    x, y = torch.as_tensor(x), torch.as_tensor(y, dtype=torch.long)
-    pred = predict_logits(model, x).argmax(-1)
-    metrics = {
-        "accuracy": (pred == y).float().mean().item(),
-        "macro_f1": float(f1_score(y.numpy(), pred.numpy(), average="macro")),
-    }
-    if teacher_logits is not None:
-        teacher_pred = torch.as_tensor(teacher_logits).argmax(-1)
-        metrics["agreement"] = (pred == teacher_pred).float().mean().item()
+    x = torch.as_tensor(x)
+    pred = predict_logits(model, x).argmax(-1).numpy()
+    metrics = classification_metrics(pred, y, teacher_logits)
     batch = x[:latency_batch]
     times = []
     for _ in range(repeats):

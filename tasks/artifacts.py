@@ -97,3 +97,11 @@ def cached_npz(
     np.savez(buf, **arrays)
     atomic_write_bytes(url, buf.getvalue(), storage_options)
     return arrays
+
+
+def download_folder(url: str, dest: str | os.PathLike[str],
+                    storage_options: Mapping[str, Any] | None = None) -> Path:
+    """Copy the folder at ``url`` (any fsspec URL) to the local path ``dest``; return ``dest``."""
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    fs.get(path.rstrip("/") + "/", str(dest).rstrip("/") + "/", recursive=True)
+    return Path(dest)

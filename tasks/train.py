@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import fsspec
 import numpy as np
 import torch
 from prefect import get_run_logger, task
@@ -24,9 +23,9 @@ from prefect.cache_policies import NO_CACHE
 
 from qcore.models.classical import distilled_mlp, logistic_regression, matched_mlp
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
-from qcore.training import evaluate, model_size_bytes, train
+from qcore.training import classification_metrics, evaluate, model_size_bytes, train
 
-from .artifacts import atomic_write_bytes, hash_json, join_url, read_bytes
+from .artifacts import atomic_write_bytes, download_folder, hash_json, join_url, read_bytes
 
 
 @dataclass(frozen=True)
@@ -88,14 +87,14 @@ def _set_threads() -> None:
     torch.set_num_threads(1)
 
 
-def _store(root: str, folder: Path, result: dict[str, Any], key: str) -> str:
+def _store(root: str, folder: Path, result: dict[str, Any], key: str) -> dict[str, Any]:
     """Copy a saved model to the artifact store, then commit it by writing result.json."""
     url = join_url(root, "students", key)
     for f in sorted(folder.iterdir()):
         atomic_write_bytes(join_url(url, "model", f.name), f.read_bytes())
     result = {**result, "model_url": join_url(url, "model")}
     atomic_write_bytes(join_url(url, "result.json"), json.dumps(result).encode())
-    return url
+    return result
 
 
 def _cached_result(root: str, key: str) -> dict[str, Any] | None:
@@ -146,9 +145,10 @@ def train_student(job: StudentJob, data: Features, root: str) -> dict[str, Any]:
             "history": {k: [h[k] for h in history] for k in history[0]},
             "test_predictions": model_predictions(model, data.test_x),
         }
-        _store(root, folder, result, key)
+        stored = _store(root, folder, result, key)
     log.info("%s: test accuracy %.4f", job.name, metrics["accuracy"])
-    return {**_cached_result(root, key), "cached": False}
+    # The JSON round trip keeps a fresh result identical in form to a cached one.
+    return {**json.loads(json.dumps(stored)), "cached": False}
 
 
 def model_predictions(model: torch.nn.Module, x: np.ndarray) -> list[int]:
@@ -186,13 +186,8 @@ def classical_baselines(data: Features, seed: int, target_params: int, epochs: i
 
 def _baseline_row(kind: str, seed: int, logits: torch.Tensor, data: Features,
                   params: dict[str, int]) -> dict[str, Any]:
-    from sklearn.metrics import f1_score
-
-    pred = logits.argmax(-1).numpy()
     return {"name": f"{kind} s{seed}", "kind": kind, "seed": seed, "params": {**params, "circuit": 0},
-            "metrics": {"accuracy": float((pred == data.test_y).mean()),
-                        "macro_f1": float(f1_score(data.test_y, pred, average="macro")),
-                        "agreement": float((pred == data.test_teacher.argmax(-1)).mean())}}
+            "metrics": classification_metrics(logits.argmax(-1).numpy(), data.test_y, data.test_teacher)}
 
 
 @task(name="noisy-evaluation", retries=1, cache_policy=NO_CACHE,
@@ -203,9 +198,7 @@ def noisy_evaluation(model_url: str, data: Features, label: str, start: int, sto
     (shots and/or a device noise model) beside its exact predictions."""
     _set_threads()
     with tempfile.TemporaryDirectory() as tmp:
-        fs, path = fsspec.core.url_to_fs(model_url)
-        fs.get(path.rstrip("/") + "/", tmp + "/", recursive=True)
-        model = QDLLMStudent.load(tmp)
+        model = QDLLMStudent.load(download_folder(model_url, Path(tmp) / "model"))
     noisy = model.with_backend("aer", simulator_seed=seed + start, **backend_options)
     x = data.test_x[start:stop]
     t0 = time.perf_counter()

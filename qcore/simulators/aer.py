@@ -62,7 +62,7 @@ from qiskit_aer.noise import NoiseModel, depolarizing_error
 from qiskit_aer.noise.device import basic_device_gate_errors, basic_device_readout_errors
 
 from .base import register
-from .program import SUPPORTED_GATES, CircuitError, Program, read_circuit
+from .program import SUPPORTED_GATES, Program, read_circuit
 
 if TYPE_CHECKING:
     from qiskit.providers import BackendV2
@@ -363,13 +363,6 @@ class AerEngine:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.num_qubits = circuit.num_qubits
         self.observables = [SparsePauliOp(o) for o in observables]
-        for o in self.observables:
-            if o.num_qubits != self.num_qubits:
-                raise CircuitError(
-                    f"observable on {o.num_qubits} qubits for a {self.num_qubits}-qubit circuit"
-                )
-            if np.abs(o.coeffs.imag).max(initial=0.0) > 1e-12:
-                raise ValueError(f"observable {o} is not Hermitian (complex coefficients)")
         program = shift_ready_program(circuit, inputs, weights)
         self.a_x, self.a_w, self.const = program.angle_matrix()
         self.circuit, self.parameters = angle_circuit(program)

@@ -46,6 +46,15 @@ def available_backends() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_observables(observables: Sequence[SparsePauliOp], num_qubits: int) -> None:
+    """Refuse observables of the wrong width or that are not Hermitian (every backend)."""
+    for i, obs in enumerate(observables):
+        if obs.num_qubits != num_qubits:
+            raise ValueError(f"observable {i} acts on {obs.num_qubits} qubits; the circuit has {num_qubits}")
+        if not obs.simplify().adjoint().equiv(obs.simplify()):
+            raise ValueError(f"observable {i} ({obs}) is not Hermitian; expectation values need Hermitian observables")
+
+
 def build_simulator(
     backend: str,
     circuit: QuantumCircuit,
@@ -59,6 +68,7 @@ def build_simulator(
     """Build the named backend for one circuit; unknown names are refused with the known ones."""
     if backend not in _REGISTRY:
         raise ValueError(f"unknown backend {backend!r}; available backends: {available_backends()}")
+    check_observables(observables, circuit.num_qubits)
     return _REGISTRY[backend](
         circuit, inputs=inputs, weights=weights, observables=observables, dtype=dtype, **options
     )

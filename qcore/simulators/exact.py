@@ -537,17 +537,6 @@ def _pauli_terms(observables: Sequence[SparsePauliOp], n: int) -> dict[int, np.n
     return groups
 
 
-def check_observables(observables: Sequence[SparsePauliOp], n: int) -> None:
-    """Refuse observables of the wrong width or that are not Hermitian."""
-    for i, obs in enumerate(observables):
-        if obs.num_qubits != n:
-            raise ValueError(
-                f"observable {i} acts on {obs.num_qubits} qubits; the circuit has {n}"
-            )
-        if not obs.simplify().adjoint().equiv(obs.simplify()):
-            raise ValueError(f"observable {i} ({obs}) is not Hermitian; expectation values need Hermitian observables")
-
-
 class ExactSimulator(torch.nn.Module):
     """A circuit compiled into fused PyTorch operations on a batched statevector."""
 
@@ -570,7 +559,6 @@ class ExactSimulator(torch.nn.Module):
         self.cdtype = dtype
         prog = read_circuit(circuit, inputs, weights)
         n = self.num_qubits = prog.num_qubits
-        check_observables(observables, n)
         self.num_inputs, self.num_weights = prog.num_inputs, prog.num_weights
         ops = _compile(prog, self.rdtype, group_size)
         self.initial_layer = ops.pop(0) if ops and isinstance(ops[0], _LayerOp) else None

@@ -89,9 +89,18 @@ class QuantumLayer(torch.nn.Module):
         self.weights = torch.nn.Parameter(init)
         self.num_inputs = len(inputs)
 
-    def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | None = None, *,
+                initial_state: torch.Tensor | None = None) -> torch.Tensor:
+        """``initial_state`` (``(batch, 2**n)``, normalised; `exact` only) starts the circuit from
+        that state instead of ``|0…0⟩``: how the PQC head amplitude-encodes embeddings exactly."""
         if x is None:
-            x = torch.zeros(1, 0, dtype=self.weights.dtype, device=self.weights.device)
+            batch = 1 if initial_state is None else initial_state.shape[0]
+            x = torch.zeros(batch, 0, dtype=self.weights.dtype, device=self.weights.device)
+        if initial_state is not None:
+            if self.backend != "exact":
+                raise ValueError(f"initial_state needs the exact backend, not {self.backend!r}")
+            run = self.simulator.probs if self.output == "probs" else self.simulator.expval
+            return run(x, self.weights, initial_state=initial_state)
         single = x.dim() == 1
         if single:
             x = x.unsqueeze(0)

@@ -50,13 +50,19 @@ def train(
     alpha: float = 0.5,
     on_epoch: EpochCallback | None = None,
     val: tuple[ArrayLike, ArrayLike] | None = None,
+    patience: int | None = None,
+    weight_decay: float = 0.0,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place with Adam on the distillation loss; return one dict per epoch.
 
     Each dict holds ``epoch``, ``loss`` (mean over the epoch's samples), ``accuracy`` (of the
     predictions made while training), ``val_accuracy`` when ``val=(x, y)`` is given, and
     ``seconds`` (the epoch's training time, validation excluded); ``on_epoch(epoch, metrics)`` gets
-    the same dict as soon as the epoch ends. ``teacher_logits=None`` needs ``alpha=0`` (plain
+    the same dict as soon as the epoch ends.
+
+    Early stopping: with ``val`` and ``patience``, training stops once validation accuracy has not
+    improved for ``patience`` epochs, and the weights of the best epoch (the earliest of equals)
+    are put back; every dict then also holds ``best_epoch``. ``teacher_logits=None`` needs ``alpha=0`` (plain
     cross-entropy, for baselines trained on labels only).
 
     Batches: the paper's code uses batch 1 and lr 0.06. Batch 32 vectorises each step and takes
@@ -79,10 +85,13 @@ def train(
             f"train_x, train_y and teacher_logits need one row per sample; got {len(x)}, {len(y)}"
             f"{'' if t is None else f' and {len(t)}'}"
         )
+    if patience is not None and (val is None or patience < 1):
+        raise ValueError(f"patience={patience} needs val=(x, y) and must be at least 1")
     torch.manual_seed(seed)
     order_rng = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    history: list[dict[str, float]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     for epoch in range(1, epochs + 1):
         model.train()
         start = time.perf_counter()
@@ -110,6 +119,15 @@ def train(
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+        if patience is not None:
+            if best is None or metrics["val_accuracy"] > best[0]:
+                best = (metrics["val_accuracy"], epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            elif epoch - best[1] >= patience:
+                break
+    if best is not None:
+        model.load_state_dict(best[2])
+        for h in history:
+            h["best_epoch"] = best[1]
     return history
 
 

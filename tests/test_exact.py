@@ -27,6 +27,7 @@ from qcore.circuits import (
     zz_feature_map,
 )
 from qcore.circuits.base import ModelCircuit
+from qcore.layer import z_observables
 
 ONE_Q = ["h", "x", "y", "z", "s", "sdg", "t", "tdg", "sx", "rx", "ry", "rz", "p", "u", "r"]
 TWO_Q = ["cx", "cy", "cz", "ch", "swap", "crx", "cry", "crz", "cp", "rxx", "ryy", "rzz", "rzx", "cu"]
@@ -269,3 +270,19 @@ def test_gradients_match_parameter_shift_on_aer(family: str) -> None:
         grads[backend] = (layer.weights.grad.clone(), x.grad.clone())
     torch.testing.assert_close(grads["exact"][0], grads["aer"][0], atol=1e-6, rtol=0)
     torch.testing.assert_close(grads["exact"][1], grads["aer"][1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("ansatz", [cnot_ry_blocks(5, layers=3), hardware_efficient(5, layers=2)],
+                         ids=["cnot-ry (CX first)", "hardware-efficient (1q layer first)"])
+def test_initial_state_matches_statevector_evolve(ansatz: tuple) -> None:
+    """An amplitude-encoded start state, then a PQC, equals Qiskit's Statevector.evolve."""
+    circuit, theta = ansatz
+    layer = QuantumLayer(circuit, weights=list(theta), dtype=torch.complex128, seed=3)
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(4, 32))
+    states /= np.linalg.norm(states, axis=1, keepdims=True)
+    got = layer(initial_state=torch.as_tensor(states)).detach().numpy()
+    bound = circuit.assign_parameters(dict(zip(theta, layer.weights.detach().numpy())))
+    obs = z_observables(5)
+    want = [[Statevector(s).evolve(bound).expectation_value(o).real for o in obs] for s in states]
+    np.testing.assert_allclose(got, want, atol=1e-10)

@@ -1,13 +1,21 @@
-"""Models: the QD-LLM quantum student and the classical baselines it is compared with."""
+"""Models: the QD-LLM quantum student, the PQC classification head and the classical baselines
+they are compared with. :func:`load_model` rebuilds any saved quantum model from its folder."""
 
-from qcore.models.classical import MLP, distilled_mlp, logistic_regression, matched_mlp
+from qcore.models.base import QuantumModel, load_model
+from qcore.models.classical import MLP, distilled_mlp, linear_svm, logistic_regression, matched_mlp
+from qcore.models.pqc_head import PQCHead, PQCHeadConfig
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 
 __all__ = [
     "MLP",
+    "PQCHead",
+    "PQCHeadConfig",
     "QDLLMConfig",
     "QDLLMStudent",
+    "QuantumModel",
     "distilled_mlp",
+    "linear_svm",
+    "load_model",
     "logistic_regression",
     "matched_mlp",
 ]

@@ -1,6 +1,7 @@
 """Classical baselines on the same features as the quantum student.
 
-- :func:`logistic_regression`: the linear probe every embedding paper reports.
+- :func:`logistic_regression`: the linear probe every embedding paper reports, and
+  :func:`linear_svm`, the other classical head the PQC-head paper compares with.
 - :class:`MLP` sized by :func:`matched_mlp` to about the student's parameter count, so a
   comparison is between models of equal size, not between a tiny circuit and a large network.
 - :func:`distilled_mlp`: that MLP trained with the student's distillation loss on the same teacher
@@ -30,6 +31,20 @@ def logistic_regression(
     probe.fit(np.asarray(train_x), np.asarray(train_y))
     scores = probe.decision_function(np.asarray(test_x))
     if scores.ndim == 1:  # binary: one score d = log(p1 / p0), so the logits are (0, d)
+        scores = np.stack([np.zeros_like(scores), scores], axis=1)
+    return torch.as_tensor(scores, dtype=torch.float32)
+
+
+def linear_svm(
+    train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, seed: int = 0
+) -> torch.Tensor:
+    """A linear SVM (squared hinge, L2, C=1); ``(len(test_x), classes)`` decision scores as logits
+    (binary: ``(0, score)``, so the argmax is the SVM's prediction)."""
+    from sklearn.svm import LinearSVC
+
+    svm = LinearSVC(random_state=seed).fit(np.asarray(train_x), np.asarray(train_y))
+    scores = svm.decision_function(np.asarray(test_x))
+    if scores.ndim == 1:
         scores = np.stack([np.zeros_like(scores), scores], axis=1)
     return torch.as_tensor(scores, dtype=torch.float32)
 

@@ -12,22 +12,15 @@ carry the rest of the parameters (4,235 + 24 for 384-d MiniLM features and 2 cla
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import torch
-from qiskit import qasm3
-from safetensors.torch import load_file, save_file
+from qiskit import QuantumCircuit
 from torch import nn
 
 from qcore.circuits import ModelCircuit, angle_encoding, compose, qdllm_ansatz
 from qcore.layer import QuantumLayer, z_observables
-
-DTYPES = {"complex64": torch.complex64, "complex128": torch.complex128}
-WEIGHTS_FILE, CONFIG_FILE, CIRCUIT_FILE = "weights.safetensors", "config.json", "circuit.qasm"
+from qcore.models.base import DTYPES, QuantumModel, real_dtype, register_model
 
 
 @dataclass(frozen=True)
@@ -81,18 +74,23 @@ class QDLLMConfig:
         )
 
 
-class QDLLMStudent(nn.Module):
+@register_model
+class QDLLMStudent(QuantumModel):
     """The hybrid student; ``forward`` maps ``(batch, in_features)`` to ``(batch, num_classes)`` logits.
 
     Extra keyword arguments are options of the quantum layer's backend (e.g. ``shots=`` for
-    ``aer``); they are a run-time choice and are not saved with the model.
+    ``aer``); they are a run-time choice and are not saved with the model. Saving, loading and
+    :meth:`with_backend` come from :class:`~qcore.models.base.QuantumModel`.
     """
+
+    model_type = "qdllm"
+    config_type = QDLLMConfig
 
     def __init__(self, config: QDLLMConfig, **backend_options: object):
         super().__init__()
         self.config = config
         complex_dtype = DTYPES[config.dtype]
-        real = torch.float64 if complex_dtype == torch.complex128 else torch.float32
+        real = real_dtype(config.dtype)
         circuit = config.model_circuit()
         # Seed the dense layers' default initialisation without touching the caller's RNG stream.
         with torch.random.fork_rng(devices=[]):
@@ -128,79 +126,5 @@ class QDLLMStudent(nn.Module):
         # Backends may answer in another precision (aer computes in float64): match the head.
         return self.head(torch.real(z).to(self.head.weight.dtype))
 
-    def parameter_counts(self) -> dict[str, int]:
-        """Trainable numbers, circuit angles apart from the classical dense layers."""
-        circuit = self.quantum.weights.numel()
-        total = sum(p.numel() for p in self.parameters())
-        return {"circuit": circuit, "classical": total - circuit, "total": total}
-
-    # -- persistence
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``weights.safetensors``, ``config.json`` and ``circuit.qasm`` into ``directory``.
-
-        The files are written into a temporary sibling folder that is then renamed, so a reader
-        never sees a half-written model; an existing ``directory`` is replaced. The QASM file is
-        the parametrised circuit in OpenQASM 3 (inputs ``x``, trained angles ``θ``), for hardware
-        runs and for checking, on load, that the circuit library still builds the same circuit.
-        """
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            tensors = {name: p.detach().cpu().contiguous() for name, p in self.named_parameters()}
-            save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-            (tmp / CONFIG_FILE).write_text(self.config.to_json())
-            (tmp / CIRCUIT_FILE).write_text(qasm3.dumps(self.config.model_circuit().circuit))
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-                os.replace(target, old / target.name)
-                os.replace(tmp, target)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike[str], **backend_options: object) -> QDLLMStudent:
-        """A student saved by :meth:`save`, on the backend its config names (with ``backend_options``).
-
-        Refuses a folder whose ``circuit.qasm`` is not the circuit the config builds today.
-        """
-        folder = Path(directory)
-        config = QDLLMConfig.from_json((folder / CONFIG_FILE).read_text())
-        saved_qasm = (folder / CIRCUIT_FILE).read_text()
-        if saved_qasm != qasm3.dumps(config.model_circuit().circuit):
-            raise ValueError(
-                f"{folder / CIRCUIT_FILE} differs from the circuit this version of qcore builds for "
-                f"{folder / CONFIG_FILE}: the saved angles would drive different gates"
-            )
-        model = cls(config, **backend_options)
-        model.load_parameters(load_file(folder / WEIGHTS_FILE))
-        return model
-
-    def load_parameters(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Copy every trainable tensor in by name; refuse missing, extra or misshapen entries."""
-        own = dict(self.named_parameters())
-        if set(tensors) != set(own):
-            raise ValueError(
-                f"parameter names differ: missing {sorted(set(own) - set(tensors))}, "
-                f"unexpected {sorted(set(tensors) - set(own))}"
-            )
-        with torch.no_grad():
-            for name, p in own.items():
-                if tensors[name].shape != p.shape:
-                    raise ValueError(f"{name}: shape {tuple(tensors[name].shape)}, expected {tuple(p.shape)}")
-                p.copy_(tensors[name])
-
-    def with_backend(self, backend: str, **backend_options: object) -> QDLLMStudent:
-        """A copy with the same weights whose circuit runs on ``backend`` (e.g. noisy ``aer``).
-
-        For evaluating a trained model under shots or device noise:
-        ``model.with_backend("aer", shots=4000, noise="fake_torino", simulator_seed=0)``.
-        """
-        copy = type(self)(replace(self.config, backend=backend), **backend_options)
-        copy.load_parameters(dict(self.named_parameters()))
-        return copy.train(self.training)
+    def circuits(self) -> dict[str, QuantumCircuit]:
+        return {"circuit": self.config.model_circuit().circuit}

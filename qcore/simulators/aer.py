@@ -43,6 +43,7 @@ gradient are shifted.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -89,9 +90,20 @@ def _fake_backend_classes() -> dict[str, type]:
     return classes
 
 
+@functools.lru_cache(maxsize=1)
+def _fake_backend_names() -> tuple[str, ...]:
+    return tuple(sorted(_fake_backend_classes()))
+
+
 def fake_backend_names() -> list[str]:
     """Names accepted by ``noise=`` (class names such as ``FakeTorino`` are accepted too)."""
-    return sorted(_fake_backend_classes())
+    return list(_fake_backend_names())
+
+
+@functools.lru_cache(maxsize=None)
+def fake_backend_qubits(name: str) -> int:
+    """Qubits of a fake device, built once per process (validating a study checks many points)."""
+    return fake_backend(name).num_qubits
 
 
 def fake_backend(name: str) -> BackendV2:

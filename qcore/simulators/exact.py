@@ -362,6 +362,9 @@ class _LayerOp(_Op):
         k = min(group_size, n)
         self.full_groups, self.group_size = n // k, k
         self.rest = n - self.full_groups * k
+        # A layer on few qubits (a CX-then-RY block) is cheaper as separate 2x2 updates than as
+        # Kronecker groups that sweep the whole state with 2^k x 2^k matrices.
+        self.sparse = sorted(pending) if 2 * len(pending) <= n // k * 2**k // 4 else None
         if self.map.constant:
             self.register_buffer("const_matrices", self._matrices_from(self.map.c))
 
@@ -387,6 +390,8 @@ class _LayerOp(_Op):
 
     def apply(self, state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         mats = self.matrices(x, w)
+        if self.sparse is not None:
+            return self._apply_each(state, mats)
         g, k = self.full_groups, self.group_size
         groups = _kron_tree(mats[..., : g * k, :, :].unflatten(-3, (g, k)), vectors=False)
         krons = list(groups.unbind(-3))
@@ -396,6 +401,16 @@ class _LayerOp(_Op):
         for kron in krons:
             d = kron.shape[-1]
             state = torch.matmul(kron, state.view(b, -1, d).mT).view(b, -1)
+        return state
+
+
+    def _apply_each(self, state: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
+        """One 2x2 per active qubit ``q``: the state viewed as ``(B, high, bit q, low)``."""
+        b = state.shape[0]
+        for q in self.sparse:
+            m = mats[..., q, :, :]
+            spec = "zij,zajc->zaic" if m.dim() == 3 else "ij,zajc->zaic"
+            state = torch.einsum(spec, m, state.view(b, -1, 2, 2**q)).reshape(b, -1)
         return state
 
 
@@ -587,11 +602,23 @@ class ExactSimulator(torch.nn.Module):
         self.num_observables = len(observables)
 
     # -- running
-    def state(self, x: torch.Tensor, w: torch.Tensor, *, folded: bool = False) -> torch.Tensor:
-        """``(batch, 2**n)`` statevector; ``folded=True`` skips the trailing permutation."""
+    def state(self, x: torch.Tensor, w: torch.Tensor, *, folded: bool = False,
+              initial_state: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, 2**n)`` statevector; ``folded=True`` skips the trailing permutation.
+
+        ``initial_state`` (``(batch, 2**n)``, Qiskit order, normalised) replaces ``|0…0⟩``: an
+        exact amplitude encoding costs one tensor instead of a ``2**n``-gate preparation circuit.
+        """
         x, w = self._check(x, w)
         batch = x.shape[0]
-        if self.initial_layer is not None:
+        if initial_state is not None:
+            if initial_state.shape != (batch, 2**self.num_qubits):
+                raise ValueError(f"initial_state has shape {tuple(initial_state.shape)}; "
+                                 f"expected ({batch}, {2**self.num_qubits})")
+            psi = initial_state.to(self.cdtype)
+            if self.initial_layer is not None:
+                psi = self.initial_layer.apply(psi, x, w)
+        elif self.initial_layer is not None:
             psi = self.initial_layer.product_state(x, w).to(self.cdtype)
             if psi.dim() == 1:
                 psi = psi.unsqueeze(0)
@@ -605,12 +632,14 @@ class ExactSimulator(torch.nn.Module):
         psi = psi.expand(batch, -1)
         return psi if folded else psi.index_select(1, self.probs_src)
 
-    def probs(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        p = _abs2(self.state(x, w, folded=True))
+    def probs(self, x: torch.Tensor, w: torch.Tensor, *,
+              initial_state: torch.Tensor | None = None) -> torch.Tensor:
+        p = _abs2(self.state(x, w, folded=True, initial_state=initial_state))
         return p if self._tail_identity else p.index_select(1, self.probs_src)
 
-    def expval(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        psi = self.state(x, w, folded=True)
+    def expval(self, x: torch.Tensor, w: torch.Tensor, *,
+               initial_state: torch.Tensor | None = None) -> torch.Tensor:
+        psi = self.state(x, w, folded=True, initial_state=initial_state)
         out = _abs2(psi) @ self.z_matrix
         for i in range(len(self.xmasks)):  # no tail was folded: src is the identity here
             flip, coeffs = getattr(self, f"flip_{i}"), getattr(self, f"pauli_{i}")

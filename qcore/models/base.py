@@ -1,0 +1,147 @@
+"""What every trained quantum model shares: a JSON config, safetensors weights, its circuits as
+OpenQASM 3, atomic saving, a registry to load any saved model, and swapping the simulator.
+
+A saved model is a folder::
+
+    config.json            the model's config dataclass plus "model_type"
+    weights.safetensors    every trainable tensor, by name
+    <name>.qasm            each parametrised circuit, to check on load and to send to hardware
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from qiskit import QuantumCircuit, qasm3
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from qcore.layer import QuantumLayer
+
+DTYPES = {"complex64": torch.complex64, "complex128": torch.complex128}
+WEIGHTS_FILE, CONFIG_FILE = "weights.safetensors", "config.json"
+_MODEL_TYPES: dict[str, type[QuantumModel]] = {}
+
+M = TypeVar("M", bound="QuantumModel")
+
+
+def register_model(cls: type[M]) -> type[M]:
+    """Make ``load_model`` able to rebuild ``cls`` from a folder whose config names its type."""
+    _MODEL_TYPES[cls.model_type] = cls
+    return cls
+
+
+def load_model(directory: str | os.PathLike[str], **backend_options: object) -> QuantumModel:
+    """Any model saved by :meth:`QuantumModel.save`, whatever its type."""
+    raw = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    kind = raw.get("model_type", "qdllm")
+    if kind not in _MODEL_TYPES:
+        raise ValueError(f"{directory}: model_type {kind!r} is unknown; known: {sorted(_MODEL_TYPES)}")
+    return _MODEL_TYPES[kind].load(directory, **backend_options)
+
+
+def real_dtype(complex_dtype: str) -> torch.dtype:
+    return torch.float64 if DTYPES[complex_dtype] == torch.complex128 else torch.float32
+
+
+class QuantumModel(nn.Module):
+    """Base of the hybrid models: subclasses build their layers from ``config`` in ``__init__``
+    (taking backend options as keywords) and name their circuits in :meth:`circuits`.
+
+    ``config`` is a frozen dataclass with a ``backend`` field: the simulator of the circuits
+    meant for a quantum computer (the ones :meth:`with_backend` swaps).
+    """
+
+    model_type: ClassVar[str]  # the name in config.json that load_model dispatches on
+    config_type: ClassVar[type]  # the config dataclass
+    config: Any
+
+    def circuits(self) -> dict[str, QuantumCircuit]:
+        """File stem → parametrised circuit, as the config builds it."""
+        raise NotImplementedError
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable numbers: circuit angles apart from the classical layers."""
+        circuit = sum(m.weights.numel() for m in self.modules() if isinstance(m, QuantumLayer))
+        total = sum(p.numel() for p in self.parameters())
+        return {"circuit": circuit, "classical": total - circuit, "total": total}
+
+    # -- persistence
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write config, weights and circuits into ``directory``, atomically.
+
+        The files go into a temporary sibling folder that is then renamed, so a reader never
+        sees a half-written model; an existing ``directory`` is replaced.
+        """
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            tensors = {name: p.detach().cpu().contiguous() for name, p in self.named_parameters()}
+            save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+            config = {"model_type": self.model_type, **asdict(self.config)}
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+            for stem, circuit in self.circuits().items():
+                (tmp / f"{stem}.qasm").write_text(qasm3.dumps(circuit))
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+                os.replace(target, old / target.name)
+                os.replace(tmp, target)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls: type[M], directory: str | os.PathLike[str], **backend_options: object) -> M:
+        """A model saved by :meth:`save`, on the backend its config names (with ``backend_options``).
+
+        Refuses a folder whose circuits are not the ones the config builds today: the saved
+        angles would drive different gates.
+        """
+        folder = Path(directory)
+        raw = json.loads((folder / CONFIG_FILE).read_text())
+        raw.pop("model_type", None)
+        model = cls(cls.config_type(**raw), **backend_options)
+        for stem, circuit in model.circuits().items():
+            if (folder / f"{stem}.qasm").read_text() != qasm3.dumps(circuit):
+                raise ValueError(
+                    f"{folder / (stem + '.qasm')} differs from the circuit this version of qcore builds "
+                    f"for {folder / CONFIG_FILE}: the saved angles would drive different gates"
+                )
+        model.load_parameters(load_file(folder / WEIGHTS_FILE))
+        return model
+
+    def load_parameters(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy every trainable tensor in by name; refuse missing, extra or misshapen entries."""
+        own = dict(self.named_parameters())
+        if set(tensors) != set(own):
+            raise ValueError(
+                f"parameter names differ: missing {sorted(set(own) - set(tensors))}, "
+                f"unexpected {sorted(set(tensors) - set(own))}"
+            )
+        with torch.no_grad():
+            for name, p in own.items():
+                if tensors[name].shape != p.shape:
+                    raise ValueError(f"{name}: shape {tuple(tensors[name].shape)}, expected {tuple(p.shape)}")
+                p.copy_(tensors[name])
+
+    def with_backend(self: M, backend: str, **backend_options: object) -> M:
+        """A copy with the same weights whose hardware-bound circuits run on ``backend``.
+
+        For evaluating a trained model under shots or device noise:
+        ``model.with_backend("aer", shots=4000, noise="fake_torino", simulator_seed=0)``.
+        """
+        copy = type(self)(replace(self.config, backend=backend), **backend_options)
+        copy.load_parameters(dict(self.named_parameters()))
+        return copy.train(self.training)

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import tempfile
-from pathlib import Path
 from typing import Any, Literal
 
-import mlflow
 import numpy as np
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -20,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tasks import reporting, tracking
 from tasks.prepare import prepare_data, teacher_outputs
+from qcore.simulators.aer import fake_backend_names, fake_backend_qubits
 from qcore.training import classification_metrics
-from tasks.artifacts import download_folder
-from tasks.data import load_dataset
+from tasks.data import Dataset, load_dataset
 from tasks.settings import Settings
 from tasks.teacher import TeacherSpec
 from tasks.train import (Features, StudentJob, classical_baselines, merge_noisy, noisy_evaluation,
@@ -31,12 +28,6 @@ from tasks.train import (Features, StudentJob, classical_baselines, merge_noisy,
 from .runner import dask_runner, prefect_api
 
 MAX_QUBITS = 20
-
-
-def _fake_backends() -> list[str]:
-    from qcore.simulators.aer import fake_backend_names
-
-    return fake_backend_names()
 
 
 class DistillParams(BaseModel):
@@ -91,19 +82,22 @@ class DistillParams(BaseModel):
     @field_validator("noise", "eval_noise")
     @classmethod
     def _fake_backend(cls, v: str | None) -> str | None:
-        if v is not None and v not in _fake_backends():
-            raise ValueError(f"unknown fake backend {v!r}; allowed: {', '.join(_fake_backends())}")
+        if v is not None and v not in fake_backend_names():
+            raise ValueError(f"unknown fake backend {v!r}; allowed: {', '.join(fake_backend_names())}")
         return v
 
     @model_validator(mode="after")
     def _device_fits(self) -> "DistillParams":
-        from qcore.simulators.aer import fake_backend
-
         for name in {self.noise, self.eval_noise} - {None}:
-            size = fake_backend(name).num_qubits
+            size = fake_backend_qubits(name)
             if max(self.qubits) > size:
                 raise ValueError(f"{name} has {size} qubits; a {max(self.qubits)}-qubit student does not fit")
         return self
+
+    def check_data(self) -> None:
+        """Read and split the data set: bad names, paths, columns or sizes fail here."""
+        load_dataset(self.dataset, train_size=self.train_size, test_size=self.test_size, seed=self.split_seed,
+                     text_column=self.text_column, label_column=self.label_column)
 
     def jobs(self) -> list[StudentJob]:
         options: dict[str, Any] = {}
@@ -116,10 +110,26 @@ class DistillParams(BaseModel):
                 for q, b, a, s in itertools.product(self.qubits, self.blocks, self.alpha, self.seeds)]
 
 
-def _features(data: Any, teacher: Any, spec: TeacherSpec) -> Features:
-    return Features(teacher.train.features, np.asarray(data.train_labels), teacher.train.logits,
-                    teacher.test.features, np.asarray(data.test_labels), teacher.test.logits,
-                    tuple(data.label_names), teacher.key, dataclasses.asdict(spec))
+def prepare_distill_data(params: DistillParams, root: str) -> tuple[Dataset, Features]:
+    """The split and the teacher's features and soft labels (cached, sharded over the workers)."""
+    data = prepare_data(params.dataset, train_size=params.train_size, test_size=params.test_size,
+                        seed=params.split_seed, text_column=params.text_column,
+                        label_column=params.label_column)
+    spec = TeacherSpec(kind=params.teacher, model=params.teacher_model,
+                       batch_size=params.teacher_batch_size)
+    teacher = teacher_outputs(data, spec, root, params.teacher_shard_size)
+    return data, Features(teacher.train.features, np.asarray(data.train_labels), teacher.train.logits,
+                          teacher.test.features, np.asarray(data.test_labels), teacher.test.logits,
+                          tuple(data.label_names), teacher.key, dataclasses.asdict(spec))
+
+
+def submit_baselines(params: DistillParams, feats: Features, seeds: list[int]) -> list[Any]:
+    """Logistic regression and MLPs matched to the first student configuration, one task per seed."""
+    target = student_size(feats, params.qubits[0], params.blocks[0])
+    return classical_baselines.map(
+        seed=seeds, data=unmapped(feats), target_params=unmapped(target),
+        epochs=unmapped(params.epochs), batch_size=unmapped(params.batch_size), lr=unmapped(params.lr),
+        temperature=unmapped(params.temperature), alpha=unmapped(params.alpha[0]))
 
 
 def _teacher_row(feats: Features) -> dict[str, Any]:
@@ -132,20 +142,10 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
     """Distil a teacher LLM into quantum students and compare them with classical competitors."""
     settings = Settings()
     root = settings.artifact_root
-    data = prepare_data(params.dataset, train_size=params.train_size, test_size=params.test_size,
-                        seed=params.split_seed, text_column=params.text_column,
-                        label_column=params.label_column)
-    spec = TeacherSpec(kind=params.teacher, model=params.teacher_model,
-                       batch_size=params.teacher_batch_size)
-    feats = _features(data, teacher_outputs(data, spec, root, params.teacher_shard_size), spec)
-
+    data, feats = prepare_distill_data(params, root)
     jobs = params.jobs()
     students = train_student.map(jobs, unmapped(feats), unmapped(root))
-    target = student_size(feats, params.qubits[0], params.blocks[0])
-    baselines = classical_baselines.map(
-        seed=params.seeds, data=unmapped(feats), target_params=unmapped(target),
-        epochs=unmapped(params.epochs), batch_size=unmapped(params.batch_size), lr=unmapped(params.lr),
-        temperature=unmapped(params.temperature), alpha=unmapped(params.alpha[0]))
+    baselines = submit_baselines(params, feats, params.seeds)
     student_rows = [f.result() for f in students]
     settings_ = []
     if params.eval_shots:
@@ -159,7 +159,7 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
     for label, opts, samples in settings_:
         n = min(samples, len(feats.test_y))
         step = max(1, -(-n // settings.dask_workers))  # one chunk per worker
-        chunked[label] = [noisy_evaluation.submit(first["model_url"], feats, label, i, min(i + step, n), 0, opts)
+        chunked[label] = [noisy_evaluation.submit(first["model_url"], feats.test_x, label, i, min(i + step, n), 0, opts)
                           for i in range(0, n, step)]
     baseline_rows = [r for f in baselines for r in f.result()]
     noisy_rows = [merge_noisy([f.result() for f in futures], feats.test_y) for futures in chunked.values()]
@@ -197,33 +197,13 @@ def _log_mlflow(settings: Settings, params: DistillParams, data: Any, feats: Fea
     with tracking.parent_run(settings, params.experiment, "distill",
                              params.model_dump(), tags={"flow": "distill",
                                                         "data_hash": data.content_hash}) as parent:
-        for r in students:
-            figs = {"training_curves.png": reporting.training_curves(r["history"], r["name"]),
-                    "confusion_matrix.png": reporting.confusion(
-                        feats.test_y, np.array(r["test_predictions"]), feats.label_names, r["name"])}
-            with tempfile.TemporaryDirectory() as tmp:
-                local = download_folder(r["model_url"], Path(tmp) / "model")
-                tracking.log_child(parent, r["name"], params=r["job"],
-                                   metrics={**r["metrics"], **{f"params_{k}": v for k, v in r["params"].items()}},
-                                   history=r["history"], artifacts=local, figures=figs,
-                                   tags={"kind": "quantum student", "qllm.model": "qdllm"})
-            for f in figs.values():
-                reporting.close(f)
-        for r in baselines:
-            tracking.log_child(parent, r["name"], params={"kind": r["kind"], "seed": r["seed"]},
-                               metrics=r["metrics"], history=r.get("history"), tags={"kind": r["kind"]})
-        summary = {f"{_slug(row['model'])}.{k}": v for row in table for k, v in row.items()
-                   if isinstance(v, float)}
-        summary.update({f"noisy.{_slug(r['label'])}.accuracy": r["accuracy"] for r in noisy})
-        tracking.with_retries(lambda: mlflow.log_metrics(summary), what="log metrics")
+        tracking.log_result_rows(parent, students + baselines, feats.test_y, feats.label_names,
+                                 model_tag="qdllm")
+        tracking.log_summary(table, {f"noisy.{tracking.slug(r['label'])}.accuracy": r["accuracy"] for r in noisy})
         tracking.log_table(parent, table, "results.json")
         if noisy:
             tracking.log_table(parent, noisy, "noisy.json")
         return parent.info.run_id
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
 
 
 def run_distill(params: DistillParams) -> dict[str, Any]:
@@ -233,8 +213,7 @@ def run_distill(params: DistillParams) -> dict[str, Any]:
     in a second, before any server starts or anything is written.
     """
     settings = Settings()
-    load_dataset(params.dataset, train_size=params.train_size, test_size=params.test_size,
-                 seed=params.split_seed, text_column=params.text_column, label_column=params.label_column)
+    params.check_data()
     with prefect_api():
         result = distill.with_options(task_runner=dask_runner(params.dask_address))(params)
     print(result["markdown"])

@@ -1,4 +1,4 @@
-"""``qllm predict``: classify new text with a student saved in an MLflow run, no retraining."""
+"""``qllm predict``: classify new text with a quantum model (QD-LLM student or PQC head) saved in an MLflow run, no retraining."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from qcore.models.qdllm import QDLLMStudent
+from qcore.models import load_model
 from tasks import tracking
 from tasks.settings import Settings
 from tasks.teacher import SentenceEncoder, TeacherSpec, make_teacher, resolve_model
@@ -31,7 +31,7 @@ def predict(run_id: str, texts: Sequence[str]) -> list[tuple[str, str, dict[str,
         raise ValueError(f"MLflow run {run_id} holds no trained student (model/teacher.json is missing)")
     meta = json.loads(meta_file.read_text())
     names = meta["label_names"]
-    student = QDLLMStudent.load(folder)
+    student = load_model(folder)
     features = teacher_features(TeacherSpec(**meta["teacher"]), names, texts)
     with torch.inference_mode():
         probs = torch.softmax(student(torch.as_tensor(features, dtype=torch.float32)), -1).numpy()

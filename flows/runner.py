@@ -1,11 +1,15 @@
-"""The Dask task runner every flow uses: an existing scheduler, or a temporary LocalCluster."""
+"""How flows run their tasks: the Dask task runner (an existing scheduler, or a temporary
+LocalCluster), the Prefect API the workers share, and gathering results that may have failed."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
+from prefect import get_run_logger
+from prefect.futures import PrefectFuture
 from prefect.settings import PREFECT_API_URL
 from prefect_dask import DaskTaskRunner
 
@@ -50,3 +54,21 @@ def prefect_api() -> Iterator[str]:
         APILogHandler().flush()  # send the last log lines before the server goes away
         del os.environ["PREFECT_API_URL"]
         server.stop()
+
+
+def results_or_failures(futures: Iterable[PrefectFuture[Any]], names: Sequence[str],
+                        jobs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Each training's result, or a ``{"status": "failed"}`` row naming the error once its task
+    has used up its retries: one failed point must not take a whole sweep down with it."""
+    rows = []
+    for future, name, job in zip(futures, names, jobs):
+        future.wait()
+        if future.state.is_completed():
+            rows.append({**future.result(), "status": "ok"})
+            continue
+        error = future.result(raise_on_failure=False)
+        message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(future.state.message)
+        get_run_logger().error("%s failed: %s", name, message)
+        rows.append({"name": name, "kind": "failed", "status": "failed", "error": message,
+                     "job": dataclasses.asdict(job) if dataclasses.is_dataclass(job) else dict(job)})
+    return rows

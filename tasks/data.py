@@ -489,3 +489,32 @@ def load_dataset(
         name=name_or_url, source=source, label_names=tuple(names),
         train_texts=train[0], train_labels=train[1], test_texts=test[0], test_labels=test[1], split=split,
     )
+
+
+def few_shot(dataset: Dataset, per_label: int, *, test_size: int | None = None, seed: int = 0) -> Dataset:
+    """``per_label`` training examples of every class drawn from ``dataset``'s train split; the
+    rest of that split is the test set (all of it, or a stratified ``test_size`` sample).
+
+    The PQC-head paper's few-shot protocol (arXiv 2504.08732): 256 per label on SST-2, the rest
+    of the split as test. The validation split is carved from the training examples later.
+    """
+    _check_size("per_label", per_label)
+    _check_size("test_size", test_size)
+    labels = dataset.train_labels
+    counts = np.bincount(labels, minlength=dataset.num_classes)
+    if (short := [dataset.label_names[c] for c in range(dataset.num_classes) if counts[c] <= per_label]):
+        raise DataError(f"per_label={per_label} leaves no test rows for classes {short} of {dataset.name} "
+                        f"(train split counts {dict(zip(dataset.label_names, counts.tolist()))})")
+    rng = np.random.default_rng([seed, 3])
+    chosen = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), per_label, replace=False)
+                                     for c in range(dataset.num_classes)]))
+    rest = np.setdiff1d(np.arange(len(labels)), chosen)
+    test = _subsample(([dataset.train_texts[i] for i in rest], labels[rest]), test_size,
+                      np.random.default_rng([seed, 4]), "test", dataset.name)
+    return Dataset(
+        name=dataset.name, source=dataset.source, label_names=dataset.label_names,
+        train_texts=[dataset.train_texts[i] for i in chosen], train_labels=labels[chosen],
+        test_texts=test[0], test_labels=test[1],
+        split={**dataset.split, "few_shot_per_label": per_label, "few_shot_test_size": test_size,
+               "few_shot_seed": seed},
+    )

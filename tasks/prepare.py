@@ -6,7 +6,7 @@ import numpy as np
 from prefect import get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
-from .data import Dataset, load_dataset
+from .data import Dataset, few_shot, load_dataset
 from .teacher import TeacherOutput, TeacherOutputs, TeacherSpec, cached_teacher_outputs, unfitted_outputs
 
 
@@ -19,6 +19,17 @@ def prepare_data(name_or_url: str, *, train_size: int | None, test_size: int | N
     get_run_logger().info("data %s: %d train / %d test, %d classes, hash %s", data.name,
                           len(data.train_texts), len(data.test_texts), data.num_classes,
                           data.content_hash[:12])
+    return data
+
+
+@task(name="prepare-few-shot", cache_policy=NO_CACHE)
+def prepare_few_shot(name_or_url: str, *, per_label: int, test_size: int | None, seed: int,
+                     text_column: str | None = None, label_column: str | None = None) -> Dataset:
+    """``per_label`` examples per class from the train split; the rest of it as the test set."""
+    data = few_shot(load_dataset(name_or_url, seed=seed, text_column=text_column, label_column=label_column),
+                    per_label, test_size=test_size, seed=seed)
+    get_run_logger().info("few-shot %s: %d train (%d per label) / %d test, hash %s", data.name,
+                          len(data.train_texts), per_label, len(data.test_texts), data.content_hash[:12])
     return data
 
 

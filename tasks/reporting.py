@@ -56,7 +56,7 @@ def training_curves(history: dict[str, list[float]], title: str) -> Figure:
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     epochs = np.arange(1, len(history["loss"]) + 1)
     ax[0].plot(epochs, history["loss"], marker="o")
-    ax[0].set(xlabel="epoch", ylabel="distillation loss", title=title)
+    ax[0].set(xlabel="epoch", ylabel="training loss", title=title)
     for key in ("accuracy", "val_accuracy"):
         if key in history:
             ax[1].plot(epochs, history[key], marker="o", label="validation" if key == "val_accuracy" else "train")
@@ -83,3 +83,59 @@ def confusion(true: np.ndarray, pred: np.ndarray, labels: Sequence[str], title: 
 
 def close(fig: Figure) -> None:
     plt.close(fig)
+
+
+def sweep_plot(points: Sequence[dict[str, Any]], axis: str, metric: str,
+               baselines: dict[str, tuple[float, float]], title: str) -> Figure:
+    """``metric`` (mean ± std over seeds) against a grid ``axis``, one line per other-axes
+    combination (``points``: ``{"axis": value, "series": label, "mean": m, "std": s}``), with
+    the classical baselines (``name → (mean, std)``) as horizontal lines and bands."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in points:
+        series[p["series"]].append(p)
+    for label, ps in series.items():
+        ps = sorted(ps, key=lambda p: p["axis"])
+        ax.errorbar([p["axis"] for p in ps], [p["mean"] for p in ps], yerr=[p["std"] for p in ps],
+                    marker="o", capsize=4, label=label or "quantum")
+    for i, (name, (mean, std)) in enumerate(baselines.items()):
+        color = f"C{len(series) + i}"
+        ax.axhline(mean, color=color, linestyle="--", label=name)
+        ax.axhspan(mean - std, mean + std, color=color, alpha=0.12)
+    ax.set(xlabel=axis, ylabel=metric, title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def noise_plot(rows: Sequence[dict[str, Any]], exact: tuple[float, float], title: str) -> Figure:
+    """Accuracy under each noise setting (mean ± std over models): shots and depolarizing levels
+    as curves on log axes, fake devices as bars, the exact accuracy as a line in each panel."""
+    kinds = [k for k in ("shots", "depolarizing", "device") if any(r["kind"] == k for r in rows)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        rs = [r for r in rows if r["kind"] == kind]
+        if kind == "device":
+            ax.bar(range(len(rs)), [r["accuracy"] for r in rs], yerr=[r["accuracy_std"] for r in rs], capsize=4)
+            ax.set_xticks(range(len(rs)), [r["label"].split("+")[0] for r in rs], rotation=20)
+        else:
+            rs = sorted(rs, key=lambda r: r["level"])
+            ax.errorbar([r["level"] for r in rs], [r["accuracy"] for r in rs],
+                        yerr=[r["accuracy_std"] for r in rs], marker="o", capsize=4)
+            ax.set_xscale("log")
+        ax.axhline(exact[0], color="k", linestyle="--", label="exact")
+        ax.set(xlabel={"shots": "shots", "depolarizing": "depolarizing p", "device": "fake device"}[kind],
+               ylabel="test accuracy (same samples)", title=title if kind == kinds[0] else "")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def figure_markdown(fig: Figure, alt: str) -> str:
+    """The figure as an inline PNG for a Prefect markdown artifact."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"

@@ -6,6 +6,7 @@
 | ``QLLM_MLFLOW_URI`` | SQLite file under a local artifact root | an MLflow tracking server |
 | ``QLLM_DASK_ADDRESS`` | a temporary ``LocalCluster`` | ``tcp://scheduler:8786`` |
 | ``QLLM_DASK_WORKERS`` | number of cores | workers of the temporary cluster |
+| ``QLLM_TASK_THREADS`` | 1 | torch threads of each training task |
 | ``QLLM_DATA_DIR`` | unset: download named sets | a folder holding the named data sets |
 """
 
@@ -26,6 +27,7 @@ class Settings(BaseSettings):
     mlflow_uri: str | None = None
     dask_address: str | None = None
     dask_workers: int = max(1, os.cpu_count() or 1)
+    task_threads: int = 1
     data_dir: str | None = None
 
     @property

@@ -130,3 +130,51 @@ def download_model(run_id: str, settings: Settings) -> Path:
     return Path(with_retries(
         lambda: mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(target)),
         what="download model"))
+
+
+def log_result_rows(parent: mlflow.ActiveRun, rows: list[dict[str, Any]], test_y: Any,
+                    label_names: tuple[str, ...], *, model_tag: str) -> None:
+    """A child run per row of a flow's results.
+
+    Rows with a ``model_url`` (trained quantum models) get their model folder, training curves
+    and confusion matrix; rows with ``"status": "failed"`` become FAILED runs carrying the error;
+    the rest (classical baselines) get their metrics and curves.
+    """
+    import numpy as np
+
+    from . import reporting
+    from .artifacts import download_folder
+
+    for r in rows:
+        tags = {"kind": r["kind"]}
+        if r.get("status") == "failed":
+            log_child(parent, r["name"], params=r.get("job", {}), metrics={}, status="FAILED",
+                      tags={**tags, "error": r["error"][:5000]})
+            continue
+        if "model_url" not in r:
+            log_child(parent, r["name"], params={"kind": r["kind"], "seed": r["seed"]}, metrics=r["metrics"],
+                      history=r.get("history"), tags=tags)
+            continue
+        figs = {"training_curves.png": reporting.training_curves(r["history"], r["name"]),
+                "confusion_matrix.png": reporting.confusion(np.asarray(test_y), np.array(r["test_predictions"]),
+                                                            label_names, r["name"])}
+        with tempfile.TemporaryDirectory() as tmp:
+            local = download_folder(r["model_url"], Path(tmp) / "model")
+            log_child(parent, r["name"], params=r["job"],
+                      metrics={**r["metrics"], **{f"params_{k}": v for k, v in r["params"].items()}},
+                      history=r["history"], artifacts=local, figures=figs,
+                      tags={**tags, "qllm.model": model_tag})
+        for f in figs.values():
+            reporting.close(f)
+
+
+def log_summary(table: list[dict[str, Any]], extra: Mapping[str, float] | None = None) -> None:
+    """The summary table's numbers as metrics of the active (parent) run: ``<model>.<column>``."""
+    summary = {f"{slug(row['model'])}.{k}": v for row in table for k, v in row.items() if isinstance(v, float)}
+    summary.update(extra or {})
+    with_retries(lambda: mlflow.log_metrics(summary), what="log metrics")
+
+
+def slug(text: str) -> str:
+    """``text`` with characters MLflow refuses in metric names replaced by ``_``."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)

@@ -21,11 +21,13 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from qcore.models.base import QuantumModel, load_model
 from qcore.models.classical import distilled_mlp, logistic_regression, matched_mlp
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 from qcore.training import classification_metrics, evaluate, model_size_bytes, train
 
 from .artifacts import atomic_write_bytes, download_folder, hash_json, join_url, read_bytes
+from .settings import Settings
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class StudentJob:
 
 
 @contextmanager
-def _dask_client_for(backend: str) -> Iterator[Any]:
+def dask_client_for(backend: str) -> Iterator[Any]:
     """On a Dask worker and for `aer`, a client that lets the parameter-shift batches of this
     training spread over all workers (``worker_client`` secedes from the worker's thread pool,
     so the chunks can run beside it); otherwise ``None``."""
@@ -82,22 +84,32 @@ def _dask_client_for(backend: str) -> Iterator[Any]:
         yield client
 
 
-def _set_threads() -> None:
-    # One thread per task: the Dask workers already use every core between them.
-    torch.set_num_threads(1)
+def one_thread_per_task() -> None:
+    """``QLLM_TASK_THREADS`` torch threads (default 1): the Dask workers, one per core, already
+    use every core between them; a single worker may be given more."""
+    torch.set_num_threads(Settings().task_threads)
 
 
-def _store(root: str, folder: Path, result: dict[str, Any], key: str) -> dict[str, Any]:
-    """Copy a saved model to the artifact store, then commit it by writing result.json."""
+def store_result(root: str, key: str, model: QuantumModel, result: dict[str, Any],
+                 extra_files: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save the model (plus ``extra_files``, name → JSON) to ``<root>/students/<key>/model/``,
+    then commit the training by writing ``result.json`` beside it; return the result as JSON
+    gives it back, so a fresh result has the same form as a cached one."""
     url = join_url(root, "students", key)
-    for f in sorted(folder.iterdir()):
-        atomic_write_bytes(join_url(url, "model", f.name), f.read_bytes())
-    result = {**result, "model_url": join_url(url, "model")}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = model.save(Path(tmp) / "model")
+        for name, content in (extra_files or {}).items():
+            (folder / name).write_text(json.dumps(content, indent=2))
+        result = {**result, "model_url": join_url(url, "model")}
+        result["metrics"] = {**result["metrics"], "size_bytes": model_size_bytes(folder)}
+        for f in sorted(folder.iterdir()):
+            atomic_write_bytes(join_url(url, "model", f.name), f.read_bytes())
     atomic_write_bytes(join_url(url, "result.json"), json.dumps(result).encode())
-    return result
+    return {**json.loads(json.dumps(result)), "cached": False}
 
 
-def _cached_result(root: str, key: str) -> dict[str, Any] | None:
+def cached_result(root: str, key: str) -> dict[str, Any] | None:
+    """The result of a training that finished before (``result.json`` present), else ``None``."""
     raw = read_bytes(join_url(root, "students", key, "result.json"))
     return None if raw is None else {**json.loads(raw), "cached": True}
 
@@ -107,11 +119,11 @@ def _cached_result(root: str, key: str) -> dict[str, Any] | None:
 def train_student(job: StudentJob, data: Features, root: str) -> dict[str, Any]:
     """Train one quantum student with the distillation loss and evaluate it on the test split."""
     key = hash_json({"data": data.key, "job": asdict(job), "v": 1})
-    cached = _cached_result(root, key)
+    cached = cached_result(root, key)
     if cached is not None:
         get_run_logger().info("%s: finished before, reusing %s", job.name, key[:12])
         return cached
-    _set_threads()
+    one_thread_per_task()
     log = get_run_logger()
     cfg = QDLLMConfig(in_features=data.train_x.shape[1], num_classes=len(data.label_names),
                       qubits=job.qubits, blocks=job.blocks, backend=job.backend, seed=job.seed)
@@ -121,7 +133,7 @@ def train_student(job: StudentJob, data: Features, root: str) -> dict[str, Any]:
                  m["loss"], m["accuracy"])
 
     t0 = time.perf_counter()
-    with _dask_client_for(job.backend) as client:
+    with dask_client_for(job.backend) as client:
         split = {} if client is None else {"client": client}
         if split:
             log.info("%s: parameter-shift batches split across %d Dask workers", job.name,
@@ -133,22 +145,18 @@ def train_student(job: StudentJob, data: Features, root: str) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     model = model.with_backend("exact") if job.backend != "exact" else model
     metrics = evaluate(model, data.test_x, data.test_y, data.test_teacher)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = model.save(Path(tmp) / "model")
-        # What `qllm predict` needs to turn new text into this student's input features.
-        (folder / "teacher.json").write_text(json.dumps(
-            {"teacher": data.teacher, "label_names": list(data.label_names)}, indent=2))
-        result = {
-            "name": job.name, "kind": "quantum student", "job": asdict(job),
-            "metrics": {**metrics, "train_seconds": seconds, "size_bytes": model_size_bytes(folder)},
-            "params": model.parameter_counts(),
-            "history": {k: [h[k] for h in history] for k in history[0]},
-            "test_predictions": model_predictions(model, data.test_x),
-        }
-        stored = _store(root, folder, result, key)
+    result = {
+        "name": job.name, "kind": "quantum student", "job": asdict(job),
+        "metrics": {**metrics, "train_seconds": seconds},
+        "params": model.parameter_counts(),
+        "history": {k: [h[k] for h in history] for k in history[0]},
+        "test_predictions": model_predictions(model, data.test_x),
+    }
+    # teacher.json: what `qllm predict` needs to turn new text into this student's features.
+    stored = store_result(root, key, model, result, {"teacher.json": {
+        "teacher": data.teacher, "label_names": list(data.label_names)}})
     log.info("%s: test accuracy %.4f", job.name, metrics["accuracy"])
-    # The JSON round trip keeps a fresh result identical in form to a cached one.
-    return {**json.loads(json.dumps(stored)), "cached": False}
+    return stored
 
 
 def model_predictions(model: torch.nn.Module, x: np.ndarray) -> list[int]:
@@ -161,7 +169,7 @@ def classical_baselines(data: Features, seed: int, target_params: int, epochs: i
                         lr: float, temperature: float, alpha: float) -> list[dict[str, Any]]:
     """Logistic regression, a size-matched MLP (labels only) and a size-matched MLP distilled
     with the same loss, all on the same features and split as the quantum students."""
-    _set_threads()
+    one_thread_per_task()
     rows: list[dict[str, Any]] = []
     lr_logits = logistic_regression(data.train_x, data.train_y, data.test_x, seed=seed)
     rows.append(_baseline_row("logistic regression", seed, lr_logits, data,
@@ -192,15 +200,15 @@ def _baseline_row(kind: str, seed: int, logits: torch.Tensor, data: Features,
 
 @task(name="noisy-evaluation", retries=1, cache_policy=NO_CACHE,
       task_run_name="noisy-{label}-{start}")
-def noisy_evaluation(model_url: str, data: Features, label: str, start: int, stop: int, seed: int,
+def noisy_evaluation(model_url: str, test_x: np.ndarray, label: str, start: int, stop: int, seed: int,
                      backend_options: dict[str, Any]) -> dict[str, Any]:
-    """Predictions of a trained student for test samples ``start:stop`` on the `aer` backend
-    (shots and/or a device noise model) beside its exact predictions."""
-    _set_threads()
+    """Predictions of a trained model for test samples ``start:stop`` on the `aer` backend
+    (shots, depolarizing or device noise) beside its exact predictions."""
+    one_thread_per_task()
     with tempfile.TemporaryDirectory() as tmp:
-        model = QDLLMStudent.load(download_folder(model_url, Path(tmp) / "model"))
+        model = load_model(download_folder(model_url, Path(tmp) / "model"))
     noisy = model.with_backend("aer", simulator_seed=seed + start, **backend_options)
-    x = data.test_x[start:stop]
+    x = test_x[start:stop]
     t0 = time.perf_counter()
     noisy_pred = model_predictions(noisy, x)
     return {"label": label, "start": start, "noisy": noisy_pred, "exact": model_predictions(model, x),

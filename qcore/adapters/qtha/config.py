@@ -1,0 +1,39 @@
+"""QTHA's settings. The paper publishes no code and no sizes; these defaults are ours.
+
+Quantum-Enhanced LLM Efficient Fine Tuning (Quantum Tensor Hybrid Adaptation),
+https://arxiv.org/abs/2503.12790
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from qcore.adapters.base import AdapterConfig, AdapterError, positive_int
+
+MAX_QUBITS = 16
+
+
+@dataclass
+class QTHAConfig(AdapterConfig):
+    """QTHA: an MPO low-rank path and a QNN on its low-rank features, fused linearly.
+
+    ``qubits`` and ``layers`` size the QNN (RY encoding, then ``layers`` × (RY, RZ on every qubit,
+    CNOT ring)); ``bond_dim`` and ``cores`` size the two MPOs (``A`` and ``B``).
+    """
+
+    method: ClassVar[str] = "qtha"
+
+    qubits: int = 4
+    layers: int = 2
+    bond_dim: int = 4
+    cores: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("qubits", "layers", "bond_dim"):
+            positive_int(name, getattr(self, name))
+        if self.qubits > MAX_QUBITS:
+            raise AdapterError(f"qubits={self.qubits} is too many: at most {MAX_QUBITS}")
+        if isinstance(self.cores, bool) or not isinstance(self.cores, int) or not 2 <= self.cores <= 6:
+            raise AdapterError(f"cores={self.cores!r} is invalid: give 2 to 6 MPO cores")

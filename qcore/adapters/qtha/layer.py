@@ -1,0 +1,73 @@
+"""QTHA's layer: a tensor-network low-rank path and a quantum network on its low-rank features.
+
+The paper (arXiv 2503.12790) fuses an MPO path and a QNN path linearly but publishes no code,
+sizes or placement. Our design, chosen so the trained update is a fixed matrix that merges into
+the base weight (the paper runs its QNN at inference, on a QPU):
+
+* ``B`` (r × in) and ``A`` (out × r) are MPOs (:class:`~qcore.adapters.qtha.mpo.MPO`): the
+  low-rank map, with far fewer numbers than LoRA's dense factors.
+* Column ``j`` of ``B`` is the low-rank feature vector of input direction ``e_j``. The QNN reads
+  it (RY angle encoding, feature ``k`` on qubit ``k mod n``, in units of ``τ``, the features'
+  initial standard deviation, so angles are of order one), runs ``layers`` hardware-efficient
+  layers and returns ``⟨Z_i⟩`` on every qubit.
+* Linear fusion: ``B' = B + τ·F·(Q(B) − Q(0))`` with a trainable ``F`` (r × n). Subtracting
+  ``Q(0)`` keeps the zero direction at zero, as a linear map must.
+* ``ΔW = (α/r)·A·B'``. This is the paper's hybrid path applied to every input basis vector and
+  extended linearly, so ``ΔW·x`` needs no circuit once trained. ``A`` starts at zero (its last
+  MPO core is zero), so, like LoRA, the adapted model starts as the base model.
+
+All ``in + 1`` QNN inputs go through the circuit as one batch per step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from qcore.adapters.base import AdapterLayer
+from qcore.adapters.qtha.config import QTHAConfig
+from qcore.adapters.qtha.mpo import MPO
+from qcore.circuits import angle_encoding, compose, hardware_efficient
+from qcore.layer import QuantumLayer
+
+
+class LowRankQNN(nn.Module):
+    """``(batch, r)`` low-rank features → ``(batch, qubits)`` expectation values ``⟨Z_i⟩``."""
+
+    def __init__(self, rank: int, qubits: int, layers: int) -> None:
+        super().__init__()
+        model = compose(angle_encoding(qubits, "ry"), hardware_efficient(qubits, layers))
+        self.circuit = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights, backend="exact")
+        encoding = torch.zeros(rank, qubits)
+        encoding[torch.arange(rank), torch.arange(rank) % qubits] = 1.0  # feature k → qubit k mod n
+        self.register_buffer("encoding", encoding, persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.circuit(features @ self.encoding)
+
+
+class QTHALayer(AdapterLayer):
+    """A Linear/Conv1D layer plus QTHA's fused MPO + QNN low-rank update."""
+
+    def __init__(self, base_layer: nn.Module, config: QTHAConfig, *, name: str) -> None:
+        super().__init__(base_layer, config, name=name)
+        self.tau = 1 / math.sqrt(3 * self.in_features)  # LoRA's initial std of its down-projection
+        mpo = {"cores": config.cores, "bond_dim": config.bond_dim}
+        self.down = MPO(self.r, self.in_features, std=self.tau, **mpo)
+        self.up = MPO(self.out_features, self.r, std=1.0, zero_last=True, **mpo)
+        self.qnn = LowRankQNN(self.r, config.qubits, config.layers)
+        bound = 1 / math.sqrt(config.qubits)
+        self.fusion = nn.Parameter(torch.empty(self.r, config.qubits).uniform_(-bound, bound))
+        self.qubits, self.layers, self.bond_dim = config.qubits, config.layers, config.bond_dim
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.down.matrix()
+        features = torch.cat([b.T / self.tau, b.new_zeros(1, self.r)])  # every e_j, then 0
+        q = self.qnn(features)
+        correction = (q[:-1] - q[-1]) @ self.fusion.T  # (in, r)
+        return self.up.matrix(), b + self.tau * correction.T
+
+    def describe(self) -> str:
+        return f"{self.qubits} qubits × {self.layers} layers, bond {self.bond_dim}"

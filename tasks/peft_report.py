@@ -1,0 +1,56 @@
+"""The fine-tuning comparison's table and plot: one row and one loss curve per method."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+COLUMNS = (  # (key, heading, format)
+    ("method", "method", "{}"),
+    ("adapter_params", "adapter params", "{:,}"),
+    ("ratio_to_lora", "ratio to LoRA", "{:.2%}"),
+    ("trainable_params", "trainable (with head)", "{:,}"),
+    ("final_train_loss", "final train loss", "{:.4f}"),
+    ("accuracy", "eval accuracy", "{:.4f}"),
+    ("perplexity", "eval perplexity", "{:.3f}"),
+    ("seconds_per_step", "s/step", "{:.3f}"),
+    ("peak_memory_mib", "peak MiB", "{:.0f}"),
+    ("merged_max_abs_diff", "merged max abs diff", "{:.1e}"),
+)
+
+
+def table(rows: Sequence[dict[str, Any]], lora_params: int) -> list[dict[str, Any]]:
+    """One row per method: its metrics and its adapter size relative to LoRA's."""
+    return [{"method": r["method"], **r["metrics"], "ratio_to_lora": r["metrics"]["adapter_params"] / lora_params,
+             "cached": r.get("cached", False)} for r in rows]
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The table in Markdown; ``final train loss`` is the mean over the last 10% of the steps."""
+    columns = [c for c in COLUMNS if any(c[0] in r for r in rows)]
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(f.format(r[k]) if k in r else "–" for k, _, f in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def loss_curves(rows: Sequence[dict[str, Any]], title: str) -> Figure:
+    """Per-step training losses of every method overlaid: faint raw steps, a moving average on top."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, r in enumerate(rows):
+        loss = np.asarray(r["history"]["train_loss"])
+        steps = np.arange(1, len(loss) + 1)
+        color = f"C{i}"
+        ax.plot(steps, loss, color=color, alpha=0.25, linewidth=0.8)
+        window = max(1, len(loss) // 20)
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, color=color, label=f"{r['method']} (moving mean of {window})")
+    ax.set(xlabel="step", ylabel="training loss", title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig

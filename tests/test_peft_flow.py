@@ -1,0 +1,177 @@
+"""The peft flow end to end: real Prefect runs on a real Dask cluster, tracked in a real MLflow
+store. LoRA, QPA and QTHA fine-tune the embedded MiniLM on SST-2 (classify) and a tiny GPT-2
+with its own byte-level BPE tokenizer on a text file (lm); the merged models load as plain
+Hugging Face folders. Then ``qllm peft count`` from a config alone, and bad input, refused
+before anything starts or is written."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import transformers
+from distributed import LocalCluster
+from mlflow.tracking import MlflowClient
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from pydantic import ValidationError
+from tokenizers import ByteLevelBPETokenizer
+
+from flows.peft import PeftParams, count_main, count_parser, run_peft
+from flows.runner import prefect_api
+from qcore.adapters import AdapterError
+from tasks.corpus import load_corpus
+from tasks.data import DataError
+from tasks.settings import Settings
+from tasks.teacher import ModelNotFoundError
+
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+        "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
+TINY = dict(steps=3, batch_size=4, max_length=16)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One artifact root, one Prefect server and one Dask cluster for the module's flow runs, as
+    at scale: the server's address in Prefect's settings and the scheduler's in
+    ``QLLM_DASK_ADDRESS``, so every run finds them configured and its workers warm."""
+    path = tmp_path_factory.mktemp("artifacts")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("QLLM_ARTIFACT_ROOT", str(path))
+    with prefect_api() as url, temporary_settings({PREFECT_API_URL: url}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        mp.setenv("QLLM_DASK_ADDRESS", cluster.scheduler_address)
+        yield path
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def classify(root: Path) -> dict:
+    return run_peft(PeftParams(**TINY, train_size=24, test_size=16, experiment="test-peft"))
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A GPT-2-style model folder (random weights, a 300-token byte-level BPE) and a text file."""
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    corpus = folder.parent / "corpus.txt"
+    corpus.write_text(TEXT)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([TEXT], vocab_size=300, special_tokens=["<|endoftext|>"])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, vocab_size=len(tokenizer),
+                                     bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder, corpus
+
+
+def test_classify_compares_the_three_methods(classify: dict) -> None:
+    rows = {r["method"]: r for r in classify["table"]}
+    assert list(rows) == ["lora", "qpa", "qtha"] and classify["targets"] == ["query", "value"]
+    assert rows["lora"]["adapter_params"] == 36_864 and rows["lora"]["ratio_to_lora"] == 1.0
+    assert rows["lora"]["trainable_params"] == 36_864 + 384 * 2 + 2  # the new head trains in full
+    assert rows["qpa"]["adapter_params"] < rows["lora"]["adapter_params"]
+    assert rows["qtha"]["ratio_to_lora"] == pytest.approx(8_640 / 36_864)
+    for r in rows.values():
+        assert 0 <= r["accuracy"] <= 1 and r["final_train_loss"] > 0 and r["seconds_per_step"] > 0
+        assert r["peak_memory_mib"] > 80  # MiniLM's weights alone are ~87 MiB
+        assert r["merged_max_abs_diff"] <= 1e-5 * 10
+    assert "| lora | 36,864 | 100.00% |" in classify["markdown"]
+
+
+def test_merged_classifier_is_a_plain_hugging_face_folder(classify: dict) -> None:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(classify["merged"]["qpa"])
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(classify["merged"]["qpa"]).eval()
+    with torch.no_grad():
+        logits = model(**tokenizer(["a gorgeous, witty film"], return_tensors="pt")).logits
+    assert logits.shape == (1, 2) and model.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_mlflow_has_parent_children_curves_and_adapters(classify: dict) -> None:
+    mlflow.set_tracking_uri(Settings().tracking_uri())
+    client = MlflowClient()
+    parent = client.get_run(classify["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.params["methods"] == "['lora', 'qpa', 'qtha']"
+    assert {"loss_curves.png", "results.json"} <= {f.path for f in client.list_artifacts(parent.info.run_id)}
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["method"] for c in children) == ["lora", "qpa", "qtha"]
+    for child in children:
+        assert len(client.get_metric_history(child.info.run_id, "train_loss")) == TINY["steps"]
+        files = {f.path for f in client.list_artifacts(child.info.run_id, "model")}
+        assert {"model/adapter_config.json", "model/adapter_model.safetensors"} <= files
+
+
+def test_rerun_reuses_every_finished_method(classify: dict) -> None:
+    again = run_peft(PeftParams(**TINY, train_size=24, test_size=16, experiment="test-peft"))
+    assert all(m["cached"] for m in again["methods"])
+    assert [r["accuracy"] for r in again["table"]] == [r["accuracy"] for r in classify["table"]]
+
+
+def test_lm_fine_tunes_a_gpt2_style_model_on_a_text_file(root: Path, tiny_gpt2: tuple[Path, Path]) -> None:
+    folder, corpus = tiny_gpt2
+    result = run_peft(PeftParams(**TINY, task="lm", model=str(folder), corpus=str(corpus), eval_blocks=4,
+                                 experiment="test-peft-lm"))
+    assert result["targets"] == ["lm_head"]  # as in the QPA paper; GPT-2 ties it to the embedding
+    for row in result["table"]:
+        assert 1 < row["perplexity"] < float("inf") and row["merged_max_abs_diff"] <= 1e-5 * 10
+    merged = transformers.AutoModelForCausalLM.from_pretrained(result["merged"]["qtha"])
+    original = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    assert torch.equal(merged.transformer.wte.weight, original.transformer.wte.weight)
+    assert not torch.equal(merged.lm_head.weight, original.lm_head.weight)
+
+
+def test_named_corpus_is_tiny_shakespeare() -> None:
+    corpus = load_corpus("tiny_shakespeare")
+    assert len(corpus.train_text) + len(corpus.val_text) == 1_115_394
+    assert corpus.train_text.startswith("First Citizen:") and len(corpus.val_text) == 111_540
+
+
+def test_count_command_from_a_folder_holding_only_config_json(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    transformers.GPT2Config().save_pretrained(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+    parser = argparse.ArgumentParser()
+    count_parser(parser)
+    assert count_main(parser.parse_args(["--model", str(tmp_path), "--target", "lm_head", "--rank", "4"])) == 0
+    out = capsys.readouterr().out
+    assert "| lora | 204,100 | 0 | 100.00% |" in out
+    assert "| qpa | 106,264 | 56 | 52.06% | 1 | 7 qubits, 100 chunks |" in out
+    assert count_main(parser.parse_args(["--model", "gpt2", "--target", "lm_head"])) == 2
+    assert "model 'gpt2' was not found offline" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fields,error,message", [
+    ({"target": ["nothing"]}, AdapterError, "target_modules ['nothing'] match no module"),
+    ({"rank": 1000}, AdapterError, "rank r=1000 exceeds layer"),
+    ({"qpa_chunk_size": 4096}, AdapterError, "chunk_size=4096 does not divide layer"),
+    ({"dataset": "sst3"}, DataError, "unknown data set 'sst3'"),
+    ({"task": "lm"}, ModelNotFoundError, "model 'gpt2' was not found offline"),
+    ({"task": "lm", "corpus": "/nonexistent/corpus.txt"}, DataError, "corpus file not found: /nonexistent"),
+    ({"model": "CONFIG_ONLY"}, ModelNotFoundError, "has no weights"),
+])
+def test_bad_input_is_refused_before_any_work(fields: dict, error: type, message: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "artifacts"
+    monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(out))
+    if fields.get("model") == "CONFIG_ONLY":
+        transformers.GPT2Config().save_pretrained(tmp_path / "config-only")
+        fields = {"model": str(tmp_path / "config-only"), "target": ["lm_head"]}
+    with pytest.raises(error) as err:
+        run_peft(PeftParams(**fields))
+    assert message in str(err.value)
+    assert not out.exists()  # nothing written, no server started
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"methods": ["lora", "lora"]}, "repeat a method"),
+    ({"methods": ["dora"]}, "Input should be 'lora', 'qpa' or 'qtha'"),
+    ({"steps": 1}, "greater than or equal to 2"),
+    ({"qpa_activation": "swish"}, "Input should be 'relu', 'gelu', 'tanh' or 'silu'"),
+])
+def test_bad_parameters_are_refused_by_the_parameter_model(fields: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        PeftParams(**fields)

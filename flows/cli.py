@@ -6,27 +6,47 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
 import typing
 from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, ValidationError
 
+from qcore.adapters import AdapterError
 from tasks.data import DataError, DataUnavailableError
+from tasks.teacher import ModelNotFoundError
 
 FlowEntry = tuple[type[BaseModel], Callable[[BaseModel], Any], str]
 
 
 def _flows() -> dict[str, FlowEntry]:
     from .distill import DistillParams, run_distill
+    from .federated import FederatedCompareParams, FederatedParams, run_federated
+    from .head import HeadParams, run_head
+    from .peft import PeftParams, run_peft
+    from .study import StudyParams, run_study
 
-    return {"distill": (DistillParams, run_distill, "QD-LLM: distil a teacher LLM into quantum students")}
+    return {"distill": (DistillParams, run_distill, "QD-LLM: distil a teacher LLM into quantum students"),
+            "head": (HeadParams, run_head, "PQC head: a hybrid quantum classification head on few-shot "
+                                           "sentence embeddings, beside classical heads, with a noise ablation"),
+            "peft": (PeftParams, run_peft, "LoRA, QPA and QTHA fine-tune one model on equal footing; "
+                                           "merged into plain weights for quantum-free inference"),
+            "study": (StudyParams, run_study, "a grid of configurations x seeds of one method on the Dask "
+                                              "cluster, with a plot of the metric against the grid axis"),
+            "federated": (FederatedParams, run_federated, "LLM-QFL: federated quantum classifiers on Dask, "
+                                                          "steered by an LLM controller"),
+            "federated-compare": (FederatedCompareParams, run_federated,
+                                  "LLM-QFL: controllers none/adaptive/dynamic-weighted and a classical "
+                                  "federated baseline on SST-2 and SUBJ, IID and Dirichlet(0.5)")}
 
 
 def _is_list(annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if origin in (list, tuple):
         return True
-    return any(_is_list(a) for a in typing.get_args(annotation) if a is not type(None))
+    if origin in (typing.Union, types.UnionType):  # list | None
+        return any(_is_list(a) for a in typing.get_args(annotation) if a is not type(None))
+    return False
 
 
 def _is_bool(annotation: Any) -> bool:
@@ -44,7 +64,10 @@ def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
         else:
-            metavar = "A,B,..." if _is_list(field.annotation) else name.upper()
+            if typing.get_origin(field.annotation) is dict:
+                metavar = "NAME=A,B;..."
+            else:
+                metavar = "A,B,..." if _is_list(field.annotation) else name.upper()
             parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=metavar,
                                 help=help_text)
 
@@ -67,8 +90,11 @@ def parse_model(model: type[BaseModel], ns: argparse.Namespace) -> BaseModel:
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        where = "--" + ".".join(str(p) for p in e["loc"]).replace("_", "-") if e["loc"] else "parameters"
-        lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
+        if e["loc"]:
+            where = "--" + ".".join(str(p) for p in e["loc"]).replace("_", "-")
+            lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
+        else:  # a check across parameters: the message names the values
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
     return "invalid parameters:\n" + "\n".join(lines)
 
 
@@ -82,6 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = run_sub.add_parser(name, help=doc, description=doc,
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_model_options(p, model)
+    from .peft import COUNT_HELP, count_main, count_parser
+
+    peft_sub = sub.add_parser("peft", help="parameter-efficient fine-tuning tools").add_subparsers(
+        dest="peft_command", required=True)
+    count_parser(peft_sub.add_parser("count", help=COUNT_HELP, description=COUNT_HELP,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     pred = sub.add_parser("predict", help="classify texts with a student saved in an MLflow run")
     pred.add_argument("--run-id", required=True, help="MLflow run id of a trained student (a child run)")
     pred.add_argument("texts", nargs="+", help="texts to classify")
@@ -96,10 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         try:
             runner(params)
-        except (DataError, DataUnavailableError) as err:
+        except (DataError, DataUnavailableError, AdapterError, ModelNotFoundError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "peft":
+        return count_main(args)
     from .predict import predict
 
     for text, label, probs in predict(args.run_id, args.texts):

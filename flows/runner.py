@@ -23,10 +23,30 @@ def dask_runner(address: str | None = None) -> DaskTaskRunner:
     address = address or settings.dask_address
     if address:
         return DaskTaskRunner(address=address)
+    patient_comms()
     return DaskTaskRunner(cluster_kwargs={
         "n_workers": settings.dask_workers, "threads_per_worker": 1, "processes": True,
         "dashboard_address": ":0",
     })
+
+
+# Dask's defaults (30 s to connect or answer) drop workers whose process is starved of CPU,
+# which a laptop or a 2-core box running more simulations than cores does: the scheduler then
+# forgets the worker, its nanny shuts down, and a flow waits forever on a cluster with no workers.
+PATIENT_TIMEOUTS = {"distributed.comm.timeouts.connect": "300s", "distributed.comm.timeouts.tcp": "300s",
+                    "distributed.scheduler.worker-ttl": "30 minutes"}
+
+
+def patient_comms() -> None:
+    """Generous Dask timeouts for this process and the worker processes it spawns (through the
+    environment), unless the user configured them."""
+    import dask
+
+    for key, value in PATIENT_TIMEOUTS.items():
+        env = "DASK_" + key.upper().replace(".", "__").replace("-", "_")
+        if env not in os.environ:
+            os.environ[env] = value
+            dask.config.set({key: value})
 
 
 @contextmanager

@@ -1,9 +1,10 @@
 """Prefect task: fine-tune one Hugging Face model with one adapter method (LoRA, QPA or QTHA).
 
-Every method of a flow run gets the same job but its ``method``: the same model, data, batches
-(drawn from the same seed), steps, optimiser and learning rate. After training the task merges
-the adapter into the base weights, saves the result as a plain Hugging Face folder, loads it
-back with ``from_pretrained`` and checks that it gives the adapted model's outputs.
+Every method of a flow run gets the same job but for the method and its own settings: the same
+model, data, batches (drawn from the same seed), steps, optimiser and learning rate (unless the
+flow gives the adapter its own). After training the task merges the adapter into the base
+weights, saves the result as a plain Hugging Face folder, loads it back with ``from_pretrained``
+and checks that it gives the adapted model's outputs.
 
 A finished job is stored under ``<artifact root>/peft/<key>/`` (``adapter/``, ``merged/``, then
 ``result.json`` last), ``key`` hashing the job, the data and the model's files, so a re-run
@@ -39,7 +40,7 @@ MERGE_TOLERANCE = 1e-5  # merged vs adapted outputs, relative to the outputs' sc
 
 @dataclass(frozen=True)
 class FinetuneJob:
-    """One method's fine-tuning; the flow makes one per method, equal in everything else.
+    """One method's fine-tuning; the flow makes one per method, equal but for the method's settings.
 
     ``max_length`` is the token limit of a text (``classify``) or the block length (``lm``);
     ``eval_batch_size`` the texts per evaluation batch (``classify``; ``lm`` evaluates

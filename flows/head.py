@@ -153,7 +153,7 @@ def head(params: HeadParams = HeadParams()) -> dict[str, Any]:
     baselines = submit_classical_heads(params, data, params.seeds)
     head_rows = results_or_failures(heads, [j.name for j in jobs], jobs)
     trained = [r for r in head_rows if r["status"] == "ok"]
-    noise = noise_ablation(params, data, trained, settings.dask_workers) if trained else {"rows": [], "devices": []}
+    noise = noise_ablation(params, data, trained, settings.dask_workers)
     baseline_rows = [r for f in baselines for r in f.result()]
 
     table = reporting.summarize(baseline_rows + trained)
@@ -181,6 +181,8 @@ def noise_ablation(params: HeadParams, data: HeadData, trained: list[dict[str, A
     setting (chunks spread over the workers), plus the transpiled cost on each device."""
     settings_ = noise_settings(params.noise_shots, params.noise_depolarizing, params.noise_devices,
                                params.device_shots)
+    if not settings_ or not trained:  # ablation switched off (all lists empty), or nothing to evaluate
+        return {"rows": [], "devices": []}
     n = min(params.noise_samples, len(data.test_y))
     step = max(1, -(-n // workers))
     futures = {(s.label, r["name"]): [noisy_evaluation.submit(r["model_url"], data.test_x, s.label, i,

@@ -150,3 +150,10 @@ def test_bad_input_is_refused_before_any_work(args: list[str], message: str, roo
         text = capsys.readouterr().err
     assert code != 0 and message in text, text
     assert not root.exists()  # nothing written
+
+
+def test_noise_ablation_switched_off_evaluates_nothing() -> None:
+    from flows.head import noise_ablation
+
+    params = HeadParams(noise_shots=[], noise_depolarizing=[], noise_devices=[])
+    assert noise_ablation(params, None, [{"name": "head"}], workers=2) == {"rows": [], "devices": []}

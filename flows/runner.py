@@ -53,27 +53,33 @@ def patient_comms() -> None:
 def prefect_api() -> Iterator[str]:
     """The Prefect API this process and its Dask workers share.
 
-    With ``PREFECT_API_URL`` set (a Prefect server or Cloud) it is used as is. Otherwise one
-    temporary local server is started and its address exported, so worker processes report to
-    it instead of each starting a server of their own on the same database.
+    ``PREFECT_API_URL`` (a Prefect server or Cloud) is used as is. Otherwise
+    ``QLLM_PREFECT_API_URL``, or else one temporary local server, is exported as
+    ``PREFECT_API_URL`` for the run, so worker processes report to it instead of each starting
+    a server of their own on the same database.
     """
     configured = PREFECT_API_URL.value()
     if configured:
         yield configured
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    url = Settings().prefect_api_url
+    server = None
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer()
-    server.start(timeout=120)
-    os.environ["PREFECT_API_URL"] = server.api_url
+        server = SubprocessASGIServer()
+        server.start(timeout=120)
+        url = server.api_url
+    os.environ["PREFECT_API_URL"] = url
     try:
-        yield server.api_url
+        yield url
     finally:
         from prefect.logging.handlers import APILogHandler
 
         APILogHandler().flush()  # send the last log lines before the server goes away
         del os.environ["PREFECT_API_URL"]
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 def results_or_failures(futures: Iterable[PrefectFuture[Any]], names: Sequence[str],

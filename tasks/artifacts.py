@@ -19,6 +19,8 @@ import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
+from .settings import Settings
+
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -43,6 +45,12 @@ def join_url(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
+def url_to_fs(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of ``url``; ``s3://`` gets ``QLLM_S3_ENDPOINT_URL`` unless the
+    caller's options say otherwise (credentials stay with botocore's usual sources)."""
+    return fsspec.core.url_to_fs(url, **{**Settings().storage_options(url), **dict(storage_options or {})})
+
+
 def atomic_write_bytes(
     url: str | os.PathLike[str], data: bytes, storage_options: Mapping[str, Any] | None = None
 ) -> None:
@@ -52,7 +60,7 @@ def atomic_write_bytes(
     Object stores (s3://, gs://, ...) are written with a single put of the final key, which
     is atomic there; a rename would be a non-atomic copy.
     """
-    fs, path = fsspec.core.url_to_fs(str(url), **dict(storage_options or {}))
+    fs, path = url_to_fs(str(url), storage_options)
     if isinstance(fs, LocalFileSystem):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +80,7 @@ def atomic_write_bytes(
 
 def read_bytes(url: str, storage_options: Mapping[str, Any] | None = None) -> bytes | None:
     """The file's bytes, or None when it does not exist."""
-    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    fs, path = url_to_fs(url, storage_options)
     try:
         return fs.cat_file(path)
     except FileNotFoundError:
@@ -102,6 +110,7 @@ def cached_npz(
 def download_folder(url: str, dest: str | os.PathLike[str],
                     storage_options: Mapping[str, Any] | None = None) -> Path:
     """Copy the folder at ``url`` (any fsspec URL) to the local path ``dest``; return ``dest``."""
-    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    fs, path = url_to_fs(url, storage_options)
     fs.get(path.rstrip("/") + "/", str(dest).rstrip("/") + "/", recursive=True)
     return Path(dest)
+

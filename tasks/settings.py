@@ -3,17 +3,25 @@
 | variable | default | what |
 |---|---|---|
 | ``QLLM_ARTIFACT_ROOT`` | ``./qllm-artifacts`` | any fsspec URL (``s3://bucket/prefix`` through s3fs) |
+| ``QLLM_S3_ENDPOINT_URL`` | AWS S3 | an S3-compatible store (MinIO, Ceph, moto) for s3fs and MLflow's artifact uploads |
 | ``QLLM_MLFLOW_URI`` | SQLite file under a local artifact root | an MLflow tracking server |
+| ``QLLM_PREFECT_API_URL`` | ``PREFECT_API_URL``, else a temporary local server | a Prefect server (``PREFECT_API_URL`` wins when both are set) |
 | ``QLLM_DASK_ADDRESS`` | a temporary ``LocalCluster`` | ``tcp://scheduler:8786`` |
 | ``QLLM_DASK_WORKERS`` | number of cores | workers of the temporary cluster |
 | ``QLLM_TASK_THREADS`` | 1 | torch threads of each training task |
 | ``QLLM_DATA_DIR`` | unset: download named sets | a folder holding the named data sets |
+
+Secrets are deliberately not settings: S3 credentials come from the standard ``AWS_*``
+variables (or ``~/.aws``) through botocore, MLflow's from ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD``, Prefect Cloud's from ``PREFECT_API_KEY``. This object therefore
+holds nothing that must not be logged, and no secret passes through the project's code.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -24,7 +32,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QLLM_", extra="ignore")
 
     artifact_root: str = "./qllm-artifacts"
+    s3_endpoint_url: str | None = None
     mlflow_uri: str | None = None
+    prefect_api_url: str | None = None
     dask_address: str | None = None
     dask_workers: int = max(1, os.cpu_count() or 1)
     task_threads: int = 1
@@ -38,6 +48,12 @@ class Settings(BaseSettings):
     def local_root(self) -> Path:
         """The artifact root as a local path (only for local roots)."""
         return Path(self.artifact_root.removeprefix("file://")).resolve()
+
+    def storage_options(self, url: str) -> dict[str, Any]:
+        """fsspec options for ``url``: the S3 endpoint for ``s3://`` URLs when one is set."""
+        if self.s3_endpoint_url and url.startswith(("s3://", "s3a://")):
+            return {"endpoint_url": self.s3_endpoint_url}
+        return {}
 
     def tracking_uri(self) -> str:
         """MLflow tracking URI: the configured one, else SQLite beside the artifacts."""

@@ -8,6 +8,7 @@ file by default). Calls are retried with backoff, since a tracking server may bl
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from contextlib import contextmanager
@@ -23,8 +24,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, delay: float = 0.5) -> T:
-    """Run ``fn``, retrying with exponential backoff; the last failure is raised, never hidden."""
+def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 6, delay: float = 1.0) -> T:
+    """Run ``fn``, retrying with exponential backoff; the last failure is raised, never hidden.
+
+    The default waits 1 + 2 + 4 + 8 + 16 s in all, on top of MLflow's and botocore's own
+    retries: a tracking server or object store that is gone for seconds does not fail a run."""
     for i in range(attempts):
         try:
             return fn()
@@ -37,8 +41,14 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, delay: fl
 
 
 def setup(settings: Settings, experiment: str) -> str:
-    """Point MLflow at the configured store and return the experiment id."""
+    """Point MLflow at the configured store and return the experiment id.
+
+    MLflow's S3 client reads its endpoint only from ``MLFLOW_S3_ENDPOINT_URL``, so a configured
+    ``QLLM_S3_ENDPOINT_URL`` is passed on there (unless that variable is set already).
+    """
     mlflow.set_tracking_uri(settings.tracking_uri())
+    if settings.s3_endpoint_url:
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
 
     def get_or_create() -> str:
         found = mlflow.get_experiment_by_name(experiment)

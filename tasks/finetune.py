@@ -33,9 +33,13 @@ from .artifacts import atomic_write_bytes, hash_json, join_url, read_bytes
 from .corpus import Corpus
 from .data import Dataset
 from .teacher import model_fingerprint
+from .train import progress_artifact
 
 AUTO_CLASSES = {"classify": "AutoModelForSequenceClassification", "lm": "AutoModelForCausalLM"}
-MERGE_TOLERANCE = 1e-5  # merged vs adapted outputs, relative to the outputs' scale (at least 1)
+# Merged vs adapted outputs, relative to the outputs' scale (at least 1). float32 rounding alone
+# reaches 1.7e-5 on MiniLM logits near 0 when the update is as large as the weights (QPA as
+# published); a broken merge is off by the update itself, orders of magnitude more.
+MERGE_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -84,9 +88,12 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str) -> dict[str, 
         n: job.adapter_lr for n, p in adapted.named_parameters()
         if p.requires_grad and not any(f".{h}." in f".{n}" for h in heads)}
 
+    report = progress_artifact(f"{job.method}-s{job.seed}", job.steps)
+
     def progress(step: int, loss: float) -> None:
         if (step + 1) % max(1, job.steps // 10) == 0 or step + 1 == job.steps:
             log.info("%s step %d/%d: loss %.4f", job.method, step + 1, job.steps, loss)
+            report(step + 1, f"step {step + 1}/{job.steps}: loss {loss:.4f}")
 
     t0 = time.perf_counter()
     trained = train_steps(adapted, train_batches(job, tokenizer, data), steps=job.steps, lr=job.lr,

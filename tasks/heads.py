@@ -22,7 +22,8 @@ from qcore.training import classification_metrics, evaluate, train
 
 from .artifacts import hash_json
 from .data import stratified_indices
-from .train import cached_result, dask_client_for, model_predictions, one_thread_per_task, store_result
+from .train import (cached_result, dask_client_for, model_predictions, one_thread_per_task, progress_artifact,
+                    store_result)
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,13 @@ def train_head(job: HeadJob, data: HeadData, root: str) -> dict[str, Any]:
     one_thread_per_task()
     log = get_run_logger()
 
+    report = progress_artifact(job.name, job.epochs)
+
     def progress(epoch: int, m: dict[str, float]) -> None:
-        log.info("%s epoch %d/%d: loss %.4f, train acc %.3f, val acc %.3f", job.name, epoch,
-                 job.epochs, m["loss"], m["accuracy"], m["val_accuracy"])
+        note = (f"epoch {epoch}/{job.epochs}: loss {m['loss']:.4f}, train acc {m['accuracy']:.3f}, "
+                f"val acc {m['val_accuracy']:.3f}")
+        log.info("%s %s", job.name, note)
+        report(epoch, note)
 
     t0 = time.perf_counter()
     with dask_client_for(job.backend) as client:
@@ -106,6 +111,7 @@ def train_head(job: HeadJob, data: HeadData, root: str) -> dict[str, Any]:
                         lr=job.lr, seed=job.seed, alpha=0.0, on_epoch=progress, val=(data.val_x, data.val_y),
                         patience=job.patience, weight_decay=job.weight_decay)
     seconds = time.perf_counter() - t0
+    report(job.epochs, f"done: {len(history)} epochs, best validation epoch {history[-1]['best_epoch']}")
     model = model.with_backend("exact") if job.backend != "exact" else model
     metrics = evaluate(model, data.test_x, data.test_y)
     result = {

@@ -9,16 +9,18 @@ folder is never read, and a re-run after a crash skips every training that had f
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from qcore.models.base import QuantumModel, load_model
@@ -90,6 +92,32 @@ def one_thread_per_task() -> None:
     torch.set_num_threads(Settings().task_threads)
 
 
+Progress = Callable[[int, str], None]
+
+
+def progress_artifact(name: str, total: int) -> Progress:
+    """A Prefect progress artifact for one training, keyed by its name, so the task's page and
+    the UI's Artifacts page show how far it is while it runs; returns ``report(done, note)``.
+    A failed update is logged, never raised: watching must not stop a training."""
+    log = get_run_logger()
+
+    def safe(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - any API error; the training goes on
+            log.warning("progress artifact of %s not updated: %s", name, exc)
+            return None
+
+    key = re.sub(r"[^a-z0-9]+", "-", f"progress-{name}".lower()).strip("-")
+    artifact = safe(lambda: create_progress_artifact(0.0, key=key, description=f"{name}: started"))
+
+    def report(done: int, note: str) -> None:
+        if artifact is not None:
+            safe(lambda: update_progress_artifact(artifact, 100.0 * min(done, total) / total,
+                                                  description=f"{name}: {note}"))
+    return report
+
+
 def store_result(root: str, key: str, model: QuantumModel, result: dict[str, Any],
                  extra_files: dict[str, Any] | None = None) -> dict[str, Any]:
     """Save the model (plus ``extra_files``, name → JSON) to ``<root>/students/<key>/model/``,
@@ -128,9 +156,12 @@ def train_student(job: StudentJob, data: Features, root: str) -> dict[str, Any]:
     cfg = QDLLMConfig(in_features=data.train_x.shape[1], num_classes=len(data.label_names),
                       qubits=job.qubits, blocks=job.blocks, backend=job.backend, seed=job.seed)
 
+    report = progress_artifact(job.name, job.epochs)
+
     def progress(epoch: int, m: dict[str, float]) -> None:
-        log.info("%s epoch %d/%d: loss %.4f, train acc %.3f", job.name, epoch, job.epochs,
-                 m["loss"], m["accuracy"])
+        note = f"epoch {epoch}/{job.epochs}: loss {m['loss']:.4f}, train acc {m['accuracy']:.3f}"
+        log.info("%s %s", job.name, note)
+        report(epoch, note)
 
     t0 = time.perf_counter()
     with dask_client_for(job.backend) as client:
@@ -171,9 +202,11 @@ def classical_baselines(data: Features, seed: int, target_params: int, epochs: i
     with the same loss, all on the same features and split as the quantum students."""
     one_thread_per_task()
     rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
     lr_logits = logistic_regression(data.train_x, data.train_y, data.test_x, seed=seed)
-    rows.append(_baseline_row("logistic regression", seed, lr_logits, data,
-                              {"classical": int(data.train_x.shape[1] + 1) * len(data.label_names)}))
+    lr_size = int(data.train_x.shape[1] + 1) * len(data.label_names)
+    rows.append(_baseline_row("logistic regression", seed, lr_logits, data, {"classical": lr_size, "total": lr_size},
+                              time.perf_counter() - t0))
     for kind, a in (("MLP (labels only)", 0.0), ("classical distilled MLP", alpha)):
         t0 = time.perf_counter()
         if a == 0.0:
@@ -193,9 +226,10 @@ def classical_baselines(data: Features, seed: int, target_params: int, epochs: i
 
 
 def _baseline_row(kind: str, seed: int, logits: torch.Tensor, data: Features,
-                  params: dict[str, int]) -> dict[str, Any]:
+                  params: dict[str, int], seconds: float) -> dict[str, Any]:
     return {"name": f"{kind} s{seed}", "kind": kind, "seed": seed, "params": {**params, "circuit": 0},
-            "metrics": classification_metrics(logits.argmax(-1).numpy(), data.test_y, data.test_teacher)}
+            "metrics": {**classification_metrics(logits.argmax(-1).numpy(), data.test_y, data.test_teacher),
+                        "train_seconds": seconds}}
 
 
 @task(name="noisy-evaluation", retries=1, cache_policy=NO_CACHE,

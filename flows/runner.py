@@ -16,15 +16,33 @@ from prefect_dask import DaskTaskRunner
 from tasks.settings import Settings
 
 
+class DaskDashboardTaskRunner(DaskTaskRunner):
+    """A DaskTaskRunner that prints the Dask dashboard's address once it has started or reached
+    its cluster: in the flow's log (the flows log prints), so the Prefect UI shows it too."""
+
+    @property
+    def client(self) -> Any:
+        starting = self._client is None
+        client = super().client
+        if starting:
+            try:
+                link = client.dashboard_link
+            except KeyError:  # a remote scheduler without the dashboard service
+                link = None
+            print(f"Dask dashboard: {link}" if link else
+                  f"Dask scheduler {client.scheduler.address} serves no dashboard (it needs bokeh)")
+        return client
+
+
 def dask_runner(address: str | None = None) -> DaskTaskRunner:
     """``address`` (or ``QLLM_DASK_ADDRESS``) if set, else a LocalCluster of single-threaded
     worker processes, one per core: quantum simulation scales by processes, not threads."""
     settings = Settings()
     address = address or settings.dask_address
     if address:
-        return DaskTaskRunner(address=address)
+        return DaskDashboardTaskRunner(address=address)
     patient_comms()
-    return DaskTaskRunner(cluster_kwargs={
+    return DaskDashboardTaskRunner(cluster_kwargs={
         "n_workers": settings.dask_workers, "threads_per_worker": 1, "processes": True,
         "dashboard_address": ":0",
     })

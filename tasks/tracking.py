@@ -73,11 +73,14 @@ def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 @contextmanager
 def parent_run(settings: Settings, experiment: str, name: str, params: Mapping[str, Any],
-               tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """The flow run's parent MLflow run."""
+               tags: Mapping[str, str] | None = None, *,
+               system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """The flow run's parent MLflow run. ``system_metrics``: MLflow samples this machine's CPU,
+    memory, disk and network (psutil) every 10 s while the run is open, so a flow that opens it
+    before training records what the training cost (Dask workers on other hosts excepted)."""
     exp_id = setup(settings, experiment)
-    run = with_retries(lambda: mlflow.start_run(experiment_id=exp_id, run_name=name, tags=dict(tags or {})),
-                       what="start run")
+    run = with_retries(lambda: mlflow.start_run(experiment_id=exp_id, run_name=name, tags=dict(tags or {}),
+                                                log_system_metrics=system_metrics), what="start run")
     try:
         with_retries(lambda: mlflow.log_params(flat_params(params)), what="log params")
         yield run

@@ -26,11 +26,14 @@ PROJECT = {name: s for name, s in COMPOSE["services"].items() if s.get("image") 
 
 
 def commands(service: dict[str, Any]) -> list[list[str]]:
-    """The command lines a service runs: its command, or each command of an ``sh -c`` script."""
+    """The command lines a service runs: its command, or each command of an ``sh -c`` script
+    (shell keywords and builtins left out)."""
     cmd = service["command"]
     if cmd[:2] != ["sh", "-c"]:
         return [cmd]
-    return [shlex.split(part) for part in re.split(r"&&|\|\||;", cmd[2]) if part.strip()]
+    lines = [shlex.split(part.replace("$$", "$")) for part in re.split(r"&&|\|\||;", cmd[2])]
+    lines = [line[1:] if line[:1] == ["do"] else line for line in lines]
+    return [line for line in lines if line and line[0] not in {"for", "done", "exit"}]
 
 
 def test_compose_has_the_full_stack() -> None:

@@ -20,6 +20,7 @@ FlowEntry = tuple[type[BaseModel], Callable[[BaseModel], Any], str]
 
 
 def _flows() -> dict[str, FlowEntry]:
+    from .compare import CompareParams, run_compare
     from .distill import DistillParams, run_distill
     from .federated import FederatedCompareParams, FederatedParams, run_federated
     from .head import HeadParams, run_head
@@ -35,6 +36,8 @@ def _flows() -> dict[str, FlowEntry]:
                                               "cluster, with a plot of the metric against the grid axis"),
             "federated": (FederatedParams, run_federated, "LLM-QFL: federated quantum classifiers on Dask, "
                                                           "steered by an LLM controller"),
+            "compare": (CompareParams, run_compare, "every method on one data set, budget and seed set: a "
+                                                    "leaderboard of accuracy against parameters and training time"),
             "federated-compare": (FederatedCompareParams, run_federated,
                                   "LLM-QFL: controllers none/adaptive/dynamic-weighted and a classical "
                                   "federated baseline on SST-2 and SUBJ, IID and Dirichlet(0.5)")}

@@ -139,3 +139,23 @@ def figure_markdown(fig: Figure, alt: str) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+def leaderboard_plot(table: Sequence[dict[str, Any]], title: str) -> Figure:
+    """Accuracy (mean ± std over seeds) against trainable parameters and against training
+    seconds, both on log axes, one labelled point per method of the compare leaderboard."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    panels = (("trainable_params", None, "trainable parameters"),
+              ("train_seconds", "train_seconds_std", "training seconds per seed (mean)"))
+    for ax, (x, xerr, xlabel) in zip(axes, panels):
+        for i, r in enumerate(table):
+            ax.errorbar(max(r[x], 1e-3), r["accuracy"], yerr=r["accuracy_std"], xerr=r[xerr] if xerr else None,
+                        fmt="o", capsize=4, color=f"C{i}", label=r["label"])
+            ax.annotate(r["label"], (max(r[x], 1e-3), r["accuracy"]), textcoords="offset points", xytext=(5, 4),
+                        fontsize=7)
+        ax.set_xscale("log")
+        ax.set(xlabel=xlabel, ylabel="test accuracy")
+    axes[0].set_title(title)
+    axes[1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,146 @@
+"""The compare flow end to end on tiny settings: every method trains as Prefect tasks on a real
+Dask cluster, the leaderboard lands in a real MLflow store (a child per method, the plot, system
+metrics) and in the Prefect API (the table artifact, the trainings' progress artifacts); a re-run
+reuses the cached trainings; bad input is refused before anything is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+from distributed import LocalCluster
+from mlflow.tracking import MlflowClient
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.cli import main as cli
+from flows.compare import METHODS, CompareParams, run_compare
+from flows.peft import preflight as peft_preflight
+from flows.runner import prefect_api
+from qcore.federated.models import build_model
+from qcore.models.pqc_head import PQCHead
+from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
+from tasks.data import load_dataset
+from tasks.settings import Settings
+
+TINY = dict(train_size=60, test_size=40, seeds=[0, 1], epochs=2, batch_size=16, finetune_steps=3,
+            finetune_batch_size=4, max_length=16, qubits=4, blocks=1, head_qubits=3, head_encoders=1,
+            clients=2, rounds=2, llm_steps=2, experiment="test-compare")
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One artifact root, Prefect server and Dask cluster for the module's runs, so the
+    artifacts can be read back from the API after a run."""
+    path = tmp_path_factory.mktemp("artifacts")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("QLLM_ARTIFACT_ROOT", str(path))
+    with prefect_api() as url, temporary_settings({PREFECT_API_URL: url}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        mp.setenv("QLLM_DASK_ADDRESS", cluster.scheduler_address)
+        yield path, url
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def run(api: tuple[Path, str]) -> dict:
+    return run_compare(CompareParams(**TINY))
+
+
+def test_every_method_on_the_leaderboard_with_its_own_parameter_count(run: dict) -> None:
+    table = {r["method"]: r for r in run["table"]}
+    assert set(table) == set(METHODS)
+    assert [r["accuracy"] for r in run["table"]] == sorted((r["accuracy"] for r in run["table"]), reverse=True)
+    for r in run["table"]:
+        assert r["seeds"] == 2 and 0.0 <= r["accuracy"] <= 1.0 and r["train_seconds"] >= 0
+    params = CompareParams(**TINY)
+    expected = {
+        "qdllm": QDLLMStudent(QDLLMConfig(in_features=384, num_classes=2, qubits=4, blocks=1)).parameter_counts()["total"],
+        "pqc-head": PQCHead(params.head_params().jobs()[0].config(384, 2)).parameter_counts()["total"],
+        "logreg": (384 + 1) * 2,
+        "llm-qfl": sum(p.numel() for p in build_model(params.federated_params(0).model_spec(2)).parameters()),
+        "fed-logreg": (4 + 1) * 2,
+    }
+    data = load_dataset("sst2", train_size=60, test_size=40, seed=0)
+    plan = peft_preflight(params.peft_params(0), data)
+    expected.update({m: plan.counts[m].trainable for m in ("lora", "qpa", "qtha")})
+    assert {m: table[m]["trainable_params"] for m in expected} == expected
+    assert expected["llm-qfl"] == 16  # the paper's VQC: 4 qubits, RealAmplitudes reps 3
+    assert table["mlp"]["trainable_params"] == table["mlp-distilled"]["trainable_params"]
+
+
+def test_mlflow_parent_with_a_child_per_method_plot_and_system_metrics(run: dict) -> None:
+    mlflow.set_tracking_uri(Settings().tracking_uri())
+    client = MlflowClient()
+    parent = client.get_run(run["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["method"] for c in children) == sorted(METHODS)
+    for child in children:
+        assert {"accuracy", "accuracy_std", "trainable_params", "train_seconds"} <= set(child.data.metrics)
+        assert len(client.get_metric_history(child.info.run_id, "seed_accuracy")) == 2
+    files = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert {"leaderboard.png", "leaderboard.json", "seeds.json"} <= files
+    png = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.png"))
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert any(k.startswith("system/") for k in parent.data.metrics)  # sampled while the methods trained
+
+
+def _latest_artifact(url: str, key: str) -> dict:
+    """The latest version of an artifact, read through the REST API as the UI reads it."""
+    response = httpx.post(f"{url}/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}},
+                                                           "sort": "UPDATED_DESC", "limit": 1, "offset": 0})
+    response.raise_for_status()
+    assert response.json(), f"no artifact {key}"
+    return response.json()[0]
+
+
+def test_prefect_has_the_table_and_progress_of_every_training(run: dict, api: tuple[Path, str]) -> None:
+    table = _latest_artifact(api[1], "compare-leaderboard")
+    assert table["type"] == "table" and "qdllm" in str(table["data"])
+    for key in ("progress-student-q4-b1-a0-5-s0", "progress-head-q3-e1-l2-r3-m1-s1", "progress-lora-s1"):
+        progress = _latest_artifact(api[1], key)
+        assert progress["type"] == "progress" and progress["task_run_id"], key  # a training task's
+        assert progress["data"] == 100.0  # updated as it trained, finished
+
+
+def test_rerun_reuses_every_cached_training(run: dict) -> None:
+    again = run_compare(CompareParams(**TINY))
+    cached = {r["method"]: r["cached"] for r in again["table"]}
+    assert all(cached[m] == 2 for m in ("qdllm", "pqc-head", "lora", "qpa", "qtha"))
+    first = {r["method"]: r["accuracy"] for r in run["table"]}
+    assert {m: r["accuracy"] for m, r in ((r["method"], r) for r in again["table"])} == first
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--methods", "qdllm,nope"], "--methods.1"),
+    (["--methods", "qdllm,qdllm"], "repeat a method"),
+    (["--controller", "bogus"], "controller 'bogus' is unknown"),
+    (["--train-size", "40", "--clients", "50"], "clients=50 exceeds"),
+    (["--dataset", "sst3"], "unknown data set 'sst3'"),
+])
+def test_bad_parameters_are_refused_before_any_work(args: list[str], message: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "artifacts"
+    monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(out))
+    assert cli(["run", "compare", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("rows,message", [
+    ("text\tlabel\n" + "".join(f"text number {i}\tpos\n" for i in range(40)), "1 class"),
+    ("text\n" + "".join(f"text number {i}\n" for i in range(40)), "no label column"),
+])
+def test_data_without_two_classes_is_refused_before_any_work(rows: str, message: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data.tsv"
+    data.write_text(rows)
+    out = tmp_path / "artifacts"
+    monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(out))
+    assert cli(["run", "compare", "--dataset", str(data), "--train-size", "20", "--clients", "2"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -77,6 +77,10 @@ class QuantumLayer(torch.nn.Module):
             raise ValueError(f"output {output!r} is not supported; use 'expval' or 'probs'")
         obs = as_sparse_pauli_ops(observables) if observables is not None else z_observables(circuit.num_qubits)
         self.circuit = circuit
+        # Kept for running the circuit elsewhere (a quantum computer): what binds to what, and the readout.
+        self.input_parameters = list(inputs)
+        self.weight_parameters = list(weights)
+        self.observables = obs
         self.backend = backend
         self.output = output
         self.simulator = build_simulator(

@@ -67,6 +67,24 @@ class QuantumModel(nn.Module):
         """File stem → parametrised circuit, as the config builds it."""
         raise NotImplementedError
 
+    # -- the forward pass in three parts, so the quantum part can also run on hardware
+    def angles(self, features: torch.Tensor) -> torch.Tensor:
+        """The classical part: ``(batch, inputs)`` angles that drive :attr:`hardware_layer`."""
+        raise NotImplementedError
+
+    @property
+    def hardware_layer(self) -> QuantumLayer:
+        """The layer whose circuit is meant for a quantum computer (the one ``with_backend`` swaps)."""
+        raise NotImplementedError
+
+    def readout(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits from the hardware layer's expectation values."""
+        # Backends may answer in another precision (aer computes in float64): match the head.
+        return self.head(torch.real(z).to(self.head.weight.dtype))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.hardware_layer(self.angles(features)))
+
     def parameter_counts(self) -> dict[str, int]:
         """Trainable numbers: circuit angles apart from the classical layers."""
         circuit = sum(m.weights.numel() for m in self.modules() if isinstance(m, QuantumLayer))

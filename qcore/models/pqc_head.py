@@ -155,10 +155,9 @@ class PQCHead(QuantumModel):
         """Module 2's RY angles, in ``(-π, π)``."""
         return math.pi * torch.tanh(self.fusion(self.module1(features).to(self.fusion.weight.dtype)))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = self.module2(self.angles(features))
-        # Backends may answer in another precision (aer computes in float64): match the head.
-        return self.head(torch.real(z).to(self.head.weight.dtype))
+    @property
+    def hardware_layer(self) -> QuantumLayer:
+        return self.module2
 
     def circuits(self) -> dict[str, QuantumCircuit]:
         out = {"module2": self.config.module2_circuit().circuit}

@@ -121,10 +121,9 @@ class QDLLMStudent(QuantumModel):
         hi = a.max(dim=-1, keepdim=True).values
         return self.config.angle_range * (a - lo) / (hi - lo).clamp_min(self.config.scale_eps)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = self.quantum(self.angles(features))
-        # Backends may answer in another precision (aer computes in float64): match the head.
-        return self.head(torch.real(z).to(self.head.weight.dtype))
+    @property
+    def hardware_layer(self) -> QuantumLayer:
+        return self.quantum
 
     def circuits(self) -> dict[str, QuantumCircuit]:
         return {"circuit": self.config.model_circuit().circuit}

@@ -6,21 +6,12 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from qcore.models import load_model
 from tasks import tracking
 from tasks.settings import Settings
-from tasks.teacher import SentenceEncoder, TeacherSpec, make_teacher, resolve_model
-from tasks.teacher import device_for
-
-
-def teacher_features(spec: TeacherSpec, label_names: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-    """The features the student was trained on, for new texts (the teacher's own encoder)."""
-    if spec.kind == "probe":
-        return SentenceEncoder(spec, resolve_model(spec.model), device_for(spec)).encode(texts)
-    return make_teacher(spec, label_names).predict(texts, progress=False).features
+from tasks.teacher import TeacherSpec, teacher_features
 
 
 def predict(run_id: str, texts: Sequence[str]) -> list[tuple[str, str, dict[str, float]]]:

@@ -454,3 +454,11 @@ def cached_teacher_outputs(
         test=TeacherOutput(arrays["test_logits"], arrays["test_features"]),
         key=key,
     )
+
+
+def teacher_features(spec: TeacherSpec, label_names: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+    """The features a student was trained on, for new texts (the teacher's own encoder):
+    what ``qllm predict`` and the hardware flow feed a saved model."""
+    if spec.kind == "probe":
+        return SentenceEncoder(spec, resolve_model(spec.model), device_for(spec)).encode(texts)
+    return make_teacher(spec, label_names).predict(texts, progress=False).features

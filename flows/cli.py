@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 from pydantic import BaseModel, ValidationError
 
 from qcore.adapters import AdapterError
+from qcore.hardware.service import HardwareError
 from tasks.data import DataError, DataUnavailableError
 from tasks.teacher import ModelNotFoundError
 
@@ -23,6 +24,7 @@ def _flows() -> dict[str, FlowEntry]:
     from .compare import CompareParams, run_compare
     from .distill import DistillParams, run_distill
     from .federated import FederatedCompareParams, FederatedParams, run_federated
+    from .hardware import HardwareParams, run_hardware
     from .head import HeadParams, run_head
     from .peft import PeftParams, run_peft
     from .study import StudyParams, run_study
@@ -38,6 +40,8 @@ def _flows() -> dict[str, FlowEntry]:
                                                           "steered by an LLM controller"),
             "compare": (CompareParams, run_compare, "every method on one data set, budget and seed set: a "
                                                     "leaderboard of accuracy against parameters and training time"),
+            "hardware": (HardwareParams, run_hardware, "run a trained quantum model on an IBM quantum computer "
+                                                       "(or a fake one offline) beside its exact and noisy simulation"),
             "federated-compare": (FederatedCompareParams, run_federated,
                                   "LLM-QFL: controllers none/adaptive/dynamic-weighted and a classical "
                                   "federated baseline on SST-2 and SUBJ, IID and Dirichlet(0.5)")}
@@ -62,7 +66,7 @@ def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -
         flag = "--" + name.replace("_", "-")
         default = field.get_default(call_default_factory=True)
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-        help_text = f"{field.description or ''} (default: {shown})"
+        help_text = f"{field.description or ''} ({'required' if field.is_required() else f'default: {shown}'})"
         if _is_bool(field.annotation):
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
@@ -131,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         try:
             runner(params)
-        except (DataError, DataUnavailableError, AdapterError, ModelNotFoundError) as err:
+        except (DataError, DataUnavailableError, AdapterError, ModelNotFoundError, HardwareError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0

@@ -76,7 +76,9 @@ def prefect_api() -> Iterator[str]:
     ``PREFECT_API_URL`` for the run, so worker processes report to it instead of each starting
     a server of their own on the same database.
     """
-    configured = PREFECT_API_URL.value()
+    # The environment first: Prefect's settings object is read once, before an enclosing
+    # prefect_api() (a test module's, say) exported its server.
+    configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
     if configured:
         yield configured
         return

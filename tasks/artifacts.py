@@ -114,3 +114,10 @@ def download_folder(url: str, dest: str | os.PathLike[str],
     fs.get(path.rstrip("/") + "/", str(dest).rstrip("/") + "/", recursive=True)
     return Path(dest)
 
+
+def upload_folder(folder: str | os.PathLike[str], url: str) -> str:
+    """Copy the local ``folder`` to ``url`` (any fsspec URL), file by file, each atomically."""
+    folder = Path(folder)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        atomic_write_bytes(join_url(url, str(path.relative_to(folder))), path.read_bytes())
+    return url

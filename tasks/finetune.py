@@ -29,7 +29,7 @@ from qcore.adapters import adapt, adapter_config
 from qcore.adapters.base import seeded
 from qcore.adapters.training import Batch, accuracy, perplexity, train_steps
 
-from .artifacts import atomic_write_bytes, hash_json, join_url, read_bytes
+from .artifacts import atomic_write_bytes, hash_json, join_url, read_bytes, upload_folder
 from .corpus import Corpus
 from .data import Dataset
 from .teacher import model_fingerprint
@@ -113,8 +113,8 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str) -> dict[str, 
                         "adapter_params": trainable - head, "seconds_per_step": trained.seconds_per_step,
                         "train_seconds": train_seconds, "peak_memory_mib": trained.peak_memory_bytes / 2**20,
                         "merged_max_abs_diff": difference},
-            "adapter_url": _upload(Path(tmp) / "adapter", join_url(url, "adapter")),
-            "merged_url": _upload(Path(tmp) / "merged", join_url(url, "merged")),
+            "adapter_url": upload_folder(Path(tmp) / "adapter", join_url(url, "adapter")),
+            "merged_url": upload_folder(Path(tmp) / "merged", join_url(url, "merged")),
         }
     atomic_write_bytes(join_url(url, "result.json"), json.dumps(result).encode())
     log.info("%s: %s, merged model checked (max |Δ| %.2e)", job.method,
@@ -218,9 +218,3 @@ def check_merged(adapted: Any, tokenizer: Any, probe: Batch, job: FinetuneJob, f
         raise RuntimeError(f"{job.method}: the merged model's outputs differ from the adapted model's by "
                            f"{difference:.3g} (> {bound:.3g}): merging is broken for this model")
     return difference
-
-
-def _upload(folder: Path, url: str) -> str:
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        atomic_write_bytes(join_url(url, str(path.relative_to(folder))), path.read_bytes())
-    return url

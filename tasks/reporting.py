@@ -159,3 +159,12 @@ def leaderboard_plot(table: Sequence[dict[str, Any]], title: str) -> Figure:
     axes[1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
+
+
+def rows_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Any list of flat rows as a Markdown table (columns in first-seen order, floats to 4 places)."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else ("–" if v is None else str(v))  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

@@ -10,11 +10,14 @@
 | ``QLLM_DASK_WORKERS`` | number of cores | workers of the temporary cluster |
 | ``QLLM_TASK_THREADS`` | 1 | torch threads of each training task |
 | ``QLLM_DATA_DIR`` | unset: download named sets | a folder holding the named data sets |
+| ``QLLM_QPU_SERVICE`` | IBM Quantum Platform | ``module:factory`` of another service with the same interface (``qcore/hardware/service.py``) for ``ibm_*`` backends |
 
 Secrets are deliberately not settings: S3 credentials come from the standard ``AWS_*``
 variables (or ``~/.aws``) through botocore, MLflow's from ``MLFLOW_TRACKING_USERNAME`` /
-``MLFLOW_TRACKING_PASSWORD``, Prefect Cloud's from ``PREFECT_API_KEY``. This object therefore
-holds nothing that must not be logged, and no secret passes through the project's code.
+``MLFLOW_TRACKING_PASSWORD``, Prefect Cloud's from ``PREFECT_API_KEY``, IBM Quantum's from
+``QISKIT_IBM_TOKEN`` / ``QISKIT_IBM_INSTANCE`` or Prefect Secret blocks. This object therefore
+holds nothing that must not be logged; the IBM token is read only where the service is built
+(``tasks/hardware.py``) and is cut out of every error that passes through there.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Settings(BaseSettings):
     dask_workers: int = max(1, os.cpu_count() or 1)
     task_threads: int = 1
     data_dir: str | None = None
+    qpu_service: str | None = None
 
     @property
     def root_is_local(self) -> bool:

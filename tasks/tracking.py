@@ -22,6 +22,8 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# MLflow error codes that mean "bad request", not "try later".
+REFUSALS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST"}
 
 
 def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 6, delay: float = 1.0) -> T:
@@ -33,6 +35,8 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 6, delay: fl
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - tracking errors are many types; re-raised below
+            if getattr(exc, "error_code", None) in REFUSALS:
+                raise  # the server understood and said no: asking again cannot help
             if i == attempts - 1:
                 raise RuntimeError(f"MLflow {what} failed after {attempts} attempts: {exc}") from exc
             log.warning("MLflow %s failed (%s); retrying in %.1fs", what, exc, delay * 2**i)
@@ -191,3 +195,19 @@ def log_summary(table: list[dict[str, Any]], extra: Mapping[str, float] | None =
 def slug(text: str) -> str:
     """``text`` with characters MLflow refuses in metric names replaced by ``_``."""
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
+def set_tags(run: mlflow.ActiveRun, tags: Mapping[str, str]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        with_retries(lambda: client.set_tag(run.info.run_id, key, value), what="set tag")
+
+
+def log_file(run: mlflow.ActiveRun, url: str) -> None:
+    """The file at ``url`` (any fsspec URL) as an artifact of ``run``, under its own name."""
+    from .artifacts import read_bytes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / url.rstrip("/").rsplit("/", 1)[-1]
+        local.write_bytes(read_bytes(url) or b"")
+        with_retries(lambda: MlflowClient().log_artifact(run.info.run_id, str(local)), what="log artifact")

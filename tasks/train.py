@@ -28,7 +28,7 @@ from qcore.models.classical import distilled_mlp, logistic_regression, matched_m
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 from qcore.training import classification_metrics, evaluate, model_size_bytes, train
 
-from .artifacts import atomic_write_bytes, download_folder, hash_json, join_url, read_bytes
+from .artifacts import atomic_write_bytes, download_folder, hash_json, join_url, read_bytes, upload_folder
 from .settings import Settings
 
 
@@ -130,8 +130,7 @@ def store_result(root: str, key: str, model: QuantumModel, result: dict[str, Any
             (folder / name).write_text(json.dumps(content, indent=2))
         result = {**result, "model_url": join_url(url, "model")}
         result["metrics"] = {**result["metrics"], "size_bytes": model_size_bytes(folder)}
-        for f in sorted(folder.iterdir()):
-            atomic_write_bytes(join_url(url, "model", f.name), f.read_bytes())
+        upload_folder(folder, join_url(url, "model"))
     atomic_write_bytes(join_url(url, "result.json"), json.dumps(result).encode())
     return {**json.loads(json.dumps(result)), "cached": False}
 

@@ -1,0 +1,279 @@
+"""Hardware submission: credentials, the job ledger, and the Prefect task that runs a plan on a
+quantum service without ever paying twice for the same job.
+
+Every job id is written to ``<artifact root>/hardware/<key>/jobs.json`` the moment the service
+returns it, before anything waits on it. A retry of the task, or a new run of the flow with the
+same settings, reads the ledger first and only asks the service for those jobs; results are
+stored beside the ledger when they arrive, so a finished chunk is never fetched twice either.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from qcore.hardware.plan import CircuitPlan, expectation_values
+from qcore.models.base import QuantumModel
+from qcore.hardware.service import (FINAL_STATES, HardwareError, IBMRuntimeService, JobNotFoundError,
+                                    LocalTestingService, Mitigation, QPUJob, QPUService, redact)
+
+from .artifacts import atomic_write_bytes, join_url, read_bytes
+from .settings import Settings
+
+QPU_TAG = "qpu"  # Prefect tag of every task that talks to a QPU; limit it with `prefect concurrency-limit`
+TOKEN_BLOCK, INSTANCE_BLOCK = "qiskit-ibm-token", "qiskit-ibm-instance"
+_SECRETS: set[str] = set()  # credentials this process has handed out: scrubbed from every error
+
+
+class JobFailedError(HardwareError):
+    """A job the service ran and ended in ERROR or CANCELLED: retrying the task cannot help."""
+
+
+# ----------------------------------------------------------------------------- credentials
+def ibm_credentials() -> tuple[str, str | None]:
+    """``(token, instance)`` from ``QISKIT_IBM_TOKEN`` / ``QISKIT_IBM_INSTANCE``, else from the
+    Prefect Secret blocks ``qiskit-ibm-token`` / ``qiskit-ibm-instance``."""
+    token, instance = os.environ.get("QISKIT_IBM_TOKEN"), os.environ.get("QISKIT_IBM_INSTANCE")
+    if not token:
+        token = _secret(TOKEN_BLOCK)
+        instance = instance or _secret(INSTANCE_BLOCK)
+    if not token:
+        raise HardwareError(
+            "a real IBM backend needs IBM Quantum Platform credentials: set QISKIT_IBM_TOKEN (and "
+            "QISKIT_IBM_INSTANCE, your instance's CRN), or store them as Prefect Secret blocks "
+            f"'{TOKEN_BLOCK}' and '{INSTANCE_BLOCK}'; or run offline on a fake backend such as fake_torino")
+    _SECRETS.add(token)
+    return token, instance
+
+
+def _secret(name: str) -> str | None:
+    from prefect.blocks.system import Secret
+
+    try:
+        return str(Secret.load(name).get())
+    except Exception:  # noqa: BLE001 - no API, or no such block: the caller says what to set
+        return None
+
+
+def make_service(backend: str) -> QPUService:
+    """Local testing mode for ``fake_*`` backends; otherwise the service ``QLLM_QPU_SERVICE``
+    names (``module:factory``, called with ``token=`` and ``instance=``) or IBM Quantum Platform."""
+    if backend.startswith("fake_"):
+        return LocalTestingService()
+    token, instance = ibm_credentials()
+    factory_path = Settings().qpu_service
+    if not factory_path:
+        return IBMRuntimeService(token, instance)
+    module, _, name = factory_path.partition(":")
+    factory: Callable[..., QPUService] = getattr(importlib.import_module(module), name)
+    with scrubbed(f"QPU service {factory_path} failed to start"):
+        return factory(token=token, instance=instance)
+
+
+@contextmanager
+def scrubbed(what: str) -> Iterator[None]:
+    """Re-raise any error with the credentials cut out of its text and its chain dropped (a
+    traceback prints the chain); refusals stay refusals, anything else stays retryable."""
+    try:
+        yield
+    except TimeoutError:
+        raise  # the task's timeout: Prefect retries it, resuming the same jobs
+    except HardwareError as exc:
+        raise type(exc)(redact(str(exc), *_SECRETS)) from None
+    except Exception as exc:  # noqa: BLE001 - service clients raise many types
+        raise RuntimeError(f"{what}: {type(exc).__name__}: {redact(str(exc), *_SECRETS)}") from None
+
+
+# ----------------------------------------------------------------------------- the ledger
+@dataclass
+class Ledger:
+    """The jobs of one hardware evaluation: chunk index → job id and state, plus the backend
+    they went to (``least_busy`` resolves once; a resumed run must go back to the same device)."""
+
+    url: str  # folder of jobs.json and the stored results
+    backend: str | None = None
+    jobs: dict[str, dict[str, Any]] | None = None
+
+    @classmethod
+    def open(cls, root: str, key: str) -> Ledger:
+        url = join_url(root, "hardware", key)
+        raw = read_bytes(join_url(url, "jobs.json"))
+        data = json.loads(raw) if raw else {}
+        return cls(url, data.get("backend"), data.get("jobs", {}))
+
+    def save(self) -> None:
+        body = json.dumps({"backend": self.backend, "jobs": self.jobs}, indent=2, sort_keys=True)
+        atomic_write_bytes(join_url(self.url, "jobs.json"), body.encode())
+
+    def record(self, chunk: int, **entry: Any) -> None:
+        assert self.jobs is not None
+        previous = self.jobs.get(str(chunk), {})
+        history = previous.get("history", [])
+        if previous.get("job_id") and previous.get("job_id") != entry.get("job_id", previous.get("job_id")):
+            history = history + [{k: previous[k] for k in ("job_id", "status") if k in previous}]
+        self.jobs[str(chunk)] = {**previous, **entry, "history": history}
+        self.save()
+
+    def job_ids(self) -> list[str]:
+        return [e["job_id"] for _, e in sorted((self.jobs or {}).items(), key=lambda kv: int(kv[0]))
+                if e.get("job_id")]
+
+    def stored_values(self, chunk: int) -> np.ndarray | None:
+        raw = read_bytes(join_url(self.url, f"values-{chunk}.npy"))
+        return None if raw is None else np.load(io.BytesIO(raw), allow_pickle=False)
+
+    def store_values(self, chunk: int, values: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.save(buf, values)
+        atomic_write_bytes(join_url(self.url, f"values-{chunk}.npy"), buf.getvalue())
+
+
+def chunks(samples: int, job_size: int) -> list[tuple[int, int]]:
+    return [(i, min(i + job_size, samples)) for i in range(0, samples, job_size)]
+
+
+# ----------------------------------------------------------------------------- the task
+def _not_a_failed_job(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient errors (network, service hiccups, the task's timeout); never a job the
+    service ran and failed or cancelled, nor a refusal: those need a person."""
+    try:
+        state.result()
+    except HardwareError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else is worth another try
+        return True
+    return True
+
+
+@task(name="run-on-qpu", tags=[QPU_TAG], retries=3, retry_delay_seconds=[10, 60, 300],
+      retry_condition_fn=_not_a_failed_job, cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
+def run_on_qpu(plan: CircuitPlan, service: QPUService, backend: Any, ledger: Ledger, *,
+               shots: int, job_size: int, mitigation: Mitigation, observables: list[Any],
+               on_job_ids: Callable[[list[str]], None], poll_max_seconds: float = 60.0) -> np.ndarray:
+    """``(samples, observables)`` expectation values of every sample, measured on ``backend``.
+
+    Chunks whose values are stored are skipped; chunks with a job id in the ledger are
+    retrieved, not resubmitted; only the rest are submitted, all in one Batch, and each id is
+    recorded (ledger, then ``on_job_ids``) before any waiting starts.
+    """
+    with scrubbed(f"running on {ledger.backend}"):
+        return _run_chunks(plan, service, backend, ledger, shots=shots, job_size=job_size, mitigation=mitigation,
+                           observables=observables, on_job_ids=on_job_ids, poll_max_seconds=poll_max_seconds)
+
+
+def _run_chunks(plan: CircuitPlan, service: QPUService, backend: Any, ledger: Ledger, *, shots: int,
+                job_size: int, mitigation: Mitigation, observables: list[Any],
+                on_job_ids: Callable[[list[str]], None], poll_max_seconds: float) -> np.ndarray:
+    log = get_run_logger()
+    parts = chunks(plan.samples, job_size)
+    values: dict[int, np.ndarray] = {}
+    jobs: dict[int, QPUJob] = {}
+    to_submit = []
+    for i, _ in enumerate(parts):
+        stored = ledger.stored_values(i)
+        if stored is not None:
+            values[i] = stored
+            continue
+        entry = (ledger.jobs or {}).get(str(i), {})
+        if entry.get("job_id") and entry.get("status") not in ("ERROR", "CANCELLED"):
+            try:
+                jobs[i] = service.job(entry["job_id"])
+                log.info("chunk %d: resuming job %s (not resubmitted)", i, entry["job_id"])
+                continue
+            except JobNotFoundError as exc:
+                if not service.is_local:
+                    raise HardwareError(f"{exc}; the ledger {ledger.url}/jobs.json names it. Delete that "
+                                        "entry to submit the chunk again.") from None
+                log.info("chunk %d: %s; simulating again", i, exc)
+        to_submit.append(i)
+    if to_submit:
+        with service.batch(backend, plan.primitive, mitigation) as submit:
+            for i in to_submit:
+                start, stop = parts[i]
+                job = submit(plan.pubs(start, stop), shots)
+                jobs[i] = job
+                ledger.record(i, job_id=job.job_id(), status="SUBMITTED", start=start, stop=stop,
+                              submitted_at=time.time())
+                log.info("chunk %d (samples %d-%d): submitted job %s to %s", i, start, stop - 1,
+                         job.job_id(), ledger.backend)
+        on_job_ids(ledger.job_ids())
+    for i, job in sorted(jobs.items()):
+        status = wait_for(job, poll_max_seconds)
+        ledger.record(i, status=status)
+        if status != "DONE":
+            raise JobFailedError(
+                f"job {job.job_id()} on {ledger.backend} ended {status}: {job.error_message()}. "
+                "Nothing was resubmitted; run the flow again to submit this chunk anew.")
+        values[i] = expectation_values(plan, job.result(), observables)
+        ledger.store_values(i, values[i])
+    return np.concatenate([values[i] for i in range(len(parts))])
+
+
+def wait_for(job: QPUJob, poll_max_seconds: float) -> str:
+    """Poll until the job is final, backing off from 1 s to ``poll_max_seconds``."""
+    delay = min(1.0, poll_max_seconds)
+    while (status := job.status()) not in FINAL_STATES:
+        time.sleep(delay)
+        delay = min(delay * 2, poll_max_seconds)
+    return status
+
+
+# ----------------------------------------------------------------------------- the trained model
+@dataclass(frozen=True)
+class SourceRun:
+    """A trained quantum model from an MLflow run, with what turns text into its features and
+    the data set it was trained on (a parameter of the run or of an ancestor)."""
+
+    run_id: str
+    model: QuantumModel
+    label_names: tuple[str, ...]
+    teacher: dict[str, Any]
+    data: dict[str, Any]  # dataset, text_column, label_column
+    weights_hash: str
+
+
+def load_source(run_id: str, settings: Settings) -> SourceRun:
+    """Refuses a run that does not exist or holds no quantum model, saying where to look."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from qcore.models import load_model
+
+    from .artifacts import sha256_file
+    from .tracking import download_model
+
+    uri = settings.tracking_uri()
+    client = mlflow.MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise HardwareError(f"MLflow run {run_id!r} does not exist at {uri} ({exc.error_code}); pass "
+                            "the id of a child run holding a trained model (distill, head or study), "
+                            "as shown in the MLflow UI or printed by those flows") from None
+    try:
+        folder = download_model(run_id, settings)
+        model = load_model(folder)
+        meta = json.loads((folder / "teacher.json").read_text())
+    except Exception as exc:  # noqa: BLE001 - no model/ folder, or not one of ours
+        raise HardwareError(f"MLflow run {run_id} ({run.info.run_name}) holds no quantum model "
+                            f"(model/config.json, weights and teacher.json): {type(exc).__name__}: {exc}. "
+                            "Pick a child run of a distill, head or study run.") from None
+    data: dict[str, Any] = {}
+    while run is not None and "dataset" not in run.data.params:
+        parent = run.data.tags.get("mlflow.parentRunId")
+        run = client.get_run(parent) if parent else None
+    if run is not None:
+        data = {k: run.data.params.get(k) for k in ("dataset", "text_column", "label_column")}
+        data = {k: (None if v in (None, "None") else v) for k, v in data.items()}
+    return SourceRun(run_id, model, tuple(meta["label_names"]), meta["teacher"], data,
+                     sha256_file(folder / "weights.safetensors"))

@@ -128,7 +128,8 @@ def test_s3_endpoint_reaches_s3fs_and_mlflow(monkeypatch: pytest.MonkeyPatch, tm
 
     monkeypatch.setenv("QLLM_S3_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(tmp_path))
-    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "")  # so that undo removes what setup() sets
+    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL")
     fs, path = url_to_fs("s3://bucket/key")
     assert fs.endpoint_url == "http://127.0.0.1:9" and path == "bucket/key"
     assert Settings().storage_options(str(tmp_path)) == {}

@@ -28,12 +28,13 @@ from flows.hardware import HardwareParams, run_hardware
 from flows.runner import prefect_api
 from qcore.hardware.plan import build_plan, expectation_values
 from qcore.hardware.service import HardwareError, LocalTestingService, Mitigation
+from qcore.models.pqc_head import PQCHead, PQCHeadConfig
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 from qcore.simulators.aer import fake_backend
 from qcore.training import train
 from tasks import tracking
 from tasks.data import load_dataset
-from tasks.hardware import JobFailedError
+from tasks.hardware import QPU_TAG, JobFailedError
 from tasks.settings import Settings
 from tasks.teacher import TeacherSpec, teacher_features
 from tests import qpu_standin
@@ -95,17 +96,25 @@ def ledger_files(lab: dict[str, Any]) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- the circuit plan
-@pytest.mark.parametrize("primitive", ["sampler", "estimator"])
-def test_plan_measures_what_the_exact_simulation_computes(lab: dict[str, Any], primitive: str) -> None:
+@pytest.mark.parametrize("model,primitive,mitigation", [
+    ("qdllm", "sampler", Mitigation(resilience_level=0)),
+    ("qdllm", "sampler", Mitigation(resilience_level=0, dynamical_decoupling="XX", twirling=True)),
+    ("qdllm", "estimator", Mitigation(resilience_level=1)),
+    ("pqc_head", "sampler", Mitigation(resilience_level=0))],
+    ids=["qdllm-sampler", "qdllm-sampler-dd-twirling", "qdllm-estimator-trex", "pqc_head-sampler"])
+def test_plan_measures_what_the_exact_simulation_computes(lab: dict[str, Any], model: str, primitive: str,
+                                                          mitigation: Mitigation) -> None:
     """Transpiled once to a 5-qubit device, bound per sample and run in local testing mode, the
     ⟨Z⟩ readouts match the exact ones within shot and device noise (a wrong layout would not)."""
-    layer = lab["model"].hardware_layer
+    head = PQCHead(PQCHeadConfig(in_features=16, num_classes=2, encoders=1, encoder_layers=1, qubits=4,
+                                 layers=1, reuploads=1, measured=4))
+    layer = (lab["model"] if model == "qdllm" else head).hardware_layer
     angles = np.random.default_rng(0).uniform(0, 10, (6, 4))
     device = fake_backend("fake_manila")
     plan = build_plan(layer, angles, device, primitive=primitive, optimization_level=1)
     assert plan.circuit.num_parameters == 4 and plan.values.shape == (6, 4)
-    assert plan.metrics.two_qubit_gates >= 4 and plan.metrics.qubits_used == 4
-    with LocalTestingService().batch(device, primitive, Mitigation(resilience_level=0)) as submit:
+    assert plan.metrics.two_qubit_gates >= 3 and plan.metrics.qubits_used == 4
+    with LocalTestingService().batch(device, primitive, mitigation) as submit:
         result = submit(plan.pubs(0, 6), 4000).result()
     measured = expectation_values(plan, result, list(layer.observables))
     with torch.inference_mode():
@@ -155,7 +164,12 @@ def test_budget_guard_refuses_before_submitting(lab: dict[str, Any], standin: st
 
 def test_resumed_run_retrieves_jobs_instead_of_resubmitting(lab: dict[str, Any], standin: str) -> None:
     """least_busy resolves once; a run whose results were lost after the ids were written (the
-    ledger survives) asks the service for the same jobs, on the same device."""
+    ledger survives) asks the service for the same jobs, on the same device. Both runs go
+    through the README's one-at-a-time limit on the QPU tag, which each releases."""
+    from prefect.client.orchestration import get_client
+
+    subprocess.run([str(Path(sys.executable).with_name("prefect")), "concurrency-limit", "create", QPU_TAG, "1"],
+                   check=True, capture_output=True, env=os.environ)
     first = run_hardware(params(lab, backend="least_busy"))
     assert first["metrics"]["backend"] == "ibm_manila"  # the least busy device wide enough
     ids = qpu_standin.submitted()
@@ -166,6 +180,10 @@ def test_resumed_run_retrieves_jobs_instead_of_resubmitting(lab: dict[str, Any],
     second = run_hardware(params(lab, backend="least_busy"))
     assert qpu_standin.submitted() == ids and second["job_ids"] == first["job_ids"]
     assert second["table"] == first["table"]
+    with get_client(sync_client=True) as client:
+        limit = client.read_concurrency_limit_by_tag(QPU_TAG)
+        assert limit.concurrency_limit == 1 and list(limit.active_slots) == []
+        client.delete_concurrency_limit_by_tag(QPU_TAG)
 
 
 @pytest.mark.parametrize("outcome", ["ERROR", "CANCELLED"])
@@ -217,24 +235,39 @@ def test_flow_killed_between_submission_and_result(lab: dict[str, Any], standin:
 
 # ----------------------------------------------------------------------------- refusals and secrets
 @pytest.mark.parametrize("case", ["unknown backend", "no such run", "run without a model", "too many qubits",
-                                  "no credentials", "token rejected"])
+                                  "estimator on a large fake device", "no credentials", "token rejected"])
 def test_refused_before_any_submission(lab: dict[str, Any], standin: str, case: str,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     overrides: dict[str, Any] = {
         "no such run": {"run_id": "0" * 32}, "run without a model": {"run_id": lab["parent_id"]},
-        "too many qubits": {"backend": "fake_armonk"}}.get(case, {})
+        "too many qubits": {"backend": "fake_armonk"},
+        "estimator on a large fake device": {"backend": "fake_torino", "primitive": "estimator"}}.get(case, {})
     if case == "no credentials":
         monkeypatch.delenv("QISKIT_IBM_TOKEN")
     if case == "token rejected":
         monkeypatch.setenv("QISKIT_IBM_TOKEN", "reject-me")
     expected = {"unknown backend": "not fake_<device>", "no such run": "does not exist",
                 "run without a model": "holds no quantum model", "too many qubits": "has 1 qubits",
+                "estimator on a large fake device": "--primitive sampler",
                 "no credentials": "QISKIT_IBM_TOKEN", "token rejected": "401 Unauthorized: token \\*\\*\\*"}[case]
     runs_before = len(mlflow.search_runs(search_all_experiments=True))
     with pytest.raises((HardwareError, ValidationError, RuntimeError), match=expected) as err:
         run_hardware(params(lab, **overrides) if case != "unknown backend" else params(lab, backend="ibm torino"))
     assert "reject-me" not in str(err.value)
     assert qpu_standin.submitted() == [] and len(mlflow.search_runs(search_all_experiments=True)) == runs_before
+
+
+def test_credentials_from_a_prefect_secret_block(lab: dict[str, Any], standin: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.blocks.system import Secret
+
+    monkeypatch.delenv("QISKIT_IBM_TOKEN")
+    Secret(value=standin).save("qiskit-ibm-token", overwrite=True)
+    try:
+        result = run_hardware(params(lab, dry_run=True))
+    finally:
+        Secret.delete("qiskit-ibm-token")
+    assert result["metrics"]["backend"] == "ibm_manila"
 
 
 def test_token_never_leaks(lab: dict[str, Any], standin: str, capfd: pytest.CaptureFixture) -> None:

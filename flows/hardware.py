@@ -202,6 +202,7 @@ def hardware(params: HardwareParams) -> dict[str, Any]:
             plan, service, backend, ledger, shots=params.shots, job_size=params.job_size,
             mitigation=params.mitigation, observables=list(layer.observables),
             on_job_ids=record_job_ids, poll_max_seconds=params.poll_max_seconds)
+        record_job_ids(ledger.job_ids())  # again: the ledger now holds every job's final state
         predictions = {"exact": _predict(model, exact_z),
                        ("fake hardware" if service.is_local else "hardware"): _predict(model, hw_z)}
         if noisy is not None:

@@ -42,7 +42,7 @@ from .federated import FederatedParams, _llm_losses, _run
 from .head import HeadParams
 from .peft import PeftParams
 from .peft import preflight as peft_preflight
-from .runner import dask_runner, prefect_api
+from .runner import check_dask_address, dask_runner, prefect_api
 
 METHODS = {  # name (the --methods value) → leaderboard label
     "qdllm": "QD-LLM student",
@@ -261,6 +261,7 @@ def federated_rows(params: CompareParams, data: Dataset, feats: Features, root: 
 def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
     """Every method on one data set, budget and seed set: a leaderboard of accuracy against
     trainable parameters and training time."""
+    check_dask_address(params.dask_address)
     settings = Settings()
     root = settings.artifact_root
     with tracking.parent_run(settings, params.experiment, "compare", params.model_dump(),

@@ -25,7 +25,7 @@ from tasks.teacher import TeacherSpec
 from tasks.train import (Features, StudentJob, classical_baselines, merge_noisy, noisy_evaluation,
                          train_student)
 
-from .runner import dask_runner, prefect_api
+from .runner import check_dask_address, dask_runner, prefect_api
 
 MAX_QUBITS = 20
 
@@ -140,6 +140,7 @@ def _teacher_row(feats: Features) -> dict[str, Any]:
 @flow(name="distill", task_runner=dask_runner(), log_prints=True)
 def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
     """Distil a teacher LLM into quantum students and compare them with classical competitors."""
+    check_dask_address(params.dask_address)
     settings = Settings()
     root = settings.artifact_root
     data, feats = prepare_distill_data(params, root)

@@ -36,7 +36,7 @@ from tasks.prepare import prepare_data, teacher_outputs
 from tasks.settings import Settings
 from tasks.teacher import ModelNotFoundError, TeacherSpec, resolve_model
 
-from .runner import dask_runner, prefect_api
+from .runner import check_dask_address, dask_runner, prefect_api
 
 BACKSTOP_SECONDS = 120.0  # how much longer than its own time limit the flow waits for a silent client
 
@@ -228,6 +228,7 @@ def _run(params: FederatedParams, setting: fed.Setting, label: str, spec: ModelS
 @flow(name="federated", task_runner=dask_runner(), log_prints=True)
 def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
     """Federated quantum classifiers with the LLM-QFL controller, compared on the same splits."""
+    check_dask_address(params.dask_address)
     store = Settings()
     root = store.artifact_root
     settings: list[fed.Setting] = []

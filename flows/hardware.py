@@ -36,7 +36,7 @@ from tasks.settings import Settings
 from tasks.teacher import TeacherSpec, teacher_features
 from tasks.train import noisy_evaluation
 
-from .runner import dask_runner, prefect_api
+from .runner import check_dask_address, dask_runner, prefect_api
 
 # Offline, the executor Estimator's boxes touch every qubit of the device: 16 qubits already take
 # about 25 s per binding here, 27 do not fit in memory.
@@ -159,6 +159,7 @@ def noisy_twin(backend_name: str) -> str | None:
 @flow(name="hardware", task_runner=dask_runner(), log_prints=True)
 def hardware(params: HardwareParams) -> dict[str, Any]:
     """Run a trained quantum model on a (fake) IBM backend; compare with exact and noisy simulation."""
+    check_dask_address(params.dask_address)
     log = get_run_logger()
     settings = Settings()
     source = load_source(params.run_id, settings)

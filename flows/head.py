@@ -26,7 +26,7 @@ from tasks.settings import Settings
 from tasks.teacher import TeacherSpec
 from tasks.train import merge_noisy, noisy_evaluation
 
-from .runner import dask_runner, prefect_api, results_or_failures
+from .runner import check_dask_address, dask_runner, prefect_api, results_or_failures
 
 MAX_QUBITS = 16
 
@@ -145,6 +145,7 @@ def submit_classical_heads(params: HeadParams, data: HeadData, seeds: list[int])
 @flow(name="head", task_runner=dask_runner(), log_prints=True)
 def head(params: HeadParams = HeadParams()) -> dict[str, Any]:
     """Train PQC heads on few-shot embeddings, compare them with classical heads, ablate noise."""
+    check_dask_address(params.dask_address)
     settings = Settings()
     root = settings.artifact_root
     data = prepare_head_data(params, root)

@@ -41,7 +41,7 @@ from tasks.settings import Settings
 from tasks.teacher import ModelNotFoundError, resolve_model
 
 from .cli import add_model_options, format_validation_error, parse_model
-from .runner import dask_runner, prefect_api
+from .runner import check_dask_address, dask_runner, prefect_api
 
 Method = Literal["lora", "qpa", "qtha"]
 
@@ -209,6 +209,7 @@ def prepare(params: PeftParams) -> Dataset | Corpus:
 @flow(name="peft", task_runner=dask_runner(), log_prints=True)
 def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
     """Fine-tune one model with LoRA, QPA and QTHA on equal footing; merge, check and compare."""
+    check_dask_address(params.dask_address)
     settings = Settings()
     data = prepare(params)
     plan = preflight(params, data)

@@ -48,6 +48,25 @@ def dask_runner(address: str | None = None) -> DaskTaskRunner:
     })
 
 
+def check_dask_address(requested: str | None) -> None:
+    """Refuse a flow's ``dask_address`` parameter when this run cannot honour it.
+
+    ``qllm run`` builds the flow's task runner from it. A deployment's runner is fixed when the
+    worker loads the flow (from ``QLLM_DASK_ADDRESS``), so there the parameter would be ignored
+    and the run would go elsewhere without a word."""
+    if not requested:
+        return
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    actual = getattr(context.task_runner, "address", None) if context else None
+    if (actual or "").removeprefix("tcp://") != requested.removeprefix("tcp://"):
+        raise ValueError(
+            f"dask_address {requested!r} cannot take effect in this run, whose tasks go to "
+            f"{actual or 'this process'}: for a deployment, set QLLM_DASK_ADDRESS in the worker's "
+            "environment (or the deployment's job_variables.env) and leave dask_address empty")
+
+
 # Dask's defaults (30 s to connect or answer) drop workers whose process is starved of CPU,
 # which a laptop or a 2-core box running more simulations than cores does: the scheduler then
 # forgets the worker, its nanny shuts down, and a flow waits forever on a cluster with no workers.

@@ -32,7 +32,7 @@ from tasks.train import train_student
 
 from .distill import DistillParams, prepare_distill_data, submit_baselines
 from .head import HeadParams, prepare_head_data, submit_classical_heads
-from .runner import dask_runner, prefect_api, results_or_failures
+from .runner import check_dask_address, dask_runner, prefect_api, results_or_failures
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,7 @@ def _as_field_value(model: type[BaseModel], name: str, value: Any) -> Any:
 @flow(name="study", task_runner=dask_runner(), log_prints=True)
 def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
     """Train every point × seed of the grid on the Dask cluster; summarise, plot and track them."""
+    check_dask_address(params.dask_address)
     settings = Settings()
     root = settings.artifact_root
     method = METHODS[params.method]

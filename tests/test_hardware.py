@@ -257,6 +257,17 @@ def test_refused_before_any_submission(lab: dict[str, Any], standin: str, case: 
     assert qpu_standin.submitted() == [] and len(mlflow.search_runs(search_all_experiments=True)) == runs_before
 
 
+def test_a_deployed_flow_refuses_a_dask_address_it_cannot_use(lab: dict[str, Any], standin: str) -> None:
+    """A worker loads the flow with the runner its environment gives; a dask_address parameter
+    cannot change it, and must not be silently ignored."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.hardware import hardware
+
+    with pytest.raises(ValueError, match="QLLM_DASK_ADDRESS"):
+        hardware.with_options(task_runner=ThreadPoolTaskRunner())(params(lab, dry_run=True))
+
+
 def test_credentials_from_a_prefect_secret_block(lab: dict[str, Any], standin: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.blocks.system import Secret

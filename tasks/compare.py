@@ -50,7 +50,7 @@ def markdown(table: Sequence[dict[str, Any]]) -> str:
     """The leaderboard for the terminal, the Prefect artifact and the README."""
     lines = ["| method | seeds | accuracy | trainable params | train seconds |", "|---|---|---|---|---|"]
     lines += [f"| {r['label']} | {r['seeds']} | {r['accuracy']:.4f} ± {r['accuracy_std']:.4f} | "
-              f"{r['trainable_params']:,} | {r['train_seconds']:.1f} ± {r['train_seconds_std']:.1f} |" for r in table]
+              f"{r['trainable_params']:,} | {r['train_seconds']:.3g} ± {r['train_seconds_std']:.2g} |" for r in table]
     return "\n".join(lines)
 
 

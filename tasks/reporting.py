@@ -144,7 +144,7 @@ def figure_markdown(fig: Figure, alt: str) -> str:
 def leaderboard_plot(table: Sequence[dict[str, Any]], title: str) -> Figure:
     """Accuracy (mean ± std over seeds) against trainable parameters and against training
     seconds, both on log axes, one labelled point per method of the compare leaderboard."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.4))
     panels = (("trainable_params", None, "trainable parameters"),
               ("train_seconds", "train_seconds_std", "training seconds per seed (mean)"))
     for ax, (x, xerr, xlabel) in zip(axes, panels):
@@ -155,8 +155,8 @@ def leaderboard_plot(table: Sequence[dict[str, Any]], title: str) -> Figure:
                         fontsize=7)
         ax.set_xscale("log")
         ax.set(xlabel=xlabel, ylabel="test accuracy")
-    axes[0].set_title(title)
-    axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle(title)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside, not over, the points
     fig.tight_layout()
     return fig
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from qcore.federated.controller import RULES
 from qcore.federated.models import build_model
 from qcore.federated.partition import PartitionError
+from qcore.models.pqc_head import MAX_ENCODERS
 from tasks import compare as board
 from tasks import federated as fed
 from tasks import reporting, tracking
@@ -37,8 +38,10 @@ from tasks.settings import Settings
 from tasks.teacher import TeacherOutput, TeacherOutputs, resolve_model
 from tasks.train import Features, classical_baselines, train_student
 
+from .distill import MAX_QUBITS as STUDENT_MAX_QUBITS
 from .distill import DistillParams, prepare_distill_data, student_size
 from .federated import FederatedParams, _llm_losses, _run
+from .head import MAX_QUBITS as HEAD_MAX_QUBITS
 from .head import HeadParams
 from .peft import PeftParams
 from .peft import preflight as peft_preflight
@@ -97,10 +100,10 @@ class CompareParams(BaseModel):
     finetune_steps: int = Field(100, ge=2, description="budget: training steps of LoRA, QPA and QTHA")
     finetune_batch_size: int = Field(16, ge=1, description="texts per fine-tuning step")
     max_length: int = Field(64, ge=8, description="tokens per text when fine-tuning")
-    qubits: int = Field(11, ge=2, le=20, description="QD-LLM student qubits")
+    qubits: int = Field(11, ge=2, le=STUDENT_MAX_QUBITS, description="QD-LLM student qubits")
     blocks: int = Field(2, ge=1, le=20, description="QD-LLM ansatz blocks")
-    head_qubits: int = Field(8, ge=2, le=16, description="PQC head: module 2 qubits")
-    head_encoders: int = Field(2, ge=0, le=2, description="PQC head: amplitude-encoded encoders of module 1 "
+    head_qubits: int = Field(8, ge=2, le=HEAD_MAX_QUBITS, description="PQC head: module 2 qubits")
+    head_encoders: int = Field(2, ge=0, le=MAX_ENCODERS, description="PQC head: amplitude-encoded encoders of module 1 "
                                                           "(0: a linear layer into module 2)")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="PQC head: share of the training examples held "
                                                               "out for early stopping")

@@ -46,8 +46,8 @@ def set_behaviour(**values: Any) -> None:
 
 def submitted() -> list[str]:
     """Ids of every job ever submitted, oldest first."""
-    jobs = folder() / "jobs"
-    return [p.stem for p in sorted(jobs.glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns)] if jobs.exists() else []
+    log = folder() / "submitted.txt"
+    return log.read_text().split() if log.exists() else []
 
 
 class StandInJob:
@@ -58,7 +58,10 @@ class StandInJob:
         return pickle.loads(self._path.read_bytes())
 
     def _save(self, state: dict[str, Any]) -> None:
-        self._path.write_bytes(pickle.dumps(state))
+        # Atomic, as a real service's job store is: a client killed mid-poll must not leave half a job.
+        tmp = self._path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(pickle.dumps(state))
+        os.replace(tmp, self._path)
 
     def job_id(self) -> str:
         return self._path.stem
@@ -122,6 +125,8 @@ class StandInService:
             job._save({"status": "QUEUED", "polls": 0, "pubs": pubs, "shots": shots, "primitive": primitive,
                        "mitigation": mitigation, "device": "fake_" + backend.name.removeprefix("ibm_"),
                        "error": ""})
+            with open(folder() / "submitted.txt", "a") as log:
+                log.write(job.job_id() + "\n")
             return job
 
         yield submit

@@ -40,7 +40,7 @@ from tasks.train import Features, classical_baselines, train_student
 
 from .distill import MAX_QUBITS as STUDENT_MAX_QUBITS
 from .distill import DistillParams, prepare_distill_data, student_size
-from .federated import FederatedParams, _llm_losses, _run
+from .federated import FederatedParams, llm_losses, run_setting
 from .head import MAX_QUBITS as HEAD_MAX_QUBITS
 from .head import HeadParams
 from .peft import PeftParams
@@ -244,11 +244,11 @@ def federated_rows(params: CompareParams, data: Dataset, feats: Features, root: 
         setting = fed.build_setting(data, embeddings, "iid", fp.clients, spec, fp.server_fraction, seed)
         runs = []
         if "llm-qfl" in params.methods:
-            llm = _llm_losses(fp, [setting], root).get(setting.name, {})
-            runs.append(("llm-qfl", _run(fp, setting, params.controller, spec, params.controller, llm),
+            llm = llm_losses(fp, [setting], root).get(setting.name, {})
+            runs.append(("llm-qfl", run_setting(fp, setting, params.controller, spec, params.controller, llm),
                          sum(v["seconds"] for v in llm.values())))
         if "fed-logreg" in params.methods:
-            runs.append(("fed-logreg", _run(fp, setting, "baseline-logreg", fp.baseline_spec(data.num_classes),
+            runs.append(("fed-logreg", run_setting(fp, setting, "baseline-logreg", fp.baseline_spec(data.num_classes),
                                             "none", {}), 0.0))
         for method, out, extra_seconds in runs:
             curve = fed.curves(out)

@@ -174,7 +174,7 @@ class FederatedCompareParams(FederatedParams):
 
 # --- the flow --------------------------------------------------------------------------------------
 
-def _llm_losses(params: FederatedParams, settings: list[fed.Setting], root: str) -> dict[str, dict[str, Any]]:
+def llm_losses(params: FederatedParams, settings: list[fed.Setting], root: str) -> dict[str, dict[str, Any]]:
     """Every party's LLM loss per setting, fine-tuned in parallel on the workers (cached by content).
     A fine-tune that fails leaves that party without a loss: its steps stay as they are."""
     if not params.uses_llm:
@@ -208,8 +208,10 @@ def _progress(setting: fed.Setting, label: str, rounds: int) -> Callable[[RoundR
     return show
 
 
-def _run(params: FederatedParams, setting: fed.Setting, label: str, spec: ModelSpec, controller_spec: str,
-         llm: dict[str, Any]) -> fed.RunOutput:
+def run_setting(params: FederatedParams, setting: fed.Setting, label: str, spec: ModelSpec,
+                controller_spec: str, llm: dict[str, Any]) -> fed.RunOutput:
+    """One federated run on ``setting`` (a controller, or a classical baseline under ``label``),
+    its client trainings sent to the cluster round by round; shared with the compare flow."""
     controller = params.controller_for(controller_spec)
     run = FederatedRun(
         clients=[dataclasses.replace(c, model=spec) for c in setting.clients], model=spec,
@@ -239,15 +241,15 @@ def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
             settings.append(fed.build_setting(data, embeddings, partition, params.clients,
                                               params.model_spec(data.num_classes), params.server_fraction,
                                               params.seed))
-    llm = _llm_losses(params, settings, root)
+    llm = llm_losses(params, settings, root)
 
     rows, figures, outputs = [], {}, []
     for setting in settings:
-        runs = [_run(params, setting, c, params.model_spec(setting.num_classes), c, llm.get(setting.name, {}))
-                for c in params.controller]
+        runs = [run_setting(params, setting, c, params.model_spec(setting.num_classes), c,
+                            llm.get(setting.name, {})) for c in params.controller]
         if params.baseline != "none":
-            runs.append(_run(params, setting, f"baseline-{params.baseline}", params.baseline_spec(setting.num_classes),
-                             "none", {}))
+            runs.append(run_setting(params, setting, f"baseline-{params.baseline}",
+                                    params.baseline_spec(setting.num_classes), "none", {}))
         target = fed.target_for(runs, params.target_accuracy)
         rows += [fed.summarize(r, target) for r in runs]
         plot = re.sub(r"[^A-Za-z0-9._-]+", "_", f"accuracy_{setting.dataset}_{setting.partition}") + ".png"

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from flows.cli import main as cli
 from flows.head import HeadParams, run_head
 from flows.predict import predict
+from flows.runner import prefect_api
 from flows.study import StudyParams, run_study
 from tasks.settings import Settings
 
@@ -77,7 +78,10 @@ def test_study_survives_a_killed_worker_and_resumes(root: Path) -> None:
     """Kill a Dask worker while the study trains: it still finishes every point. Then remove one
     finished point: the re-run trains only that one and reuses the rest."""
     params = _study(seeds=4)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+    # The API first, so the workers inherit its address: a worker without one starts a Prefect
+    # server of its own, which the kill below would orphan.
+    with prefect_api(), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=":0") as cluster:
         killed: list[float] = []
 
         def kill_when_training_starts() -> None:

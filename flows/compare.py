@@ -45,7 +45,7 @@ from .head import MAX_QUBITS as HEAD_MAX_QUBITS
 from .head import HeadParams
 from .peft import PeftParams
 from .peft import preflight as peft_preflight
-from .runner import check_dask_address, dask_runner, prefect_api
+from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 
 METHODS = {  # name (the --methods value) → leaderboard label
     "qdllm": "QD-LLM student",
@@ -292,9 +292,7 @@ def run_compare(params: CompareParams) -> dict[str, Any]:
     """Run the flow from the command line and print the leaderboard and where it is. The data
     and every method's preconditions are checked first, before any server starts."""
     params.check_data()
-    with prefect_api():
-        result = compare.with_options(task_runner=dask_runner(params.dask_address))(params)
+    result = run_from_cli(compare, params)
     print(result["markdown"])
-    print(f"\nMLflow run {result['mlflow_run_id']} (leaderboard.png among its artifacts) — open the UI with:\n"
-          f"  mlflow ui --backend-store-uri {Settings().tracking_uri()}")
+    print(mlflow_hint(result["mlflow_run_id"], after=" (leaderboard.png among its artifacts)"))
     return result

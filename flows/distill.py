@@ -25,7 +25,7 @@ from tasks.teacher import TeacherSpec
 from tasks.train import (Features, StudentJob, classical_baselines, merge_noisy, noisy_evaluation,
                          train_student)
 
-from .runner import check_dask_address, dask_runner, prefect_api
+from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 
 MAX_QUBITS = 20
 
@@ -213,11 +213,8 @@ def run_distill(params: DistillParams) -> dict[str, Any]:
     The data is read and checked first (names, paths, columns, labels), so bad input is refused
     in a second, before any server starts or anything is written.
     """
-    settings = Settings()
     params.check_data()
-    with prefect_api():
-        result = distill.with_options(task_runner=dask_runner(params.dask_address))(params)
+    result = run_from_cli(distill, params)
     print(result["markdown"])
-    print(f"\nMLflow run {result['mlflow_run_id']} — open the UI with:\n"
-          f"  mlflow ui --backend-store-uri {settings.tracking_uri()}")
+    print(mlflow_hint(result["mlflow_run_id"]))
     return result

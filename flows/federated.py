@@ -36,7 +36,7 @@ from tasks.prepare import prepare_data, teacher_outputs
 from tasks.settings import Settings
 from tasks.teacher import ModelNotFoundError, TeacherSpec, resolve_model
 
-from .runner import check_dask_address, dask_runner, prefect_api
+from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 
 BACKSTOP_SECONDS = 120.0  # how much longer than its own time limit the flow waits for a silent client
 
@@ -290,9 +290,7 @@ def preflight(params: FederatedParams) -> None:
 def run_federated(params: FederatedParams) -> dict[str, Any]:
     """Run the flow from the command line and print where the results are."""
     preflight(params)
-    with prefect_api():
-        result = federated.with_options(task_runner=dask_runner(params.dask_address))(params)
+    result = run_from_cli(federated, params)
     print(result["markdown"])
-    print(f"\nMLflow run {result['mlflow_run_id']} — open the UI with:\n"
-          f"  mlflow ui --backend-store-uri {Settings().tracking_uri()}")
+    print(mlflow_hint(result["mlflow_run_id"]))
     return result

@@ -26,7 +26,7 @@ from tasks.settings import Settings
 from tasks.teacher import TeacherSpec
 from tasks.train import merge_noisy, noisy_evaluation
 
-from .runner import check_dask_address, dask_runner, prefect_api, results_or_failures
+from .runner import check_dask_address, dask_runner, mlflow_hint, results_or_failures, run_from_cli
 
 MAX_QUBITS = 16
 
@@ -252,10 +252,8 @@ def _log_mlflow(settings: Settings, params: HeadParams, data: HeadData, heads: l
 def run_head(params: HeadParams) -> dict[str, Any]:
     """Run the flow from the command line; the data is checked first, before any server starts."""
     params.check_data()
-    with prefect_api():
-        result = head.with_options(task_runner=dask_runner(params.dask_address))(params)
+    result = run_from_cli(head, params)
     print(result["markdown"].split("\n\n![")[0])
-    print(f"\nMLflow run {result['mlflow_run_id']} — open the UI with:\n"
-          f"  mlflow ui --backend-store-uri {Settings().tracking_uri()}")
+    print(mlflow_hint(result["mlflow_run_id"]))
     return result
 

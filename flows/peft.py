@@ -41,7 +41,7 @@ from tasks.settings import Settings
 from tasks.teacher import ModelNotFoundError, resolve_model
 
 from .cli import add_model_options, format_validation_error, parse_model
-from .runner import check_dask_address, dask_runner, prefect_api
+from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 
 Method = Literal["lora", "qpa", "qtha"]
 
@@ -255,16 +255,13 @@ def run_peft(params: PeftParams) -> dict[str, Any]:
     Data, model, targets, rank and chunk size are checked first, so bad input is refused in
     seconds, before any server starts or anything is written.
     """
-    settings = Settings()
     preflight(params, load_data(params))
-    with prefect_api():
-        result = peft.with_options(task_runner=dask_runner(params.dask_address))(params)
+    result = run_from_cli(peft, params)
     print(result["markdown"])
     print("\nMerged models (plain Hugging Face folders, no quantum computer needed):")
     for method, url in result["merged"].items():
         print(f"  {method}: {url}")
-    print(f"\nMLflow run {result['mlflow_run_id']} — open the UI with:\n"
-          f"  mlflow ui --backend-store-uri {settings.tracking_uri()}")
+    print(mlflow_hint(result["mlflow_run_id"]))
     return result
 
 

@@ -8,7 +8,7 @@ import os
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
-from prefect import get_run_logger
+from prefect import Flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.settings import PREFECT_API_URL
 from prefect_dask import DaskTaskRunner
@@ -119,6 +119,19 @@ def prefect_api() -> Iterator[str]:
         del os.environ["PREFECT_API_URL"]
         if server is not None:
             server.stop()
+
+
+def run_from_cli(flow: Flow, params: Any) -> dict[str, Any]:
+    """Run ``flow`` on ``params`` as ``qllm run`` does: under one Prefect API (:func:`prefect_api`)
+    with its tasks on ``params.dask_address``, or on a temporary LocalCluster."""
+    with prefect_api():
+        return flow.with_options(task_runner=dask_runner(params.dask_address))(params)
+
+
+def mlflow_hint(run_id: str, *, before: str = "", after: str = "") -> str:
+    """The closing lines of ``qllm run``: the MLflow run and the command that opens the UI on it."""
+    return (f"\n{before}MLflow run {run_id}{after} — open the UI with:\n"
+            f"  mlflow ui --backend-store-uri {Settings().tracking_uri()}")
 
 
 def results_or_failures(futures: Iterable[PrefectFuture[Any]], names: Sequence[str],

@@ -32,7 +32,7 @@ from tasks.train import train_student
 
 from .distill import DistillParams, prepare_distill_data, submit_baselines
 from .head import HeadParams, prepare_head_data, submit_classical_heads
-from .runner import check_dask_address, dask_runner, prefect_api, results_or_failures
+from .runner import check_dask_address, dask_runner, mlflow_hint, results_or_failures, run_from_cli
 
 
 @dataclass(frozen=True)
@@ -305,10 +305,8 @@ def run_study(params: StudyParams) -> dict[str, Any]:
         if key not in seen:
             seen.add(key)
             p.check_data()
-    with prefect_api():
-        result = study.with_options(task_runner=dask_runner(params.dask_address))(params)
+    result = run_from_cli(study, params)
     print(result["markdown"].split("\n\n![")[0])
-    print(f"\n{result['trainings']} trainings ({result['cached']} reused from earlier runs, "
-          f"{result['failed']} failed). MLflow run {result['mlflow_run_id']} — open the UI with:\n"
-          f"  mlflow ui --backend-store-uri {Settings().tracking_uri()}")
+    print(mlflow_hint(result["mlflow_run_id"], before=f"{result['trainings']} trainings ({result['cached']} reused "
+                      f"from earlier runs, {result['failed']} failed). "))
     return result

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qcore.hardware.plan import build_plan
 from qcore.hardware.service import HardwareError, Mitigation, QPUService
-from qcore.simulators.aer import fake_backend_names, fake_backend_qubits
+from qcore.simulators.aer import fake_backend, fake_backend_names
 from tasks import reporting, tracking
 from tasks.artifacts import hash_json, upload_folder
 from tasks.data import load_dataset
@@ -36,7 +36,7 @@ from tasks.settings import Settings
 from tasks.teacher import TeacherSpec, teacher_features
 from tasks.train import noisy_evaluation
 
-from .runner import check_dask_address, dask_runner, prefect_api
+from .runner import check_dask_address, dask_runner, run_from_cli
 
 # Offline, the executor Estimator's boxes touch every qubit of the device: 16 qubits already take
 # about 25 s per binding here, 27 do not fit in memory.
@@ -107,14 +107,8 @@ class HardwareParams(BaseModel):
         if not self.backend.startswith("fake_"):
             ibm_credentials()
         qubits = load_source(self.run_id, Settings()).model.hardware_layer.circuit.num_qubits
-        if (self.backend.startswith("fake_") and self.primitive == "estimator"
-                and fake_backend_qubits(self.backend) > LOCAL_ESTIMATOR_QUBITS):
-            raise HardwareError(f"the executor Estimator's local testing mode simulates every qubit of the "
-                                f"device ({fake_backend_qubits(self.backend)} on {self.backend}): use "
-                                f"--primitive sampler, or a fake device of at most {LOCAL_ESTIMATOR_QUBITS} qubits")
-        if self.backend.startswith("fake_") and fake_backend_qubits(self.backend) < qubits:
-            raise HardwareError(f"{self.backend} has {fake_backend_qubits(self.backend)} qubits; this model's "
-                                f"circuit needs {qubits}. Pick a larger device, e.g. fake_torino (133 qubits).")
+        if self.backend.startswith("fake_"):
+            check_device(self, fake_backend(self.backend), qubits, local=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,10 +138,20 @@ def resolve_backend(service: QPUService, params: HardwareParams, ledger: Ledger,
     name; refused when the model is wider than the device."""
     name = ledger.backend or params.backend
     backend = service.least_busy(qubits) if name == "least_busy" else service.backend(name)
+    check_device(params, backend, qubits, local=service.is_local)
+    return backend
+
+
+def check_device(params: HardwareParams, backend: Any, qubits: int, *, local: bool) -> None:
+    """Refuse a device narrower than the model's circuit, or, offline, one too wide for the
+    executor Estimator's local testing mode, which simulates every qubit of the device."""
+    if local and params.primitive == "estimator" and backend.num_qubits > LOCAL_ESTIMATOR_QUBITS:
+        raise HardwareError(f"the executor Estimator's local testing mode simulates every qubit of the "
+                            f"device ({backend.num_qubits} on {backend.name}): use --primitive sampler, "
+                            f"or a fake device of at most {LOCAL_ESTIMATOR_QUBITS} qubits")
     if backend.num_qubits < qubits:
         raise HardwareError(f"{backend.name} has {backend.num_qubits} qubits; this model's circuit needs "
                             f"{qubits}. Pick a larger device (e.g. fake_torino, 133 qubits) or a narrower model.")
-    return backend
 
 
 def noisy_twin(backend_name: str) -> str | None:
@@ -192,9 +196,9 @@ def hardware(params: HardwareParams) -> dict[str, Any]:
                             "--samples / --shots")
 
     noisy = _submit_noisy_simulation(params, model, test, backend.name, ledger)
+    tags = {"flow": "hardware", "qllm.source_run": params.run_id, "qllm.backend": backend.name}
     with tracking.parent_run(settings, params.experiment, f"hardware-{backend.name}",
-                             _loggable(params), tags={"flow": "hardware", "qllm.source_run": params.run_id,
-                                                      "qllm.backend": backend.name}) as run:
+                             params.model_dump(exclude={"dask_address"}), tags=tags) as run:
         def record_job_ids(ids: list[str]) -> None:
             tracking.set_tags(run, {"qllm.job_ids": ",".join(ids)[:5000]})
             tracking.log_file(run, f"{ledger.url}/jobs.json")
@@ -263,15 +267,10 @@ def report_rows(predictions: dict[str, list[int]], labels: np.ndarray, names: tu
     return rows
 
 
-def _loggable(params: HardwareParams) -> dict[str, Any]:
-    return params.model_dump(exclude={"dask_address"})
-
-
 def run_hardware(params: HardwareParams) -> dict[str, Any]:
     """Run the flow from the command line and print the report (refusals come before any server)."""
     params.check()
-    with prefect_api():
-        result = hardware.with_options(task_runner=dask_runner(params.dask_address))(params)
+    result = run_from_cli(hardware, params)
     if result.get("dry_run"):
         print(reporting.rows_markdown([result["metrics"]]))
         return result

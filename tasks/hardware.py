@@ -15,7 +15,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -102,7 +102,7 @@ class Ledger:
 
     url: str  # folder of jobs.json and the stored results
     backend: str | None = None
-    jobs: dict[str, dict[str, Any]] | None = None
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, root: str, key: str) -> Ledger:
@@ -116,16 +116,15 @@ class Ledger:
         atomic_write_bytes(join_url(self.url, "jobs.json"), body.encode())
 
     def record(self, chunk: int, **entry: Any) -> None:
-        assert self.jobs is not None
         previous = self.jobs.get(str(chunk), {})
         history = previous.get("history", [])
-        if previous.get("job_id") and previous.get("job_id") != entry.get("job_id", previous.get("job_id")):
+        if "job_id" in entry and previous.get("job_id") not in (None, entry["job_id"]):  # a resubmission
             history = history + [{k: previous[k] for k in ("job_id", "status") if k in previous}]
         self.jobs[str(chunk)] = {**previous, **entry, "history": history}
         self.save()
 
     def job_ids(self) -> list[str]:
-        return [e["job_id"] for _, e in sorted((self.jobs or {}).items(), key=lambda kv: int(kv[0]))
+        return [e["job_id"] for _, e in sorted(self.jobs.items(), key=lambda kv: int(kv[0]))
                 if e.get("job_id")]
 
     def stored_values(self, chunk: int) -> np.ndarray | None:
@@ -184,7 +183,7 @@ def _run_chunks(plan: CircuitPlan, service: QPUService, backend: Any, ledger: Le
         if stored is not None:
             values[i] = stored
             continue
-        entry = (ledger.jobs or {}).get(str(i), {})
+        entry = ledger.jobs.get(str(i), {})
         if entry.get("job_id") and entry.get("status") not in ("ERROR", "CANCELLED"):
             try:
                 jobs[i] = service.job(entry["job_id"])

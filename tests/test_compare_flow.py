@@ -10,19 +10,17 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-from distributed import LocalCluster
 from mlflow.tracking import MlflowClient
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.cli import main as cli
 from flows.compare import METHODS, CompareParams, run_compare
 from flows.peft import preflight as peft_preflight
-from flows.runner import prefect_api
 from qcore.federated.models import build_model
 from qcore.models.pqc_head import PQCHead
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 from tasks.data import load_dataset
 from tasks.settings import Settings
+from tests.lab import shared_lab
 
 TINY = dict(train_size=60, test_size=40, seeds=[0, 1], epochs=2, batch_size=16, finetune_steps=3,
             finetune_batch_size=4, max_length=16, qubits=4, blocks=1, head_qubits=3, head_encoders=1,
@@ -33,14 +31,8 @@ TINY = dict(train_size=60, test_size=40, seeds=[0, 1], epochs=2, batch_size=16, 
 def api(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One artifact root, Prefect server and Dask cluster for the module's runs, so the
     artifacts can be read back from the API after a run."""
-    path = tmp_path_factory.mktemp("artifacts")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("QLLM_ARTIFACT_ROOT", str(path))
-    with prefect_api() as url, temporary_settings({PREFECT_API_URL: url}), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        mp.setenv("QLLM_DASK_ADDRESS", cluster.scheduler_address)
-        yield path, url
-    mp.undo()
+    with shared_lab(tmp_path_factory) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")

@@ -13,19 +13,17 @@ import mlflow
 import pytest
 import torch
 import transformers
-from distributed import LocalCluster
 from mlflow.tracking import MlflowClient
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import ValidationError
 from tokenizers import ByteLevelBPETokenizer
 
 from flows.peft import PeftParams, count_main, count_parser, run_peft
-from flows.runner import prefect_api
 from qcore.adapters import AdapterError
 from tasks.corpus import load_corpus
 from tasks.data import DataError
 from tasks.settings import Settings
 from tasks.teacher import ModelNotFoundError
+from tests.lab import shared_lab
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
@@ -34,17 +32,9 @@ TINY = dict(steps=3, batch_size=4, max_length=16)
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One artifact root, one Prefect server and one Dask cluster for the module's flow runs, as
-    at scale: the server's address in Prefect's settings and the scheduler's in
-    ``QLLM_DASK_ADDRESS``, so every run finds them configured and its workers warm."""
-    path = tmp_path_factory.mktemp("artifacts")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("QLLM_ARTIFACT_ROOT", str(path))
-    with prefect_api() as url, temporary_settings({PREFECT_API_URL: url}), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        mp.setenv("QLLM_DASK_ADDRESS", cluster.scheduler_address)
+    """The module's artifact root, in a lab shared by its flow runs (tests/lab.py)."""
+    with shared_lab(tmp_path_factory) as (path, _):
         yield path
-    mp.undo()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from qcore.models.classical import linear_svm, logistic_regression, matched_mlp
+from qcore.models.classical import linear_size, linear_svm, logistic_regression, matched_mlp
 from qcore.models.pqc_head import PQCHead, PQCHeadConfig
 from qcore.training import classification_metrics, evaluate, train
 
@@ -135,7 +135,7 @@ def classical_heads(data: HeadData, seed: int, target_params: int, epochs: int, 
     embeddings; the MLP trains like the head (Adam, early stopping on the same validation set)."""
     one_thread_per_task()
     c, d = len(data.label_names), data.train_x.shape[1]
-    linear = (d + 1) * (c if c > 2 else 1)  # sklearn fits one weight vector for two classes
+    linear = linear_size(d, c)
     rows = []
     for kind, fit in (("logistic regression", logistic_regression), ("linear SVM", linear_svm)):
         t0 = time.perf_counter()

@@ -24,7 +24,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from qcore.models.base import QuantumModel, load_model
-from qcore.models.classical import distilled_mlp, logistic_regression, matched_mlp
+from qcore.models.classical import distilled_mlp, linear_size, logistic_regression, matched_mlp
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 from qcore.training import classification_metrics, evaluate, model_size_bytes, train
 
@@ -203,7 +203,7 @@ def classical_baselines(data: Features, seed: int, target_params: int, epochs: i
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     lr_logits = logistic_regression(data.train_x, data.train_y, data.test_x, seed=seed)
-    lr_size = int(data.train_x.shape[1] + 1) * len(data.label_names)
+    lr_size = linear_size(data.train_x.shape[1], len(data.label_names))
     rows.append(_baseline_row("logistic regression", seed, lr_logits, data, {"classical": lr_size, "total": lr_size},
                               time.perf_counter() - t0))
     for kind, a in (("MLP (labels only)", 0.0), ("classical distilled MLP", alpha)):

@@ -50,7 +50,7 @@ def test_every_method_on_the_leaderboard_with_its_own_parameter_count(run: dict)
     expected = {
         "qdllm": QDLLMStudent(QDLLMConfig(in_features=384, num_classes=2, qubits=4, blocks=1)).parameter_counts()["total"],
         "pqc-head": PQCHead(params.head_params().jobs()[0].config(384, 2)).parameter_counts()["total"],
-        "logreg": (384 + 1) * 2,
+        "logreg": 384 + 1,  # sklearn's one weight vector for two classes
         "llm-qfl": sum(p.numel() for p in build_model(params.federated_params(0).model_spec(2)).parameters()),
         "fed-logreg": (4 + 1) * 2,
     }

@@ -15,6 +15,7 @@ from qcore.models import (
     QDLLMConfig,
     QDLLMStudent,
     distilled_mlp,
+    linear_size,
     logistic_regression,
     matched_mlp,
 )
@@ -244,3 +245,15 @@ def test_distilled_mlp_learns_from_the_same_teacher(task):
     mlp, history = distilled_mlp(xtr, ytr, teacher_train, target_params=4403, epochs=4, seed=0)
     assert len(history) == 4
     assert evaluate(mlp, xte, yte, teacher_test)["accuracy"] > 0.85
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("fit", ["LogisticRegression", "LinearSVC"])
+def test_linear_size_is_what_sklearn_fits(fit: str, classes: int) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    x = np.random.default_rng(0).standard_normal((30, 7))
+    y = np.arange(30) % classes
+    model = {"LogisticRegression": LogisticRegression, "LinearSVC": LinearSVC}[fit]().fit(x, y)
+    assert model.coef_.size + model.intercept_.size == linear_size(7, classes)

@@ -1,7 +1,8 @@
 """Classical baselines on the same features as the quantum student.
 
 - :func:`logistic_regression`: the linear probe every embedding paper reports, and
-  :func:`linear_svm`, the other classical head the PQC-head paper compares with.
+  :func:`linear_svm`, the other classical head the PQC-head paper compares with; both are
+  :func:`linear_size` numbers.
 - :class:`MLP` sized by :func:`matched_mlp` to about the student's parameter count, so a
   comparison is between models of equal size, not between a tiny circuit and a large network.
 - :func:`distilled_mlp`: that MLP trained with the student's distillation loss on the same teacher
@@ -16,6 +17,12 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from qcore.training import ArrayLike, train
+
+
+def linear_size(features: int, classes: int) -> int:
+    """Trainable numbers of :func:`logistic_regression` or :func:`linear_svm`: sklearn fits one
+    weight vector and intercept per class, but a single one for two classes."""
+    return (features + 1) * (classes if classes > 2 else 1)
 
 
 def logistic_regression(

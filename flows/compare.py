@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import mlflow
 import numpy as np
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -270,7 +269,7 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
     with tracking.parent_run(settings, params.experiment, "compare", params.model_dump(),
                              tags={"flow": "compare"}, system_metrics=True) as parent:
         data, feats = prepare_distill_data(params.distill_params(), root)
-        tracking.with_retries(lambda: mlflow.set_tag("data_hash", data.content_hash), what="set tag")
+        tracking.set_tags(parent, {"data_hash": data.content_hash})
         rows = gather(params, *submit_trainings(params, data, feats, root))
         # Only now: a federated round waits on its clients with a deadline (the federated flow's
         # client timeout), which clients queued behind these trainings could miss.

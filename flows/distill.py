@@ -11,6 +11,7 @@ import itertools
 from typing import Any, Literal
 
 import numpy as np
+from mlflow import ActiveRun
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator, ValidationInfo
@@ -143,32 +144,36 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     settings = Settings()
     root = settings.artifact_root
-    data, feats = prepare_distill_data(params, root)
-    jobs = params.jobs()
-    students = train_student.map(jobs, unmapped(feats), unmapped(root))
-    baselines = submit_baselines(params, feats, params.seeds)
-    student_rows = [f.result() for f in students]
-    settings_ = []
-    if params.eval_shots:
-        settings_.append((f"shots={params.eval_shots}", {"shots": params.eval_shots}, params.eval_samples))
-    if params.eval_noise:
-        shots = params.eval_shots or 1024
-        settings_.append((f"{params.eval_noise}+shots={shots}", {"noise": params.eval_noise, "shots": shots},
-                          params.noise_samples))
-    first = student_rows[0]
-    chunked = {}
-    for label, opts, samples in settings_:
-        n = min(samples, len(feats.test_y))
-        step = max(1, -(-n // settings.dask_workers))  # one chunk per worker
-        chunked[label] = [noisy_evaluation.submit(first["model_url"], feats.test_x, label, i, min(i + step, n), 0, opts)
-                          for i in range(0, n, step)]
-    baseline_rows = [r for f in baselines for r in f.result()]
-    noisy_rows = [merge_noisy([f.result() for f in futures], feats.test_y) for futures in chunked.values()]
+    with tracking.parent_run(settings, params.experiment, "distill", params.model_dump(),
+                             tags={"flow": "distill"}, system_metrics=True) as parent:
+        data, feats = prepare_distill_data(params, root)
+        tracking.set_tags(parent, {"data_hash": data.content_hash})
+        jobs = params.jobs()
+        students = train_student.map(jobs, unmapped(feats), unmapped(root))
+        baselines = submit_baselines(params, feats, params.seeds)
+        student_rows = [f.result() for f in students]
+        settings_ = []
+        if params.eval_shots:
+            settings_.append((f"shots={params.eval_shots}", {"shots": params.eval_shots}, params.eval_samples))
+        if params.eval_noise:
+            shots = params.eval_shots or 1024
+            settings_.append((f"{params.eval_noise}+shots={shots}", {"noise": params.eval_noise, "shots": shots},
+                              params.noise_samples))
+        first = student_rows[0]
+        chunked = {}
+        for label, opts, samples in settings_:
+            n = min(samples, len(feats.test_y))
+            step = max(1, -(-n // settings.dask_workers))  # one chunk per worker
+            chunked[label] = [noisy_evaluation.submit(first["model_url"], feats.test_x, label, i,
+                                                      min(i + step, n), 0, opts) for i in range(0, n, step)]
+        baseline_rows = [r for f in baselines for r in f.result()]
+        noisy_rows = [merge_noisy([f.result() for f in futures], feats.test_y) for futures in chunked.values()]
 
-    rows = [_teacher_row(feats)] + baseline_rows + student_rows
-    table = reporting.summarize(rows)
-    md = reporting.markdown(table)
-    run_id = _log_mlflow(settings, params, data, feats, student_rows, baseline_rows, noisy_rows, table)
+        rows = [_teacher_row(feats)] + baseline_rows + student_rows
+        table = reporting.summarize(rows)
+        md = reporting.markdown(table)
+        _log_mlflow(parent, feats, student_rows, baseline_rows, noisy_rows, table)
+        run_id = parent.info.run_id
     create_table_artifact(key="distill-results", table=table, description="QD-LLM: students and baselines")
     noisy_md = "\n".join(f"| {r['label']} | {r['samples']} | {r['accuracy']:.4f} | "
                          f"{r['exact_accuracy_same_samples']:.4f} | {r['agreement_with_exact']:.4f} |"
@@ -191,20 +196,14 @@ def student_size(feats: Features, qubits: int, blocks: int) -> int:
     return QDLLMStudent(cfg).parameter_counts()["total"]
 
 
-def _log_mlflow(settings: Settings, params: DistillParams, data: Any, feats: Features,
-                students: list[dict[str, Any]], baselines: list[dict[str, Any]],
-                noisy: list[dict[str, Any]], table: list[dict[str, Any]]) -> str:
-    """Parent run with the table; a child per student and per baseline (only this process writes)."""
-    with tracking.parent_run(settings, params.experiment, "distill",
-                             params.model_dump(), tags={"flow": "distill",
-                                                        "data_hash": data.content_hash}) as parent:
-        tracking.log_result_rows(parent, students + baselines, feats.test_y, feats.label_names,
-                                 model_tag="qdllm")
-        tracking.log_summary(table, {f"noisy.{tracking.slug(r['label'])}.accuracy": r["accuracy"] for r in noisy})
-        tracking.log_table(parent, table, "results.json")
-        if noisy:
-            tracking.log_table(parent, noisy, "noisy.json")
-        return parent.info.run_id
+def _log_mlflow(parent: ActiveRun, feats: Features, students: list[dict[str, Any]],
+                baselines: list[dict[str, Any]], noisy: list[dict[str, Any]], table: list[dict[str, Any]]) -> None:
+    """The table on the parent run; a child per student and per baseline (only this process writes)."""
+    tracking.log_result_rows(parent, students + baselines, feats.test_y, feats.label_names, model_tag="qdllm")
+    tracking.log_summary(table, {f"noisy.{tracking.slug(r['label'])}.accuracy": r["accuracy"] for r in noisy})
+    tracking.log_table(parent, table, "results.json")
+    if noisy:
+        tracking.log_table(parent, noisy, "noisy.json")
 
 
 def run_distill(params: DistillParams) -> dict[str, Any]:

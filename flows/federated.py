@@ -31,6 +31,7 @@ from qcore.federated.partition import PartitionError, PartitionSpec
 from qcore.federated.server import FederatedRun, RoundRecord
 from qcore.federated.strategy import make_strategy
 from tasks import federated as fed
+from tasks import tracking
 from tasks.data import DataError, load_dataset
 from tasks.prepare import prepare_data, teacher_outputs
 from tasks.settings import Settings
@@ -233,35 +234,38 @@ def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     store = Settings()
     root = store.artifact_root
-    settings: list[fed.Setting] = []
-    for name in params.dataset:
-        data = prepare_data(name, train_size=params.train_size, test_size=params.test_size, seed=params.split_seed)
-        embeddings = teacher_outputs(data, TeacherSpec(kind="probe"), root, params.teacher_shard_size)
-        for partition in params.partition:
-            settings.append(fed.build_setting(data, embeddings, partition, params.clients,
-                                              params.model_spec(data.num_classes), params.server_fraction,
-                                              params.seed))
-    llm = llm_losses(params, settings, root)
+    with tracking.parent_run(store, params.experiment, "federated", params.model_dump(),
+                             tags={"flow": "federated"}, system_metrics=True) as parent:
+        settings: list[fed.Setting] = []
+        for name in params.dataset:
+            data = prepare_data(name, train_size=params.train_size, test_size=params.test_size, seed=params.split_seed)
+            embeddings = teacher_outputs(data, TeacherSpec(kind="probe"), root, params.teacher_shard_size)
+            for partition in params.partition:
+                settings.append(fed.build_setting(data, embeddings, partition, params.clients,
+                                                  params.model_spec(data.num_classes), params.server_fraction,
+                                                  params.seed))
+        llm = llm_losses(params, settings, root)
 
-    rows, figures, outputs = [], {}, []
-    for setting in settings:
-        runs = [run_setting(params, setting, c, params.model_spec(setting.num_classes), c,
-                            llm.get(setting.name, {})) for c in params.controller]
-        if params.baseline != "none":
-            runs.append(run_setting(params, setting, f"baseline-{params.baseline}",
-                                    params.baseline_spec(setting.num_classes), "none", {}))
-        target = fed.target_for(runs, params.target_accuracy)
-        rows += [fed.summarize(r, target) for r in runs]
-        plot = re.sub(r"[^A-Za-z0-9._-]+", "_", f"accuracy_{setting.dataset}_{setting.partition}") + ".png"
-        figures[plot] = fed.accuracy_curves(runs, target)
-        outputs += runs
+        rows, figures, outputs = [], {}, []
+        for setting in settings:
+            runs = [run_setting(params, setting, c, params.model_spec(setting.num_classes), c,
+                                llm.get(setting.name, {})) for c in params.controller]
+            if params.baseline != "none":
+                runs.append(run_setting(params, setting, f"baseline-{params.baseline}",
+                                        params.baseline_spec(setting.num_classes), "none", {}))
+            target = fed.target_for(runs, params.target_accuracy)
+            rows += [fed.summarize(r, target) for r in runs]
+            plot = re.sub(r"[^A-Za-z0-9._-]+", "_", f"accuracy_{setting.dataset}_{setting.partition}") + ".png"
+            figures[plot] = fed.accuracy_curves(runs, target)
+            outputs += runs
 
-    md = fed.markdown(rows)
-    md += "\n\nReference (centralised logistic regression on the full embeddings): " + ", ".join(
-        f"{s.name} {s.reference_accuracy:.4f}" for s in settings)
-    if llm:
-        md += "\n\n" + fed.llm_markdown(llm)
-    run_id = fed.log_runs(store, params.experiment, params.model_dump(), outputs, rows, figures, llm)
+        md = fed.markdown(rows)
+        md += "\n\nReference (centralised logistic regression on the full embeddings): " + ", ".join(
+            f"{s.name} {s.reference_accuracy:.4f}" for s in settings)
+        if llm:
+            md += "\n\n" + fed.llm_markdown(llm)
+        fed.log_runs(parent, outputs, rows, figures, llm)
+        run_id = parent.info.run_id
     create_table_artifact(key="federated-results", table=rows, description="LLM-QFL: controllers and baseline")
     create_markdown_artifact(key="federated-report", markdown=md)
     return {"table": rows, "markdown": md, "mlflow_run_id": run_id, "llm": llm,

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+from mlflow import ActiveRun
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -148,22 +149,26 @@ def head(params: HeadParams = HeadParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     settings = Settings()
     root = settings.artifact_root
-    data = prepare_head_data(params, root)
-    jobs = params.jobs()
-    heads = train_head.map(jobs, unmapped(data), unmapped(root))
-    baselines = submit_classical_heads(params, data, params.seeds)
-    head_rows = results_or_failures(heads, [j.name for j in jobs], jobs)
-    trained = [r for r in head_rows if r["status"] == "ok"]
-    noise = noise_ablation(params, data, trained, settings.dask_workers)
-    baseline_rows = [r for f in baselines for r in f.result()]
+    with tracking.parent_run(settings, params.experiment, "head", params.model_dump(),
+                             tags={"flow": "head"}, system_metrics=True) as parent:
+        data = prepare_head_data(params, root)
+        tracking.set_tags(parent, {"data_key": data.key})
+        jobs = params.jobs()
+        heads = train_head.map(jobs, unmapped(data), unmapped(root))
+        baselines = submit_classical_heads(params, data, params.seeds)
+        head_rows = results_or_failures(heads, [j.name for j in jobs], jobs)
+        trained = [r for r in head_rows if r["status"] == "ok"]
+        noise = noise_ablation(params, data, trained, settings.dask_workers)
+        baseline_rows = [r for f in baselines for r in f.result()]
 
-    table = reporting.summarize(baseline_rows + trained)
-    md = reporting.markdown(table)
-    if failed := [r for r in head_rows if r["status"] == "failed"]:
-        md += "\n\nFailed trainings:\n" + "\n".join(f"- {r['name']}: {r['error']}" for r in failed)
-    if noise["rows"]:
-        md += "\n\n" + noise_markdown(noise)
-    run_id = _log_mlflow(settings, params, data, head_rows, baseline_rows, table, noise)
+        table = reporting.summarize(baseline_rows + trained)
+        md = reporting.markdown(table)
+        if failed := [r for r in head_rows if r["status"] == "failed"]:
+            md += "\n\nFailed trainings:\n" + "\n".join(f"- {r['name']}: {r['error']}" for r in failed)
+        if noise["rows"]:
+            md += "\n\n" + noise_markdown(noise)
+        _log_mlflow(parent, data, head_rows, baseline_rows, table, noise)
+        run_id = parent.info.run_id
     create_table_artifact(key="head-results", table=table, description="PQC head vs classical heads")
     if noise["rows"]:
         create_table_artifact(key="head-noise", table=noise["rows"], description="accuracy under noise")
@@ -232,21 +237,19 @@ def noise_markdown(noise: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _log_mlflow(settings: Settings, params: HeadParams, data: HeadData, heads: list[dict[str, Any]],
-                baselines: list[dict[str, Any]], table: list[dict[str, Any]], noise: dict[str, Any]) -> str:
-    with tracking.parent_run(settings, params.experiment, "head", params.model_dump(),
-                             tags={"flow": "head", "data_key": data.key}) as parent:
-        tracking.log_result_rows(parent, heads + baselines, data.test_y, data.label_names, model_tag="pqc_head")
-        tracking.log_summary(table, {f"noisy.{tracking.slug(r['label'])}.accuracy": r["accuracy"]
-                                     for r in noise["rows"]})
-        tracking.log_table(parent, table, "results.json")
-        if noise["rows"]:
-            tracking.log_table(parent, noise["rows"], "noise.json")
-            tracking.log_table(parent, noise["devices"], "transpiled.json")
-            fig = reporting.noise_plot(noise["rows"], noise["exact"], "PQC head under noise")
-            tracking.with_retries(lambda: tracking.mlflow.log_figure(fig, "noise.png"), what="log figure")
-            reporting.close(fig)
-        return parent.info.run_id
+def _log_mlflow(parent: ActiveRun, data: HeadData, heads: list[dict[str, Any]], baselines: list[dict[str, Any]],
+                table: list[dict[str, Any]], noise: dict[str, Any]) -> None:
+    """The table and the noise ablation on the parent run; a child per head and per baseline."""
+    tracking.log_result_rows(parent, heads + baselines, data.test_y, data.label_names, model_tag="pqc_head")
+    tracking.log_summary(table, {f"noisy.{tracking.slug(r['label'])}.accuracy": r["accuracy"]
+                                 for r in noise["rows"]})
+    tracking.log_table(parent, table, "results.json")
+    if noise["rows"]:
+        tracking.log_table(parent, noise["rows"], "noise.json")
+        tracking.log_table(parent, noise["devices"], "transpiled.json")
+        fig = reporting.noise_plot(noise["rows"], noise["exact"], "PQC head under noise")
+        tracking.with_retries(lambda: tracking.mlflow.log_figure(fig, "noise.png"), what="log figure")
+        reporting.close(fig)
 
 
 def run_head(params: HeadParams) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import mlflow
 import transformers
+from mlflow import ActiveRun
 from mlflow.tracking import MlflowClient
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from prefect import flow, task, unmapped
@@ -211,13 +212,17 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
     """Fine-tune one model with LoRA, QPA and QTHA on equal footing; merge, check and compare."""
     check_dask_address(params.dask_address)
     settings = Settings()
-    data = prepare(params)
-    plan = preflight(params, data)
-    futures = fine_tune.map(plan.jobs, unmapped(data), unmapped(settings.artifact_root))
-    rows = [f.result() for f in futures]
-    table = peft_report.table(rows, plan.lora_params)
-    md = peft_report.markdown(table)
-    run_id = _log_mlflow(settings, params, data, plan, rows, table)
+    with tracking.parent_run(settings, params.experiment, "peft", params.model_dump(),
+                             tags={"flow": "peft", "task": params.task}, system_metrics=True) as parent:
+        data = prepare(params)
+        tracking.set_tags(parent, {"data_hash": data.content_hash})
+        plan = preflight(params, data)
+        futures = fine_tune.map(plan.jobs, unmapped(data), unmapped(settings.artifact_root))
+        rows = [f.result() for f in futures]
+        table = peft_report.table(rows, plan.lora_params)
+        md = peft_report.markdown(table)
+        _log_mlflow(parent, params, plan, rows, table)
+        run_id = parent.info.run_id
     create_table_artifact(key="peft-results", table=table, description="LoRA, QPA and QTHA on equal footing")
     create_markdown_artifact(key="peft-report", markdown=md)
     return {"table": table, "markdown": md, "mlflow_run_id": run_id, "targets": plan.targets,
@@ -225,28 +230,25 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
             "methods": [{"name": r["method"], "cached": r["cached"]} for r in rows]}
 
 
-def _log_mlflow(settings: Settings, params: PeftParams, data: Dataset | Corpus, plan: Plan,
-                rows: list[dict[str, Any]], table: list[dict[str, Any]]) -> str:
-    """Parent run with the table and the overlaid loss curves; a child run per method."""
-    with tracking.parent_run(settings, params.experiment, "peft", params.model_dump(),
-                             tags={"flow": "peft", "task": params.task, "data_hash": data.content_hash}) as parent:
-        for r, row in zip(rows, table):
-            with tempfile.TemporaryDirectory() as tmp:
-                adapter = download_folder(r["adapter_url"], Path(tmp) / "adapter")
-                tracking.log_child(parent, r["method"], params={**r["job"], "targets": plan.targets},
-                                   metrics={**r["metrics"], "ratio_to_lora": row["ratio_to_lora"],
-                                            "circuit_params": plan.counts[r["method"]].circuit},
-                                   history=r["history"], artifacts=adapter,
-                                   tags={"kind": "adapter", "method": r["method"], "merged_model": r["merged_url"]})
-        figure = peft_report.loss_curves(rows, f"{params.task}: training loss per step")
-        client = MlflowClient()
-        tracking.with_retries(lambda: client.log_figure(parent.info.run_id, figure, "loss_curves.png"),
-                              what="log figure")
-        summary = {f"{row['method']}.{k}": float(v) for row in table for k, v in row.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        tracking.with_retries(lambda: mlflow.log_metrics(summary), what="log metrics")
-        tracking.log_table(parent, table, "results.json")
-        return parent.info.run_id
+def _log_mlflow(parent: ActiveRun, params: PeftParams, plan: Plan, rows: list[dict[str, Any]],
+                table: list[dict[str, Any]]) -> None:
+    """The table and the overlaid loss curves on the parent run; a child run per method."""
+    for r, row in zip(rows, table):
+        with tempfile.TemporaryDirectory() as tmp:
+            adapter = download_folder(r["adapter_url"], Path(tmp) / "adapter")
+            tracking.log_child(parent, r["method"], params={**r["job"], "targets": plan.targets},
+                               metrics={**r["metrics"], "ratio_to_lora": row["ratio_to_lora"],
+                                        "circuit_params": plan.counts[r["method"]].circuit},
+                               history=r["history"], artifacts=adapter,
+                               tags={"kind": "adapter", "method": r["method"], "merged_model": r["merged_url"]})
+    figure = peft_report.loss_curves(rows, f"{params.task}: training loss per step")
+    client = MlflowClient()
+    tracking.with_retries(lambda: client.log_figure(parent.info.run_id, figure, "loss_curves.png"),
+                          what="log figure")
+    summary = {f"{row['method']}.{k}": float(v) for row in table for k, v in row.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tracking.with_retries(lambda: mlflow.log_metrics(summary), what="log metrics")
+    tracking.log_table(parent, table, "results.json")
 
 
 def run_peft(params: PeftParams) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import numpy as np
+from mlflow import ActiveRun
+from mlflow.tracking import MlflowClient
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -168,34 +170,37 @@ def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     settings = Settings()
     root = settings.artifact_root
-    method = METHODS[params.method]
-    points, point_params = params.points(), params.point_params()
-    seeds = list(range(params.seeds))
+    with tracking.parent_run(settings, params.experiment, f"study-{params.method}", params.model_dump(),
+                             tags={"flow": "study", "method": params.method}, system_metrics=True) as parent:
+        method = METHODS[params.method]
+        points, point_params = params.points(), params.point_params()
+        seeds = list(range(params.seeds))
 
-    groups: dict[str, list[int]] = defaultdict(list)  # data key → point indices
-    for i, p in enumerate(point_params):
-        groups[json.dumps({f: getattr(p, f) for f in method.data_fields}, sort_keys=True)].append(i)
-    data_of: dict[int, Any] = {}
-    baseline_futures: dict[str, list[Any]] = {}
-    for key, members in groups.items():
-        data = method.prepare(point_params[members[0]], root)
-        baseline_futures[key] = method.baselines(point_params[members[0]], data, seeds)
-        for i in members:
-            data_of[i] = data
+        groups: dict[str, list[int]] = defaultdict(list)  # data key → point indices
+        for i, p in enumerate(point_params):
+            groups[json.dumps({f: getattr(p, f) for f in method.data_fields}, sort_keys=True)].append(i)
+        data_of: dict[int, Any] = {}
+        baseline_futures: dict[str, list[Any]] = {}
+        for key, members in groups.items():
+            data = method.prepare(point_params[members[0]], root)
+            baseline_futures[key] = method.baselines(point_params[members[0]], data, seeds)
+            for i in members:
+                data_of[i] = data
 
-    submitted = []
-    for i, p in enumerate(point_params):
-        jobs = p.jobs()
-        submitted.append((jobs, method.train.map(jobs, unmapped(data_of[i]), unmapped(root))))
-    trained = [results_or_failures(futures, [j.name for j in jobs], jobs) for jobs, futures in submitted]
-    baselines = {key: [r for f in fs for r in f.result()] for key, fs in baseline_futures.items()}
+        submitted = []
+        for i, p in enumerate(point_params):
+            jobs = p.jobs()
+            submitted.append((jobs, method.train.map(jobs, unmapped(data_of[i]), unmapped(root))))
+        trained = [results_or_failures(futures, [j.name for j in jobs], jobs) for jobs, futures in submitted]
+        baselines = {key: [r for f in fs for r in f.result()] for key, fs in baseline_futures.items()}
 
-    table = [_point_row(point, rows, params.metric) for point, rows in zip(points, trained)]
-    lines = _baseline_lines(params, groups, baselines, points)
-    fig = reporting.sweep_plot(_plot_points(params, table), next(iter(params.grid)), params.metric, lines,
-                               f"{params.method} study: {params.metric} (mean ± std over {params.seeds} seeds)")
-    md = _markdown(params, table, lines) + "\n\n" + reporting.figure_markdown(fig, "metric against the grid axis")
-    run_id = _log_mlflow(settings, params, points, trained, baselines, table, fig, data_of)
+        table = [_point_row(point, rows, params.metric) for point, rows in zip(points, trained)]
+        lines = _baseline_lines(params, groups, baselines, points)
+        fig = reporting.sweep_plot(_plot_points(params, table), next(iter(params.grid)), params.metric, lines,
+                                   f"{params.method} study: {params.metric} (mean ± std over {params.seeds} seeds)")
+        md = _markdown(params, table, lines) + "\n\n" + reporting.figure_markdown(fig, "metric against the grid axis")
+        _log_mlflow(parent, params, points, trained, baselines, table, fig, data_of)
+        run_id = parent.info.run_id
     reporting.close(fig)
     create_table_artifact(key="study-results", table=table, description=f"{params.method} study")
     create_markdown_artifact(key="study-report", markdown=md)
@@ -268,31 +273,26 @@ def _markdown(params: StudyParams, table: list[dict[str, Any]], lines: dict[str,
     return "\n".join(out)
 
 
-def _log_mlflow(settings: Settings, params: StudyParams, points: list[dict[str, Any]],
+def _log_mlflow(parent: ActiveRun, params: StudyParams, points: list[dict[str, Any]],
                 trained: list[list[dict[str, Any]]], baselines: dict[str, list[dict[str, Any]]],
-                table: list[dict[str, Any]], fig: Any, data_of: dict[int, Any]) -> str:
-    """Parent run; a child per point (metrics over seeds, FAILED if no seed finished) with a
-    grandchild per seed holding its model; a child per classical baseline."""
-    from mlflow.tracking import MlflowClient
-
-    with tracking.parent_run(settings, params.experiment, f"study-{params.method}", params.model_dump(),
-                             tags={"flow": "study", "method": params.method}) as parent:
-        client = MlflowClient()  # after parent_run pointed MLflow at the store
-        for i, (point, rows, row) in enumerate(zip(points, trained, table)):
-            metrics = {k: v for k, v in row.items() if isinstance(v, float)}
-            name = "point " + ", ".join(f"{k}={v}" for k, v in point.items())
-            point_id = tracking.log_child(parent, name, params=point, metrics=metrics,
-                                          status="FAILED" if row["status"] == "failed" else "FINISHED",
-                                          tags={"kind": "study point", "status": row["status"],
-                                                **({"error": row["error"]} if "error" in row else {})})
-            data = data_of[i]
-            tracking.log_result_rows(client.get_run(point_id), rows, data.test_y, data.label_names,
-                                     model_tag="pqc_head" if params.method == "head" else "qdllm")
-        for rows in baselines.values():
-            tracking.log_result_rows(parent, rows, None, (), model_tag="")
-        tracking.log_table(parent, table, "study.json")
-        tracking.with_retries(lambda: tracking.mlflow.log_figure(fig, "study.png"), what="log figure")
-        return parent.info.run_id
+                table: list[dict[str, Any]], fig: Any, data_of: dict[int, Any]) -> None:
+    """A child per point (metrics over seeds, FAILED if no seed finished) with a grandchild per
+    seed holding its model; a child per classical baseline; the table and plot on the parent."""
+    client = MlflowClient()
+    for i, (point, rows, row) in enumerate(zip(points, trained, table)):
+        metrics = {k: v for k, v in row.items() if isinstance(v, float)}
+        name = "point " + ", ".join(f"{k}={v}" for k, v in point.items())
+        point_id = tracking.log_child(parent, name, params=point, metrics=metrics,
+                                      status="FAILED" if row["status"] == "failed" else "FINISHED",
+                                      tags={"kind": "study point", "status": row["status"],
+                                            **({"error": row["error"]} if "error" in row else {})})
+        data = data_of[i]
+        tracking.log_result_rows(client.get_run(point_id), rows, data.test_y, data.label_names,
+                                 model_tag="pqc_head" if params.method == "head" else "qdllm")
+    for rows in baselines.values():
+        tracking.log_result_rows(parent, rows, None, (), model_tag="")
+    tracking.log_table(parent, table, "study.json")
+    tracking.with_retries(lambda: tracking.mlflow.log_figure(fig, "study.png"), what="log figure")
 
 
 def run_study(params: StudyParams) -> dict[str, Any]:

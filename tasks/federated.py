@@ -333,37 +333,35 @@ def _save_model(out: RunOutput, folder: Path) -> Path:
     return folder
 
 
-def log_runs(settings: Any, experiment: str, params: dict[str, Any], outputs: Sequence[RunOutput],
-             rows: Sequence[dict[str, Any]], figures: dict[str, Figure], llm: dict[str, Any]) -> str:
-    """A parent run (parameters, results table, plots, LLM losses) and one child per run with its
-    per-round metrics, round records and final model. Only the flow's process writes."""
-    with tracking.parent_run(settings, experiment, "federated", params, tags={"flow": "federated"}) as parent:
-        client = MlflowClient()
-        for out, row in zip(outputs, rows):
-            name = f"{out.setting.dataset}/{out.setting.partition}/{out.label}"
-            run_id = tracking.with_retries(lambda: client.create_run(
-                parent.info.experiment_id, run_name=name,
-                tags={"mlflow.parentRunId": parent.info.run_id, "kind": "baseline" if not out.quantum else "quantum",
-                      "controller": out.label}).info.run_id, what="create child run")
-            run_params = [mlflow.entities.Param(k, str(v)) for k, v in
-                          {"dataset": out.setting.dataset, "partition": out.setting.partition,
-                           "controller": out.label, "model": out.model.kind}.items()]
-            summary = [mlflow.entities.Metric(f"summary.{k}", float(v), int(time.time() * 1000), 0)
-                       for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            metrics = _round_metrics(out) + summary
-            for start in range(0, len(metrics), 900):  # MLflow takes at most 1,000 metrics per batch
-                batch = metrics[start:start + 900]
-                tracking.with_retries(lambda: client.log_batch(run_id, metrics=batch,
-                                                               params=run_params if start == 0 else []),
-                                      what="log round metrics")
-            tracking.with_retries(lambda: client.log_dict(
-                run_id, {"records": [r.to_dict() for r in out.result.records]}, "rounds.json"), what="log rounds")
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = _save_model(out, Path(tmp) / "model")
-                tracking.with_retries(lambda: client.log_artifacts(run_id, str(folder), "model"), what="log model")
-            tracking.with_retries(lambda: client.set_terminated(run_id), what="end child run")
-        for fname, fig in figures.items():
-            tracking.with_retries(lambda: client.log_figure(parent.info.run_id, fig, fname), what="log figure")
-        tracking.log_table(parent, list(rows), "results.json")
-        tracking.with_retries(lambda: client.log_dict(parent.info.run_id, llm, "llm_losses.json"), what="log LLM")
-        return parent.info.run_id
+def log_runs(parent: mlflow.ActiveRun, outputs: Sequence[RunOutput], rows: Sequence[dict[str, Any]],
+             figures: dict[str, Figure], llm: dict[str, Any]) -> None:
+    """On the flow's parent run: the results table, plots and LLM losses, and one child per run
+    with its per-round metrics, round records and final model. Only the flow's process writes."""
+    client = MlflowClient()
+    for out, row in zip(outputs, rows):
+        name = f"{out.setting.dataset}/{out.setting.partition}/{out.label}"
+        run_id = tracking.with_retries(lambda: client.create_run(
+            parent.info.experiment_id, run_name=name,
+            tags={"mlflow.parentRunId": parent.info.run_id, "kind": "baseline" if not out.quantum else "quantum",
+                  "controller": out.label}).info.run_id, what="create child run")
+        run_params = [mlflow.entities.Param(k, str(v)) for k, v in
+                      {"dataset": out.setting.dataset, "partition": out.setting.partition,
+                       "controller": out.label, "model": out.model.kind}.items()]
+        summary = [mlflow.entities.Metric(f"summary.{k}", float(v), int(time.time() * 1000), 0)
+                   for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        metrics = _round_metrics(out) + summary
+        for start in range(0, len(metrics), 900):  # MLflow takes at most 1,000 metrics per batch
+            batch = metrics[start:start + 900]
+            tracking.with_retries(lambda: client.log_batch(run_id, metrics=batch,
+                                                           params=run_params if start == 0 else []),
+                                  what="log round metrics")
+        tracking.with_retries(lambda: client.log_dict(
+            run_id, {"records": [r.to_dict() for r in out.result.records]}, "rounds.json"), what="log rounds")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = _save_model(out, Path(tmp) / "model")
+            tracking.with_retries(lambda: client.log_artifacts(run_id, str(folder), "model"), what="log model")
+        tracking.with_retries(lambda: client.set_terminated(run_id), what="end child run")
+    for fname, fig in figures.items():
+        tracking.with_retries(lambda: client.log_figure(parent.info.run_id, fig, fname), what="log figure")
+    tracking.log_table(parent, list(rows), "results.json")
+    tracking.with_retries(lambda: client.log_dict(parent.info.run_id, llm, "llm_losses.json"), what="log LLM")

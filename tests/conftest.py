@@ -16,6 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "300s")
 os.environ.setdefault("DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP", "300s")
 os.environ.setdefault("DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL", "30 minutes")
+# MLflow samples system metrics every 10 s and drops a run's last partial interval: the tests'
+# tiny flows finish in seconds, so they sample every second.
+os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
 _shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if "QLLM_DATA_DIR" not in os.environ and _shared.is_dir():
     os.environ["QLLM_DATA_DIR"] = str(_shared)

@@ -51,6 +51,7 @@ def test_mlflow_has_parent_children_and_model(first_run: dict, root: Path) -> No
     parent = client.get_run(first_run["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.params["train_size"] == "160"
+    assert parent.data.tags["data_hash"] and any(k.startswith("system/") for k in parent.data.metrics)
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     students = [c for c in children if c.data.tags.get("kind") == "quantum student"]

@@ -54,6 +54,7 @@ def test_mlflow_holds_per_round_metrics_plots_and_models(run: dict) -> None:
     client = MlflowClient()
     parent = client.get_run(run["mlflow_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.params["clients"] == "3"
+    assert any(k.startswith("system/") for k in parent.data.metrics)  # sampled during the rounds
     assert {f.path for f in client.list_artifacts(parent.info.run_id)} >= {
         "accuracy_sst2_iid.png", "results.json", "llm_losses.json"}
     children = client.search_runs([parent.info.experiment_id],

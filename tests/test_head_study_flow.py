@@ -59,6 +59,8 @@ def test_head_flow_with_baselines_noise_ablation_and_predict(root: Path) -> None
         f.path for f in client.list_artifacts(heads[0].info.run_id, "model")}
     assert {"noise.json", "transpiled.json", "noise.png", "results.json"} <= {
         f.path for f in client.list_artifacts(result["mlflow_run_id"])}
+    parent = client.get_run(result["mlflow_run_id"])
+    assert parent.data.tags["data_key"] and any(k.startswith("system/") for k in parent.data.metrics)
     out = predict(heads[0].info.run_id, ["a wonderful, moving film"])
     assert out[0][1] in ("negative", "positive")
 

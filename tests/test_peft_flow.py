@@ -86,6 +86,7 @@ def test_mlflow_has_parent_children_curves_and_adapters(classify: dict) -> None:
     client = MlflowClient()
     parent = client.get_run(classify["mlflow_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.params["methods"] == "['lora', 'qpa', 'qtha']"
+    assert any(k.startswith("system/") for k in parent.data.metrics)  # sampled while the methods trained
     assert {"loss_curves.png", "results.json"} <= {f.path for f in client.list_artifacts(parent.info.run_id)}
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.tags["method"] for c in children) == ["lora", "qpa", "qtha"]

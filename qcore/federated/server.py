@@ -170,8 +170,8 @@ class FederatedRun:
     def evaluate(self, weights: Weights, data: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
         """(accuracy, cross-entropy in nats) of ``weights`` on ``data``."""
         set_weights(self._evaluator, weights)
-        x = torch.as_tensor(data[0], dtype=torch.float32)
-        y = torch.as_tensor(data[1], dtype=torch.long)
+        x = torch.tensor(data[0], dtype=torch.float32)  # copies: the arrays may be read-only (Dask)
+        y = torch.tensor(data[1], dtype=torch.long)
         with torch.no_grad():
             logits = self._evaluator(x).float()
             return float((logits.argmax(-1) == y).float().mean()), float(torch.nn.functional.cross_entropy(logits, y))

@@ -31,7 +31,25 @@ class DaskDashboardTaskRunner(DaskTaskRunner):
                 link = None
             print(f"Dask dashboard: {link}" if link else
                   f"Dask scheduler {client.scheduler.address} serves no dashboard (it needs bokeh)")
+            if self.address and (warning := prefect_api_warning(client)):
+                print(f"WARNING: {warning}")
         return client
+
+
+def _prefect_api_here() -> str | None:
+    return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+
+
+def prefect_api_warning(client: Any) -> str | None:
+    """What is wrong when workers of an existing cluster know no Prefect API: each then starts a
+    temporary Prefect server of its own on first use, and the flow's task runs report there,
+    invisible in the UI that shows the flow. ``None`` when every worker knows one."""
+    missing = sorted(w for w, url in client.run(_prefect_api_here).items() if not url)
+    if not missing:
+        return None
+    return (f"Dask workers {', '.join(missing)} have no PREFECT_API_URL: each starts a Prefect server of "
+            f"its own, and their task runs will not appear with this flow run. Start the workers with "
+            f"PREFECT_API_URL={_prefect_api_here() or '<your Prefect API>'} in their environment.")
 
 
 def dask_runner(address: str | None = None) -> DaskTaskRunner:

@@ -148,3 +148,22 @@ def test_qllm_prefect_api_url_is_exported_for_the_run(monkeypatch: pytest.Monkey
     with prefect_api() as url:
         assert url == os.environ["PREFECT_API_URL"] == "http://127.0.0.1:9/api"
     assert "PREFECT_API_URL" not in os.environ
+
+
+def test_workers_without_a_prefect_api_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker processes inherit the environment at start: a cluster started before the flow's
+    Prefect API was exported has workers that would each start a Prefect server of their own."""
+    from distributed import Client, LocalCluster
+
+    from flows.runner import prefect_api_warning
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # the flow's, too late for the workers
+        warning = prefect_api_warning(client)
+        assert warning is not None and all(w in warning for w in cluster.scheduler_info["workers"])
+        assert "PREFECT_API_URL=http://127.0.0.1:9/api" in warning
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        assert prefect_api_warning(client) is None

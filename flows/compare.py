@@ -4,7 +4,8 @@ one seed set, as a leaderboard: accuracy against trainable parameters and traini
     data → MiniLM features and the probe teacher's soft labels (cached, shared by every method)
     → QD-LLM students, PQC heads, LoRA/QPA/QTHA fine-tunes and classical baselines, one Prefect
       task per method and seed on the Dask cluster (each cached by content)
-    → LLM-QFL federated runs and a FedAvg logistic regression, rounds on the same cluster
+    → LLM-QFL federated runs and a FedAvg logistic regression, rounds on the same cluster (each
+      finished run stored by content)
     → one MLflow parent run (system metrics while it trains) with a child per method, a Prefect
       table artifact, and ``leaderboard.png``
 
@@ -244,18 +245,18 @@ def federated_rows(params: CompareParams, data: Dataset, feats: Features, root: 
         runs = []
         if "llm-qfl" in params.methods:
             llm = llm_losses(fp, [setting], root).get(setting.name, {})
-            runs.append(("llm-qfl", run_setting(fp, setting, params.controller, spec, params.controller, llm),
+            runs.append(("llm-qfl", run_setting(fp, setting, params.controller, spec, params.controller, llm, root),
                          sum(v["seconds"] for v in llm.values())))
         if "fed-logreg" in params.methods:
             runs.append(("fed-logreg", run_setting(fp, setting, "baseline-logreg", fp.baseline_spec(data.num_classes),
-                                            "none", {}), 0.0))
+                                                   "none", {}, root), 0.0))
         for method, out, extra_seconds in runs:
             curve = fed.curves(out)
             if dropped := sum(len(r.failed) for r in out.result.records):
                 get_run_logger().warning("%s seed %d: %d client trainings were dropped", method, seed, dropped)
             size = sum(p.numel() for p in build_model(out.model).parameters() if p.requires_grad)
             rows.append(board.seed_row(method, seed, accuracy=curve["accuracy"][-1], trainable_params=size,
-                                       train_seconds=curve["client_seconds"][-1] + extra_seconds))
+                                       train_seconds=curve["client_seconds"][-1] + extra_seconds, cached=out.cached))
     return rows
 
 

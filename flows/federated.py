@@ -5,8 +5,8 @@ Paper: LLM-QFL: LLM-guided quantum federated learning, arXiv 2505.18656.
 
     data → MiniLM embeddings (cached) → per (data set, partition): server split, PCA fitted on the
     server's data, client partitions → every party's LoRA fine-tune (cached, on Dask)
-    → per controller: rounds of client trainings (one Prefect task per client per round, on Dask)
-    → results table, accuracy plots, MLflow (per-round metrics with step = round)
+    → per controller: rounds of client trainings (one Prefect task per client per round, on Dask;
+      a finished run is stored by content and read back by a re-run) → results table, accuracy plots, MLflow (per-round metrics with step = round)
 
 Lists sweep: ``--dataset sst2,subj --partition iid,dirichlet:0.5 --controller none,adaptive`` runs
 every controller on every (data set, partition), all on the same splits and seeds;
@@ -209,11 +209,29 @@ def _progress(setting: fed.Setting, label: str, rounds: int) -> Callable[[RoundR
     return show
 
 
+# Parameters a run's result does not depend on beyond its setting (data, split, partition and
+# clients are in the setting's fingerprint, the LLM settings in the parties' losses) or at all.
+NOT_IN_RUN_KEY = {"dataset", "train_size", "test_size", "split_seed", "clients", "partition", "server_fraction",
+                  "controller", "baseline", "llm_model", "llm_steps", "llm_batch_size", "llm_max_length", "llm_lr",
+                  "llm_rank", "target_accuracy", "teacher_shard_size", "experiment", "dask_address"}
+
+
 def run_setting(params: FederatedParams, setting: fed.Setting, label: str, spec: ModelSpec,
-                controller_spec: str, llm: dict[str, Any]) -> fed.RunOutput:
+                controller_spec: str, llm: dict[str, Any], root: str) -> fed.RunOutput:
     """One federated run on ``setting`` (a controller, or a classical baseline under ``label``),
-    its client trainings sent to the cluster round by round; shared with the compare flow."""
+    its client trainings sent to the cluster round by round; shared with the compare flow.
+
+    A finished run is stored under ``<root>/federated/runs/``; the same run again is read back
+    instead of trained. Not stored: runs of a generative controller (its answers come from code
+    and models the key cannot see) and runs that lost clients to real failures."""
     controller = params.controller_for(controller_spec)
+    losses = {who: v["loss"] for who, v in sorted(llm.items())}
+    key = fed.run_key(setting, spec, controller_spec, params.model_dump(exclude=NOT_IN_RUN_KEY), losses)
+    storable = not controller_spec.startswith("generative:")
+    if storable and (stored := fed.load_run(root, key)) is not None:
+        print(f"{setting.name} {label}: {len(stored.records)} rounds reused from an earlier run "
+              f"(final accuracy {stored.records[-1].accuracy:.4f})")
+        return fed.RunOutput(setting, label, spec, stored, cached=True)
     run = FederatedRun(
         clients=[dataclasses.replace(c, model=spec) for c in setting.clients], model=spec,
         strategy=make_strategy(params.strategy, proximal_mu=params.proximal_mu, server_lr=params.server_lr),
@@ -225,6 +243,11 @@ def run_setting(params: FederatedParams, setting: fed.Setting, label: str, spec:
     fit = fed.prefect_fit(f"{setting.dataset}-{setting.partition}-{label}", fail_rate=params.fail_rate,
                           seed=params.seed, wait_seconds=params.client_timeout + BACKSTOP_SECONDS)
     result = run.run(params.rounds, fit=fit, on_round=_progress(setting, label, params.rounds))
+    if lost := fed.real_failures(result, [c.id for c in setting.clients], params.seed, params.fail_rate):
+        get_run_logger().warning("%s %s: not stored, %d client trainings failed (round, client: %s); "
+                                 "a re-run trains it again", setting.name, label, len(lost), lost)
+    elif storable:
+        fed.store_run(root, key, result)
     return fed.RunOutput(setting, label, spec, result)
 
 
@@ -249,10 +272,10 @@ def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
         rows, figures, outputs = [], {}, []
         for setting in settings:
             runs = [run_setting(params, setting, c, params.model_spec(setting.num_classes), c,
-                                llm.get(setting.name, {})) for c in params.controller]
+                                llm.get(setting.name, {}), root) for c in params.controller]
             if params.baseline != "none":
                 runs.append(run_setting(params, setting, f"baseline-{params.baseline}",
-                                        params.baseline_spec(setting.num_classes), "none", {}))
+                                        params.baseline_spec(setting.num_classes), "none", {}, root))
             target = fed.target_for(runs, params.target_accuracy)
             rows += [fed.summarize(r, target) for r in runs]
             plot = re.sub(r"[^A-Za-z0-9._-]+", "_", f"accuracy_{setting.dataset}_{setting.partition}") + ".png"
@@ -270,7 +293,7 @@ def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
     create_markdown_artifact(key="federated-report", markdown=md)
     return {"table": rows, "markdown": md, "mlflow_run_id": run_id, "llm": llm,
             "runs": [{"dataset": o.setting.dataset, "partition": o.setting.partition, "run": o.label,
-                      "initial_accuracy": o.result.initial_accuracy,
+                      "cached": o.cached, "initial_accuracy": o.result.initial_accuracy,
                       "records": [r.to_dict() for r in o.result.records]} for o in outputs]}
 
 

@@ -6,12 +6,16 @@
   artifact store, so a re-run never repeats one;
 - :func:`train_client` and :func:`prefect_fit`: every client's local training of a round as a
   Prefect task on the Dask workers; failures and timeouts come back as dropped clients;
+- :func:`run_key`, :func:`load_run`, :func:`store_run`: finished runs stored by content, so a
+  re-run with the same data and settings repeats no round;
 - :func:`summarize`, :func:`accuracy_curves`, :func:`log_runs`: the results table, the plots and
   the MLflow record (per-round metrics with step = round).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import tempfile
@@ -34,7 +38,7 @@ from qcore.federated.features import Projection
 from qcore.federated.llm import LLMSpec, finetune
 from qcore.federated.models import ModelSpec, build_model, set_weights
 from qcore.federated.partition import PartitionSpec
-from qcore.federated.server import ClientJob, Fit, Outcome, RunResult, failure
+from qcore.federated.server import ClientJob, Fit, Outcome, RoundRecord, RunResult, failure
 
 from . import tracking
 from .artifacts import atomic_write_bytes, hash_json, join_url, read_bytes
@@ -163,16 +167,69 @@ def prefect_fit(label: str, *, fail_rate: float, seed: int, wait_seconds: float)
     return fit
 
 
+# --- finished runs, stored by content ------------------------------------------------------------
+
+def setting_fingerprint(setting: Setting) -> str:
+    """Hash of every array a run of ``setting`` reads: the clients', the server's and the test data."""
+    digest = hashlib.sha256()
+    for a in [a for c in setting.clients for a in (c.x, c.y)] + [*setting.server, *setting.test]:
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.dtype}{a.shape}".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def run_key(setting: Setting, spec: ModelSpec, controller: str, settings: dict[str, Any],
+            llm_losses: dict[str, float]) -> str:
+    """What a run's result depends on: its data, model, controller, run settings (the flow's
+    parameters less those the data already fixes) and the parties' LLM losses."""
+    return hash_json({"setting": setting_fingerprint(setting), "model": asdict(spec), "controller": controller,
+                      "settings": settings, "llm": llm_losses, "v": 1})
+
+
+def _run_url(root: str, key: str) -> str:
+    return join_url(root, "federated", "runs", f"{key}.npz")
+
+
+def load_run(root: str, key: str) -> RunResult | None:
+    """The stored result of run ``key``, or ``None``."""
+    blob = read_bytes(_run_url(root, key))
+    if blob is None:
+        return None
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        meta = json.loads(str(npz["meta"]))
+        weights = {name.removeprefix("w/"): npz[name] for name in npz.files if name.startswith("w/")}
+    return RunResult(meta["initial_accuracy"], meta["initial_loss"],
+                     [RoundRecord.from_dict(r) for r in meta["records"]], weights)
+
+
+def store_run(root: str, key: str, result: RunResult) -> None:
+    """Records and final weights in one file, written atomically: a reader sees all or nothing."""
+    meta = {"initial_accuracy": result.initial_accuracy, "initial_loss": result.initial_loss,
+            "records": [r.to_dict() for r in result.records]}
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.array(json.dumps(meta)), **{f"w/{k}": np.asarray(v) for k, v in result.weights.items()})
+    atomic_write_bytes(_run_url(root, key), buffer.getvalue())
+
+
+def real_failures(result: RunResult, clients: Sequence[int], seed: int, fail_rate: float) -> list[tuple[int, int]]:
+    """(round, client) of every client dropped for a reason other than the seeded ``fail_rate``:
+    a run with any is not stored, so a re-run trains it again instead of repeating the loss."""
+    return [(r.round, c) for r in result.records
+            for c in sorted(set(r.failed) - simulated_failures(seed, r.round, clients, fail_rate))]
+
+
 # --- results -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class RunOutput:
-    """A finished run with what identifies it."""
+    """A finished run with what identifies it; ``cached`` when it was read from the store."""
 
     setting: Setting
     label: str  # controller name, or "baseline-<model>"
     model: ModelSpec
     result: RunResult
+    cached: bool = False
 
     @property
     def quantum(self) -> bool:

@@ -100,7 +100,7 @@ def test_prefect_has_the_table_and_progress_of_every_training(run: dict, api: tu
 def test_rerun_reuses_every_cached_training(run: dict) -> None:
     again = run_compare(CompareParams(**TINY))
     cached = {r["method"]: r["cached"] for r in again["table"]}
-    assert all(cached[m] == 2 for m in ("qdllm", "pqc-head", "lora", "qpa", "qtha"))
+    assert all(cached[m] == 2 for m in ("qdllm", "pqc-head", "lora", "qpa", "qtha", "llm-qfl", "fed-logreg"))
     first = {r["method"]: r["accuracy"] for r in run["table"]}
     assert {m: r["accuracy"] for m, r in ((r["method"], r) for r in again["table"])} == first
 

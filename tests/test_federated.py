@@ -339,3 +339,42 @@ def test_the_rule_controller_drives_selection_steps_and_stop_in_the_loop() -> No
     assert len(result.records) == 1 and first.stop  # |server − LLM| < 10 stops after round 1
     assert len(first.selected) == 2 and first.discarded_evaluations == 0  # logreg: no circuits
     assert all(s > 5 for s in first.next_steps.values())  # client losses ≫ 0.05: steps grow
+
+
+# --- finished runs, stored by content (tasks/federated.py) ----------------------------------------
+
+def _failing(clients: set[int]):
+    """A fit where ``clients`` fail in every round."""
+    def fit(jobs):
+        return [ClientFailure(j.client.id, "failed", "boom") if j.client.id in clients else j.run() for j in jobs]
+    return fit
+
+
+def test_a_stored_run_reads_back_equal(tmp_path) -> None:
+    from tasks.federated import load_run, store_run
+
+    result = _run().run(rounds=2, fit=_failing({1}))
+    store_run(str(tmp_path), "key", result)
+    back = load_run(str(tmp_path), "key")
+    assert back.records == result.records and back.records[0].failed == {1: "failed"}
+    assert (back.initial_accuracy, back.initial_loss) == (result.initial_accuracy, result.initial_loss)
+    assert back.weights.keys() == result.weights.keys()
+    assert all(np.array_equal(back.weights[k], result.weights[k]) for k in result.weights)
+    assert load_run(str(tmp_path), "another key") is None
+
+
+def test_only_seeded_failures_leave_a_run_storable() -> None:
+    from tasks.federated import real_failures, simulated_failures
+
+    seed, rate, ids = 1, 0.4, [0, 1, 2, 3]
+    seeded = {r: simulated_failures(seed, r, ids, rate) for r in (1, 2)}
+    assert seeded[1] != seeded[2] and all(len(s) < 4 for s in seeded.values())
+
+    def fit(jobs, extra: set[int] = set()):
+        return _failing(seeded[jobs[0].round] | extra)(jobs)
+
+    assert real_failures(_run().run(rounds=2, fit=fit), ids, seed, rate) == []
+    spare = min(set(ids) - seeded[2])
+    lost = real_failures(_run().run(rounds=2, fit=lambda jobs: fit(jobs, {spare} if jobs[0].round == 2 else set())),
+                         ids, seed, rate)
+    assert lost == [(2, spare)]

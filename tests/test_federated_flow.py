@@ -88,6 +88,14 @@ def test_llm_fine_tunes_are_cached_by_content(run: dict) -> None:
     assert again["cached"] and again["loss"] == first["loss"]
 
 
+def test_rerun_reuses_every_finished_run(run: dict) -> None:
+    again = run_federated(FederatedParams(**PARAMS))
+    assert not any(r["cached"] for r in run["runs"]) and all(r["cached"] for r in again["runs"])
+    assert again["table"] == run["table"] and again["runs"][0]["records"] == run["runs"][0]["records"]
+    other = run_federated(FederatedParams(**{**PARAMS, "rounds": 1, "controller": ["none"], "baseline": "none"}))
+    assert not other["runs"][0]["cached"]  # another number of rounds is another run
+
+
 @pytest.mark.parametrize("args,message", [
     (["--clients", "200", "--train-size", "100"], "clients=200 exceeds the 90 training examples"),
     (["--partition", "dirichlet:0"], "alpha must be a finite number > 0"),

@@ -117,6 +117,15 @@ class RoundRecord:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoundRecord:
+        """Inverse of :meth:`to_dict`, also after JSON turned the client ids into strings."""
+        def by_client(m: dict[Any, Any]) -> dict[int, Any]:
+            return {int(k): v for k, v in m.items()}
+
+        return cls(**{**d, "selected": tuple(d["selected"]), "failed": by_client(d["failed"]),
+                      "clients": by_client(d["clients"]), "next_steps": by_client(d["next_steps"])})
+
 
 @dataclass(frozen=True)
 class RunResult:

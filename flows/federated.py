@@ -36,6 +36,7 @@ from tasks.data import DataError, load_dataset
 from tasks.prepare import prepare_data, teacher_outputs
 from tasks.settings import Settings
 from tasks.teacher import ModelNotFoundError, TeacherSpec, resolve_model
+from tasks.train import progress_artifact
 
 from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 
@@ -199,13 +200,19 @@ def llm_losses(params: FederatedParams, settings: list[fed.Setting], root: str) 
     return out
 
 
-def _progress(setting: fed.Setting, label: str, rounds: int) -> Callable[[RoundRecord], None]:
+def _progress(setting: fed.Setting, label: str, rounds: int, seed: int) -> Callable[[RoundRecord], None]:
+    """Each round in the flow log and in the run's Prefect progress artifact
+    (``progress-federated-<data set>-<partition>-<label>-s<seed>``)."""
+    report = progress_artifact(f"federated-{setting.dataset}-{setting.partition}-{label}-s{seed}", rounds)
+
     def show(r: RoundRecord) -> None:
         dropped = f", dropped {r.failed}" if r.failed else ""
         server = "–" if r.server_loss is None else f"{r.server_loss:.3f}"
         print(f"{setting.name} {label} round {r.round}/{rounds}: accuracy {r.accuracy:.4f}, server loss {server}, "
               f"aggregated {list(r.selected)}, next steps {r.next_steps}{dropped}"
               + (" — stop" if r.stop else ""))
+        report(rounds if r.stop else r.round, f"round {r.round}/{rounds}, accuracy {r.accuracy:.4f}"
+               + (", stopped early" if r.stop else ""))
     return show
 
 
@@ -242,7 +249,7 @@ def run_setting(params: FederatedParams, setting: fed.Setting, label: str, spec:
         objective_unit=params.objective_unit, seed=params.seed)
     fit = fed.prefect_fit(f"{setting.dataset}-{setting.partition}-{label}", fail_rate=params.fail_rate,
                           seed=params.seed, wait_seconds=params.client_timeout + BACKSTOP_SECONDS)
-    result = run.run(params.rounds, fit=fit, on_round=_progress(setting, label, params.rounds))
+    result = run.run(params.rounds, fit=fit, on_round=_progress(setting, label, params.rounds, params.seed))
     if lost := fed.real_failures(result, [c.id for c in setting.clients], params.seed, params.fail_rate):
         get_run_logger().warning("%s %s: not stored, %d client trainings failed (round, client: %s); "
                                  "a re-run trains it again", setting.name, label, len(lost), lost)

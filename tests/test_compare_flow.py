@@ -95,6 +95,8 @@ def test_prefect_has_the_table_and_progress_of_every_training(run: dict, api: tu
         progress = _latest_artifact(api[1], key)
         assert progress["type"] == "progress" and progress["task_run_id"], key  # a training task's
         assert progress["data"] == 100.0  # updated as it trained, finished
+    rounds = _latest_artifact(api[1], "progress-federated-sst2-iid-adaptive-s1")  # the flow runs the rounds
+    assert rounds["type"] == "progress" and rounds["flow_run_id"] and rounds["data"] == 100.0
 
 
 def test_rerun_reuses_every_cached_training(run: dict) -> None:

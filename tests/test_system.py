@@ -1,10 +1,10 @@
 """The operations story against real servers on loopback: a Prefect server, an MLflow server on
 SQLite with artifacts in a moto S3, and a Dask scheduler with two workers. Every flow is deployed
 with `prefect deploy --all` from infra/prefect.yaml, a Prefect worker picks up distill runs
-triggered through the API (as
-the UI's Run button does), and the run must land on the external Dask workers, in MLflow and in
-S3; a second trigger must reuse every cache; the planted S3 secret must appear nowhere; and
-MLflow logging must survive the tracking server or S3 going away for a moment."""
+triggered through the API (as the UI's Run button does), and the run must land on the external
+Dask workers, in MLflow and in S3; a second trigger must reuse every cache; a federated run goes
+the same way; the planted S3 secret must appear nowhere; and MLflow logging must survive the
+tracking server or S3 going away for a moment."""
 
 from __future__ import annotations
 
@@ -232,6 +232,39 @@ def test_second_run_hits_the_caches(stack: Stack, runs: list[Any]) -> None:
     results = [o for k, o in stack.objects().items() if k.startswith("artifacts/students/")]
     written = max(o["LastModified"] for o in results)
     assert written < runs[1].start_time  # nothing was trained (or rewritten) by the second run
+
+
+FEDERATED = dict(dataset=["sst2"], train_size=60, test_size=30, clients=2, rounds=2, controller=["adaptive"],
+                 llm_steps=1, llm_max_length=8, experiment="system-federated")
+
+
+def test_a_federated_deployment_runs_its_rounds_on_the_stack(stack: Stack, runs: list[Any]) -> None:
+    """A second kind of flow through its own deployment: the parties' LLM fine-tunes and the
+    clients' trainings on the external workers, the finished run stored in S3, rounds in MLflow."""
+    from distributed import Client
+    from mlflow.tracking import MlflowClient
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.api}):
+        run = run_deployment("federated/federated", parameters={"params": FEDERATED}, timeout=900, poll_interval=2)
+    assert run.state.type.value == "COMPLETED", run.state.message
+    logs = run_logs(stack, run)
+    assert any("adaptive round 1/2" in m for m in logs), logs
+    assert not any("no PREFECT_API_URL" in m for m in logs)  # the workers report to the stack's server
+    with Client(stack.dask, timeout=30) as client:
+        keys = client.run(lambda dask_worker: sorted({e[0] for e in dask_worker.state.log if isinstance(e[0], str)}))
+    assert {"llm_finetune", "train_client"} <= {k.rsplit("-", 1)[0] for ks in keys.values() for k in ks}
+
+    client = MlflowClient(stack.mlflow_uri)
+    exp = client.get_experiment_by_name(FEDERATED["experiment"])
+    [parent] = client.search_runs([exp.experiment_id], "attributes.run_name = 'federated'")
+    assert parent.info.status == "FINISHED" and any(k.startswith("system/") for k in parent.data.metrics)
+    [child] = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert child.info.run_name == "sst2/iid/adaptive" and client.get_metric_history(child.info.run_id, "accuracy")
+    keys = list(stack.objects())
+    assert any(k.startswith("artifacts/federated/runs/") and k.endswith(".npz") for k in keys), keys
+    assert any(k.startswith("artifacts/federated/llm/") for k in keys), keys
 
 
 def test_the_s3_secret_appears_nowhere(stack: Stack, runs: list[Any]) -> None:

@@ -109,9 +109,10 @@ def prefect_api() -> Iterator[str]:
     """The Prefect API this process and its Dask workers share.
 
     ``PREFECT_API_URL`` (a Prefect server or Cloud) is used as is. Otherwise
-    ``QLLM_PREFECT_API_URL``, or else one temporary local server, is exported as
-    ``PREFECT_API_URL`` for the run, so worker processes report to it instead of each starting
-    a server of their own on the same database.
+    ``QLLM_PREFECT_API_URL``, or else one temporary local server (telemetry off unless
+    ``PREFECT_SERVER_ANALYTICS_ENABLED`` says otherwise), is exported as ``PREFECT_API_URL`` for
+    the run, so worker processes report to it instead of each starting a server of their own on
+    the same database.
     """
     # The environment first: Prefect's settings object is read once, before an enclosing
     # prefect_api() (a test module's, say) exported its server.
@@ -124,6 +125,9 @@ def prefect_api() -> Iterator[str]:
     if not url:
         from prefect.server.api.server import SubprocessASGIServer
 
+        # The run's own server sends no usage reports unless the user asked for them: nothing
+        # leaves the machine unconfigured, and offline every attempt would log an error.
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         server = SubprocessASGIServer()
         server.start(timeout=120)
         url = server.api_url

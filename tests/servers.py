@@ -50,25 +50,25 @@ def start(name: str, cmd: Sequence[str], env: Mapping[str, str], logs: Path, cwd
     return Proc(name, popen, log)
 
 
-def stop(proc: Proc, grace: float = 10.0) -> None:
-    """SIGTERM the process group; SIGKILL whatever of it is left after ``grace`` seconds."""
-    try:
-        os.killpg(proc.popen.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
+def stop(procs: Sequence[Proc], grace: float = 10.0) -> None:
+    """SIGTERM every process group at once; SIGKILL whatever is left after ``grace`` seconds."""
+    def signal_group(proc: Proc, sig: int) -> bool:
+        """Send ``sig`` (0: only look); whether the group still exists."""
         proc.popen.poll()  # reap the leader, or the group never looks empty
         try:
-            os.killpg(proc.popen.pid, 0)
+            os.killpg(proc.popen.pid, sig)
+            return True
         except ProcessLookupError:
-            return
+            return False
+
+    alive = [p for p in procs if signal_group(p, signal.SIGTERM)]
+    deadline = time.monotonic() + grace
+    while alive and time.monotonic() < deadline:
         time.sleep(0.2)
-    try:
-        os.killpg(proc.popen.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.popen.wait(grace)
+        alive = [p for p in alive if signal_group(p, 0)]
+    for p in alive:
+        signal_group(p, signal.SIGKILL)
+        p.popen.wait(grace)
 
 
 def wait_until(ready: Callable[[], bool], procs: Sequence[Proc], timeout: float, what: str) -> None:

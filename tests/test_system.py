@@ -88,8 +88,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait_until(lambda: len(scheduler_info(dask)["workers"]) == 2, st.procs, 180, "Dask workers")
         yield st
     finally:
-        for p in reversed(st.procs):
-            stop(p)
+        stop(st.procs)
         s3.stop()
 
 

@@ -378,3 +378,27 @@ def test_only_seeded_failures_leave_a_run_storable() -> None:
     lost = real_failures(_run().run(rounds=2, fit=lambda jobs: fit(jobs, {spare} if jobs[0].round == 2 else set())),
                          ids, seed, rate)
     assert lost == [(2, spare)]
+
+
+@pytest.mark.parametrize("change", ["data", "model", "controller", "settings", "llm"])
+def test_the_run_key_changes_with_everything_a_run_reads(change: str) -> None:
+    from flows.federated import NOT_IN_RUN_KEY, FederatedParams
+    from tasks.federated import Setting, run_key
+
+    x, y = _blobs(40, seed=0)
+    spec = ModelSpec("logreg", 2, 2)
+
+    def setting(x: np.ndarray) -> Setting:
+        return Setting("blobs", "iid", [Client(0, x[:20], y[:20], spec)], [[]], (x[20:30], y[20:30]), [],
+                       (x[30:], y[30:]), 2, 0.0)
+
+    params = FederatedParams()
+    base = dict(setting=setting(x), spec=spec, controller="adaptive",
+                settings=params.model_dump(exclude=NOT_IN_RUN_KEY), llm_losses={"client0": 0.5})
+    changed = {"data": {"setting": setting(x + 1e-6)}, "model": {"spec": ModelSpec("logreg", 2, 2, seed=1)},
+               "controller": {"controller": "none"},
+               "settings": {"settings": params.model_copy(update={"rounds": 11}).model_dump(exclude=NOT_IN_RUN_KEY)},
+               "llm": {"llm_losses": {"client0": 0.6}}}[change]
+    assert run_key(**base) == run_key(**{**base, "settings": FederatedParams(experiment="x").model_dump(
+        exclude=NOT_IN_RUN_KEY)})  # the experiment's name is not part of a run
+    assert run_key(**base) != run_key(**{**base, **changed})

@@ -92,8 +92,6 @@ def test_rerun_reuses_every_finished_run(run: dict) -> None:
     again = run_federated(FederatedParams(**PARAMS))
     assert not any(r["cached"] for r in run["runs"]) and all(r["cached"] for r in again["runs"])
     assert again["table"] == run["table"] and again["runs"][0]["records"] == run["runs"][0]["records"]
-    other = run_federated(FederatedParams(**{**PARAMS, "rounds": 1, "controller": ["none"], "baseline": "none"}))
-    assert not other["runs"][0]["cached"]  # another number of rounds is another run
 
 
 @pytest.mark.parametrize("args,message", [

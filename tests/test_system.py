@@ -159,17 +159,23 @@ def read(stack: Stack, what: str, **kw: Any) -> Any:
 
 
 def run_logs(stack: Stack, run: Any) -> list[str]:
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    """The flow run's log messages, once its own last one ("Finished in state ...") is on the
+    server: the flow's process sends logs in batches, after it reported the final state."""
+    def messages() -> list[Any]:
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+        from prefect.client.schemas.sorting import LogSort
 
-    from prefect.client.schemas.sorting import LogSort
+        logs: list[Any] = []
+        while True:  # pages of the server's largest limit; limit and offset explicit, it refuses nulls
+            page = read(stack, "read_logs", log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+                        limit=200, offset=len(logs), sort=LogSort.TIMESTAMP_ASC)
+            logs += page
+            if len(page) < 200:
+                return logs
 
-    messages: list[str] = []
-    while True:  # pages of the server's largest limit; limit and offset explicit, it refuses nulls
-        page = read(stack, "read_logs", log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
-                    limit=200, offset=len(messages), sort=LogSort.TIMESTAMP_ASC)
-        messages += [log.message for log in page]
-        if len(page) < 200:
-            return messages
+    wait_until(lambda: any(log.task_run_id is None and log.message.startswith("Finished in state")
+                           for log in messages()), stack.procs, 120, f"the last log line of flow run {run.name}")
+    return [log.message for log in messages()]
 
 
 def test_deployment_renders_a_form(stack: Stack, runs: list[Any]) -> None:

@@ -37,6 +37,8 @@ class DaskDashboardTaskRunner(DaskTaskRunner):
 
 
 def _prefect_api_here() -> str | None:
+    """The Prefect API this process reports to. The environment first: Prefect's settings object
+    is read once, before an enclosing :func:`prefect_api` (a test module's, say) exported its server."""
     return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
 
 
@@ -114,9 +116,7 @@ def prefect_api() -> Iterator[str]:
     the run, so worker processes report to it instead of each starting a server of their own on
     the same database.
     """
-    # The environment first: Prefect's settings object is read once, before an enclosing
-    # prefect_api() (a test module's, say) exported its server.
-    configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    configured = _prefect_api_here()
     if configured:
         yield configured
         return

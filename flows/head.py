@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 from mlflow import ActiveRun
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -165,14 +166,14 @@ def head(params: HeadParams = HeadParams()) -> dict[str, Any]:
         md = reporting.markdown(table)
         if failed := [r for r in head_rows if r["status"] == "failed"]:
             md += "\n\nFailed trainings:\n" + "\n".join(f"- {r['name']}: {r['error']}" for r in failed)
-        if noise["rows"]:
+        fig = reporting.noise_plot(noise["rows"], noise["exact"], "PQC head under noise") if noise["rows"] else None
+        if fig is not None:
             md += "\n\n" + noise_markdown(noise)
-        _log_mlflow(parent, data, head_rows, baseline_rows, table, noise)
+        _log_mlflow(parent, data, head_rows, baseline_rows, table, noise, fig)
         run_id = parent.info.run_id
     create_table_artifact(key="head-results", table=table, description="PQC head vs classical heads")
-    if noise["rows"]:
+    if fig is not None:
         create_table_artifact(key="head-noise", table=noise["rows"], description="accuracy under noise")
-        fig = reporting.noise_plot(noise["rows"], noise["exact"], "PQC head under noise")
         md += "\n\n" + reporting.figure_markdown(fig, "accuracy against noise")
         reporting.close(fig)
     create_markdown_artifact(key="head-report", markdown=md)
@@ -238,18 +239,17 @@ def noise_markdown(noise: dict[str, Any]) -> str:
 
 
 def _log_mlflow(parent: ActiveRun, data: HeadData, heads: list[dict[str, Any]], baselines: list[dict[str, Any]],
-                table: list[dict[str, Any]], noise: dict[str, Any]) -> None:
-    """The table and the noise ablation on the parent run; a child per head and per baseline."""
+                table: list[dict[str, Any]], noise: dict[str, Any], noise_figure: Figure | None) -> None:
+    """The table and the noise ablation (with its plot) on the parent run; a child per head and
+    per baseline."""
     tracking.log_result_rows(parent, heads + baselines, data.test_y, data.label_names, model_tag="pqc_head")
     tracking.log_summary(table, {f"noisy.{tracking.slug(r['label'])}.accuracy": r["accuracy"]
                                  for r in noise["rows"]})
     tracking.log_table(parent, table, "results.json")
-    if noise["rows"]:
+    if noise_figure is not None:
         tracking.log_table(parent, noise["rows"], "noise.json")
         tracking.log_table(parent, noise["devices"], "transpiled.json")
-        fig = reporting.noise_plot(noise["rows"], noise["exact"], "PQC head under noise")
-        tracking.with_retries(lambda: tracking.mlflow.log_figure(fig, "noise.png"), what="log figure")
-        reporting.close(fig)
+        tracking.with_retries(lambda: tracking.mlflow.log_figure(noise_figure, "noise.png"), what="log figure")
 
 
 def run_head(params: HeadParams) -> dict[str, Any]:

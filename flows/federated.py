@@ -6,7 +6,8 @@ Paper: LLM-QFL: LLM-guided quantum federated learning, arXiv 2505.18656.
     data → MiniLM embeddings (cached) → per (data set, partition): server split, PCA fitted on the
     server's data, client partitions → every party's LoRA fine-tune (cached, on Dask)
     → per controller: rounds of client trainings (one Prefect task per client per round, on Dask;
-      a finished run is stored by content and read back by a re-run) → results table, accuracy plots, MLflow (per-round metrics with step = round)
+      a finished run is stored by content and read back by a re-run)
+    → results table, accuracy plots, MLflow (per-round metrics with step = round)
 
 Lists sweep: ``--dataset sst2,subj --partition iid,dirichlet:0.5 --controller none,adaptive`` runs
 every controller on every (data set, partition), all on the same splits and seeds;

@@ -25,7 +25,7 @@ from prefect.futures import PrefectFuture
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from qcore.federated.controller import RULES
-from qcore.federated.models import build_model
+from qcore.federated.client_models import build_model
 from qcore.federated.partition import PartitionError
 from qcore.models.pqc_head import MAX_ENCODERS
 from tasks import compare as board

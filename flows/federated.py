@@ -24,10 +24,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from qcore.federated.client import TrainSettings
+from qcore.federated.client import LocalTraining
 from qcore.federated.controller import RULES, Controller, make_controller
 from qcore.federated.llm import LLMSpec
-from qcore.federated.models import ModelSpec
+from qcore.federated.client_models import ModelSpec
 from qcore.federated.partition import PartitionError, PartitionSpec
 from qcore.federated.server import FederatedRun, RoundRecord
 from qcore.federated.strategy import make_strategy
@@ -144,11 +144,11 @@ class FederatedParams(BaseModel):
     def baseline_spec(self, num_classes: int) -> ModelSpec:
         return ModelSpec(self.baseline, self.qubits, num_classes, seed=self.seed)
 
-    def train_settings(self, quantum: bool) -> TrainSettings:
+    def train_settings(self, quantum: bool) -> LocalTraining:
         """The quantum clients' optimiser; the classical baseline always trains by Adam."""
         optimizer = self.optimizer if quantum else "adam"
         batch_size = self.batch_size if optimizer == "adam" else None
-        return TrainSettings(optimizer=optimizer, lr=self.lr, batch_size=batch_size, time_limit=self.client_timeout)
+        return LocalTraining(optimizer=optimizer, lr=self.lr, batch_size=batch_size, time_limit=self.client_timeout)
 
     def llm_spec(self) -> LLMSpec:
         return LLMSpec(steps=self.llm_steps, batch_size=self.llm_batch_size, max_length=self.llm_max_length,

@@ -36,7 +36,7 @@ from prefect.cache_policies import NO_CACHE
 from qcore.federated.client import Client, ClientUpdate
 from qcore.federated.features import Projection
 from qcore.federated.llm import LLMSpec, finetune
-from qcore.federated.models import ModelSpec, build_model, set_weights
+from qcore.federated.client_models import ModelSpec, build_model, set_weights
 from qcore.federated.partition import PartitionSpec
 from qcore.federated.server import ClientJob, Fit, Outcome, RoundRecord, RunResult, failure
 

@@ -20,7 +20,7 @@ from qiskit_aer.noise import NoiseModel
 from qiskit_aer.noise.device import basic_device_readout_errors
 
 from qcore.simulators import build_simulator
-from qcore.simulators.aer import AerEngine, fake_backend, fake_backend_names, run_plan
+from qcore.simulators.aer import AerShiftSimulator, fake_backend, fake_backend_names, run_plan
 
 RNG = np.random.default_rng(1234)
 
@@ -80,7 +80,7 @@ def reference_probs(qc, x, w, X, W) -> np.ndarray:
     return np.array([Statevector(bound(qc, x, w, xv, W)).probabilities() for xv in X])
 
 
-def aer(qc, x, w, observables=OBSERVABLES, **options) -> AerEngine:
+def aer(qc, x, w, observables=OBSERVABLES, **options) -> AerShiftSimulator:
     return build_simulator(
         "aer", qc, inputs=x, weights=w, observables=observables, dtype=torch.float64, **options
     )

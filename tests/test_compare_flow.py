@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from flows.cli import main as cli
 from flows.compare import METHODS, CompareParams, run_compare
 from flows.peft import preflight as peft_preflight
-from qcore.federated.models import build_model
+from qcore.federated.client_models import build_model
 from qcore.models.pqc_head import PQCHead
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 from tasks.data import load_dataset

@@ -14,11 +14,11 @@ from qiskit.circuit.library import real_amplitudes, zz_feature_map
 from qiskit.quantum_info import Statevector
 
 from qcore.federated import (Client, ClientFailure, FedAdam, FedAvg, FederatedRun, FedProx, GenerativeController,
-                             ModelSpec, NoController, PartitionError, PartitionSpec, RuleController, TrainSettings,
+                             ModelSpec, NoController, PartitionError, PartitionSpec, RuleController, LocalTraining,
                              VQCClassifier, VQCConfig, dirichlet, iid, make_controller)
 from qcore.federated.client import proximal_term
 from qcore.federated.controller import ClientReport, RoundSummary, closest_to_server, scale_steps
-from qcore.federated.models import build_model, get_weights
+from qcore.federated.client_models import build_model, get_weights
 from qcore.federated.server import fit_sequentially
 from qcore.federated.strategy import weights_nbytes
 
@@ -110,7 +110,7 @@ def test_fedprox_keeps_client_weights_near_the_global_ones() -> None:
     start = get_weights(build_model(spec))
 
     def drift(mu: float) -> float:
-        w = client.fit(start, steps=50, settings=TrainSettings(lr=0.1), config={"proximal_mu": mu}, seed=0).weights
+        w = client.fit(start, steps=50, settings=LocalTraining(lr=0.1), config={"proximal_mu": mu}, seed=0).weights
         return sum(float(np.sum((w[k] - start[k]) ** 2)) for k in w)
 
     assert drift(10.0) < 0.2 * drift(0.0)
@@ -166,7 +166,7 @@ def test_local_training_counts_circuit_evaluations(optimizer: str, steps: int, p
     x = np.hstack([x, x]).astype(np.float32)  # 4 features, one per qubit
     spec = ModelSpec("vqc", 4, 2)
     update = Client(0, x, y, spec).fit(get_weights(build_model(spec)), steps=steps,
-                                       settings=TrainSettings(optimizer=optimizer), config={}, seed=0)
+                                       settings=LocalTraining(optimizer=optimizer), config={}, seed=0)
     assert update.steps == steps and update.num_examples == 12
     assert update.circuit_evaluations == 12 * per_row
     assert math.isfinite(update.loss) and update.seconds > 0
@@ -176,7 +176,7 @@ def test_classical_clients_cost_no_circuit_evaluations_and_learn() -> None:
     x, y = _blobs(100, seed=2)
     spec = ModelSpec("logreg", 2, 2)
     start = get_weights(build_model(spec))
-    update = Client(0, x, y, spec).fit(start, steps=60, settings=TrainSettings(lr=0.1), config={}, seed=0)
+    update = Client(0, x, y, spec).fit(start, steps=60, settings=LocalTraining(lr=0.1), config={}, seed=0)
     assert update.circuit_evaluations == 0 and update.loss < 0.5
 
 
@@ -290,13 +290,13 @@ def test_controllers_by_name_and_refusals() -> None:
 
 # --- the round loop -------------------------------------------------------------------------------
 
-def _run(controller=None, settings: TrainSettings | None = None, clients: int = 4, seed: int = 0) -> FederatedRun:
+def _run(controller=None, settings: LocalTraining | None = None, clients: int = 4, seed: int = 0) -> FederatedRun:
     x, y = _blobs(200, seed=seed)
     spec = ModelSpec("logreg", 2, 2, seed=seed)
     parts = iid(y[:160], clients, seed)
     return FederatedRun([Client(i, x[p], y[p], spec) for i, p in enumerate(parts)], spec, FedAvg(),
                         controller or NoController(), (x[160:180], y[160:180]), (x[180:], y[180:]),
-                        settings or TrainSettings(lr=0.1), local_steps=5, seed=seed)
+                        settings or LocalTraining(lr=0.1), local_steps=5, seed=seed)
 
 
 def test_rounds_learn_and_repeat_with_the_seed() -> None:
@@ -320,7 +320,7 @@ def test_failed_clients_are_dropped_counted_and_the_rest_aggregated(caplog) -> N
 
 
 def test_timed_out_clients_are_dropped_and_a_round_without_updates_is_kept(caplog) -> None:
-    run = _run(settings=TrainSettings(lr=0.1, time_limit=1e-9))
+    run = _run(settings=LocalTraining(lr=0.1, time_limit=1e-9))
     with caplog.at_level(logging.WARNING):
         result = run.run(rounds=3, fit=fit_sequentially)
     assert len(result.records) == 3  # no round is lost, even when every client times out

@@ -4,14 +4,14 @@ LLM-QFL: LLM-guided quantum federated learning, https://arxiv.org/abs/2505.18656
 
 Plain Python (torch, qiskit, scipy; transformers and peft only for :mod:`qcore.federated.llm`)::
 
-    from qcore.federated import (Client, FederatedRun, ModelSpec, RuleController, TrainSettings,
+    from qcore.federated import (Client, FederatedRun, ModelSpec, RuleController, LocalTraining,
                                  make_strategy, PartitionSpec)
 
     parts = PartitionSpec.parse("dirichlet:0.5").split(y_train, clients=5, seed=0)
     spec = ModelSpec("vqc", in_features=4, num_classes=2)
     clients = [Client(i, x_train[p], y_train[p], spec) for i, p in enumerate(parts)]
     run = FederatedRun(clients, spec, make_strategy("fedavg"), RuleController("adaptive"),
-                       server_data, test_data, TrainSettings(), llm_losses=..., server_llm_loss=...)
+                       server_data, test_data, LocalTraining(), llm_losses=..., server_llm_loss=...)
     result = run.run(rounds=10)
 
 Modules: ``partition`` (IID, Dirichlet), ``strategy`` (FedAvg, FedProx, FedAdam), ``vqc`` (the
@@ -20,10 +20,10 @@ paper's classifier), ``models`` (what a client can hold), ``client`` (local trai
 (the round loop), ``features`` (PCA + scaling fitted on server data), ``llm`` (per-client LoRA).
 """
 
-from qcore.federated.client import Client, ClientTimeout, ClientUpdate, TrainSettings
+from qcore.federated.client import Client, ClientTimeout, ClientUpdate, LocalTraining
 from qcore.federated.controller import (RULES, Controller, Decision, GenerativeController, NoController,
                                         RoundSummary, RuleController, make_controller)
-from qcore.federated.models import ModelSpec, build_model
+from qcore.federated.client_models import ModelSpec, build_model
 from qcore.federated.partition import PartitionError, PartitionSpec, dirichlet, iid
 from qcore.federated.server import ClientFailure, ClientJob, FederatedRun, RoundRecord, RunResult
 from qcore.federated.strategy import STRATEGIES, FedAdam, FedAvg, FedProx, Strategy, make_strategy
@@ -33,6 +33,6 @@ __all__ = [
     "RULES", "STRATEGIES", "Client", "ClientFailure", "ClientJob", "ClientTimeout", "ClientUpdate",
     "Controller", "Decision", "FedAdam", "FedAvg", "FedProx", "FederatedRun", "GenerativeController",
     "ModelSpec", "NoController", "PartitionError", "PartitionSpec", "RoundRecord", "RoundSummary",
-    "RuleController", "RunResult", "Strategy", "TrainSettings", "VQCClassifier", "VQCConfig", "build_model",
+    "RuleController", "RunResult", "Strategy", "LocalTraining", "VQCClassifier", "VQCConfig", "build_model",
     "dirichlet", "iid", "make_controller", "make_strategy",
 ]

@@ -1,6 +1,6 @@
 """A federated client: its data partition, its model spec, and one round of local training.
 
-    update = client.fit(global_weights, steps=10, settings=TrainSettings(), config={}, seed=7)
+    update = client.fit(global_weights, steps=10, settings=LocalTraining(), config={}, seed=7)
 
 Local optimisers, chosen by name:
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qcore.federated.models import ModelSpec, build_model, get_weights, set_weights
+from qcore.federated.client_models import ModelSpec, build_model, get_weights, set_weights
 from qcore.federated.strategy import Weights
 from qcore.layer import QuantumLayer
 
@@ -74,7 +74,7 @@ class CircuitCounter:
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class LocalTraining:
     """How every client trains locally (the number of steps comes from the controller)."""
 
     optimizer: str = "adam"
@@ -142,7 +142,7 @@ class Client:
     def num_examples(self) -> int:
         return len(self.y)
 
-    def fit(self, weights: Weights, *, steps: int, settings: TrainSettings, config: dict[str, Any],
+    def fit(self, weights: Weights, *, steps: int, settings: LocalTraining, config: dict[str, Any],
             seed: int) -> ClientUpdate:
         """Train from the global ``weights`` for ``steps`` steps and report the result."""
         if steps < 1:
@@ -181,7 +181,7 @@ Proximal = Callable[[nn.Module], torch.Tensor]
 CheckTime = Callable[[int], None]
 
 
-def _adam(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, settings: TrainSettings,
+def _adam(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, settings: LocalTraining,
           proximal: Proximal, seed: int, check_time: CheckTime) -> int:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=settings.lr)
@@ -224,7 +224,7 @@ def _flat_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, proximal
     return start, objective, assign
 
 
-def _cobyla(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, settings: TrainSettings,
+def _cobyla(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, settings: LocalTraining,
             proximal: Proximal, seed: int, check_time: CheckTime) -> int:
     theta0, objective, assign = _flat_objective(model, x, y, proximal, check_time)
     with warnings.catch_warnings():  # SciPy warns when it raises maxiter to parameters + 2; we report nfev
@@ -235,7 +235,7 @@ def _cobyla(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, sett
     return int(result.nfev)
 
 
-def _spsa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, settings: TrainSettings,
+def _spsa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, settings: LocalTraining,
           proximal: Proximal, seed: int, check_time: CheckTime) -> int:
     theta, objective, assign = _flat_objective(model, x, y, proximal, check_time)
     rng = np.random.default_rng(seed)

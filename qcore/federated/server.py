@@ -2,7 +2,7 @@
 controller decide, aggregate with the strategy, evaluate, repeat.
 
     run = FederatedRun(clients, model, FedAvg(), RuleController("adaptive"), server_data, test_data,
-                       TrainSettings(), local_steps=10, llm_losses=..., server_llm_loss=...)
+                       LocalTraining(), local_steps=10, llm_losses=..., server_llm_loss=...)
     result = run.run(rounds=10)                  # clients train one after another, in process
     result = run.run(rounds=10, fit=my_executor)  # or any executor, e.g. Prefect tasks on Dask
 
@@ -27,9 +27,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from qcore.federated.client import Client, ClientUpdate, TrainSettings
+from qcore.federated.client import Client, ClientUpdate, LocalTraining
 from qcore.federated.controller import ClientReport, Controller, Decision, RoundSummary
-from qcore.federated.models import ModelSpec, build_model, get_weights, set_weights
+from qcore.federated.client_models import ModelSpec, build_model, get_weights, set_weights
 from qcore.federated.strategy import Strategy, Weights, weighted_average, weights_nbytes
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class ClientJob:
     weights: Weights
     steps: int
     config: dict[str, Any]
-    settings: TrainSettings
+    settings: LocalTraining
     seed: int
 
     def run(self) -> ClientUpdate:
@@ -157,7 +157,7 @@ class FederatedRun:
     controller: Controller
     server_data: tuple[np.ndarray, np.ndarray]
     test_data: tuple[np.ndarray, np.ndarray]
-    settings: TrainSettings
+    settings: LocalTraining
     local_steps: int = 10
     llm_losses: dict[int, float] = field(default_factory=dict)
     server_llm_loss: float | None = None

@@ -348,7 +348,7 @@ def run_plan(plan: AerPlan, angles: np.ndarray, seed_offset: int = 0) -> np.ndar
 
 
 # --------------------------------------------------------------------------- the simulator
-class AerEngine:
+class AerShiftSimulator:
     """The `aer` simulator backend for one circuit (see the module docstring for the options)."""
 
     def __init__(
@@ -534,7 +534,7 @@ def _method(noisy: bool, shots: int | None) -> str:
 
 
 class _ParameterShift(torch.autograd.Function):
-    """Outputs of an :class:`AerEngine`; gradients by the two-term parameter-shift rule.
+    """Outputs of an :class:`AerShiftSimulator`; gradients by the two-term parameter-shift rule.
 
     The forward pass already runs the shifted circuits (in the same Aer run as the unshifted
     ones), so the backward pass is only the chain rule through the affine angle map.
@@ -545,7 +545,7 @@ class _ParameterShift(torch.autograd.Function):
         ctx: Any,
         x: torch.Tensor,
         w: torch.Tensor,
-        engine: AerEngine,
+        engine: AerShiftSimulator,
         kind: str,
         need_x: bool,
         need_w: bool,
@@ -568,7 +568,7 @@ class _ParameterShift(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        engine: AerEngine = ctx.engine
+        engine: AerShiftSimulator = ctx.engine
         g = grad_out.detach().cpu().double().numpy()
         d_angles = np.zeros((g.shape[0], ctx.n_angles))
         d_angles[:, ctx.cols] = np.einsum("bo,kbo->bk", g, ctx.jacobian)
@@ -581,6 +581,6 @@ class _ParameterShift(torch.autograd.Function):
 
 
 @register("aer")
-def aer_simulator(circuit: QuantumCircuit, **kwargs: Any) -> AerEngine:
+def build_aer(circuit: QuantumCircuit, **kwargs: Any) -> AerShiftSimulator:
     """Factory for ``build_simulator("aer", ...)``; options as in the module docstring."""
-    return AerEngine(circuit, **kwargs)
+    return AerShiftSimulator(circuit, **kwargs)

@@ -40,6 +40,7 @@ number printed is measured in this run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -51,6 +52,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Only the standard library at module level: a `--one` child sets its thread environment before
 # numpy, torch or jax are imported.
@@ -80,21 +82,32 @@ class Impl:
 IMPLS = [
     Impl("exact", ("torch", "qiskit", "qcore"), "qcore QuantumLayer exact, complex64"),
     Impl("exact128", ("torch", "qiskit", "qcore"), "qcore QuantumLayer exact, complex128"),
-    Impl("aer", ("torch", "qiskit", "qiskit_aer", "qcore"), "qcore QuantumLayer aer (param-shift)",
-         max_qubits=12),
+    Impl("aer", ("torch", "qiskit", "qiskit_aer", "qcore"), "qcore QuantumLayer aer (param-shift)", max_qubits=12),
     Impl("pennylane", ("torch", "pennylane"), "PennyLane default.qubit torch backprop, broadcast"),
     Impl("tc-torch", ("torch", "tensorcircuit"), "tensorcircuit-ng pytorch backend, vmap"),
     Impl("tc-jax", ("jax", "tensorcircuit"), "tensorcircuit-ng jax backend, jit+vmap value_and_grad"),
-    Impl("qml-estimator", ("torch", "qiskit", "qiskit_machine_learning"),
-         "EstimatorQNN+TorchConnector, default StatevectorEstimator", reference_only=True, slow=True),
-    Impl("qml-aer", ("torch", "qiskit", "qiskit_aer", "qiskit_machine_learning"),
-         "EstimatorQNN+TorchConnector, Aer EstimatorV2", reference_only=True, slow=True),
+    Impl(
+        "qml-estimator",
+        ("torch", "qiskit", "qiskit_machine_learning"),
+        "EstimatorQNN+TorchConnector, default StatevectorEstimator",
+        reference_only=True,
+        slow=True,
+    ),
+    Impl(
+        "qml-aer",
+        ("torch", "qiskit", "qiskit_aer", "qiskit_machine_learning"),
+        "EstimatorQNN+TorchConnector, Aer EstimatorV2",
+        reference_only=True,
+        slow=True,
+    ),
 ]
 IMPL_BY_NAME = {i.name: i for i in IMPLS}
 VERSION_OF = {  # distribution names whose versions are reported per implementation
-    "exact": ["torch", "qiskit"], "exact128": ["torch", "qiskit"],
+    "exact": ["torch", "qiskit"],
+    "exact128": ["torch", "qiskit"],
     "aer": ["torch", "qiskit", "qiskit-aer"],
-    "pennylane": ["pennylane", "torch"], "tc-torch": ["tensorcircuit-ng", "torch"],
+    "pennylane": ["pennylane", "torch"],
+    "tc-torch": ["tensorcircuit-ng", "torch"],
     "tc-jax": ["tensorcircuit-ng", "jax", "jaxlib"],
     "qml-estimator": ["qiskit-machine-learning", "qiskit", "torch"],
     "qml-aer": ["qiskit-machine-learning", "qiskit-aer", "torch"],
@@ -107,7 +120,7 @@ def parse_workload(text: str) -> tuple[int, int, int]:
     try:
         n, layers, batch = (int(p) for p in text.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"workload {text!r} is not qubits/layers/batch, e.g. 8/3/32")
+        raise argparse.ArgumentTypeError(f"workload {text!r} is not qubits/layers/batch, e.g. 8/3/32") from None
     if n < 2 or layers < 1 or batch < 1:
         raise argparse.ArgumentTypeError(f"workload {text!r}: need >= 2 qubits, >= 1 layer, batch >= 1")
     return n, layers, batch
@@ -121,15 +134,26 @@ def wl_name(wl: tuple[int, int, int]) -> str:
 # Threads: the same for every peer
 # --------------------------------------------------------------------------------------------
 
+
 def thread_env(threads: int) -> dict[str, str]:
     """Environment that caps every thread pool (OpenMP/Aer, BLAS, Rayon/qiskit, XLA) at `threads`."""
-    env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                      "RAYON_NUM_THREADS", "NUMEXPR_NUM_THREADS")}
-    keep = [f for f in os.environ.get("XLA_FLAGS", "").split()
-            if not f.startswith(("--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads"))]
+    env = {
+        k: str(threads)
+        for k in (
+            "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+            "RAYON_NUM_THREADS",
+            "NUMEXPR_NUM_THREADS",
+        )
+    }
+    keep = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if not f.startswith(("--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads"))
+    ]
     xla = " ".join(keep)
-    xla += (f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
-            f" intra_op_parallelism_threads={threads}")
+    xla += f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} intra_op_parallelism_threads={threads}"
     env["XLA_FLAGS"] = xla.strip()
     return env
 
@@ -146,6 +170,7 @@ def pin_threads(threads: int) -> list[int]:
 # --------------------------------------------------------------------------------------------
 # Data and the qiskit reference
 # --------------------------------------------------------------------------------------------
+
 
 def make_data(wl, seed: int):
     """The batch x (batch, n) and the weights w (2*n*layers,) as float32 (exactly representable,
@@ -193,10 +218,10 @@ def reference_outputs(wl, x, w):
     from qiskit.quantum_info import Statevector
 
     qc, xp, wp, obs = qiskit_circuit(wl)
-    wbind = dict(zip(wp, (float(v) for v in w)))
+    wbind = dict(zip(wp, (float(v) for v in w), strict=True))
     out = np.empty((x.shape[0], len(obs)))
     for b in range(x.shape[0]):
-        bound = qc.assign_parameters({**dict(zip(xp, (float(v) for v in x[b]))), **wbind})
+        bound = qc.assign_parameters({**dict(zip(xp, (float(v) for v in x[b]), strict=True)), **wbind})
         sv = Statevector(bound)
         out[b] = [sv.expectation_value(o).real for o in obs]
     return out
@@ -226,10 +251,10 @@ def reference_grad(wl, x, w):
         (encode if uses_x else trainable).append(inst)
     rho = np.zeros((2**n, 2**n), dtype=complex)
     for b in range(batch):
-        psi = Statevector(encode.assign_parameters(dict(zip(xp, (float(v) for v in x[b]))))).data
+        psi = Statevector(encode.assign_parameters(dict(zip(xp, (float(v) for v in x[b]), strict=True)))).data
         rho += np.outer(psi, psi.conj())
     w64 = w.astype(np.float64)
-    bound = trainable.assign_parameters(dict(zip(wp, w64.tolist())))
+    bound = trainable.assign_parameters(dict(zip(wp, w64.tolist(), strict=True)))
     gates = [(inst.operation, [trainable.find_bit(q).index for q in inst.qubits]) for inst in bound.data]
     # which weight each trainable gate carries (one weight per RY/RZ gate, coefficient 1)
     owner = []
@@ -265,8 +290,10 @@ def reference_grad(wl, x, w):
 #   grad()    the weight gradient of the last step, numpy, in the flat weight order
 # --------------------------------------------------------------------------------------------
 
+
 def build_qcore(wl, x, w, backend: str, complex128: bool = False):
     import torch
+
     from qcore import QuantumLayer
 
     qc, xp, wp, obs = qiskit_circuit(wl)
@@ -365,8 +392,10 @@ def build_tc_torch(wl, x, w):
         batched(torch.from_numpy(x[:1]), torch.from_numpy(w))
         how = "vmap"
     except Exception as err:  # noqa: BLE001 - fall back to a loop over the batch
-        print(f"note: tensorcircuit pytorch vmap failed ({type(err).__name__}: {err}); "
-              "looping over the batch", file=sys.stderr)
+        print(
+            f"note: tensorcircuit pytorch vmap failed ({type(err).__name__}: {err}); looping over the batch",
+            file=sys.stderr,
+        )
 
         def batched(xb, wv):
             return torch.stack([single(xb[i], wv) for i in range(xb.shape[0])])
@@ -399,8 +428,7 @@ def build_tc_jax(wl, x, w):
     K = tc.backend
     single = _tc_single(tc, K, wl)
     # values (batch,) of sum(outputs) per sample and their weight gradient summed over the batch
-    vvag = K.jit(K.vectorized_value_and_grad(lambda xi, wv: K.sum(single(xi, wv)),
-                                             argnums=1, vectorized_argnums=0))
+    vvag = K.jit(K.vectorized_value_and_grad(lambda xi, wv: K.sum(single(xi, wv)), argnums=1, vectorized_argnums=0))
     fwd = K.jit(K.vmap(single, vectorized_argnums=0))
     xj, wj = jnp.asarray(x), jnp.asarray(w)
     state = {}
@@ -438,8 +466,7 @@ def build_qml(wl, x, w, aer: bool, threads: int):
         kwargs = {"estimator": est, "gradient": ParamShiftEstimatorGradient(estimator=est)}
     # default_precision=0: exact expectation values (EstimatorQNN's default 1/64 would add
     # sampling noise on Aer's estimator and make the outputs differ from every other engine).
-    qnn = EstimatorQNN(circuit=qc, observables=obs, input_params=xp, weight_params=wp,
-                       default_precision=0.0, **kwargs)
+    qnn = EstimatorQNN(circuit=qc, observables=obs, input_params=xp, weight_params=wp, default_precision=0.0, **kwargs)
     model = TorchConnector(qnn, initial_weights=torch.from_numpy(w).double())
     xt = torch.from_numpy(x)
 
@@ -481,6 +508,7 @@ def build(impl: str, wl, x, w, threads: int):
 # One cell, in a child process
 # --------------------------------------------------------------------------------------------
 
+
 def missing_packages(impl: str) -> list[str]:
     return [p for p in IMPL_BY_NAME[impl].packages if importlib.util.find_spec(p) is None]
 
@@ -490,10 +518,8 @@ def dist_versions(impl: str) -> dict[str, str]:
 
     out = {}
     for dist in VERSION_OF.get(impl, []):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -516,7 +542,7 @@ def time_steps(step, *, slow: bool, quick: bool) -> dict:
         first_ms = (time.perf_counter() - t0) * 1e3
     if slow:
         reps = 1 if quick else 2
-        warmup, min_reps, target_s, budget_s, floor_reps, max_reps = 0, reps, 0, 0, reps, reps
+        warmup, min_reps, target_s, budget_s, floor_reps, max_reps = 0, reps, 0.0, 0.0, reps, reps
     elif quick:
         warmup, min_reps, target_s, budget_s, floor_reps, max_reps = 1, 5, 0.3, 10.0, 1, 500
     else:
@@ -539,21 +565,26 @@ def time_steps(step, *, slow: bool, quick: bool) -> dict:
         if len(times) >= floor_reps and elapsed >= budget_s:
             break
     ms = [t * 1e3 for t in times]
-    return {"ms": statistics.median(ms), "reps": len(ms), "min_ms": min(ms), "max_ms": max(ms),
-            "first_ms": first_ms if first_ms is not None else ms[0],
-            "warmup": warmup + (0 if slow else 1)}
+    return {
+        "ms": statistics.median(ms),
+        "reps": len(ms),
+        "min_ms": min(ms),
+        "max_ms": max(ms),
+        "first_ms": first_ms if first_ms is not None else ms[0],
+        "warmup": warmup + (0 if slow else 1),
+    }
 
 
 def run_one(impl: str, wl, *, threads: int, quick: bool, seed: int, ref_path: str | None) -> dict:
     """Build, check and time one cell; return its result (a plain dict)."""
-    res = {"impl": impl, "workload": wl_name(wl), "threads": threads}
+    res: dict[str, Any] = {"impl": impl, "workload": wl_name(wl), "threads": threads}
     miss = missing_packages(impl)
     if miss:
         res.update(status="skipped", note=f"not installed: {', '.join(miss)}")
         return res
     cpus = pin_threads(threads)
     res["cpus"] = cpus
-    import numpy as np  # noqa: F401
+    import numpy as np
     import qiskit  # noqa: F401  (the circuit / reference side; imported for every cell alike)
 
     for p in IMPL_BY_NAME[impl].packages:
@@ -626,8 +657,7 @@ def child_main(args) -> int:
         import traceback
 
         traceback.print_exc()
-        res = {"impl": impl, "workload": wl_name(wl), "status": "error",
-               "note": f"{type(err).__name__}: {err}"[:300]}
+        res = {"impl": impl, "workload": wl_name(wl), "status": "error", "note": f"{type(err).__name__}: {err}"[:300]}
     sys.stdout.flush()
     print(RESULT_MARK + json.dumps(res), flush=True)
     return 0
@@ -636,6 +666,7 @@ def child_main(args) -> int:
 # --------------------------------------------------------------------------------------------
 # Parent: the cells, the table, the targets
 # --------------------------------------------------------------------------------------------
+
 
 def default_cells(workloads, impls, no_limits: bool):
     cells = []
@@ -652,27 +683,46 @@ def default_cells(workloads, impls, no_limits: bool):
 
 
 def run_cell(impl, wl, args, ref_path, env) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", impl, wl_name(wl),
-           "--threads", str(args.threads), "--seed", str(args.seed), "--ref", ref_path]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--one",
+        impl,
+        wl_name(wl),
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+        "--ref",
+        ref_path,
+    ]
     if args.quick:
         cmd.append("--quick")
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.cell_timeout)
     except subprocess.TimeoutExpired:
-        return {"impl": impl, "workload": wl_name(wl), "status": "error",
-                "note": f"timed out after {args.cell_timeout:.0f} s"}
+        return {
+            "impl": impl,
+            "workload": wl_name(wl),
+            "status": "error",
+            "note": f"timed out after {args.cell_timeout:.0f} s",
+        }
     wall = time.perf_counter() - t0
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
-            res = json.loads(line[len(RESULT_MARK):])
+            res = json.loads(line[len(RESULT_MARK) :])
             res["cell_wall_s"] = wall
             if res.get("status") == "error" and args.verbose:
                 print(proc.stderr[-3000:], file=sys.stderr)
             return res
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-    return {"impl": impl, "workload": wl_name(wl), "status": "error",
-            "note": f"child exited {proc.returncode}: " + " | ".join(tail)[-300:]}
+    return {
+        "impl": impl,
+        "workload": wl_name(wl),
+        "status": "error",
+        "note": f"child exited {proc.returncode}: " + " | ".join(tail)[-300:],
+    }
 
 
 def fmt_ms(ms: float) -> str:
@@ -685,8 +735,7 @@ def fmt_ms(ms: float) -> str:
 
 def print_table(results: list[dict]) -> None:
     exact_ms = {r["workload"]: r["ms"] for r in results if r["impl"] == "exact" and r.get("status") == "ok"}
-    header = ["workload", "implementation", "precision", "ms/step", "peer/exact", "peak MB", "check",
-              "reps"]
+    header = ["workload", "implementation", "precision", "ms/step", "peer/exact", "peak MB", "check", "reps"]
     rows = []
     for r in results:
         wl = r["workload"]
@@ -700,10 +749,21 @@ def print_table(results: list[dict]) -> None:
         if "grad_err" in r:
             err += f", g {r['grad_err']:.0e}"
         check = ("✓ " if r["check"] else "✗ ") + err
-        rows.append([wl, r["impl"], r.get("precision", ""), fmt_ms(r["ms"]), ratio,
-                     f"{r['peak_mb']:.0f}", check, str(r["reps"])])
-    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) if rows else len(header[i])
-              for i in range(len(header))]
+        rows.append(
+            [
+                wl,
+                r["impl"],
+                r.get("precision", ""),
+                fmt_ms(r["ms"]),
+                ratio,
+                f"{r['peak_mb']:.0f}",
+                check,
+                str(r["reps"]),
+            ]
+        )
+    widths = [
+        max(len(header[i]), *(len(row[i]) for row in rows)) if rows else len(header[i]) for i in range(len(header))
+    ]
     # the last column (reps / notes) is not padded
     line = "  ".join(h.ljust(widths[i]) if i < len(header) - 1 else h for i, h in enumerate(header))
     print(line)
@@ -740,31 +800,38 @@ def evaluate_targets(results: list[dict]) -> list[dict]:
             targets.append({"target": text, "status": "n/a", "measured": f"not measured: {', '.join(missing)}"})
             return
         r = b / a
-        targets.append({"target": text, "status": "met" if r >= factor else "NOT met",
-                        "measured": f"{slow} {fmt_ms(b)} ms / {fast} {fmt_ms(a)} ms = {r:,.1f}x"})
+        targets.append(
+            {
+                "target": text,
+                "status": "met" if r >= factor else "NOT met",
+                "measured": f"{slow} {fmt_ms(b)} ms / {fast} {fmt_ms(a)} ms = {r:,.1f}x",
+            }
+        )
 
-    ratio_target("8/3/32: exact >= 10x faster than PennyLane default.qubit backprop",
-                 REFERENCE, "exact", "pennylane", 10)
-    ratio_target("8/3/32: exact >= 1000x faster than EstimatorQNN+TorchConnector",
-                 REFERENCE, "exact", "qml-estimator", 1000)
-    ratio_target("8/3/32: exact faster than tensorcircuit-ng JAX jit+vmap",
-                 REFERENCE, "exact", "tc-jax", 1.0 + 1e-12)
-    ratio_target("8/3/32: aer >= 10x faster than EstimatorQNN+TorchConnector on Aer",
-                 REFERENCE, "aer", "qml-aer", 10)
+    ratio_target(
+        "8/3/32: exact >= 10x faster than PennyLane default.qubit backprop", REFERENCE, "exact", "pennylane", 10
+    )
+    ratio_target(
+        "8/3/32: exact >= 1000x faster than EstimatorQNN+TorchConnector", REFERENCE, "exact", "qml-estimator", 1000
+    )
+    ratio_target("8/3/32: exact faster than tensorcircuit-ng JAX jit+vmap", REFERENCE, "exact", "tc-jax", 1.0 + 1e-12)
+    ratio_target("8/3/32: aer >= 10x faster than EstimatorQNN+TorchConnector on Aer", REFERENCE, "aer", "qml-aer", 10)
     for wl, limit in (("12/3/32", 74.0), ("16/2/8", 66.0), ("20/1/2", 330.0)):
         text = f"{wl}: exact under {limit:g} ms/step"
         m = ms(wl, "exact")
         if m is None:
             targets.append({"target": text, "status": "n/a", "measured": "not measured: exact"})
         else:
-            targets.append({"target": text, "status": "met" if m < limit else "NOT met",
-                            "measured": f"exact {fmt_ms(m)} ms"})
+            targets.append(
+                {"target": text, "status": "met" if m < limit else "NOT met", "measured": f"exact {fmt_ms(m)} ms"}
+            )
     return targets
 
 
 def parent_main(args) -> int:
-    workloads = args.workloads or ([parse_workload(REFERENCE)] if args.quick
-                                   else [parse_workload(w) for w in ALL_WORKLOADS])
+    workloads = args.workloads or (
+        [parse_workload(REFERENCE)] if args.quick else [parse_workload(w) for w in ALL_WORKLOADS]
+    )
     impls = args.impls or [i.name for i in IMPLS]
     cells = default_cells(workloads, impls, args.no_limits)
     if not cells:
@@ -776,18 +843,28 @@ def parent_main(args) -> int:
     env["PYTHONWARNINGS"] = env.get("PYTHONWARNINGS", "ignore")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     avail = len(os.sched_getaffinity(0))
-    print(f"qcore engine benchmark — one training step (forward + backward of outputs.sum()) per "
-          f"workload n/L/B; {'quick' if args.quick else 'full'} mode; seed {args.seed}")
-    print(f"python {platform.python_version()} on {platform.machine()}, {avail} usable cores "
-          f"(load average {', '.join(f'{v:.1f}' for v in os.getloadavg())} at start)")
-    print(f"threads: {args.threads} for every implementation (torch.set_num_threads, "
-          f"OMP/MKL/OPENBLAS/RAYON_NUM_THREADS={args.threads}, XLA_FLAGS intra_op_parallelism_threads="
-          f"{args.threads}{', pinned to the first ' + str(args.threads) + ' cores' if args.threads < avail else ''})")
-    print("each cell runs in a fresh subprocess; ms/step = median after warm-up (first step, i.e. "
-          "tracing/JIT, excluded); peak MB = ru_maxrss after the run minus after the imports")
-    print(f"check: forward outputs vs qiskit Statevector, max abs err <= {FWD_TOL:g} on {REFERENCE} "
-          f"(<= {FWD_TOL_LARGE:g} on larger workloads, for complex64 rounding); on {REFERENCE} also "
-          f"the weight gradient vs a qiskit parameter-shift reference (rel err <= {GRAD_TOL:g})")
+    print(
+        f"qcore engine benchmark — one training step (forward + backward of outputs.sum()) per "
+        f"workload n/L/B; {'quick' if args.quick else 'full'} mode; seed {args.seed}"
+    )
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, {avail} usable cores "
+        f"(load average {', '.join(f'{v:.1f}' for v in os.getloadavg())} at start)"
+    )
+    print(
+        f"threads: {args.threads} for every implementation (torch.set_num_threads, "
+        f"OMP/MKL/OPENBLAS/RAYON_NUM_THREADS={args.threads}, XLA_FLAGS intra_op_parallelism_threads="
+        f"{args.threads}{', pinned to the first ' + str(args.threads) + ' cores' if args.threads < avail else ''})"
+    )
+    print(
+        "each cell runs in a fresh subprocess; ms/step = median after warm-up (first step, i.e. "
+        "tracing/JIT, excluded); peak MB = ru_maxrss after the run minus after the imports"
+    )
+    print(
+        f"check: forward outputs vs qiskit Statevector, max abs err <= {FWD_TOL:g} on {REFERENCE} "
+        f"(<= {FWD_TOL_LARGE:g} on larger workloads, for complex64 rounding); on {REFERENCE} also "
+        f"the weight gradient vs a qiskit parameter-shift reference (rel err <= {GRAD_TOL:g})"
+    )
     print()
 
     tmp = tempfile.TemporaryDirectory(prefix="qcore-bench-")
@@ -806,24 +883,32 @@ def parent_main(args) -> int:
         path = os.path.join(tmp.name, f"ref-{wl_name(wl).replace('/', '_')}.npz")
         np.savez(path, **arrays)
         ref_paths[wl] = path
-        print(f"[reference] {wl_name(wl)}: qiskit Statevector outputs"
-              f"{' and gradient' if 'grad' in arrays else ''} in {time.perf_counter() - t0:.1f} s",
-              file=sys.stderr)
+        print(
+            f"[reference] {wl_name(wl)}: qiskit Statevector outputs"
+            f"{' and gradient' if 'grad' in arrays else ''} in {time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+        )
 
     results = []
     for k, (impl, wl) in enumerate(cells, 1):
         print(f"[{k}/{len(cells)}] {impl} {wl_name(wl)} ...", end=" ", file=sys.stderr, flush=True)
         miss = missing_packages(impl)
         if miss:
-            res = {"impl": impl, "workload": wl_name(wl), "status": "skipped",
-                   "note": f"not installed: {', '.join(miss)}"}
+            res = {
+                "impl": impl,
+                "workload": wl_name(wl),
+                "status": "skipped",
+                "note": f"not installed: {', '.join(miss)}",
+            }
         else:
             res = run_cell(impl, wl, args, ref_paths[wl], env)
         results.append(res)
         if res.get("status") == "ok":
-            print(f"{fmt_ms(res['ms'])} ms/step ({res['reps']} reps), {res['peak_mb']:.0f} MB, "
-                  f"check {'✓' if res['check'] else '✗'}  [{res.get('cell_wall_s', 0):.0f} s]",
-                  file=sys.stderr)
+            print(
+                f"{fmt_ms(res['ms'])} ms/step ({res['reps']} reps), {res['peak_mb']:.0f} MB, "
+                f"check {'✓' if res['check'] else '✗'}  [{res.get('cell_wall_s', 0):.0f} s]",
+                file=sys.stderr,
+            )
         else:
             print(f"{res['status']}: {res.get('note', '')}", file=sys.stderr)
     tmp.cleanup()
@@ -838,8 +923,10 @@ def parent_main(args) -> int:
         versions.update(r.get("versions", {}))
     if versions:
         print("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
-    print("peer/exact = peer ms / exact ms (how many times faster exact is); numbers are noisy when "
-          "other processes share the cores")
+    print(
+        "peer/exact = peer ms / exact ms (how many times faster exact is); numbers are noisy when "
+        "other processes share the cores"
+    )
 
     targets = evaluate_targets(results)
     print()
@@ -850,12 +937,22 @@ def parent_main(args) -> int:
 
     if args.json:
         payload = {
-            "config": {"quick": args.quick, "threads": args.threads, "seed": args.seed,
-                       "workloads": [wl_name(w) for w in workloads], "impls": impls,
-                       "python": platform.python_version(), "usable_cores": avail,
-                       "fwd_tol": FWD_TOL, "fwd_tol_large": FWD_TOL_LARGE, "grad_tol": GRAD_TOL,
-                       "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-            "versions": versions, "results": results, "targets": targets,
+            "config": {
+                "quick": args.quick,
+                "threads": args.threads,
+                "seed": args.seed,
+                "workloads": [wl_name(w) for w in workloads],
+                "impls": impls,
+                "python": platform.python_version(),
+                "usable_cores": avail,
+                "fwd_tol": FWD_TOL,
+                "fwd_tol_large": FWD_TOL_LARGE,
+                "grad_tol": GRAD_TOL,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+            "versions": versions,
+            "results": results,
+            "targets": targets,
         }
         tmp_json = args.json + ".tmp"
         with open(tmp_json, "w") as fh:
@@ -877,20 +974,35 @@ def parent_main(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="reference workload only (unless --workloads), fewer repetitions")
-    p.add_argument("--workloads", type=lambda s: [parse_workload(v) for v in s.split(",") if v],
-                   help=f"comma-separated qubits/layers/batch (default: {','.join(ALL_WORKLOADS)})")
-    p.add_argument("--impls", type=lambda s: [v for v in s.split(",") if v],
-                   help=f"comma-separated subset of: {','.join(IMPL_BY_NAME)}")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                   help="threads for every implementation (default: all usable cores)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="reference workload only (unless --workloads), fewer repetitions"
+    )
+    p.add_argument(
+        "--workloads",
+        type=lambda s: [parse_workload(v) for v in s.split(",") if v],
+        help=f"comma-separated qubits/layers/batch (default: {','.join(ALL_WORKLOADS)})",
+    )
+    p.add_argument(
+        "--impls",
+        type=lambda s: [v for v in s.split(",") if v],
+        help=f"comma-separated subset of: {','.join(IMPL_BY_NAME)}",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="threads for every implementation (default: all usable cores)",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--no-limits", action="store_true",
-                   help="also run aer above 12 qubits and the EstimatorQNN peers off the reference workload")
+    p.add_argument(
+        "--no-limits",
+        action="store_true",
+        help="also run aer above 12 qubits and the EstimatorQNN peers off the reference workload",
+    )
     p.add_argument("--strict", action="store_true", help="exit 3 when a target is not met")
     p.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds per cell (default 1800)")
     p.add_argument("--verbose", action="store_true", help="show a failed cell's traceback")

@@ -28,7 +28,7 @@ DEFAULT_FIXED = "per_label=64;test_size=500;epochs=8;patience=3;encoders=1;encod
 class Sampler:
     """Mean CPU use (% of all cores) and peak memory in use while the block runs."""
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self.cpu: list[float] = []
         self.peak_mb = 0.0
         self._stop = threading.Event()
@@ -71,8 +71,12 @@ def main() -> None:
     try:
         # Embed once, so both measured runs start from the same cached embeddings.
         warm = base / "warm"
-        run(warm, workers, 1, argparse.Namespace(**{**vars(args), "seeds": 1,
-                                                  "grid": args.grid.split(";")[0].split(",")[0]}))
+        run(
+            warm,
+            workers,
+            1,
+            argparse.Namespace(**{**vars(args), "seeds": 1, "grid": args.grid.split(";")[0].split(",")[0]}),
+        )
         for name in ("parallel", "sequential"):
             shutil.copytree(warm / "teacher", base / name / "teacher")
         par_wall, par, par_result = run(base / "parallel", workers, 1, args)
@@ -83,8 +87,10 @@ def main() -> None:
     assert par_result["cached"] == 0 and seq_result["cached"] == 0, "a measured run found finished trainings"
     print(f"\n{n} trainings ({len(par_result['table'])} points x {args.seeds} seeds), {cores} cores")
     print("| run | wall s | mean CPU % | peak memory in use MB | failed |\n|---|---|---|---|---|")
-    for label, wall, s, r in ((f"Dask, {workers} workers x 1 thread", par_wall, par, par_result),
-                              (f"one process, {cores} threads", seq_wall, seq, seq_result)):
+    for label, wall, s, r in (
+        (f"Dask, {workers} workers x 1 thread", par_wall, par, par_result),
+        (f"one process, {cores} threads", seq_wall, seq, seq_result),
+    ):
         print(f"| {label} | {wall:.1f} | {sum(s.cpu) / max(1, len(s.cpu)):.0f} | {s.peak_mb:.0f} | {r['failed']} |")
     print(f"speed-up: {seq_wall / par_wall:.2f}x")
 

@@ -27,8 +27,8 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from tasks.data import load_dataset
-    from tasks.teacher import SentenceEncoder, TeacherSpec, cached_teacher_outputs, device_for, resolve_model
+    from lab.data import load_dataset
+    from lab.teacher import SentenceEncoder, TeacherSpec, cached_teacher_outputs, device_for, resolve_model
 
     data = load_dataset("sst2", train_size=args.texts, test_size=200, seed=0)
     texts = data.train_texts
@@ -59,8 +59,10 @@ def main() -> None:
         t = time.perf_counter()
         cached_teacher_outputs(data, spec, root, progress=False)
         second = time.perf_counter() - t
-    print(f"cache: first call {first:.2f} s, second call {second:.3f} s, {first / second:.0f}x faster "
-          f"(target >= 20x: {'met' if first / second >= 20 else 'MISSED'})")
+    print(
+        f"cache: first call {first:.2f} s, second call {second:.3f} s, {first / second:.0f}x faster "
+        f"(target >= 20x: {'met' if first / second >= 20 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

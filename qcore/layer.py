@@ -10,7 +10,8 @@ gets the same circuit, so a model trained on one can be evaluated on another.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal, TypeAlias
 
 import torch
 from qiskit import QuantumCircuit
@@ -19,15 +20,14 @@ from qiskit.quantum_info import Pauli, SparsePauliOp
 
 from . import simulators  # noqa: F401  (registers the backends)
 from .simulators.base import build_simulator
+from .simulators.exact import ExactSimulator
 
-Observable = SparsePauliOp | Pauli | str
+Observable: TypeAlias = SparsePauliOp | Pauli | str
 
 
 def z_observables(num_qubits: int) -> list[SparsePauliOp]:
     """``⟨Z_i⟩`` for every qubit ``i`` (Qiskit labels are little-endian: qubit 0 is rightmost)."""
-    return [
-        SparsePauliOp("I" * (num_qubits - 1 - i) + "Z" + "I" * i) for i in range(num_qubits)
-    ]
+    return [SparsePauliOp("I" * (num_qubits - 1 - i) + "Z" + "I" * i) for i in range(num_qubits)]
 
 
 def as_sparse_pauli_ops(observables: Sequence[Observable]) -> list[SparsePauliOp]:
@@ -70,7 +70,7 @@ class QuantumLayer(torch.nn.Module):
         output: Literal["expval", "probs"] = "expval",
         dtype: torch.dtype = torch.complex64,
         seed: int | None = None,
-        **backend_options: object,
+        **backend_options: Any,
     ):
         super().__init__()
         if output not in ("expval", "probs"):
@@ -84,8 +84,13 @@ class QuantumLayer(torch.nn.Module):
         self.backend = backend
         self.output = output
         self.simulator = build_simulator(
-            backend, circuit, inputs=list(inputs), weights=list(weights), observables=obs,
-            dtype=dtype, **backend_options,
+            backend,
+            circuit,
+            inputs=list(inputs),
+            weights=list(weights),
+            observables=obs,
+            dtype=dtype,
+            **backend_options,
         )
         real = torch.float64 if dtype == torch.complex128 else torch.float32
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -93,18 +98,18 @@ class QuantumLayer(torch.nn.Module):
         self.weights = torch.nn.Parameter(init)
         self.num_inputs = len(inputs)
 
-    def forward(self, x: torch.Tensor | None = None, *,
-                initial_state: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | None = None, *, initial_state: torch.Tensor | None = None) -> torch.Tensor:
         """``initial_state`` (``(batch, 2**n)``, normalised; `exact` only) starts the circuit from
         that state instead of ``|0…0⟩``: how the PQC head amplitude-encodes embeddings exactly."""
         if x is None:
             batch = 1 if initial_state is None else initial_state.shape[0]
             x = torch.zeros(batch, 0, dtype=self.weights.dtype, device=self.weights.device)
         if initial_state is not None:
-            if self.backend != "exact":
+            exact = self.simulator
+            if self.backend != "exact" or not isinstance(exact, ExactSimulator):
                 raise ValueError(f"initial_state needs the exact backend, not {self.backend!r}")
-            run = self.simulator.probs if self.output == "probs" else self.simulator.expval
-            return run(x, self.weights, initial_state=initial_state)
+            run_exact = exact.probs if self.output == "probs" else exact.expval
+            return run_exact(x, self.weights, initial_state=initial_state)
         single = x.dim() == 1
         if single:
             x = x.unsqueeze(0)
@@ -118,5 +123,7 @@ class QuantumLayer(torch.nn.Module):
         return y.squeeze(0) if single else y
 
     def extra_repr(self) -> str:
-        return (f"qubits={self.circuit.num_qubits}, inputs={self.num_inputs}, "
-                f"weights={self.weights.numel()}, backend={self.backend!r}, output={self.output!r}")
+        return (
+            f"qubits={self.circuit.num_qubits}, inputs={self.num_inputs}, "
+            f"weights={self.weights.numel()}, backend={self.backend!r}, output={self.output!r}"
+        )

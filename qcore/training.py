@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
+from typing import TypeAlias
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 
 from qcore.losses import distillation_loss
 
-ArrayLike = Union[torch.Tensor, np.ndarray]
+ArrayLike: TypeAlias = torch.Tensor | np.ndarray
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -77,7 +78,9 @@ def train(
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}")
     if teacher_logits is None and alpha != 0.0:
-        raise ValueError(f"alpha={alpha} weighs teacher soft labels, but teacher_logits is None; pass them or set alpha=0")
+        raise ValueError(
+            f"alpha={alpha} weighs teacher soft labels, but teacher_logits is None; pass them or set alpha=0"
+        )
     x, y = torch.as_tensor(train_x), torch.as_tensor(train_y, dtype=torch.long)
     t = None if teacher_logits is None else torch.as_tensor(teacher_logits)
     if len(x) != len(y) or (t is not None and len(t) != len(x)):
@@ -131,12 +134,10 @@ def train(
     return history
 
 
-def classification_metrics(pred: ArrayLike, y: ArrayLike, teacher_logits: ArrayLike | None = None
-                           ) -> dict[str, float]:
+def classification_metrics(pred: ArrayLike, y: ArrayLike, teacher_logits: ArrayLike | None = None) -> dict[str, float]:
     """Accuracy, macro-F1 and, given teacher logits, agreement of ``pred`` with the teacher's argmax."""
     pred, y = np.asarray(pred), np.asarray(y)
-    metrics = {"accuracy": float((pred == y).mean()),
-               "macro_f1": float(f1_score(y, pred, average="macro"))}
+    metrics = {"accuracy": float((pred == y).mean()), "macro_f1": float(f1_score(y, pred, average="macro"))}
     if teacher_logits is not None:
         metrics["agreement"] = float((pred == np.asarray(teacher_logits).argmax(-1)).mean())
     return metrics

@@ -18,6 +18,20 @@ from qcore.adapters.methods import METHODS, Adapted, adapt, adapter_config, load
 from qcore.adapters.qpa import QPAConfig, QPAModel
 from qcore.adapters.qtha import QTHAConfig, QTHAModel
 
-__all__ = ["METHODS", "Adapted", "AdapterConfig", "AdapterError", "AdapterLayer", "AdapterModel", "LoRAConfig",
-           "LoRAModel", "QPAConfig", "QPAModel", "QTHAConfig", "QTHAModel", "adapt", "adapter_config",
-           "load_adapter"]
+__all__ = [
+    "METHODS",
+    "Adapted",
+    "AdapterConfig",
+    "AdapterError",
+    "AdapterLayer",
+    "AdapterModel",
+    "LoRAConfig",
+    "LoRAModel",
+    "QPAConfig",
+    "QPAModel",
+    "QTHAConfig",
+    "QTHAModel",
+    "adapt",
+    "adapter_config",
+    "load_adapter",
+]

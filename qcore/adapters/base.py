@@ -25,10 +25,11 @@ import json
 import re
 import zlib
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, TypeAlias
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -38,6 +39,7 @@ from transformers.pytorch_utils import Conv1D
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 SUPPORTED_LAYERS = (nn.Linear, Conv1D)
+TargetLayer: TypeAlias = nn.Linear | Conv1D  # a layer an adapter can replace
 
 
 class AdapterError(ValueError):
@@ -99,6 +101,7 @@ def positive_int(name: str, value: object) -> None:
 
 # --- finding and shaping target layers ---------------------------------------------------------
 
+
 def name_matches(name: str, patterns: Sequence[str] | str) -> bool:
     """peft's rule: a regular expression matches the whole name; a list entry the name or its tail."""
     if isinstance(patterns, str):
@@ -106,18 +109,20 @@ def name_matches(name: str, patterns: Sequence[str] | str) -> bool:
     return any(name == p or name.endswith("." + p) for p in patterns)
 
 
-def find_targets(model: nn.Module, patterns: Sequence[str] | str) -> list[tuple[str, nn.Module]]:
+def find_targets(model: nn.Module, patterns: Sequence[str] | str) -> list[tuple[str, TargetLayer]]:
     """The ``(name, module)`` pairs ``patterns`` selects; refuses no match and unsupported types."""
     found = [(n, m) for n, m in model.named_modules() if n and name_matches(n, patterns)]
     if not found:
         layers = [n for n, m in model.named_modules() if isinstance(m, SUPPORTED_LAYERS)]
         raise AdapterError(
             f"target_modules {patterns!r} match no module of {type(model).__name__}; its Linear/Conv1D "
-            f"modules are named like {_examples(layers)}")
+            f"modules are named like {_examples(layers)}"
+        )
     if bad := [(n, type(m).__name__) for n, m in found if not isinstance(m, SUPPORTED_LAYERS)]:
-        raise AdapterError(f"target_modules {patterns!r} select {bad[:5]}: only nn.Linear and GPT-2 "
-                           "Conv1D layers can be adapted")
-    return found
+        raise AdapterError(
+            f"target_modules {patterns!r} select {bad[:5]}: only nn.Linear and GPT-2 Conv1D layers can be adapted"
+        )
+    return [(n, m) for n, m in found if isinstance(m, SUPPORTED_LAYERS)]  # all of them, as checked above
 
 
 def _examples(names: list[str], k: int = 6) -> str:
@@ -129,18 +134,19 @@ def _examples(names: list[str], k: int = 6) -> str:
     return ", ".join(shown) + (", …" if len(seen) > k else "")
 
 
-def layer_shape(layer: nn.Module) -> tuple[int, int]:
+def layer_shape(layer: TargetLayer) -> tuple[int, int]:
     """``(in_features, out_features)``; GPT-2's Conv1D stores its weight as (in, out)."""
     if isinstance(layer, Conv1D):
         return layer.weight.shape[0], layer.weight.shape[1]
     return layer.in_features, layer.out_features
 
 
-def check_rank(name: str, layer: nn.Module, r: int) -> None:
+def check_rank(name: str, layer: TargetLayer, r: int) -> None:
     fan_in, fan_out = layer_shape(layer)
     if r > min(fan_in, fan_out):
-        raise AdapterError(f"rank r={r} exceeds layer {name!r} ({fan_in} → {fan_out}): "
-                           f"r must be at most {min(fan_in, fan_out)}")
+        raise AdapterError(
+            f"rank r={r} exceeds layer {name!r} ({fan_in} → {fan_out}): r must be at most {min(fan_in, fan_out)}"
+        )
 
 
 def layer_seed(seed: int, name: str) -> int:
@@ -167,12 +173,15 @@ def untie(model: nn.Module, layers: Iterable[nn.Module]) -> None:
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     tied = [layer for layer in layers if uses[id(layer.weight)] > 1]
     for layer in tied:
-        layer.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=layer.weight.requires_grad)
+        weight = layer.get_parameter("weight")
+        layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
     if tied and hasattr(model, "config"):
-        model.config.tie_word_embeddings = False
+        hf_config: Any = model.config  # a transformers PretrainedConfig (Module.__getattr__ says Tensor | Module)
+        hf_config.tie_word_embeddings = False
 
 
 # --- the adapted layer and model ---------------------------------------------------------------
+
 
 class AdapterLayer(nn.Module):
     """A frozen base layer plus ``scaling · A·B``, with ``A, B`` from :meth:`factors`.
@@ -185,7 +194,7 @@ class AdapterLayer(nn.Module):
 
     saved_buffers: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, base_layer: nn.Module, config: AdapterConfig, *, name: str) -> None:
+    def __init__(self, base_layer: TargetLayer, config: AdapterConfig, *, name: str) -> None:
         super().__init__()
         check_rank(name, base_layer, config.r)
         self.base_layer = base_layer
@@ -247,7 +256,9 @@ class AdapterModel(nn.Module):
     def __init__(self, model: nn.Module, config: AdapterConfig) -> None:
         super().__init__()
         if not isinstance(config, self.config_class):
-            raise AdapterError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+            raise AdapterError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
+            )
         targets = find_targets(model, config.target_modules)
         saved = find_modules_to_save(model, config.modules_to_save)
         for p in model.parameters():
@@ -270,8 +281,12 @@ class AdapterModel(nn.Module):
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """What :meth:`save_pretrained` saves: the trainable parameters and the saved buffers."""
-        buffers = {f"{name}.{b}": getattr(layer, b) for name, layer in self.adapter_layers()
-                   for b in layer.saved_buffers if getattr(layer, b, None) is not None}
+        buffers = {
+            f"{name}.{b}": getattr(layer, b)
+            for name, layer in self.adapter_layers()
+            for b in layer.saved_buffers
+            if getattr(layer, b, None) is not None
+        }
         return {**self.trainable_parameters(), **buffers}
 
     def merge(self) -> None:
@@ -312,8 +327,10 @@ class AdapterModel(nn.Module):
         tensors = load_file(folder / WEIGHTS_FILE)
         own = adapted.adapter_tensors()
         if set(tensors) != set(own):
-            raise AdapterError(f"{folder / WEIGHTS_FILE} does not fit the model: missing "
-                               f"{sorted(set(own) - set(tensors))[:5]}, unexpected {sorted(set(tensors) - set(own))[:5]}")
+            raise AdapterError(
+                f"{folder / WEIGHTS_FILE} does not fit the model: missing "
+                f"{sorted(set(own) - set(tensors))[:5]}, unexpected {sorted(set(tensors) - set(own))[:5]}"
+            )
         with torch.no_grad():
             for name, p in own.items():
                 p.copy_(tensors[name])

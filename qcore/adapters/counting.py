@@ -8,8 +8,9 @@ of the modules that train, not a formula that could drift from them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import TypedDict
 
 import torch
 import transformers
@@ -54,16 +55,32 @@ class Count:
         return self.adapter / self.lora
 
 
-def _sizes(model: nn.Module, config: AdapterConfig) -> dict[str, object]:
+class _Sizes(TypedDict):
+    """The fields of :class:`Count` that one adapted model gives."""
+
+    method: str
+    trainable: int
+    adapter: int
+    circuit: int
+    layers: int
+    details: tuple[str, ...]
+
+
+def _sizes(model: nn.Module, config: AdapterConfig) -> _Sizes:
     """Adapt ``model`` (consumed: adapters are injected in place) and measure."""
     saved = sum(p.numel() for m in find_modules_to_save(model, config.modules_to_save) for p in m.parameters())
     adapted = adapt(model, config)
     trainable = sum(p.numel() for p in adapted.trainable_parameters().values())
     layers = adapted.adapter_layers()
     details = [layer.describe() for _, layer in layers if isinstance(layer, AdapterLayer)]
-    return {"method": config.method, "trainable": trainable, "adapter": trainable - saved,
-            "circuit": sum(m.weights.numel() for m in adapted.modules() if isinstance(m, QuantumLayer)),
-            "layers": len(layers), "details": tuple(dict.fromkeys(d for d in details if d))}
+    return {
+        "method": config.method,
+        "trainable": trainable,
+        "adapter": trainable - saved,
+        "circuit": sum(m.weights.numel() for m in adapted.modules() if isinstance(m, QuantumLayer)),
+        "layers": len(layers),
+        "details": tuple(dict.fromkeys(d for d in details if d)),
+    }
 
 
 def compare(build: Callable[[], nn.Module], configs: list[AdapterConfig]) -> list[Count]:
@@ -72,7 +89,8 @@ def compare(build: Callable[[], nn.Module], configs: list[AdapterConfig]) -> lis
     if not configs:
         raise AdapterError("no method to count")
     first = configs[0]
-    lora = LoRAConfig(target_modules=first.target_modules, r=first.r, alpha=first.alpha,
-                      modules_to_save=first.modules_to_save)
+    lora = LoRAConfig(
+        target_modules=first.target_modules, r=first.r, alpha=first.alpha, modules_to_save=first.modules_to_save
+    )
     lora_adapter = _sizes(build(), lora)["adapter"]
     return [Count(**_sizes(build(), c), lora=lora_adapter) for c in configs]

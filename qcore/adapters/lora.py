@@ -10,17 +10,30 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from safetensors.torch import load_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from qcore.adapters.base import (CONFIG_FILE, WEIGHTS_FILE, AdapterConfig, check_rank, find_modules_to_save,
-                                 find_targets, seeded, untie)
+from qcore.adapters.base import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    AdapterConfig,
+    AdapterError,
+    check_rank,
+    find_modules_to_save,
+    find_targets,
+    seeded,
+    untie,
+)
+
+if TYPE_CHECKING:
+    from peft.tuners.lora import LoraLayer
 
 
 @contextmanager
@@ -43,16 +56,24 @@ class LoRAConfig(AdapterConfig):
     def peft_config(self, fan_in_fan_out: bool) -> Any:
         from peft import LoraConfig
 
-        return LoraConfig(r=self.r, lora_alpha=self.scaling * self.r, lora_dropout=self.dropout,
-                          target_modules=self.target_modules, modules_to_save=self.modules_to_save or None,
-                          fan_in_fan_out=fan_in_fan_out)
+        return LoraConfig(
+            r=self.r,
+            # peft annotates lora_alpha as int but only divides by it; a fractional α must stay fractional
+            lora_alpha=self.scaling * self.r,  # type: ignore[arg-type]
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            modules_to_save=self.modules_to_save or None,
+            fan_in_fan_out=fan_in_fan_out,
+        )
 
 
 class LoRAModel(nn.Module):
     """``LoRAModel(hf_model, LoRAConfig(target_modules=[...]))``: peft's LoRA, our interface."""
 
-    def __init__(self, model: nn.Module, config: LoRAConfig) -> None:
+    def __init__(self, model: nn.Module, config: AdapterConfig) -> None:
         super().__init__()
+        if not isinstance(config, LoRAConfig):
+            raise AdapterError(f"{type(self).__name__} needs a LoRAConfig, got {type(config).__name__}")
         targets = find_targets(model, config.target_modules)
         for name, layer in targets:
             check_rank(name, layer, config.r)
@@ -71,7 +92,7 @@ class LoRAModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.peft(*args, **kwargs)
 
-    def adapter_layers(self) -> list[tuple[str, nn.Module]]:
+    def adapter_layers(self) -> list[tuple[str, LoraLayer]]:
         from peft.tuners.lora import LoraLayer
 
         return [(n, m) for n, m in self.model.named_modules() if isinstance(m, LoraLayer)]
@@ -104,9 +125,13 @@ class LoRAModel(nn.Module):
     def from_pretrained(cls, model: nn.Module, folder: str | Path) -> LoRAModel:
         folder = Path(folder)
         saved = json.loads((folder / CONFIG_FILE).read_text())
-        config = LoRAConfig(target_modules=saved["target_modules"], r=saved["r"],
-                            alpha=saved["lora_alpha"], dropout=saved["lora_dropout"],
-                            modules_to_save=saved.get("modules_to_save") or [])
+        config = LoRAConfig(
+            target_modules=saved["target_modules"],
+            r=saved["r"],
+            alpha=saved["lora_alpha"],
+            dropout=saved["lora_dropout"],
+            modules_to_save=saved.get("modules_to_save") or [],
+        )
         adapted = cls(model, config)
         from peft import set_peft_model_state_dict
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 from torch import nn
 
@@ -16,7 +16,7 @@ from qcore.adapters.qtha import QTHAConfig, QTHAModel
 CONFIGS: dict[str, type[AdapterConfig]] = {"lora": LoRAConfig, "qpa": QPAConfig, "qtha": QTHAConfig}
 METHODS = tuple(CONFIGS)
 MODELS: dict[str, type[AdapterModel] | type[LoRAModel]] = {"lora": LoRAModel, "qpa": QPAModel, "qtha": QTHAModel}
-Adapted = Union[AdapterModel, LoRAModel]
+Adapted: TypeAlias = AdapterModel | LoRAModel
 
 
 def adapter_config(method: str, **fields: Any) -> AdapterConfig:

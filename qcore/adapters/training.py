@@ -11,8 +11,9 @@ import math
 import statistics
 import time
 import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -35,8 +36,16 @@ class TrainLog:
     peak_memory_bytes: int
 
 
-def train_steps(model: nn.Module, batches: Iterator[Batch], *, steps: int, lr: float, seed: int,
-                lr_of: Mapping[str, float] | None = None, on_step: StepCallback | None = None) -> TrainLog:
+def train_steps(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    *,
+    steps: int,
+    lr: float,
+    seed: int,
+    lr_of: Mapping[str, float] | None = None,
+    on_step: StepCallback | None = None,
+) -> TrainLog:
     """``steps`` AdamW steps (no weight decay, learning rate decaying linearly to zero, as the QPA
     code trains) on the model's own loss (``model(**batch).loss``), over its trainable parameters.
 
@@ -69,8 +78,11 @@ def train_steps(model: nn.Module, batches: Iterator[Batch], *, steps: int, lr: f
         seconds.append(time.perf_counter() - t0)
         if on_step:
             on_step(i, losses[-1])
-    resident = [*model.parameters(), *model.buffers(),
-                *(t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))]
+    resident = [
+        *model.parameters(),
+        *model.buffers(),
+        *(t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)),
+    ]
     loss, peak = peak_memory(lambda: step(next(batches)), resident)
     losses.append(loss)
     if on_step:

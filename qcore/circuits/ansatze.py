@@ -7,7 +7,7 @@ builder's docstring and whose order the docstring gives.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from qiskit import QuantumCircuit
 from qiskit.circuit import ParameterVector
@@ -23,7 +23,7 @@ def cnot_pairs(n: int, entanglement: str) -> list[tuple[int, int]]:
     if entanglement == "chain":
         return chain
     if entanglement == "ring":
-        return chain + [(n - 1, 0)] if n > 2 else chain
+        return [*chain, (n - 1, 0)] if n > 2 else chain
     raise ValueError(f"entanglement must be 'ring' or 'chain', got {entanglement!r}")
 
 
@@ -56,9 +56,7 @@ def hardware_efficient(
     return circuit, theta
 
 
-def qdllm_ansatz(
-    n: int = 11, blocks: int = 2, entanglement: str = "ring", params: ParameterVector | str = "θ"
-) -> Part:
+def qdllm_ansatz(n: int = 11, blocks: int = 2, entanglement: str = "ring", params: ParameterVector | str = "θ") -> Part:
     """The QD-LLM student's ansatz (arXiv 2505.13205); ``blocks * (7n - 5)`` parameters.
 
     144 for the paper's 11 qubits and 2 blocks: 72 per block = ``3*10 + 9 + 3*11``.
@@ -109,9 +107,7 @@ def cnot_ry_blocks(
     if len(offsets) != layers:
         raise ValueError(f"{len(offsets)} offsets given for {layers} layers")
     if any(d % n == 0 for d in offsets):
-        raise ValueError(
-            f"offsets must not be multiples of n={n} (a qubit cannot target itself): {offsets}"
-        )
+        raise ValueError(f"offsets must not be multiples of n={n} (a qubit cannot target itself): {offsets}")
     theta = parameter_vector(params, layers * n)
     circuit = QuantumCircuit(n, name="cnot_ry")
     angles = iter(theta)

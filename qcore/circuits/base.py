@@ -24,9 +24,7 @@ def parameter_vector(params: ParameterVector | str, size: int) -> ParameterVecto
     if isinstance(params, str):
         return ParameterVector(params, size)
     if len(params) != size:
-        raise ValueError(
-            f"ParameterVector {params.name!r} has {len(params)} parameters; {size} needed"
-        )
+        raise ValueError(f"ParameterVector {params.name!r} has {len(params)} parameters; {size} needed")
     return params
 
 
@@ -56,8 +54,7 @@ def stack(parts: list[Part]) -> QuantumCircuit:
     for _, vec in parts:
         if vectors.setdefault(vec.name, vec) is not vec:
             raise ValueError(
-                f"two different ParameterVectors are named {vec.name!r}; "
-                "build the parts with distinct `params=` names"
+                f"two different ParameterVectors are named {vec.name!r}; build the parts with distinct `params=` names"
             )
     circuit = QuantumCircuit(num_qubits.pop())
     for part, _ in parts:

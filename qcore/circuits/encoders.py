@@ -10,8 +10,9 @@ classically: :func:`amplitude_angles`, :func:`zz_feature_inputs`.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import Sequence
+from collections.abc import Sequence
+from functools import cache
+from typing import overload
 
 import numpy as np
 import torch
@@ -49,11 +50,15 @@ def angle_encoding(n: int, rotation: str = "ry", params: ParameterVector | str =
 # --- amplitude encoding -------------------------------------------------------------------------
 
 
+@overload
+def _gray(i: int) -> int: ...
+@overload
+def _gray(i: np.ndarray) -> np.ndarray: ...
 def _gray(i: int | np.ndarray) -> int | np.ndarray:
     return i ^ (i >> 1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _walsh_matrix(k: int) -> np.ndarray:
     """``M[c, i] = (-1)^(c . gray(i)) / 2^k``: a uniformly controlled RY's angles -> its RY gates.
 
@@ -97,6 +102,10 @@ def amplitude_encoding(n: int, params: ParameterVector | str = "x") -> Part:
     return circuit, theta
 
 
+@overload
+def amplitude_angles(v: torch.Tensor) -> torch.Tensor: ...
+@overload
+def amplitude_angles(v: np.ndarray) -> np.ndarray: ...
 def amplitude_angles(v: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
     """The inputs of :func:`amplitude_encoding` that prepare ``v / |v|``.
 
@@ -151,11 +160,8 @@ def zz_pairs(n: int, entanglement: Entanglement = "full") -> list[tuple[int, int
     if entanglement == "linear":
         return linear
     if entanglement == "circular":
-        return linear + [(n - 1, 0)] if n > 2 else linear
-    raise ValueError(
-        "entanglement must be 'full', 'linear', 'circular' or a list of pairs, "
-        f"got {entanglement!r}"
-    )
+        return [*linear, (n - 1, 0)] if n > 2 else linear
+    raise ValueError(f"entanglement must be 'full', 'linear', 'circular' or a list of pairs, got {entanglement!r}")
 
 
 def zz_feature_map(
@@ -188,25 +194,21 @@ def zz_feature_map(
     return circuit, x
 
 
-def zz_feature_inputs(
-    x: torch.Tensor | np.ndarray, entanglement: Entanglement = "full"
-) -> torch.Tensor | np.ndarray:
+def zz_feature_inputs(x: torch.Tensor | np.ndarray, entanglement: Entanglement = "full") -> torch.Tensor | np.ndarray:
     """``(..., n) -> (..., n + P)``: the features followed by ``(π - x_i)(π - x_j)`` per pair of
     :func:`zz_pairs`, the inputs of :func:`zz_feature_map`; differentiable for torch tensors."""
     pairs = np.array(zz_pairs(x.shape[-1], entanglement), dtype=np.int64).reshape(-1, 2)
     if isinstance(x, torch.Tensor):
         i, j = torch.from_numpy(pairs).to(x.device).unbind(-1)
         return torch.cat([x, (math.pi - x[..., i]) * (math.pi - x[..., j])], dim=-1)
-    i, j = pairs[:, 0], pairs[:, 1]
-    return np.concatenate([x, (math.pi - x[..., i]) * (math.pi - x[..., j])], axis=-1)
+    first, second = pairs[:, 0], pairs[:, 1]
+    return np.concatenate([x, (math.pi - x[..., first]) * (math.pi - x[..., second])], axis=-1)
 
 
 # --- data re-uploading --------------------------------------------------------------------------
 
 
-def data_reuploading(
-    encoder: Part, block: Part, repeats: int, head: Part | None = None
-) -> ModelCircuit:
+def data_reuploading(encoder: Part, block: Part, repeats: int, head: Part | None = None) -> ModelCircuit:
     """``(encoder, block) * repeats``, then ``head``: the same inputs and block weights each time.
 
     The PQC head's module 2 (arXiv 2504.08732): RY angle encoding and PQC-1(θ) repeated N times

@@ -21,18 +21,52 @@ paper's classifier), ``models`` (what a client can hold), ``client`` (local trai
 """
 
 from qcore.federated.client import Client, ClientTimeout, ClientUpdate, LocalTraining
-from qcore.federated.controller import (RULES, Controller, Decision, GenerativeController, NoController,
-                                        RoundSummary, RuleController, make_controller)
 from qcore.federated.client_models import ModelSpec, build_model
+from qcore.federated.controller import (
+    RULES,
+    Controller,
+    Decision,
+    GenerativeController,
+    NoController,
+    RoundSummary,
+    RuleController,
+    make_controller,
+)
 from qcore.federated.partition import PartitionError, PartitionSpec, dirichlet, iid
 from qcore.federated.server import ClientFailure, ClientJob, FederatedRun, RoundRecord, RunResult
 from qcore.federated.strategy import STRATEGIES, FedAdam, FedAvg, FedProx, Strategy, make_strategy
 from qcore.federated.vqc import VQCClassifier, VQCConfig
 
 __all__ = [
-    "RULES", "STRATEGIES", "Client", "ClientFailure", "ClientJob", "ClientTimeout", "ClientUpdate",
-    "Controller", "Decision", "FedAdam", "FedAvg", "FedProx", "FederatedRun", "GenerativeController",
-    "ModelSpec", "NoController", "PartitionError", "PartitionSpec", "RoundRecord", "RoundSummary",
-    "RuleController", "RunResult", "Strategy", "LocalTraining", "VQCClassifier", "VQCConfig", "build_model",
-    "dirichlet", "iid", "make_controller", "make_strategy",
+    "RULES",
+    "STRATEGIES",
+    "Client",
+    "ClientFailure",
+    "ClientJob",
+    "ClientTimeout",
+    "ClientUpdate",
+    "Controller",
+    "Decision",
+    "FedAdam",
+    "FedAvg",
+    "FedProx",
+    "FederatedRun",
+    "GenerativeController",
+    "LocalTraining",
+    "ModelSpec",
+    "NoController",
+    "PartitionError",
+    "PartitionSpec",
+    "RoundRecord",
+    "RoundSummary",
+    "RuleController",
+    "RunResult",
+    "Strategy",
+    "VQCClassifier",
+    "VQCConfig",
+    "build_model",
+    "dirichlet",
+    "iid",
+    "make_controller",
+    "make_strategy",
 ]

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import scipy.optimize
@@ -54,8 +55,7 @@ class CircuitCounter:
 
     def __init__(self, model: nn.Module):
         self.count = 0
-        self._handles = [m.register_forward_hook(self._hook) for m in model.modules()
-                         if isinstance(m, QuantumLayer)]
+        self._handles = [m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, QuantumLayer)]
 
     def _hook(self, layer: QuantumLayer, args: tuple[Any, ...], output: torch.Tensor) -> None:
         x = args[0] if args else None
@@ -120,8 +120,10 @@ def proximal_term(model: nn.Module, anchor: dict[str, torch.Tensor], mu: float) 
     ``mu · (w − w_global)`` pulls the client back towards the global model."""
     if mu == 0.0:
         return torch.zeros(())
-    return 0.5 * mu * sum(((p - anchor[n].to(p.dtype)) ** 2).sum()
-                          for n, p in model.named_parameters() if p.requires_grad)
+    squares = [((p - anchor[n].to(p.dtype)) ** 2).sum() for n, p in model.named_parameters() if p.requires_grad]
+    if not squares:  # nothing trainable: nothing to pull back
+        return torch.zeros(())
+    return 0.5 * mu * sum(squares[1:], squares[0])
 
 
 @dataclass(frozen=True)
@@ -135,15 +137,17 @@ class Client:
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y) or len(self.y) == 0:
-            raise ValueError(f"client {self.id}: {len(self.x)} feature rows and {len(self.y)} labels; "
-                             "need the same positive number")
+            raise ValueError(
+                f"client {self.id}: {len(self.x)} feature rows and {len(self.y)} labels; need the same positive number"
+            )
 
     @property
     def num_examples(self) -> int:
         return len(self.y)
 
-    def fit(self, weights: Weights, *, steps: int, settings: LocalTraining, config: dict[str, Any],
-            seed: int) -> ClientUpdate:
+    def fit(
+        self, weights: Weights, *, steps: int, settings: LocalTraining, config: dict[str, Any], seed: int
+    ) -> ClientUpdate:
         """Train from the global ``weights`` for ``steps`` steps and report the result."""
         if steps < 1:
             raise ValueError(f"client {self.id}: steps={steps} must be >= 1")
@@ -151,8 +155,9 @@ class Client:
 
         def check_time(done: int) -> None:
             if settings.time_limit is not None and time.perf_counter() - start > settings.time_limit:
-                raise ClientTimeout(f"client {self.id} passed its time limit of {settings.time_limit:g} s "
-                                    f"after {done} of {steps} steps")
+                raise ClientTimeout(
+                    f"client {self.id} passed its time limit of {settings.time_limit:g} s after {done} of {steps} steps"
+                )
 
         model = build_model(self.model)
         set_weights(model, weights)
@@ -172,24 +177,38 @@ class Client:
                 loss = float(cross_entropy(model, x, y))
         finally:
             counter.close()
-        return ClientUpdate(client=self.id, weights=get_weights(model), num_examples=self.num_examples,
-                            loss=loss, steps=done, circuit_evaluations=counter.count,
-                            seconds=time.perf_counter() - start)
+        return ClientUpdate(
+            client=self.id,
+            weights=get_weights(model),
+            num_examples=self.num_examples,
+            loss=loss,
+            steps=done,
+            circuit_evaluations=counter.count,
+            seconds=time.perf_counter() - start,
+        )
 
 
 Proximal = Callable[[nn.Module], torch.Tensor]
 CheckTime = Callable[[int], None]
 
 
-def _adam(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, settings: LocalTraining,
-          proximal: Proximal, seed: int, check_time: CheckTime) -> int:
+def _adam(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    settings: LocalTraining,
+    proximal: Proximal,
+    seed: int,
+    check_time: CheckTime,
+) -> int:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=settings.lr)
     order = torch.Generator().manual_seed(seed)
     for step in range(steps):
-        idx = slice(None)
+        idx: slice | torch.Tensor = slice(None)
         if settings.batch_size is not None and settings.batch_size < len(y):
-            idx = torch.randperm(len(y), generator=order)[:settings.batch_size]
+            idx = torch.randperm(len(y), generator=order)[: settings.batch_size]
         loss = cross_entropy(model, x[idx], y[idx]) + proximal(model)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -202,8 +221,9 @@ Objective = Callable[[np.ndarray], float]
 Assign = Callable[[np.ndarray], None]
 
 
-def _flat_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, proximal: Proximal,
-                    check_time: CheckTime) -> tuple[np.ndarray, Objective, Assign]:
+def _flat_objective(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, proximal: Proximal, check_time: CheckTime
+) -> tuple[np.ndarray, Objective, Assign]:
     """The start point, the objective of a flat weight vector and a setter, for derivative-free optimisers."""
     params = [p for p in model.parameters() if p.requires_grad]
     calls = [0]
@@ -224,19 +244,34 @@ def _flat_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, proximal
     return start, objective, assign
 
 
-def _cobyla(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, settings: LocalTraining,
-            proximal: Proximal, seed: int, check_time: CheckTime) -> int:
+def _cobyla(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    settings: LocalTraining,
+    proximal: Proximal,
+    seed: int,
+    check_time: CheckTime,
+) -> int:
     theta0, objective, assign = _flat_objective(model, x, y, proximal, check_time)
     with warnings.catch_warnings():  # SciPy warns when it raises maxiter to parameters + 2; we report nfev
         warnings.filterwarnings("ignore", message="COBYLA: Invalid MAXFUN")
-        result = scipy.optimize.minimize(objective, theta0, method="COBYLA",
-                                         options={"maxiter": steps, "rhobeg": 1.0})
+        result = scipy.optimize.minimize(objective, theta0, method="COBYLA", options={"maxiter": steps, "rhobeg": 1.0})
     assign(result.x)
     return int(result.nfev)
 
 
-def _spsa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, settings: LocalTraining,
-          proximal: Proximal, seed: int, check_time: CheckTime) -> int:
+def _spsa(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    settings: LocalTraining,
+    proximal: Proximal,
+    seed: int,
+    check_time: CheckTime,
+) -> int:
     theta, objective, assign = _flat_objective(model, x, y, proximal, check_time)
     rng = np.random.default_rng(seed)
     for k in range(steps):

@@ -50,16 +50,18 @@ class ModelSpec:
 def build_model(spec: ModelSpec) -> nn.Module:
     """A fresh model; its forward maps ``(batch, in_features)`` to ``(batch, classes)`` logits."""
     if spec.kind == "vqc":
-        config = VQCConfig(num_classes=spec.num_classes, qubits=spec.in_features, backend=spec.backend,
-                           seed=spec.seed, **spec.options)
+        config = VQCConfig(
+            num_classes=spec.num_classes, qubits=spec.in_features, backend=spec.backend, seed=spec.seed, **spec.options
+        )
         return VQCClassifier(config, **spec.backend_options)
     if spec.kind == "qdllm":
         from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 
         options = {"qubits": spec.in_features, **spec.options}
-        config = QDLLMConfig(in_features=spec.in_features, num_classes=spec.num_classes, backend=spec.backend,
-                             seed=spec.seed, **options)
-        return QDLLMStudent(config, **spec.backend_options)
+        qdllm_config = QDLLMConfig(
+            in_features=spec.in_features, num_classes=spec.num_classes, backend=spec.backend, seed=spec.seed, **options
+        )
+        return QDLLMStudent(qdllm_config, **spec.backend_options)
     if spec.kind == "mlp":
         from qcore.models.classical import MLP
 
@@ -78,8 +80,10 @@ def set_weights(model: nn.Module, weights: Weights) -> None:
     """Load ``weights`` into the model; refuse missing, extra or misshapen entries."""
     own = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if set(own) != set(weights):
-        raise ValueError(f"weights do not fit the model: missing {sorted(set(own) - set(weights))}, "
-                         f"unexpected {sorted(set(weights) - set(own))}")
+        raise ValueError(
+            f"weights do not fit the model: missing {sorted(set(own) - set(weights))}, "
+            f"unexpected {sorted(set(weights) - set(own))}"
+        )
     with torch.no_grad():
         for name, p in own.items():
             if tuple(weights[name].shape) != tuple(p.shape):

@@ -32,8 +32,9 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,12 @@ class Decision:
 
 
 class Controller(Protocol):
-    name: str
-    uses_llm: bool  # whether the run must fine-tune the clients' language models for it
+    # Read-only members, so frozen dataclasses and properties satisfy the protocol.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def uses_llm(self) -> bool: ...  # whether the run must fine-tune the clients' language models for it
 
     def decide(self, summary: RoundSummary) -> Decision: ...
 
@@ -121,8 +126,12 @@ class NoController:
     uses_llm: bool = field(default=False, init=False)
 
     def decide(self, summary: RoundSummary) -> Decision:
-        return Decision(tuple(c.client for c in summary.clients), {c.client: c.steps for c in summary.clients},
-                        stop=False, source="none")
+        return Decision(
+            tuple(c.client for c in summary.clients),
+            {c.client: c.steps for c in summary.clients},
+            stop=False,
+            source="none",
+        )
 
 
 @dataclass(frozen=True)
@@ -160,13 +169,18 @@ class RuleController:
         return scale_steps(self.rule, report.steps, ratio, self.max_steps, self.max_increment)
 
     def should_stop(self, summary: RoundSummary) -> bool:
-        return (summary.server_llm_loss is not None
-                and abs(summary.server_loss - summary.server_llm_loss) < self.stop_threshold)
+        return (
+            summary.server_llm_loss is not None
+            and abs(summary.server_loss - summary.server_llm_loss) < self.stop_threshold
+        )
 
     def decide(self, summary: RoundSummary) -> Decision:
-        return Decision(closest_to_server(summary, self.select_fraction),
-                        {c.client: self.next_steps(c) for c in summary.clients},
-                        stop=self.should_stop(summary), source="rule")
+        return Decision(
+            closest_to_server(summary, self.select_fraction),
+            {c.client: self.next_steps(c) for c in summary.clients},
+            stop=self.should_stop(summary),
+            source="rule",
+        )
 
 
 # --- generative controller ----------------------------------------------------------------------
@@ -215,10 +229,14 @@ def parse_decision(answer: str, summary: RoundSummary, max_steps: int) -> Decisi
         raise InvalidAnswer(f"the answer's JSON is a {type(raw).__name__}, not an object")
     known = {c.client for c in summary.clients}
     aggregate = raw.get("aggregate")
-    if (not isinstance(aggregate, list) or not aggregate
-            or any(isinstance(i, bool) or not isinstance(i, int) or i not in known for i in aggregate)):
-        raise InvalidAnswer(f"'aggregate' must be a non-empty list of this round's clients {sorted(known)}, "
-                            f"got {aggregate!r}")
+    if (
+        not isinstance(aggregate, list)
+        or not aggregate
+        or any(isinstance(i, bool) or not isinstance(i, int) or i not in known for i in aggregate)
+    ):
+        raise InvalidAnswer(
+            f"'aggregate' must be a non-empty list of this round's clients {sorted(known)}, got {aggregate!r}"
+        )
     steps_raw = raw.get("steps", {})
     if not isinstance(steps_raw, dict):
         raise InvalidAnswer(f"'steps' must map client ids to integers, got {steps_raw!r}")
@@ -231,8 +249,7 @@ def parse_decision(answer: str, summary: RoundSummary, max_steps: int) -> Decisi
         if client not in known:
             raise InvalidAnswer(f"'steps' names client {client}, not among this round's {sorted(known)}")
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_steps:
-            raise InvalidAnswer(f"'steps' for client {client} must be an integer in 1..{max_steps}, "
-                                f"got {value!r}")
+            raise InvalidAnswer(f"'steps' for client {client} must be an integer in 1..{max_steps}, got {value!r}")
         steps[client] = value
     stop = raw.get("stop", False)
     if not isinstance(stop, bool):
@@ -256,8 +273,12 @@ class GenerativeController:
         try:
             return parse_decision(str(self.ask(prompt)), summary, self.fallback.max_steps)
         except Exception as exc:  # noqa: BLE001 - a user's LLM may fail in any way; fall back, never crash
-            log.warning("round %d: the generative controller's answer is unusable (%s); using the %s rule",
-                        summary.round, exc, self.fallback.rule)
+            log.warning(
+                "round %d: the generative controller's answer is unusable (%s); using the %s rule",
+                summary.round,
+                exc,
+                self.fallback.rule,
+            )
             decision = self.fallback.decide(summary)
             return Decision(decision.aggregate, decision.steps, decision.stop, source="fallback", note=str(exc))
 
@@ -276,17 +297,33 @@ def load_callable(path: str) -> Ask:
     return target
 
 
-def make_controller(spec: str, *, max_steps: int = 100, max_increment: int = 100, select_fraction: float = 0.1,
-                    stop_threshold: float = 0.4, fallback_rule: str = "adaptive") -> Controller:
+def make_controller(
+    spec: str,
+    *,
+    max_steps: int = 100,
+    max_increment: int = 100,
+    select_fraction: float = 0.1,
+    stop_threshold: float = 0.4,
+    fallback_rule: str = "adaptive",
+) -> Controller:
     """``none``, a rule name, or ``generative:package.module:function`` (with ``fallback_rule``)."""
-    rule_options = {"max_steps": max_steps, "max_increment": max_increment,
-                    "select_fraction": select_fraction, "stop_threshold": stop_threshold}
+
+    def rule_controller(rule: str) -> RuleController:
+        return RuleController(
+            rule,
+            max_steps=max_steps,
+            max_increment=max_increment,
+            select_fraction=select_fraction,
+            stop_threshold=stop_threshold,
+        )
+
     if spec == "none":
         return NoController()
     if spec in RULES:
-        return RuleController(spec, **rule_options)
+        return rule_controller(spec)
     if spec.startswith("generative:"):
         path = spec.removeprefix("generative:")
-        return GenerativeController(load_callable(path), RuleController(fallback_rule, **rule_options), name=spec)
-    raise ValueError(f"controller {spec!r} is unknown; use 'none', one of {list(RULES)} "
-                     "or 'generative:package.module:function'")
+        return GenerativeController(load_callable(path), rule_controller(fallback_rule), name=spec)
+    raise ValueError(
+        f"controller {spec!r} is unknown; use 'none', one of {list(RULES)} or 'generative:package.module:function'"
+    )

@@ -29,8 +29,10 @@ class Projection:
         per-component range of the fitting data."""
         x = np.asarray(x, dtype=np.float64)
         if not 1 <= components <= min(x.shape):
-            raise ValueError(f"cannot fit {components} PCA components to {x.shape[0]} rows of "
-                             f"{x.shape[1]} features: need 1..{min(x.shape)}")
+            raise ValueError(
+                f"cannot fit {components} PCA components to {x.shape[0]} rows of "
+                f"{x.shape[1]} features: need 1..{min(x.shape)}"
+            )
         pca = PCA(n_components=components, svd_solver="full").fit(x)
         z = pca.transform(x)
         return cls(pca.mean_, pca.components_, z.min(axis=0), z.max(axis=0))

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,21 @@ class LLMSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        small = {k: v for k, v in (("steps", self.steps), ("batch_size", self.batch_size), ("rank", self.rank),
-                                   ("eval_examples", self.eval_examples)) if v < 1}
+        small = {
+            k: v
+            for k, v in (
+                ("steps", self.steps),
+                ("batch_size", self.batch_size),
+                ("rank", self.rank),
+                ("eval_examples", self.eval_examples),
+            )
+            if v < 1
+        }
         if small or self.max_length < 2 or not self.lr > 0:
-            raise ValueError(f"LLM fine-tuning needs steps, batch_size, rank, eval_examples >= 1, "
-                             f"max_length >= 2 and lr > 0; got {self}")
+            raise ValueError(
+                f"LLM fine-tuning needs steps, batch_size, rank, eval_examples >= 1, "
+                f"max_length >= 2 and lr > 0; got {self}"
+            )
 
 
 @dataclass(frozen=True)
@@ -55,8 +69,13 @@ class LLMResult:
     seconds: float
 
 
-def finetune(folder: str | os.PathLike[str], texts: Sequence[str], labels: Sequence[int], num_classes: int,
-             spec: LLMSpec = LLMSpec()) -> LLMResult:
+def finetune(
+    folder: str | os.PathLike[str],
+    texts: Sequence[str],
+    labels: Sequence[int],
+    num_classes: int,
+    spec: LLMSpec = LLMSpec(),
+) -> LLMResult:
     """LoRA-fine-tune the classifier in ``folder`` on ``(texts, labels)``; return its loss."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from peft import LoraConfig, TaskType, get_peft_model
@@ -69,19 +88,24 @@ def finetune(folder: str | os.PathLike[str], texts: Sequence[str], labels: Seque
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)  # the new head, the LoRA matrices and dropout
-        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_classes,
-                                                                   local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=num_classes, local_files_only=True
+        )
         if tokenizer.pad_token is None:  # GPT-style models: pad with end-of-text
             tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
-        lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=spec.rank, lora_alpha=spec.alpha,
-                          lora_dropout=spec.dropout,
-                          target_modules=list(spec.target_modules) if spec.target_modules else None)
+        lora = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=spec.rank,
+            lora_alpha=spec.alpha,
+            lora_dropout=spec.dropout,
+            target_modules=list(spec.target_modules) if spec.target_modules else None,
+        )
         model = get_peft_model(model, lora)
         encoded = tokenizer(list(texts), truncation=True, max_length=spec.max_length)
         y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
 
-        def batch(idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        def batch(idx: Sequence[int]) -> BatchEncoding:  # input_ids, attention_mask as tensors
             rows = {k: [encoded[k][i] for i in idx] for k in ("input_ids", "attention_mask")}
             return tokenizer.pad(rows, return_tensors="pt")
 
@@ -94,7 +118,7 @@ def finetune(folder: str | os.PathLike[str], texts: Sequence[str], labels: Seque
         for _ in range(spec.steps):
             if len(order) < spec.batch_size:  # walk through seeded permutations, epoch after epoch
                 order += rng.permutation(len(texts)).tolist()
-            idx, order = order[:spec.batch_size], order[spec.batch_size:]
+            idx, order = order[: spec.batch_size], order[spec.batch_size :]
             loss = model(**batch(idx), labels=y[idx]).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -102,15 +126,20 @@ def finetune(folder: str | os.PathLike[str], texts: Sequence[str], labels: Seque
             losses.append(loss.item())
 
         model.eval()
-        probe = rng.permutation(len(texts))[:spec.eval_examples].tolist()
+        probe = rng.permutation(len(texts))[: spec.eval_examples].tolist()
         total, correct = 0.0, 0
         with torch.no_grad():
             for s in range(0, len(probe), 64):
-                idx = probe[s:s + 64]
+                idx = probe[s : s + 64]
                 out = model(**batch(idx), labels=y[idx])
                 total += float(out.loss) * len(idx)
                 correct += int((out.logits.argmax(-1) == y[idx]).sum())
-    tail = losses[-max(1, len(losses) // 4):]
-    return LLMResult(loss=total / len(probe), accuracy=correct / len(probe), train_loss=float(np.mean(tail)),
-                     examples=len(probe), trainable_parameters=sum(p.numel() for p in trainable),
-                     seconds=time.perf_counter() - start)
+    tail = losses[-max(1, len(losses) // 4) :]
+    return LLMResult(
+        loss=total / len(probe),
+        accuracy=correct / len(probe),
+        train_loss=float(np.mean(tail)),
+        examples=len(probe),
+        trainable_parameters=sum(p.numel() for p in trainable),
+        seconds=time.perf_counter() - start,
+    )

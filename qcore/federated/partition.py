@@ -36,8 +36,9 @@ def iid(labels: np.ndarray, clients: int, seed: int) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(order, clients)]
 
 
-def dirichlet(labels: np.ndarray, clients: int, alpha: float, seed: int, *, min_size: int = 1,
-              max_tries: int = 100) -> list[np.ndarray]:
+def dirichlet(
+    labels: np.ndarray, clients: int, alpha: float, seed: int, *, min_size: int = 1, max_tries: int = 100
+) -> list[np.ndarray]:
     """Label skew: class ``k``'s examples are cut among the clients in proportions ~ Dir(α).
 
     Draws are repeated (up to ``max_tries``, each from the same seeded stream) until every client
@@ -83,8 +84,9 @@ class PartitionSpec:
             try:
                 alpha = float(arg)
             except ValueError:
-                raise PartitionError(f"partition {text!r}: the alpha after 'dirichlet:' must be a number, "
-                                     f"e.g. dirichlet:0.5") from None
+                raise PartitionError(
+                    f"partition {text!r}: the alpha after 'dirichlet:' must be a number, e.g. dirichlet:0.5"
+                ) from None
             if not math.isfinite(alpha) or alpha <= 0:
                 raise PartitionError(f"partition {text!r}: alpha must be a finite number > 0, got {alpha}")
             return cls("dirichlet", alpha)

@@ -19,17 +19,19 @@ the clients train on.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from qcore.federated.client import Client, ClientUpdate, LocalTraining
-from qcore.federated.controller import ClientReport, Controller, Decision, RoundSummary
 from qcore.federated.client_models import ModelSpec, build_model, get_weights, set_weights
+from qcore.federated.controller import ClientReport, Controller, Decision, RoundSummary
 from qcore.federated.strategy import Strategy, Weights, weighted_average, weights_nbytes
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,9 @@ class ClientJob:
     seed: int
 
     def run(self) -> ClientUpdate:
-        return self.client.fit(self.weights, steps=self.steps, settings=self.settings, config=self.config,
-                               seed=self.seed)
+        return self.client.fit(
+            self.weights, steps=self.steps, settings=self.settings, config=self.config, seed=self.seed
+        )
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,19 @@ class RoundRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoundRecord:
         """Inverse of :meth:`to_dict`, also after JSON turned the client ids into strings."""
+
         def by_client(m: dict[Any, Any]) -> dict[int, Any]:
             return {int(k): v for k, v in m.items()}
 
-        return cls(**{**d, "selected": tuple(d["selected"]), "failed": by_client(d["failed"]),
-                      "clients": by_client(d["clients"]), "next_steps": by_client(d["next_steps"])})
+        return cls(
+            **{
+                **d,
+                "selected": tuple(d["selected"]),
+                "failed": by_client(d["failed"]),
+                "clients": by_client(d["clients"]),
+                "next_steps": by_client(d["next_steps"]),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -190,8 +201,9 @@ class FederatedRun:
             return self.model
         return replace(self.model, backend_options={**self.model.backend_options, "simulator_seed": seed})
 
-    def run(self, rounds: int, fit: Fit = fit_sequentially,
-            on_round: Callable[[RoundRecord], None] | None = None) -> RunResult:
+    def run(
+        self, rounds: int, fit: Fit = fit_sequentially, on_round: Callable[[RoundRecord], None] | None = None
+    ) -> RunResult:
         if rounds < 1:
             raise ValueError(f"rounds={rounds} must be >= 1")
         weights = get_weights(build_model(self.model))
@@ -203,15 +215,19 @@ class FederatedRun:
             jobs = []
             for c in self.clients:
                 seed = job_seed(self.seed, r, c.id)
-                jobs.append(ClientJob(replace(c, model=self._job_model(seed)), r, weights, steps[c.id], config,
-                                      self.settings, seed))
+                jobs.append(
+                    ClientJob(
+                        replace(c, model=self._job_model(seed)), r, weights, steps[c.id], config, self.settings, seed
+                    )
+                )
             outcomes = fit(jobs)
             updates = [o for o in outcomes if isinstance(o, ClientUpdate)]
             failed = {o.client: o.kind for o in outcomes if isinstance(o, ClientFailure)}
             for o in outcomes:
                 if isinstance(o, ClientFailure):
-                    log.warning("round %d: client %d %s and is dropped from the round: %s",
-                                r, o.client, o.kind, o.message)
+                    log.warning(
+                        "round %d: client %d %s and is dropped from the round: %s", r, o.client, o.kind, o.message
+                    )
             record = self._round(r, rounds, weights, jobs, updates, failed, steps)
             if record.selected:
                 chosen = [u for u in updates if u.client in record.selected]
@@ -227,31 +243,74 @@ class FederatedRun:
                 break
         return RunResult(initial_accuracy, initial_loss, records, weights)
 
-    def _round(self, r: int, rounds: int, weights: Weights, jobs: list[ClientJob], updates: list[ClientUpdate],
-               failed: dict[int, str], steps: dict[int, int]) -> RoundRecord:
+    def _round(
+        self,
+        r: int,
+        rounds: int,
+        weights: Weights,
+        jobs: list[ClientJob],
+        updates: list[ClientUpdate],
+        failed: dict[int, str],
+        steps: dict[int, int],
+    ) -> RoundRecord:
         """The round's decision and costs (accuracy is filled in after aggregation)."""
         evaluations = [u.circuit_evaluations for u in updates]
-        common = dict(
-            round=r, accuracy=math.nan, test_loss=math.nan, failed=failed,
-            clients={u.client: {"steps": u.steps, "loss": u.loss, "circuit_evaluations": u.circuit_evaluations,
-                                "seconds": u.seconds, "examples": u.num_examples} for u in updates},
+        record = functools.partial(
+            RoundRecord,
+            round=r,
+            accuracy=math.nan,
+            test_loss=math.nan,
+            failed=failed,
+            clients={
+                u.client: {
+                    "steps": u.steps,
+                    "loss": u.loss,
+                    "circuit_evaluations": u.circuit_evaluations,
+                    "seconds": u.seconds,
+                    "examples": u.num_examples,
+                }
+                for u in updates
+            },
             bytes_up=sum(weights_nbytes(u.weights) for u in updates),
             bytes_down=sum(weights_nbytes(j.weights) for j in jobs),
-            circuit_evaluations=sum(evaluations), client_seconds=sum(u.seconds for u in updates),
-            idle_fraction=_idle(evaluations), idle_seconds_fraction=_idle([u.seconds for u in updates]),
+            circuit_evaluations=sum(evaluations),
+            client_seconds=sum(u.seconds for u in updates),
+            idle_fraction=_idle(evaluations),
+            idle_seconds_fraction=_idle([u.seconds for u in updates]),
         )
         if not updates:
             log.warning("round %d: no client finished (%s); the global model is kept", r, failed)
-            return RoundRecord(**common, server_loss=None, selected=(), discarded_evaluations=0,
-                               next_steps={}, stop=False, decision="no updates", note="every client was dropped")
+            return record(
+                server_loss=None,
+                selected=(),
+                discarded_evaluations=0,
+                next_steps={},
+                stop=False,
+                decision="no updates",
+                note="every client was dropped",
+            )
         server_loss = self._objective(self.evaluate(weighted_average(updates), self.server_data)[1])
         summary = RoundSummary(
-            round=r, rounds=rounds, failed=tuple(sorted(failed)), server_loss=server_loss,
+            round=r,
+            rounds=rounds,
+            failed=tuple(sorted(failed)),
+            server_loss=server_loss,
             server_llm_loss=self.server_llm_loss,
-            clients=tuple(ClientReport(u.client, u.num_examples, steps[u.client], self._objective(u.loss),
-                                       self.llm_losses.get(u.client)) for u in updates))
+            clients=tuple(
+                ClientReport(
+                    u.client, u.num_examples, steps[u.client], self._objective(u.loss), self.llm_losses.get(u.client)
+                )
+                for u in updates
+            ),
+        )
         decision: Decision = self.controller.decide(summary)
         discarded = sum(u.circuit_evaluations for u in updates if u.client not in decision.aggregate)
-        return RoundRecord(**common, server_loss=server_loss, selected=decision.aggregate,
-                           discarded_evaluations=discarded, next_steps=decision.steps, stop=decision.stop,
-                           decision=decision.source, note=decision.note)
+        return record(
+            server_loss=server_loss,
+            selected=decision.aggregate,
+            discarded_evaluations=discarded,
+            next_steps=decision.steps,
+            stop=decision.stop,
+            decision=decision.source,
+            note=decision.note,
+        )

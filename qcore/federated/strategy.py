@@ -13,8 +13,9 @@ each client to add ``mu/2 · ||w − w_global||²`` to its loss; FedAdam (Reddi 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,10 +23,13 @@ Weights = dict[str, np.ndarray]
 
 
 class Update(Protocol):
-    """What aggregation needs from a client's result."""
+    """What aggregation needs from a client's result (read-only, so frozen dataclasses fit)."""
 
-    weights: Weights
-    num_examples: int
+    @property
+    def weights(self) -> Weights: ...
+
+    @property
+    def num_examples(self) -> int: ...
 
 
 def weights_nbytes(weights: Weights) -> int:
@@ -41,8 +45,11 @@ def weighted_average(updates: Sequence[Update]) -> Weights:
     if total <= 0:
         raise ValueError(f"client updates hold {total} examples in total; weights need a positive count")
     names = updates[0].weights.keys()
-    return {name: sum(u.num_examples * u.weights[name].astype(np.float64) for u in updates) / total
-            for name in names}
+    zero = np.zeros(())  # an array start (not the int 0) keeps the sum an array
+    return {
+        name: sum((u.num_examples * u.weights[name].astype(np.float64) for u in updates), zero) / total
+        for name in names
+    }
 
 
 def _like(reference: Weights, values: Weights) -> Weights:

@@ -17,6 +17,7 @@ computed exactly (``exact``) or from shots (``aer``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from qiskit import QuantumCircuit
@@ -84,13 +85,22 @@ class VQCClassifier(nn.Module):
     the quantum layer's backend (``shots=``, ``simulator_seed=`` for ``aer``).
     """
 
-    def __init__(self, config: VQCConfig, **backend_options: object):
+    state_class: torch.Tensor  # buffer: the class of each basis state
+
+    def __init__(self, config: VQCConfig, **backend_options: Any):
         super().__init__()
         self.config = config
         circuit = config.model_circuit()
-        self.quantum = QuantumLayer(circuit.circuit, inputs=circuit.inputs, weights=circuit.weights,
-                                    output="probs", backend=config.backend, dtype=_DTYPES[config.dtype],
-                                    seed=config.seed, **backend_options)
+        self.quantum = QuantumLayer(
+            circuit.circuit,
+            inputs=circuit.inputs,
+            weights=circuit.weights,
+            output="probs",
+            backend=config.backend,
+            dtype=_DTYPES[config.dtype],
+            seed=config.seed,
+            **backend_options,
+        )
         if config.init_angle is not None:
             with torch.no_grad():
                 self.quantum.weights.fill_(config.init_angle)

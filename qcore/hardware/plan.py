@@ -38,8 +38,12 @@ class CircuitMetrics:
     duration_s: float  # one shot, from the backend's gate durations
 
     def as_dict(self) -> dict[str, Any]:
-        return {"depth": self.depth, "two_qubit_gates": self.two_qubit_gates,
-                "qubits_used": self.qubits_used, "duration_us": round(self.duration_s * 1e6, 3)}
+        return {
+            "depth": self.depth,
+            "two_qubit_gates": self.two_qubit_gates,
+            "qubits_used": self.qubits_used,
+            "duration_us": round(self.duration_s * 1e6, 3),
+        }
 
 
 @dataclass(frozen=True)
@@ -72,27 +76,37 @@ class CircuitPlan:
         return self.samples * shots * noise_factors * per_shot + jobs * JOB_OVERHEAD_S
 
 
-def build_plan(layer: QuantumLayer, angles: np.ndarray, backend: BackendV2, *,
-               primitive: Primitive = "sampler", optimization_level: int = 2,
-               seed: int = 0) -> CircuitPlan:
+def build_plan(
+    layer: QuantumLayer,
+    angles: np.ndarray,
+    backend: BackendV2,
+    *,
+    primitive: Primitive = "sampler",
+    optimization_level: int = 2,
+    seed: int = 0,
+) -> CircuitPlan:
     """Bind ``layer``'s trained weights, transpile once for ``backend`` with a preset pass
     manager, and line the per-sample ``angles`` up with the ISA circuit's parameters."""
     weights = layer.weights.detach().cpu().numpy().astype(float)
-    logical = layer.circuit.assign_parameters(dict(zip(layer.weight_parameters, weights)))
+    logical = layer.circuit.assign_parameters(dict(zip(layer.weight_parameters, weights, strict=True)))
     if primitive == "sampler":
         logical = logical.copy()
         # Only the qubits the observables read are measured: clbit i <- qubit i (layout-free).
         logical.measure_all()
-    pm = generate_preset_pass_manager(optimization_level=optimization_level, backend=backend,
-                                      seed_transpiler=seed)
+    pm = generate_preset_pass_manager(optimization_level=optimization_level, backend=backend, seed_transpiler=seed)
     isa = pm.run(logical)
     index = {p: i for i, p in enumerate(layer.input_parameters)}
     columns = [index[p] for p in isa.parameters]  # ISA parameters are sorted by name
     values = np.asarray(angles, dtype=float)[:, columns]
-    observables = (tuple(o.apply_layout(isa.layout) for o in layer.observables)
-                   if primitive == "estimator" else ())
-    return CircuitPlan(primitive, isa, observables, values, circuit_metrics(isa, backend),
-                       float(getattr(backend, "default_rep_delay", None) or DEFAULT_REP_DELAY_S))
+    observables = tuple(o.apply_layout(isa.layout) for o in layer.observables) if primitive == "estimator" else ()
+    return CircuitPlan(
+        primitive,
+        isa,
+        observables,
+        values,
+        circuit_metrics(isa, backend),
+        float(getattr(backend, "default_rep_delay", None) or DEFAULT_REP_DELAY_S),
+    )
 
 
 def circuit_metrics(isa: QuantumCircuit, backend: BackendV2) -> CircuitMetrics:
@@ -102,9 +116,12 @@ def circuit_metrics(isa: QuantumCircuit, backend: BackendV2) -> CircuitMetrics:
         duration = float(isa.estimate_duration(backend.target, unit="s"))
     except Exception:  # noqa: BLE001 - a target without durations: the estimate falls back to gates only
         duration = 0.0
-    return CircuitMetrics(depth=isa.depth(lambda inst: inst.operation.name != "barrier"),
-                          two_qubit_gates=sum(1 for inst in ops if inst.operation.num_qubits == 2),
-                          qubits_used=len(used), duration_s=duration)
+    return CircuitMetrics(
+        depth=isa.depth(lambda inst: inst.operation.name != "barrier"),
+        two_qubit_gates=sum(1 for inst in ops if inst.operation.num_qubits == 2),
+        qubits_used=len(used),
+        duration_s=duration,
+    )
 
 
 def expectation_values(plan: CircuitPlan, result: PrimitiveResult, observables: list[SparsePauliOp]) -> np.ndarray:
@@ -118,7 +135,7 @@ def expectation_values(plan: CircuitPlan, result: PrimitiveResult, observables: 
     bits = result[0].data.meas.to_bool_array(order="little")  # (samples, shots, clbits)
     out = np.zeros((bits.shape[0], len(observables)))
     for k, obs in enumerate(observables):
-        for pauli, coeff in zip(obs.paulis, obs.coeffs):
+        for pauli, coeff in zip(obs.paulis, obs.coeffs, strict=True):
             if pauli.x.any():
                 raise ValueError(f"observable {obs} is not diagonal in Z; use --primitive estimator")
             parity = bits[..., pauli.z].sum(axis=-1) % 2

@@ -10,9 +10,10 @@ to rehearse failed, cancelled and interrupted jobs, which the real service canno
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from qiskit.primitives import PrimitiveResult
 from qiskit.providers import BackendV2
@@ -60,8 +61,9 @@ class QPUService(Protocol):
 
     def backend(self, name: str) -> BackendV2: ...
     def least_busy(self, min_qubits: int) -> BackendV2: ...
-    def batch(self, backend: BackendV2, primitive: Primitive,
-              mitigation: Mitigation) -> AbstractContextManager[Submit]: ...
+    def batch(
+        self, backend: BackendV2, primitive: Primitive, mitigation: Mitigation
+    ) -> AbstractContextManager[Submit]: ...
     def job(self, job_id: str) -> QPUJob: ...
 
 
@@ -92,8 +94,15 @@ def run_primitive(prim: Any, primitive: Primitive, pubs: list[Any], shots: int) 
     return prim.run(pubs, shots=shots)
 
 
-_STATUS = {"INITIALIZING": "QUEUED", "QUEUED": "QUEUED", "VALIDATING": "QUEUED", "RUNNING": "RUNNING",
-           "DONE": "DONE", "ERROR": "ERROR", "CANCELLED": "CANCELLED"}
+_STATUS = {
+    "INITIALIZING": "QUEUED",
+    "QUEUED": "QUEUED",
+    "VALIDATING": "QUEUED",
+    "RUNNING": "RUNNING",
+    "DONE": "DONE",
+    "ERROR": "ERROR",
+    "CANCELLED": "CANCELLED",
+}
 
 
 class RuntimeJob:
@@ -130,8 +139,10 @@ class IBMRuntimeService:
         try:
             self._service = QiskitRuntimeService(channel="ibm_quantum_platform", token=token, instance=instance)
         except Exception as exc:  # noqa: BLE001 - the account error may quote the token
-            raise HardwareError("could not sign in to IBM Quantum Platform with QISKIT_IBM_TOKEN / "
-                                f"QISKIT_IBM_INSTANCE: {redact(str(exc), token)}") from None
+            raise HardwareError(
+                "could not sign in to IBM Quantum Platform with QISKIT_IBM_TOKEN / "
+                f"QISKIT_IBM_INSTANCE: {redact(str(exc), token)}"
+            ) from None
 
     def backend(self, name: str) -> BackendV2:
         return self._service.backend(name)
@@ -171,8 +182,9 @@ class LocalTestingService:
         return fake_backend(name)
 
     def least_busy(self, min_qubits: int) -> BackendV2:
-        raise HardwareError("least_busy picks among real IBM backends: set QISKIT_IBM_TOKEN, "
-                            "or name a fake backend such as fake_torino")
+        raise HardwareError(
+            "least_busy picks among real IBM backends: set QISKIT_IBM_TOKEN, or name a fake backend such as fake_torino"
+        )
 
     @contextmanager
     def batch(self, backend: BackendV2, primitive: Primitive, mitigation: Mitigation) -> Iterator[Submit]:

@@ -38,7 +38,7 @@ def register_model(cls: type[M]) -> type[M]:
     return cls
 
 
-def load_model(directory: str | os.PathLike[str], **backend_options: object) -> QuantumModel:
+def load_model(directory: str | os.PathLike[str], **backend_options: Any) -> QuantumModel:
     """Any model saved by :meth:`QuantumModel.save`, whatever its type."""
     raw = json.loads((Path(directory) / CONFIG_FILE).read_text())
     kind = raw.get("model_type", "qdllm")
@@ -49,6 +49,37 @@ def load_model(directory: str | os.PathLike[str], **backend_options: object) -> 
 
 def real_dtype(complex_dtype: str) -> torch.dtype:
     return torch.float64 if DTYPES[complex_dtype] == torch.complex128 else torch.float32
+
+
+def save_module(
+    module: nn.Module, config: dict[str, Any], circuits: dict[str, QuantumCircuit], directory: str | os.PathLike[str]
+) -> Path:
+    """Write ``config.json``, every parameter as ``weights.safetensors`` and each circuit as
+    ``<name>.qasm`` into ``directory``, atomically.
+
+    The files go into a temporary sibling folder that is then renamed, so a reader never sees a
+    half-written model; an existing ``directory`` is replaced.
+    """
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tensors = {name: p.detach().cpu().contiguous() for name, p in module.named_parameters()}
+        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        for stem, circuit in circuits.items():
+            (tmp / f"{stem}.qasm").write_text(qasm3.dumps(circuit))
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
 
 
 class QuantumModel(nn.Module):
@@ -62,6 +93,7 @@ class QuantumModel(nn.Module):
     model_type: ClassVar[str]  # the name in config.json that load_model dispatches on
     config_type: ClassVar[type]  # the config dataclass
     config: Any
+    head: nn.Linear  # the classical output layer, set by each model's __init__
 
     def circuits(self) -> dict[str, QuantumCircuit]:
         """File stem → parametrised circuit, as the config builds it."""
@@ -93,35 +125,12 @@ class QuantumModel(nn.Module):
 
     # -- persistence
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write config, weights and circuits into ``directory``, atomically.
-
-        The files go into a temporary sibling folder that is then renamed, so a reader never
-        sees a half-written model; an existing ``directory`` is replaced.
-        """
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            tensors = {name: p.detach().cpu().contiguous() for name, p in self.named_parameters()}
-            save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-            config = {"model_type": self.model_type, **asdict(self.config)}
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
-            for stem, circuit in self.circuits().items():
-                (tmp / f"{stem}.qasm").write_text(qasm3.dumps(circuit))
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-                os.replace(target, old / target.name)
-                os.replace(tmp, target)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        """Write config, weights and circuits into ``directory``, atomically (:func:`save_module`)."""
+        config = {"model_type": self.model_type, **asdict(self.config)}
+        return save_module(self, config, self.circuits(), directory)
 
     @classmethod
-    def load(cls: type[M], directory: str | os.PathLike[str], **backend_options: object) -> M:
+    def load(cls: type[M], directory: str | os.PathLike[str], **backend_options: Any) -> M:
         """A model saved by :meth:`save`, on the backend its config names (with ``backend_options``).
 
         Refuses a folder whose circuits are not the ones the config builds today: the saved
@@ -154,7 +163,7 @@ class QuantumModel(nn.Module):
                     raise ValueError(f"{name}: shape {tuple(tensors[name].shape)}, expected {tuple(p.shape)}")
                 p.copy_(tensors[name])
 
-    def with_backend(self: M, backend: str, **backend_options: object) -> M:
+    def with_backend(self: M, backend: str, **backend_options: Any) -> M:
         """A copy with the same weights whose hardware-bound circuits run on ``backend``.
 
         For evaluating a trained model under shots or device noise:

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -25,9 +27,7 @@ def linear_size(features: int, classes: int) -> int:
     return (features + 1) * (classes if classes > 2 else 1)
 
 
-def logistic_regression(
-    train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, seed: int = 0
-) -> torch.Tensor:
+def logistic_regression(train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, seed: int = 0) -> torch.Tensor:
     """Fit on ``(train_x, train_y)``; return ``(len(test_x), classes)`` logits for ``test_x``.
 
     ``softmax`` of the logits is the probe's ``predict_proba``. They come from the decision
@@ -42,9 +42,7 @@ def logistic_regression(
     return torch.as_tensor(scores, dtype=torch.float32)
 
 
-def linear_svm(
-    train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, seed: int = 0
-) -> torch.Tensor:
+def linear_svm(train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, seed: int = 0) -> torch.Tensor:
     """A linear SVM (squared hinge, L2, C=1); ``(len(test_x), classes)`` decision scores as logits
     (binary: ``(0, score)``, so the argmax is the SVM's prediction)."""
     from sklearn.svm import LinearSVC
@@ -63,12 +61,11 @@ class MLP(nn.Module):
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = nn.Sequential(
-                nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
-            )
+            self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features.to(self.net[0].weight.dtype))
+        # cast: Sequential's indexing is typed as returning any Module; item 0 is the Linear above
+        return self.net(features.to(cast(nn.Linear, self.net[0]).weight.dtype))
 
     def parameter_counts(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.parameters())
@@ -93,7 +90,7 @@ def distilled_mlp(
     *,
     target_params: int,
     seed: int = 0,
-    **train_options: object,
+    **train_options: Any,
 ) -> tuple[MLP, list[dict[str, float]]]:
     """A size-matched MLP trained with the distillation loss; returns it and its history.
 

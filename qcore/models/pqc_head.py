@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +67,9 @@ class PQCHeadConfig:
 
     def __post_init__(self) -> None:
         if self.in_features < 2 or self.num_classes < 2:
-            raise ValueError(f"need in_features >= 2 and num_classes >= 2, got {self.in_features} "
-                             f"and {self.num_classes}")
+            raise ValueError(
+                f"need in_features >= 2 and num_classes >= 2, got {self.in_features} and {self.num_classes}"
+            )
         if not 0 <= self.encoders <= MAX_ENCODERS:
             raise ValueError(f"encoders={self.encoders} is invalid; allowed 0..{MAX_ENCODERS}")
         if self.qubits < 2:
@@ -80,8 +82,10 @@ class PQCHeadConfig:
         if self.offsets is not None:
             object.__setattr__(self, "offsets", tuple(self.offsets))
             if len(self.offsets) != self.layers or any(d % self.qubits == 0 for d in self.offsets):
-                raise ValueError(f"offsets={list(self.offsets)} must give one offset per layer "
-                                 f"({self.layers}), none a multiple of qubits={self.qubits}")
+                raise ValueError(
+                    f"offsets={list(self.offsets)} must give one offset per layer "
+                    f"({self.layers}), none a multiple of qubits={self.qubits}"
+                )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
@@ -116,14 +120,15 @@ class PQCHead(QuantumModel):
     model_type = "pqc_head"
     config_type = PQCHeadConfig
 
-    def __init__(self, config: PQCHeadConfig, **backend_options: object):
+    def __init__(self, config: PQCHeadConfig, **backend_options: Any):
         super().__init__()
         self.config = config
         cdtype, real = DTYPES[config.dtype], real_dtype(config.dtype)
         enc = config.encoder_circuit()
         self.encoders = nn.ModuleList(
-            QuantumLayer(enc.circuit, weights=enc.weights, backend="exact", dtype=cdtype,
-                         seed=config.seed * MAX_ENCODERS + e)
+            QuantumLayer(
+                enc.circuit, weights=enc.weights, backend="exact", dtype=cdtype, seed=config.seed * MAX_ENCODERS + e
+            )
             for e in range(config.encoders)
         )
         m2 = config.module2_circuit()
@@ -133,9 +138,14 @@ class PQCHead(QuantumModel):
             self.fusion = nn.Linear(fused, config.qubits, dtype=real)
             self.head = nn.Linear(config.measured, config.num_classes, dtype=real)
         self.module2 = QuantumLayer(
-            m2.circuit, inputs=m2.inputs, weights=m2.weights,
+            m2.circuit,
+            inputs=m2.inputs,
+            weights=m2.weights,
             observables=z_observables(config.qubits)[: config.measured],
-            backend=config.backend, dtype=cdtype, seed=config.seed, **backend_options,
+            backend=config.backend,
+            dtype=cdtype,
+            seed=config.seed,
+            **backend_options,
         )
 
     def module1(self, features: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from qiskit import QuantumCircuit
@@ -53,9 +54,7 @@ class QDLLMConfig:
         if self.qubits < 2 or self.blocks < 1:
             raise ValueError(f"need qubits >= 2 and blocks >= 1, got {self.qubits} and {self.blocks}")
         if not self.angle_range > 0 or not self.scale_eps > 0:
-            raise ValueError(
-                f"angle_range and scale_eps must be positive, got {self.angle_range} and {self.scale_eps}"
-            )
+            raise ValueError(f"angle_range and scale_eps must be positive, got {self.angle_range} and {self.scale_eps}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
@@ -86,7 +85,7 @@ class QDLLMStudent(QuantumModel):
     model_type = "qdllm"
     config_type = QDLLMConfig
 
-    def __init__(self, config: QDLLMConfig, **backend_options: object):
+    def __init__(self, config: QDLLMConfig, **backend_options: Any):
         super().__init__()
         self.config = config
         complex_dtype = DTYPES[config.dtype]

@@ -4,4 +4,4 @@ from . import aer, exact  # noqa: F401  (importing registers "aer" and "exact")
 from .base import Simulator, available_backends, build_simulator
 from .program import CircuitError, read_circuit
 
-__all__ = ["Simulator", "available_backends", "build_simulator", "CircuitError", "read_circuit"]
+__all__ = ["CircuitError", "Simulator", "available_backends", "build_simulator", "read_circuit"]

@@ -46,9 +46,10 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ SHIFT = math.pi / 2
 # Gates whose angles do not each obey the two-term shift rule (controlled rotations have
 # generator eigenvalues {0, ±1/2}; ``r`` uses its φ twice); Qiskit's definitions of them do.
 MULTI_TERM_GATES = ("crx", "cry", "crz", "cp", "cu1", "cu", "cu3", "r")
-Depolarizing = Union[float, tuple[float, float]]
+Depolarizing: TypeAlias = float | tuple[float, float]
 
 
 # --------------------------------------------------------------------------- fake IBM devices
@@ -100,7 +101,7 @@ def fake_backend_names() -> list[str]:
     return list(_fake_backend_names())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fake_backend_qubits(name: str) -> int:
     """Qubits of a fake device, built once per process (validating a study checks many points)."""
     return fake_backend(name).num_qubits
@@ -157,9 +158,7 @@ def _active_qubits(circuit: QuantumCircuit) -> set[int]:
 
 
 # --------------------------------------------------------------------------- circuit preparation
-def shift_ready_program(
-    circuit: QuantumCircuit, inputs: Sequence[Parameter], weights: Sequence[Parameter]
-) -> Program:
+def shift_ready_program(circuit: QuantumCircuit, inputs: Sequence[Parameter], weights: Sequence[Parameter]) -> Program:
     """The circuit read with every multi-term gate decomposed into two-term ones."""
     read_circuit(circuit, inputs, weights)  # refuse bad circuits with the original gate names
     while any(inst.operation.name in MULTI_TERM_GATES for inst in circuit.data):
@@ -201,13 +200,13 @@ class MeasurementGroups:
         where = {p.to_label(): (g, t) for g, grp in enumerate(groups) for t, p in enumerate(grp)}
         coeffs = [np.zeros((len(group), len(observables))) for group in groups]
         for o, op in enumerate(observables):
-            for p, c in zip(op.paulis, op.coeffs):
+            for p, c in zip(op.paulis, op.coeffs, strict=True):
                 g, t = where[p.to_label()]
                 coeffs[g][t, o] += c.real
         bits = [1 << np.arange(group.num_qubits) for group in groups]
         return cls(
             bases=tuple("".join(_basis_letter(g, q) for q in range(g.num_qubits)) for g in groups),
-            masks=tuple(((g.x | g.z) * b).sum(axis=1) for g, b in zip(groups, bits)),
+            masks=tuple(((g.x | g.z) * b).sum(axis=1) for g, b in zip(groups, bits, strict=True)),
             coeffs=tuple(coeffs),
         )
 
@@ -254,9 +253,7 @@ class SavedExpvals:
     num_observables: int
 
     def values(self, results: list[list[ExperimentResult]], shots: int | None) -> np.ndarray:
-        return np.array(
-            [[getattr(r.data, f"e{i}") for i in range(self.num_observables)] for r in results[0]]
-        )
+        return np.array([[getattr(r.data, f"e{i}") for i in range(self.num_observables)] for r in results[0]])
 
 
 @dataclass(frozen=True)
@@ -275,7 +272,7 @@ class CountedExpvals:
 
     def values(self, results: list[list[ExperimentResult]], shots: int | None) -> np.ndarray:
         out = np.zeros((len(results[0]), self.groups.coeffs[0].shape[1]))
-        for group_results, masks, coeffs in zip(results, self.groups.masks, self.groups.coeffs):
+        for group_results, masks, coeffs in zip(results, self.groups.masks, self.groups.coeffs, strict=True):
             for j, result in enumerate(group_results):
                 outcomes, counts = _counts(result)
                 parity = np.bitwise_count(outcomes[:, None] & masks[None, :]) & 1  # uint8
@@ -333,7 +330,7 @@ def run_plan(plan: AerPlan, angles: np.ndarray, seed_offset: int = 0) -> np.ndar
     else:
         job = simulator.run(
             [
-                circuit.assign_parameters(dict(zip(plan.parameters, row)), strict=False)
+                circuit.assign_parameters(dict(zip(plan.parameters, row, strict=True)), strict=False)
                 for circuit in plan.circuits
                 for row in angles
             ],
@@ -406,9 +403,7 @@ class AerShiftSimulator:
                 f"({self.a_w.shape[0]},), got {tuple(x.shape)} and {tuple(w.shape)}"
             )
         grad = torch.is_grad_enabled()
-        return _ParameterShift.apply(
-            x, w, self, kind, grad and x.requires_grad, grad and w.requires_grad
-        )
+        return _ParameterShift.apply(x, w, self, kind, grad and x.requires_grad, grad and w.requires_grad)
 
     def angles(self, x: torch.Tensor, w: torch.Tensor) -> np.ndarray:
         """Every gate angle for every batch row: ``(batch, num_angles)``."""
@@ -461,7 +456,7 @@ class AerShiftSimulator:
             # phase ("instruction param position out of range"), which transpiling can leave.
             circuit.global_phase = 0
         if self.shots is None:
-            for circuit, qubits in zip(circuits, self._final_qubits(circuits)):
+            for circuit, qubits in zip(circuits, self._final_qubits(circuits), strict=True):
                 if kind == "expval":
                     for i, o in enumerate(self.observables):
                         circuit.save_expectation_value(o, qubits, label=f"e{i}")
@@ -478,9 +473,7 @@ class AerShiftSimulator:
             runtime_binding=self.runtime_binding,
         )
 
-    def _compile(
-        self, logical: list[QuantumCircuit]
-    ) -> tuple[list[QuantumCircuit], NoiseModel | None]:
+    def _compile(self, logical: list[QuantumCircuit]) -> tuple[list[QuantumCircuit], NoiseModel | None]:
         """Transpile to the fake device, if any, with that device's noise on the qubits used."""
         if self.device is None:
             return [c.copy() for c in logical], self.noise_model
@@ -511,13 +504,8 @@ class AerShiftSimulator:
     def _device_layout(self, device: BackendV2) -> list[int]:
         """One layout for every circuit of this simulator, so all see the same device qubits."""
         if self.num_qubits > device.num_qubits:
-            raise ValueError(
-                f"the circuit has {self.num_qubits} qubits but {device.name} has only "
-                f"{device.num_qubits}"
-            )
-        transpiled = transpile(
-            self.circuit, backend=device, optimization_level=1, seed_transpiler=self._transpile_seed
-        )
+            raise ValueError(f"the circuit has {self.num_qubits} qubits but {device.name} has only {device.num_qubits}")
+        transpiled = transpile(self.circuit, backend=device, optimization_level=1, seed_transpiler=self._transpile_seed)
         return transpiled.layout.initial_index_layout(filter_ancillas=True)
 
 
@@ -541,7 +529,7 @@ class _ParameterShift(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         w: torch.Tensor,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 from qiskit import QuantumCircuit
@@ -63,12 +64,10 @@ def build_simulator(
     weights: Sequence[Parameter],
     observables: Sequence[SparsePauliOp],
     dtype: torch.dtype,
-    **options: object,
+    **options: Any,
 ) -> Simulator:
     """Build the named backend for one circuit; unknown names are refused with the known ones."""
     if backend not in _REGISTRY:
         raise ValueError(f"unknown backend {backend!r}; available backends: {available_backends()}")
     check_observables(observables, circuit.num_qubits)
-    return _REGISTRY[backend](
-        circuit, inputs=inputs, weights=weights, observables=observables, dtype=dtype, **options
-    )
+    return _REGISTRY[backend](circuit, inputs=inputs, weights=weights, observables=observables, dtype=dtype, **options)

@@ -23,8 +23,9 @@ on CPU or CUDA.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -91,13 +92,13 @@ def _sum(left: Angle, right: Angle) -> Angle:
             out[i] = out.get(i, 0.0) + v
         return tuple(sorted((i, v) for i, v in out.items() if v != 0.0))
 
-    return Angle(left.const + right.const, merge(left.x_coeffs, right.x_coeffs),
-                 merge(left.w_coeffs, right.w_coeffs))
+    return Angle(left.const + right.const, merge(left.x_coeffs, right.x_coeffs), merge(left.w_coeffs, right.w_coeffs))
 
 
 def _scale(angle: Angle, k: float) -> Angle:
-    return Angle(k * angle.const, tuple((i, k * v) for i, v in angle.x_coeffs),
-                 tuple((i, k * v) for i, v in angle.w_coeffs))
+    return Angle(
+        k * angle.const, tuple((i, k * v) for i, v in angle.x_coeffs), tuple((i, k * v) for i, v in angle.w_coeffs)
+    )
 
 
 @dataclass
@@ -148,8 +149,28 @@ _IDENTITY_ARGS = _Block().entry_args()
 
 PERMUTATIONS = {"cx", "swap", "ccx", "cswap"}
 DIAGONALS = {"cz", "cp", "cu1", "crz", "rzz", "ccz"}
-SINGLE_QUBIT = {"id", "x", "y", "z", "h", "s", "sdg", "t", "tdg", "sx", "sxdg",
-                "rx", "ry", "rz", "p", "u1", "u2", "u", "u3", "r"}
+SINGLE_QUBIT = {
+    "id",
+    "x",
+    "y",
+    "z",
+    "h",
+    "s",
+    "sdg",
+    "t",
+    "tdg",
+    "sx",
+    "sxdg",
+    "rx",
+    "ry",
+    "rz",
+    "p",
+    "u1",
+    "u2",
+    "u",
+    "u3",
+    "r",
+}
 
 
 def _dense_matrix(name: str, angles: list[torch.Tensor], rdtype: torch.dtype) -> torch.Tensor:
@@ -193,10 +214,13 @@ def _dense_matrix(name: str, angles: list[torch.Tensor], rdtype: torch.dtype) ->
         th, ph, la = angles[0], angles[1], angles[2]
         gam = angles[3] if name == "cu" else torch.zeros_like(th)
         c, s = torch.cos(th / 2), torch.sin(th / 2)
-        u = torch.stack([
-            torch.stack([c * torch.exp(1j * gam), -s * torch.exp(1j * (gam + la))], -1),
-            torch.stack([s * torch.exp(1j * (gam + ph)), c * torch.exp(1j * (gam + ph + la))], -1),
-        ], -2)
+        u = torch.stack(
+            [
+                torch.stack([c * torch.exp(1j * gam), -s * torch.exp(1j * (gam + la))], -1),
+                torch.stack([s * torch.exp(1j * (gam + ph)), c * torch.exp(1j * (gam + ph + la))], -1),
+            ],
+            -2,
+        )
         return controlled(u)
     raise KeyError(name)
 
@@ -214,6 +238,11 @@ def _constant_dense(name: str) -> np.ndarray:
 # --------------------------------------------------------------------------- compiled ops
 class _AffineMap(torch.nn.Module):
     """Columns ``x @ ax + w @ aw + c``; parts that are all zero are skipped at run time."""
+
+    # buffers (``None`` when that part is all zero)
+    ax: torch.Tensor | None
+    awt: torch.Tensor | None
+    c: torch.Tensor
 
     def __init__(self, angles: Sequence[Angle], num_inputs: int, num_weights: int, rdtype: torch.dtype):
         super().__init__()
@@ -236,8 +265,8 @@ class _AffineMap(torch.nn.Module):
         return not (self.uses_x or self.uses_w)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        out = torch.addmv(self.c, self.awt, w) if self.uses_w else self.c
-        if self.uses_x:
+        out = torch.addmv(self.c, self.awt, w) if self.awt is not None else self.c
+        if self.ax is not None:
             out = torch.addmm(out, x, self.ax)
         return out
 
@@ -271,9 +300,7 @@ def _kron2(hi: torch.Tensor, lo: torch.Tensor, vectors: bool) -> torch.Tensor:
     if vectors:
         return (hi[..., :, None] * lo[..., None, :]).flatten(-2)
     dh, dl = hi.shape[-1], lo.shape[-1]
-    return (hi[..., :, None, :, None] * lo[..., None, :, None, :]).reshape(
-        *hi.shape[:-2], dh * dl, dh * dl
-    )
+    return (hi[..., :, None, :, None] * lo[..., None, :, None, :]).reshape(*hi.shape[:-2], dh * dl, dh * dl)
 
 
 def _bit(k: np.ndarray, q: int) -> np.ndarray:
@@ -295,8 +322,7 @@ def _permutation(gate: Gate, n: int) -> np.ndarray:
     return k ^ ((flip << a) | (flip << b))
 
 
-_DIAGONAL_1Q_PHASE = {"z": math.pi, "s": HALF_PI, "sdg": -HALF_PI, "t": math.pi / 4,
-                      "tdg": -math.pi / 4}
+_DIAGONAL_1Q_PHASE = {"z": math.pi, "s": HALF_PI, "sdg": -HALF_PI, "t": math.pi / 4, "tdg": -math.pi / 4}
 DIAGONAL_1Q = {"rz", "p", "u1", "id"} | set(_DIAGONAL_1Q_PHASE)
 
 
@@ -333,7 +359,8 @@ class _Op(torch.nn.Module):
 
     batched: bool = False
 
-    def apply(self, state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    # Not ``apply``: that is ``nn.Module.apply(fn)``, which recurses into submodules.
+    def evolve(self, state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -346,8 +373,9 @@ class _LayerOp(_Op):
     the order is back where it started, without a single transpose copy.
     """
 
-    def __init__(self, pending: dict[int, list[Gate]], n: int, prog: Program,
-                 rdtype: torch.dtype, group_size: int):
+    const_matrices: torch.Tensor  # buffer, registered only when the layer is constant
+
+    def __init__(self, pending: dict[int, list[Gate]], n: int, prog: Program, rdtype: torch.dtype, group_size: int):
         super().__init__()
         self.n = n
         blocks = {q: _fuse(gates) for q, gates in pending.items()}
@@ -388,26 +416,25 @@ class _LayerOp(_Op):
         """The layer applied to ``|0…0⟩``: a product state, no ``2^n`` matrix needed."""
         return _kron_tree(self.matrices(x, w)[..., :, 0], vectors=True)
 
-    def apply(self, state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def evolve(self, state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         mats = self.matrices(x, w)
         if self.sparse is not None:
-            return self._apply_each(state, mats)
+            return self._apply_each(state, mats, self.sparse)
         g, k = self.full_groups, self.group_size
         groups = _kron_tree(mats[..., : g * k, :, :].unflatten(-3, (g, k)), vectors=False)
         krons = list(groups.unbind(-3))
         if self.rest:
-            krons.append(_kron_tree(mats[..., g * k:, :, :], vectors=False))
+            krons.append(_kron_tree(mats[..., g * k :, :, :], vectors=False))
         b = state.shape[0]
         for kron in krons:
             d = kron.shape[-1]
             state = torch.matmul(kron, state.view(b, -1, d).mT).view(b, -1)
         return state
 
-
-    def _apply_each(self, state: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
+    def _apply_each(self, state: torch.Tensor, mats: torch.Tensor, qubits: list[int]) -> torch.Tensor:
         """One 2x2 per active qubit ``q``: the state viewed as ``(B, high, bit q, low)``."""
         b = state.shape[0]
-        for q in self.sparse:
+        for q in qubits:
             m = mats[..., q, :, :]
             spec = "zij,zajc->zaic" if m.dim() == 3 else "ij,zajc->zaic"
             state = torch.einsum(spec, m, state.view(b, -1, 2, 2**q)).reshape(b, -1)
@@ -417,6 +444,8 @@ class _LayerOp(_Op):
 class _PermutationOp(_Op):
     """A run of CNOT/SWAP/Toffoli gates: one gather."""
 
+    src: torch.Tensor  # buffer
+
     def __init__(self, n: int):
         super().__init__()
         self.register_buffer("src", torch.arange(2**n, dtype=torch.int64))
@@ -424,12 +453,14 @@ class _PermutationOp(_Op):
     def extend(self, gate: Gate, n: int) -> None:
         self.src = self.src[torch.as_tensor(_permutation(gate, n))]
 
-    def apply(self, state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def evolve(self, state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return state.index_select(1, self.src)
 
 
 class _DiagonalOp(_Op):
     """A run of diagonal gates: ``state * exp(i · angles @ patterns)``."""
+
+    pattern: torch.Tensor  # buffer, registered by ``finish``
 
     def __init__(self) -> None:
         super().__init__()
@@ -446,13 +477,15 @@ class _DiagonalOp(_Op):
         self.batched = self.map.uses_x
         self.register_buffer("pattern", torch.as_tensor(np.stack(self.patterns), dtype=rdtype))
 
-    def apply(self, state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def evolve(self, state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         phase = self.map(x, w) @ self.pattern
         return state * torch.exp(1j * phase)
 
 
 class _DenseOp(_Op):
     """A non-diagonal, non-permutation two-qubit gate, applied with one einsum."""
+
+    const: torch.Tensor  # buffer, registered only for the constant gates
 
     def __init__(self, gate: Gate, n: int, prog: Program, rdtype: torch.dtype):
         super().__init__()
@@ -463,7 +496,7 @@ class _DenseOp(_Op):
         if self.name in _CONSTANT_DENSE:
             cdtype = torch.complex128 if rdtype == torch.float64 else torch.complex64
             self.register_buffer("const", torch.as_tensor(_constant_dense(self.name), dtype=cdtype))
-        letters = "abcdefghijklmnopqrstuvwxyz"[: n]
+        letters = "abcdefghijklmnopqrstuvwxyz"[:n]
         # state axis 1 + j holds qubit n-1-j
         q0, q1 = gate.qubits
         ax0, ax1 = letters[n - 1 - q0], letters[n - 1 - q1]
@@ -472,7 +505,7 @@ class _DenseOp(_Op):
         self.spec = f"{mat},Z{letters}->Z{out}"
         self.n = n
 
-    def apply(self, state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def evolve(self, state: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if self.name in _CONSTANT_DENSE:
             m = self.const
         else:
@@ -500,10 +533,12 @@ def _compile(prog: Program, rdtype: torch.dtype, group_size: int) -> list[_Op]:
             return
         waiting = [g for gates in pending.values() for g in gates]
         if all(g.name in DIAGONAL_1Q for g in waiting):  # RZ/P/S/T layers: phases, no matmul
-            if not isinstance(ops[-1] if ops else None, _DiagonalOp):
-                ops.append(_DiagonalOp())
+            last = ops[-1] if ops else None
+            if not isinstance(last, _DiagonalOp):
+                last = _DiagonalOp()
+                ops.append(last)
             for g in waiting:
-                ops[-1].extend(g, n)
+                last.extend(g, n)
         else:
             ops.append(_LayerOp(pending, n, prog, rdtype, group_size))
         pending.clear()
@@ -543,7 +578,7 @@ def _pauli_terms(observables: Sequence[SparsePauliOp], n: int) -> dict[int, np.n
     k = np.arange(2**n, dtype=np.int64)
     groups: dict[int, np.ndarray] = {}
     for o, obs in enumerate(observables):
-        for pauli, coeff in zip(obs.paulis, obs.coeffs):
+        for pauli, coeff in zip(obs.paulis, obs.coeffs, strict=True):
             xmask = int(sum(1 << i for i, v in enumerate(pauli.x) if v))
             zmask = int(sum(1 << i for i, v in enumerate(pauli.z) if v))
             parity = np.bitwise_count((k ^ xmask) & zmask) & 1
@@ -554,6 +589,10 @@ def _pauli_terms(observables: Sequence[SparsePauliOp], n: int) -> dict[int, np.n
 
 class ExactSimulator(torch.nn.Module):
     """A circuit compiled into fused PyTorch operations on a batched statevector."""
+
+    # buffers
+    probs_src: torch.Tensor
+    z_matrix: torch.Tensor
 
     def __init__(
         self,
@@ -576,7 +615,10 @@ class ExactSimulator(torch.nn.Module):
         n = self.num_qubits = prog.num_qubits
         self.num_inputs, self.num_weights = prog.num_inputs, prog.num_weights
         ops = _compile(prog, self.rdtype, group_size)
-        self.initial_layer = ops.pop(0) if ops and isinstance(ops[0], _LayerOp) else None
+        first = ops[0] if ops else None
+        self.initial_layer = first if isinstance(first, _LayerOp) else None
+        if self.initial_layer is not None:
+            ops.pop(0)
         terms = _pauli_terms(observables, n)
         diagonal_only = set(terms) <= {0}
         # Trailing diagonals do not change probabilities; trailing permutations reorder them.
@@ -602,8 +644,9 @@ class ExactSimulator(torch.nn.Module):
         self.num_observables = len(observables)
 
     # -- running
-    def state(self, x: torch.Tensor, w: torch.Tensor, *, folded: bool = False,
-              initial_state: torch.Tensor | None = None) -> torch.Tensor:
+    def state(
+        self, x: torch.Tensor, w: torch.Tensor, *, folded: bool = False, initial_state: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(batch, 2**n)`` statevector; ``folded=True`` skips the trailing permutation.
 
         ``initial_state`` (``(batch, 2**n)``, Qiskit order, normalised) replaces ``|0…0⟩``: an
@@ -613,11 +656,12 @@ class ExactSimulator(torch.nn.Module):
         batch = x.shape[0]
         if initial_state is not None:
             if initial_state.shape != (batch, 2**self.num_qubits):
-                raise ValueError(f"initial_state has shape {tuple(initial_state.shape)}; "
-                                 f"expected ({batch}, {2**self.num_qubits})")
+                raise ValueError(
+                    f"initial_state has shape {tuple(initial_state.shape)}; expected ({batch}, {2**self.num_qubits})"
+                )
             psi = initial_state.to(self.cdtype)
             if self.initial_layer is not None:
-                psi = self.initial_layer.apply(psi, x, w)
+                psi = self.initial_layer.evolve(psi, x, w)
         elif self.initial_layer is not None:
             psi = self.initial_layer.product_state(x, w).to(self.cdtype)
             if psi.dim() == 1:
@@ -625,20 +669,19 @@ class ExactSimulator(torch.nn.Module):
         else:
             psi = torch.zeros(1, 2**self.num_qubits, dtype=self.cdtype, device=w.device)
             psi[:, 0] = 1
-        for op in self.ops:
+        # cast: ModuleList is not generic, its items are typed as plain Modules
+        for op in cast("list[_Op]", self.ops):
             if op.batched and psi.shape[0] != batch:
                 psi = psi.expand(batch, -1)
-            psi = op.apply(psi, x, w)
+            psi = op.evolve(psi, x, w)
         psi = psi.expand(batch, -1)
         return psi if folded else psi.index_select(1, self.probs_src)
 
-    def probs(self, x: torch.Tensor, w: torch.Tensor, *,
-              initial_state: torch.Tensor | None = None) -> torch.Tensor:
+    def probs(self, x: torch.Tensor, w: torch.Tensor, *, initial_state: torch.Tensor | None = None) -> torch.Tensor:
         p = _abs2(self.state(x, w, folded=True, initial_state=initial_state))
         return p if self._tail_identity else p.index_select(1, self.probs_src)
 
-    def expval(self, x: torch.Tensor, w: torch.Tensor, *,
-               initial_state: torch.Tensor | None = None) -> torch.Tensor:
+    def expval(self, x: torch.Tensor, w: torch.Tensor, *, initial_state: torch.Tensor | None = None) -> torch.Tensor:
         psi = self.state(x, w, folded=True, initial_state=initial_state)
         out = _abs2(psi) @ self.z_matrix
         for i in range(len(self.xmasks)):  # no tail was folded: src is the identity here
@@ -648,9 +691,7 @@ class ExactSimulator(torch.nn.Module):
 
     def _check(self, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.dim() != 2 or x.shape[1] != self.num_inputs:
-            raise ValueError(
-                f"inputs have shape {tuple(x.shape)}; expected (batch, {self.num_inputs})"
-            )
+            raise ValueError(f"inputs have shape {tuple(x.shape)}; expected (batch, {self.num_inputs})")
         if w.shape != (self.num_weights,):
             raise ValueError(f"weights have shape {tuple(w.shape)}; expected ({self.num_weights},)")
         return x.to(self.rdtype), w.to(self.rdtype)
@@ -661,5 +702,5 @@ def _abs2(psi: torch.Tensor) -> torch.Tensor:
 
 
 @register("exact")
-def build_exact(circuit: QuantumCircuit, **kwargs: object) -> ExactSimulator:
-    return ExactSimulator(circuit, **kwargs)  # type: ignore[arg-type]
+def build_exact(circuit: QuantumCircuit, **kwargs: Any) -> ExactSimulator:
+    return ExactSimulator(circuit, **kwargs)

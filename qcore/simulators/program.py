@@ -9,8 +9,9 @@ neither an input nor a weight.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import SupportsFloat
 
 import numpy as np
 from qiskit import QuantumCircuit
@@ -19,15 +20,50 @@ from qiskit.circuit import Parameter, ParameterExpression
 # Gates the simulators understand, with their number of angles.
 SUPPORTED_GATES: dict[str, int] = {
     # single-qubit, constant
-    "id": 0, "h": 0, "x": 0, "y": 0, "z": 0, "s": 0, "sdg": 0, "t": 0, "tdg": 0, "sx": 0, "sxdg": 0,
+    "id": 0,
+    "h": 0,
+    "x": 0,
+    "y": 0,
+    "z": 0,
+    "s": 0,
+    "sdg": 0,
+    "t": 0,
+    "tdg": 0,
+    "sx": 0,
+    "sxdg": 0,
     # single-qubit, parametrised
-    "rx": 1, "ry": 1, "rz": 1, "p": 1, "u": 3, "u1": 1, "u2": 2, "u3": 3, "r": 2,
+    "rx": 1,
+    "ry": 1,
+    "rz": 1,
+    "p": 1,
+    "u": 3,
+    "u1": 1,
+    "u2": 2,
+    "u3": 3,
+    "r": 2,
     # two-qubit
-    "cx": 0, "cy": 0, "cz": 0, "ch": 0, "swap": 0, "iswap": 0, "ecr": 0,
-    "crx": 1, "cry": 1, "crz": 1, "cp": 1, "cu1": 1, "rxx": 1, "ryy": 1, "rzz": 1, "rzx": 1,
-    "cu": 4, "cu3": 3,
+    "cx": 0,
+    "cy": 0,
+    "cz": 0,
+    "ch": 0,
+    "swap": 0,
+    "iswap": 0,
+    "ecr": 0,
+    "crx": 1,
+    "cry": 1,
+    "crz": 1,
+    "cp": 1,
+    "cu1": 1,
+    "rxx": 1,
+    "ryy": 1,
+    "rzz": 1,
+    "rzx": 1,
+    "cu": 4,
+    "cu3": 3,
     # three-qubit
-    "ccx": 0, "cswap": 0, "ccz": 0,
+    "ccx": 0,
+    "cswap": 0,
+    "ccz": 0,
 }
 IGNORED = {"barrier", "delay"}
 
@@ -83,7 +119,7 @@ class Program:
 
 
 def _affine(
-    value: object, x_index: dict[Parameter, int], w_index: dict[Parameter, int], gate: str
+    value: SupportsFloat | ParameterExpression, x_index: dict[Parameter, int], w_index: dict[Parameter, int], gate: str
 ) -> Angle:
     """Read one gate angle as an affine function of the inputs and weights."""
     if not isinstance(value, ParameterExpression):
@@ -121,9 +157,7 @@ def read_circuit(
     inputs, weights = list(inputs), list(weights)
     overlap = set(inputs) & set(weights)
     if overlap:
-        raise CircuitError(
-            f"parameter(s) {sorted(map(str, overlap))} are given both as inputs and as weights"
-        )
+        raise CircuitError(f"parameter(s) {sorted(map(str, overlap))} are given both as inputs and as weights")
     x_index = {p: i for i, p in enumerate(inputs)}
     w_index = {p: i for i, p in enumerate(weights)}
     if len(x_index) != len(inputs) or len(w_index) != len(weights):

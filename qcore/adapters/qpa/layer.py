@@ -21,12 +21,13 @@ at initialisation: the adapted model starts away from the base model, unless ``z
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 from torch import nn
 
-from qcore.adapters.base import AdapterError, AdapterLayer
+from qcore.adapters.base import AdapterError, AdapterLayer, TargetLayer
 from qcore.adapters.qpa.config import MAX_QUBITS, QPAConfig
 from qcore.circuits import qpa_chain
 from qcore.layer import QuantumLayer
@@ -45,7 +46,7 @@ def transform_probabilities(p: torch.Tensor, num_qubits: int) -> torch.Tensor:
     The clamp keeps the gradient of ``x^0.15`` finite where a probability is exactly zero.
     """
     x = (0.6 * torch.tanh(0.1 * 2 ** (num_qubits - 1) * p)).clamp_min(torch.finfo(p.dtype).tiny)
-    x = x ** 0.15
+    x = x**0.15
     return x - x.mean()
 
 
@@ -59,7 +60,7 @@ def mapping_model(in_features: int, hidden: list[int], out_features: int, activa
     """Linear layers ``in → hidden… → out``, with ``activation`` between them (none: published)."""
     widths = [in_features, *hidden, out_features]
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         if i and activation is not None:
             layers.append(_ACTIVATIONS[activation]())
         layers.append(nn.Linear(a, b))
@@ -69,6 +70,8 @@ def mapping_model(in_features: int, hidden: list[int], out_features: int, activa
 class QPAGenerator(nn.Module):
     """Generates the ``size`` numbers of one layer's LoRA vector (steps 1–5 of the module doc)."""
 
+    states: torch.Tensor  # buffer
+
     def __init__(self, size: int, config: QPAConfig, *, name: str) -> None:
         super().__init__()
         self.size = size
@@ -77,13 +80,15 @@ class QPAGenerator(nn.Module):
             raise AdapterError(
                 f"chunk_size={config.chunk_size} does not divide layer {name!r} sensibly: its "
                 f"{size:,} LoRA numbers fit in one chunk, leaving 0 qubits; choose chunk_size at "
-                f"most {math.ceil(size / 2):,} (two chunks or more)")
+                f"most {math.ceil(size / 2):,} (two chunks or more)"
+            )
         self.num_qubits = math.ceil(math.log2(self.chunks))
         if self.num_qubits > MAX_QUBITS:
             raise AdapterError(
                 f"chunk_size={config.chunk_size} cuts layer {name!r}'s {size:,} LoRA numbers into "
                 f"{self.chunks:,} chunks, which needs {self.num_qubits} qubits (at most {MAX_QUBITS}); "
-                f"choose chunk_size at least {math.ceil(size / 2 ** MAX_QUBITS):,}")
+                f"choose chunk_size at least {math.ceil(size / 2**MAX_QUBITS):,}"
+            )
         circuit, theta = qpa_chain(self.num_qubits, config.depth)
         self.circuit = QuantumLayer(circuit, weights=list(theta), output="probs", backend="exact")
         self.register_buffer("states", basis_states(self.num_qubits, self.chunks), persistent=False)
@@ -104,8 +109,11 @@ class QPALayer(AdapterLayer):
     """
 
     saved_buffers = ("start_a", "start_b")
+    # buffers, registered only with ``zero_start``
+    start_a: torch.Tensor
+    start_b: torch.Tensor
 
-    def __init__(self, base_layer: nn.Module, config: QPAConfig, *, name: str) -> None:
+    def __init__(self, base_layer: TargetLayer, config: QPAConfig, *, name: str) -> None:
         super().__init__(base_layer, config, name=name)
         size = lora_size(self.in_features, self.out_features, self.r)
         self.generator = QPAGenerator(size, config, name=name)

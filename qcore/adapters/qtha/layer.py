@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from qcore.adapters.base import AdapterLayer
+from qcore.adapters.base import AdapterLayer, TargetLayer
 from qcore.adapters.qtha.config import QTHAConfig
 from qcore.adapters.qtha.mpo import MPO
 from qcore.circuits import angle_encoding, compose, hardware_efficient
@@ -35,6 +35,8 @@ from qcore.layer import QuantumLayer
 
 class LowRankQNN(nn.Module):
     """``(batch, r)`` low-rank features → ``(batch, qubits)`` expectation values ``⟨Z_i⟩``."""
+
+    encoding: torch.Tensor  # buffer
 
     def __init__(self, rank: int, qubits: int, layers: int) -> None:
         super().__init__()
@@ -51,12 +53,12 @@ class LowRankQNN(nn.Module):
 class QTHALayer(AdapterLayer):
     """A Linear/Conv1D layer plus QTHA's fused MPO + QNN low-rank update."""
 
-    def __init__(self, base_layer: nn.Module, config: QTHAConfig, *, name: str) -> None:
+    def __init__(self, base_layer: TargetLayer, config: QTHAConfig, *, name: str) -> None:
         super().__init__(base_layer, config, name=name)
         self.tau = 1 / math.sqrt(3 * self.in_features)  # LoRA's initial std of its down-projection
-        mpo = {"cores": config.cores, "bond_dim": config.bond_dim}
-        self.down = MPO(self.r, self.in_features, std=self.tau, **mpo)
-        self.up = MPO(self.out_features, self.r, std=1.0, zero_last=True, **mpo)
+        cores, bond_dim = config.cores, config.bond_dim
+        self.down = MPO(self.r, self.in_features, cores=cores, bond_dim=bond_dim, std=self.tau)
+        self.up = MPO(self.out_features, self.r, cores=cores, bond_dim=bond_dim, std=1.0, zero_last=True)
         self.qnn = LowRankQNN(self.r, config.qubits, config.layers)
         bound = 1 / math.sqrt(config.qubits)
         self.fusion = nn.Parameter(torch.empty(self.r, config.qubits).uniform_(-bound, bound))

@@ -48,17 +48,17 @@ class MPO(nn.Module):
     deviation ``std``; ``zero_last`` then zeroes the last core, making the matrix zero.
     """
 
-    def __init__(self, rows: int, cols: int, *, cores: int, bond_dim: int, std: float,
-                 zero_last: bool = False) -> None:
+    def __init__(self, rows: int, cols: int, *, cores: int, bond_dim: int, std: float, zero_last: bool = False) -> None:
         super().__init__()
         self.rows, self.cols = rows, cols
         p, q = factorize(rows, cores), factorize(cols, cores)
-        sizes = [a * b for a, b in zip(p, q)]
+        sizes = [a * b for a, b in zip(p, q, strict=True)]
         bonds = [1, *(min(bond_dim, math.prod(sizes[:k]), math.prod(sizes[k:])) for k in range(1, cores)), 1]
         # An entry sums prod(bonds) products of `cores` core entries: pick their std to give `std`.
         sigma = (std / math.sqrt(math.prod(bonds))) ** (1 / cores)
         self.cores = nn.ParameterList(
-            nn.Parameter(torch.randn(bonds[k], p[k], q[k], bonds[k + 1]) * sigma) for k in range(cores))
+            nn.Parameter(torch.randn(bonds[k], p[k], q[k], bonds[k + 1]) * sigma) for k in range(cores)
+        )
         if zero_last:
             nn.init.zeros_(self.cores[-1])
 

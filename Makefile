@@ -1,11 +1,13 @@
-# Two commands: `make run` (the main job on the embedded defaults) and `make test`.
-# Both create or reuse .venv and install the pinned dependency set from constraints.txt.
+# Two commands: `make run` (the main job on the embedded defaults) and `make test` (lint, types
+# and the whole suite; what CI runs). Both create or reuse .venv and install the pinned
+# dependency set from constraints.txt. `make test-fast` is the everyday tier: lint, types and
+# the unit tests, without the flow runs on real servers.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench
+.PHONY: install run lint test test-fast bench
 
 # Named data sets: $QLLM_DATA_DIR when set, else ../shared/data when present, else downloaded.
 ifeq ($(QLLM_DATA_DIR),)
@@ -27,8 +29,16 @@ install: $(STAMP)
 run: install
 	$(BIN)/qllm run distill
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
+
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not flow and not system"
 
 bench: install
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'

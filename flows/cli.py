@@ -8,25 +8,32 @@ import json
 import sys
 import types
 import typing
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from lab.data import DataError, DataUnavailableError
+from lab.methods.peft import CountParams, count_report
+from lab.teacher import ModelNotFoundError
 from qcore.adapters import AdapterError
 from qcore.hardware.service import HardwareError
-from tasks.data import DataError, DataUnavailableError
-from tasks.teacher import ModelNotFoundError
 
 FlowEntry = tuple[type[BaseModel], Callable[[BaseModel], Any], str]
 
 
 def _flows() -> dict[str, FlowEntry]:
+    from lab.methods.federated import FederatedCompareParams, FederatedParams
+    from lab.methods.peft import PeftParams
+    from lab.methods.pqc_head import HeadParams
+    from lab.methods.qdllm import DistillParams
+
     from .compare import CompareParams, run_compare
-    from .distill import DistillParams, run_distill
-    from .federated import FederatedCompareParams, FederatedParams, run_federated
+    from .distill import run_distill
+    from .federated import run_federated
     from .hardware import HardwareParams, run_hardware
-    from .head import HeadParams, run_head
-    from .peft import PeftParams, run_peft
+    from .head import run_head
+    from .peft import run_peft
     from .study import StudyParams, run_study
 
     return {"distill": (DistillParams, run_distill, "QD-LLM: distil a teacher LLM into quantum students"),
@@ -115,8 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = run_sub.add_parser(name, help=doc, description=doc,
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_model_options(p, model)
-    from .peft import COUNT_HELP, count_main, count_parser
-
     peft_sub = sub.add_parser("peft", help="parameter-efficient fine-tuning tools").add_subparsers(
         dest="peft_command", required=True)
     count_parser(peft_sub.add_parser("count", help=COUNT_HELP, description=COUNT_HELP,
@@ -145,6 +150,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for text, label, probs in predict(args.run_id, args.texts):
         print(json.dumps({"text": text, "label": label, "probabilities": probs}))
+    return 0
+
+
+COUNT_HELP = "trainable parameters of LoRA, QPA and QTHA from a model config alone, and their ratio to LoRA"
+
+
+def count_parser(parser: argparse.ArgumentParser) -> None:
+    """The options of ``qllm peft count`` (one per :class:`CountParams` field)."""
+    add_model_options(parser, CountParams)
+
+
+def count_main(args: argparse.Namespace) -> int:
+    """``qllm peft count``: print the table, or refuse bad input with a message naming it."""
+    try:
+        print(count_report(parse_model(CountParams, args)))
+    except ValidationError as err:
+        print(format_validation_error(err), file=sys.stderr)
+        return 2
+    except (AdapterError, ModelNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

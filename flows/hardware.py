@@ -22,19 +22,21 @@ import numpy as np
 import torch
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from qcore.hardware.plan import build_plan
 from qcore.hardware.service import HardwareError, Mitigation, QPUService
 from qcore.simulators.aer import fake_backend, fake_backend_names
-from tasks import reporting, tracking
-from tasks.artifacts import hash_json, upload_folder
-from tasks.data import load_dataset
-from tasks.hardware import (Ledger, SourceRun, chunks, ibm_credentials, load_source, make_service,
-                            run_on_qpu)
-from tasks.settings import Settings
-from tasks.teacher import TeacherSpec, teacher_features
-from tasks.train import noisy_evaluation
+from lab import reporting, tracking
+from lab.artifacts import hash_json, upload_folder
+from lab.data import load_dataset
+from lab.hardware import Ledger, SourceRun, chunks, load_source
+from lab.noise import NoiseSetting
+from lab.params import Options, RunOptions, experiment
+from lab.runtime import Runtime
+from lab.teacher import TeacherSpec, teacher_features
+from tasks.hardware import credentials, run_on_qpu, service_for
+from tasks.train import evaluate_under_noise
 
 from .runner import check_dask_address, dask_runner, run_from_cli
 
@@ -44,10 +46,8 @@ LOCAL_ESTIMATOR_QUBITS = 16
 BACKEND_PATTERN = re.compile(r"^(fake_[a-z0-9_]+|ibm_[a-z0-9_]+|least_busy)$")
 
 
-class HardwareParams(BaseModel):
-    """Parameters of the hardware flow (the CLI options, the Prefect UI form, prefect.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
+class HardwareFields(Options):
+    """The hardware flow's own parameters (before the run group in the form)."""
 
     run_id: str = Field(..., min_length=1, description="MLflow run holding a trained quantum model "
                                                        "(a child run of distill, head or study)")
@@ -78,8 +78,12 @@ class HardwareParams(BaseModel):
     timeout_seconds: float = Field(6 * 3600, gt=0, description="the QPU task's timeout (queue included); "
                                                                "its retries resume the same jobs")
     poll_max_seconds: float = Field(60.0, gt=0, description="longest wait between two job-status polls")
-    experiment: str = Field("qllm-hardware", min_length=1, description="MLflow experiment name")
-    dask_address: str | None = Field(None, description="Dask scheduler address (default: a temporary LocalCluster)")
+
+
+class HardwareParams(RunOptions, HardwareFields):
+    """Parameters of the hardware flow (the CLI options, the Prefect UI form, prefect.yaml)."""
+
+    experiment: str = experiment("qllm-hardware")
 
     @field_validator("backend")
     @classmethod
@@ -105,8 +109,8 @@ class HardwareParams(BaseModel):
     def check(self) -> None:
         """The cheap refusals, before any server starts: credentials and the run's model."""
         if not self.backend.startswith("fake_"):
-            ibm_credentials()
-        qubits = load_source(self.run_id, Settings()).model.hardware_layer.circuit.num_qubits
+            credentials()
+        qubits = load_source(self.run_id, Runtime()).model.hardware_layer.circuit.num_qubits
         if self.backend.startswith("fake_"):
             check_device(self, fake_backend(self.backend), qubits, local=True)
 
@@ -165,10 +169,10 @@ def hardware(params: HardwareParams) -> dict[str, Any]:
     """Run a trained quantum model on a (fake) IBM backend; compare with exact and noisy simulation."""
     check_dask_address(params.dask_address)
     log = get_run_logger()
-    settings = Settings()
+    settings = Runtime()
     source = load_source(params.run_id, settings)
     model = source.model
-    service = make_service(params.backend)
+    service = service_for(params.backend)
     ledger = Ledger.open(settings.artifact_root, params.ledger_key(source))
     layer = model.hardware_layer
     backend = resolve_backend(service, params, ledger, layer.circuit.num_qubits)
@@ -237,11 +241,10 @@ def _submit_noisy_simulation(params: HardwareParams, model: Any, test: TestSampl
         return None
     with tempfile.TemporaryDirectory() as tmp:
         model_url = upload_folder(model.save(Path(tmp) / "model"), f"{ledger.url}/model")
-    label = f"noisy simulation ({twin}, {params.shots} shots)"
-    options = {"noise": twin, "shots": params.shots}
-    n, step = len(test.labels), max(1, -(-len(test.labels) // Settings().dask_workers))
-    return label, [noisy_evaluation.submit(model_url, test.features, label, i, min(i + step, n), params.sample_seed,
-                                           options) for i in range(0, n, step)]
+    setting = NoiseSetting(f"noisy simulation ({twin}, {params.shots} shots)", "device",
+                           {"noise": twin, "shots": params.shots}, 0.0)
+    return setting.label, evaluate_under_noise(model_url, test.features, test.labels, setting, len(test.labels),
+                                               Runtime().dask_workers, seed=params.sample_seed)
 
 
 def _predict(model: Any, z: np.ndarray) -> list[int]:

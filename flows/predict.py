@@ -8,15 +8,15 @@ from typing import Sequence
 
 import torch
 
+from lab import tracking
+from lab.runtime import Runtime
+from lab.teacher import TeacherSpec, teacher_features
 from qcore.models import load_model
-from tasks import tracking
-from tasks.settings import Settings
-from tasks.teacher import TeacherSpec, teacher_features
 
 
 def predict(run_id: str, texts: Sequence[str]) -> list[tuple[str, str, dict[str, float]]]:
     """``(text, predicted label, class probabilities)`` for each text."""
-    folder = Path(tracking.download_model(run_id, Settings()))
+    folder = Path(tracking.download_model(run_id, Runtime()))
     meta_file = folder / "teacher.json"
     if not meta_file.exists():
         raise ValueError(f"MLflow run {run_id} holds no trained student (model/teacher.json is missing)")

@@ -1,24 +1,43 @@
 """How flows run their tasks: the Dask task runner (an existing scheduler, or a temporary
-LocalCluster), the Prefect API the workers share, and gathering results that may have failed."""
+LocalCluster, decided when a flow starts, never at import), the Prefect API the workers share,
+and gathering results that may have failed."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from prefect import Flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.settings import PREFECT_API_URL
 from prefect_dask import DaskTaskRunner
 
-from tasks.settings import Settings
+from lab.results import FailedTraining, Outcome, job_record
+from lab.runtime import Runtime
 
 
-class DaskDashboardTaskRunner(DaskTaskRunner):
-    """A DaskTaskRunner that prints the Dask dashboard's address once it has started or reached
-    its cluster: in the flow's log (the flows log prints), so the Prefect UI shows it too."""
+class LabTaskRunner(DaskTaskRunner):
+    """The flows' Dask task runner. Built with no address, it decides where its tasks go when
+    the flow starts, not when the flow's module is imported: ``QLLM_DASK_ADDRESS`` if set, else
+    a temporary LocalCluster of single-threaded worker processes, one per core (quantum
+    simulation scales by processes, not threads), with patient timeouts.
+
+    It prints the Dask dashboard's address once it has started or reached its cluster: in the
+    flow's log (the flows log prints), so the Prefect UI shows it too."""
+
+    def __enter__(self) -> LabTaskRunner:
+        if not self.address and not self.cluster_kwargs:
+            runtime = Runtime()
+            if runtime.dask_address:
+                self.address = runtime.dask_address
+            else:
+                patient_comms()
+                self.cluster_kwargs = {"n_workers": runtime.dask_workers, "threads_per_worker": 1,
+                                       "processes": True, "dashboard_address": ":0"}
+        super().__enter__()
+        return self
 
     @property
     def client(self) -> Any:
@@ -54,18 +73,9 @@ def prefect_api_warning(client: Any) -> str | None:
             f"PREFECT_API_URL={_prefect_api_here() or '<your Prefect API>'} in their environment.")
 
 
-def dask_runner(address: str | None = None) -> DaskTaskRunner:
-    """``address`` (or ``QLLM_DASK_ADDRESS``) if set, else a LocalCluster of single-threaded
-    worker processes, one per core: quantum simulation scales by processes, not threads."""
-    settings = Settings()
-    address = address or settings.dask_address
-    if address:
-        return DaskDashboardTaskRunner(address=address)
-    patient_comms()
-    return DaskDashboardTaskRunner(cluster_kwargs={
-        "n_workers": settings.dask_workers, "threads_per_worker": 1, "processes": True,
-        "dashboard_address": ":0",
-    })
+def dask_runner(address: str | None = None) -> LabTaskRunner:
+    """A runner for ``address``, or (``None``) one that decides when the flow starts."""
+    return LabTaskRunner(address=address) if address else LabTaskRunner()
 
 
 def check_dask_address(requested: str | None) -> None:
@@ -120,7 +130,7 @@ def prefect_api() -> Iterator[str]:
     if configured:
         yield configured
         return
-    url = Settings().prefect_api_url
+    url = Runtime().prefect_api_url
     server = None
     if not url:
         from prefect.server.api.server import SubprocessASGIServer
@@ -153,22 +163,20 @@ def run_from_cli(flow: Flow, params: Any) -> dict[str, Any]:
 def mlflow_hint(run_id: str, *, before: str = "", after: str = "") -> str:
     """The closing lines of ``qllm run``: the MLflow run and the command that opens the UI on it."""
     return (f"\n{before}MLflow run {run_id}{after} — open the UI with:\n"
-            f"  mlflow ui --backend-store-uri {Settings().tracking_uri()}")
+            f"  mlflow ui --backend-store-uri {Runtime().tracking_uri()}")
 
 
-def results_or_failures(futures: Iterable[PrefectFuture[Any]], names: Sequence[str],
-                        jobs: Sequence[Any]) -> list[dict[str, Any]]:
-    """Each training's result, or a ``{"status": "failed"}`` row naming the error once its task
-    has used up its retries: one failed point must not take a whole sweep down with it."""
-    rows = []
-    for future, name, job in zip(futures, names, jobs):
+def results_or_failures(futures: Iterable[PrefectFuture[Any]], jobs: Sequence[Any], method: str) -> list[Outcome]:
+    """Each training's result, or a :class:`FailedTraining` naming the error once its task has
+    used up its retries: one failed point must not take a whole sweep down with it."""
+    rows: list[Outcome] = []
+    for future, job in zip(futures, jobs, strict=True):
         future.wait()
         if future.state.is_completed():
-            rows.append({**future.result(), "status": "ok"})
+            rows.append(future.result())
             continue
         error = future.result(raise_on_failure=False)
         message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(future.state.message)
-        get_run_logger().error("%s failed: %s", name, message)
-        rows.append({"name": name, "kind": "failed", "status": "failed", "error": message,
-                     "job": dataclasses.asdict(job) if dataclasses.is_dataclass(job) else dict(job)})
+        get_run_logger().error("%s failed: %s", job.name, message)
+        rows.append(FailedTraining(method, job.name, job.seed, job_record(job), message))
     return rows

@@ -19,7 +19,7 @@ import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
-from .settings import Settings
+from .runtime import Runtime
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -48,7 +48,7 @@ def join_url(root: str, *parts: str) -> str:
 def url_to_fs(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and path of ``url``; ``s3://`` gets ``QLLM_S3_ENDPOINT_URL`` unless the
     caller's options say otherwise (credentials stay with botocore's usual sources)."""
-    return fsspec.core.url_to_fs(url, **{**Settings().storage_options(url), **dict(storage_options or {})})
+    return fsspec.core.url_to_fs(url, **{**Runtime().storage_options(url), **dict(storage_options or {})})
 
 
 def atomic_write_bytes(

@@ -1,6 +1,6 @@
 """Plain-text corpora for causal-LM fine-tuning: the named ``tiny_shakespeare`` or any text file.
 
-The named corpus is found like the labelled sets of :mod:`tasks.data`: in ``$QLLM_DATA_DIR``,
+The named corpus is found like the labelled sets of :mod:`lab.data`: in ``$QLLM_DATA_DIR``,
 else the download cache, else downloaded from its canonical source and checked against a pinned
 sha256. There is no official split; as nanoGPT and char-rnn do, the first 90% of the characters
 train and the last 10% validate.
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import fsspec
 
-from tasks.data import FILES, DataError, RemoteFile, fetch
+from lab.data import FILES, DataError, RemoteFile, fetch
 
 # Registered beside the labelled sets' files, so `fetch` finds, downloads and checks it the same way.
 FILES["tiny_shakespeare"] = {"input.txt": RemoteFile(

@@ -21,7 +21,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from tasks.artifacts import atomic_write_bytes, sha256_bytes, sha256_file
+from lab.artifacts import atomic_write_bytes, sha256_bytes, sha256_file
 
 DATA_DIR_ENV = "QLLM_DATA_DIR"
 CACHE_DIR_ENV = "QLLM_CACHE_DIR"
@@ -518,3 +518,26 @@ def few_shot(dataset: Dataset, per_label: int, *, test_size: int | None = None, 
         split={**dataset.split, "few_shot_per_label": per_label, "few_shot_test_size": test_size,
                "few_shot_seed": seed},
     )
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """Which split a flow reads: a data set, its sizes and seed, its columns, and (few-shot)
+    ``per_label`` training examples per class with the rest of the train split as test set."""
+
+    name: str
+    train_size: int | None = None
+    test_size: int | None = None
+    seed: int = 0
+    text_column: str | None = None
+    label_column: str | None = None
+    per_label: int | None = None
+
+    def load(self) -> Dataset:
+        """Read and split; bad names, paths, columns, labels or sizes fail here, naming them."""
+        if self.per_label is None:
+            return load_dataset(self.name, train_size=self.train_size, test_size=self.test_size, seed=self.seed,
+                                text_column=self.text_column, label_column=self.label_column)
+        return few_shot(load_dataset(self.name, seed=self.seed, text_column=self.text_column,
+                                     label_column=self.label_column), self.per_label, test_size=self.test_size,
+                        seed=self.seed)

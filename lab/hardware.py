@@ -1,5 +1,5 @@
-"""Hardware submission: credentials, the job ledger, and the Prefect task that runs a plan on a
-quantum service without ever paying twice for the same job.
+"""Hardware submission: credentials, the job ledger, and running a plan on a quantum service
+without ever paying twice for the same job (:mod:`tasks.hardware` wraps it as a Prefect task).
 
 Every job id is written to ``<artifact root>/hardware/<key>/jobs.json`` the moment the service
 returns it, before anything waits on it. A retry of the task, or a new run of the flow with the
@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from qcore.hardware.plan import CircuitPlan, expectation_values
 from qcore.models.base import QuantumModel
@@ -28,9 +26,8 @@ from qcore.hardware.service import (FINAL_STATES, HardwareError, IBMRuntimeServi
                                     LocalTestingService, Mitigation, QPUJob, QPUService, redact)
 
 from .artifacts import atomic_write_bytes, join_url, read_bytes
-from .settings import Settings
+from .runtime import Runtime
 
-QPU_TAG = "qpu"  # Prefect tag of every task that talks to a QPU; limit it with `prefect concurrency-limit`
 TOKEN_BLOCK, INSTANCE_BLOCK = "qiskit-ibm-token", "qiskit-ibm-instance"
 _SECRETS: set[str] = set()  # credentials this process has handed out: scrubbed from every error
 
@@ -40,13 +37,18 @@ class JobFailedError(HardwareError):
 
 
 # ----------------------------------------------------------------------------- credentials
-def ibm_credentials() -> tuple[str, str | None]:
+def _no_secrets(name: str) -> str | None:
+    return None
+
+
+def ibm_credentials(secret: Callable[[str], str | None] = _no_secrets) -> tuple[str, str | None]:
     """``(token, instance)`` from ``QISKIT_IBM_TOKEN`` / ``QISKIT_IBM_INSTANCE``, else from the
-    Prefect Secret blocks ``qiskit-ibm-token`` / ``qiskit-ibm-instance``."""
+    secrets ``qiskit-ibm-token`` / ``qiskit-ibm-instance`` that ``secret`` looks up (the flows
+    pass Prefect Secret blocks)."""
     token, instance = os.environ.get("QISKIT_IBM_TOKEN"), os.environ.get("QISKIT_IBM_INSTANCE")
     if not token:
-        token = _secret(TOKEN_BLOCK)
-        instance = instance or _secret(INSTANCE_BLOCK)
+        token = secret(TOKEN_BLOCK)
+        instance = instance or secret(INSTANCE_BLOCK)
     if not token:
         raise HardwareError(
             "a real IBM backend needs IBM Quantum Platform credentials: set QISKIT_IBM_TOKEN (and "
@@ -56,22 +58,13 @@ def ibm_credentials() -> tuple[str, str | None]:
     return token, instance
 
 
-def _secret(name: str) -> str | None:
-    from prefect.blocks.system import Secret
-
-    try:
-        return str(Secret.load(name).get())
-    except Exception:  # noqa: BLE001 - no API, or no such block: the caller says what to set
-        return None
-
-
-def make_service(backend: str) -> QPUService:
+def make_service(backend: str, secret: Callable[[str], str | None] = _no_secrets) -> QPUService:
     """Local testing mode for ``fake_*`` backends; otherwise the service ``QLLM_QPU_SERVICE``
     names (``module:factory``, called with ``token=`` and ``instance=``) or IBM Quantum Platform."""
     if backend.startswith("fake_"):
         return LocalTestingService()
-    token, instance = ibm_credentials()
-    factory_path = Settings().qpu_service
+    token, instance = ibm_credentials(secret)
+    factory_path = Runtime().qpu_service
     if not factory_path:
         return IBMRuntimeService(token, instance)
     module, _, name = factory_path.partition(":")
@@ -142,38 +135,27 @@ def chunks(samples: int, job_size: int) -> list[tuple[int, int]]:
 
 
 # ----------------------------------------------------------------------------- the task
-def _not_a_failed_job(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry transient errors (network, service hiccups, the task's timeout); never a job the
-    service ran and failed or cancelled, nor a refusal: those need a person."""
-    try:
-        state.result()
-    except HardwareError:
-        return False
-    except Exception:  # noqa: BLE001 - anything else is worth another try
-        return True
-    return True
-
-
-@task(name="run-on-qpu", tags=[QPU_TAG], retries=3, retry_delay_seconds=[10, 60, 300],
-      retry_condition_fn=_not_a_failed_job, cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
-def run_on_qpu(plan: CircuitPlan, service: QPUService, backend: Any, ledger: Ledger, *,
-               shots: int, job_size: int, mitigation: Mitigation, observables: list[Any],
-               on_job_ids: Callable[[list[str]], None], poll_max_seconds: float = 60.0) -> np.ndarray:
+def run_chunks(plan: CircuitPlan, service: QPUService, backend: Any, ledger: Ledger, *, shots: int,
+               job_size: int, mitigation: Mitigation, observables: list[Any],
+               on_job_ids: Callable[[list[str]], None], poll_max_seconds: float,
+               log: Callable[[str], None]) -> np.ndarray:
     """``(samples, observables)`` expectation values of every sample, measured on ``backend``.
 
     Chunks whose values are stored are skipped; chunks with a job id in the ledger are
     retrieved, not resubmitted; only the rest are submitted, all in one Batch, and each id is
-    recorded (ledger, then ``on_job_ids``) before any waiting starts.
+    recorded (ledger, then ``on_job_ids``) before any waiting starts. Errors come out with the
+    credentials cut from their text (:func:`scrubbed`).
     """
     with scrubbed(f"running on {ledger.backend}"):
         return _run_chunks(plan, service, backend, ledger, shots=shots, job_size=job_size, mitigation=mitigation,
-                           observables=observables, on_job_ids=on_job_ids, poll_max_seconds=poll_max_seconds)
+                           observables=observables, on_job_ids=on_job_ids, poll_max_seconds=poll_max_seconds,
+                           log=log)
 
 
 def _run_chunks(plan: CircuitPlan, service: QPUService, backend: Any, ledger: Ledger, *, shots: int,
                 job_size: int, mitigation: Mitigation, observables: list[Any],
-                on_job_ids: Callable[[list[str]], None], poll_max_seconds: float) -> np.ndarray:
-    log = get_run_logger()
+                on_job_ids: Callable[[list[str]], None], poll_max_seconds: float,
+                log: Callable[[str], None]) -> np.ndarray:
     parts = chunks(plan.samples, job_size)
     values: dict[int, np.ndarray] = {}
     jobs: dict[int, QPUJob] = {}
@@ -187,13 +169,13 @@ def _run_chunks(plan: CircuitPlan, service: QPUService, backend: Any, ledger: Le
         if entry.get("job_id") and entry.get("status") not in ("ERROR", "CANCELLED"):
             try:
                 jobs[i] = service.job(entry["job_id"])
-                log.info("chunk %d: resuming job %s (not resubmitted)", i, entry["job_id"])
+                log(f"chunk {i}: resuming job {entry['job_id']} (not resubmitted)")
                 continue
             except JobNotFoundError as exc:
                 if not service.is_local:
                     raise HardwareError(f"{exc}; the ledger {ledger.url}/jobs.json names it. Delete that "
                                         "entry to submit the chunk again.") from None
-                log.info("chunk %d: %s; simulating again", i, exc)
+                log(f"chunk {i}: {exc}; simulating again")
         to_submit.append(i)
     if to_submit:
         with service.batch(backend, plan.primitive, mitigation) as submit:
@@ -203,8 +185,7 @@ def _run_chunks(plan: CircuitPlan, service: QPUService, backend: Any, ledger: Le
                 jobs[i] = job
                 ledger.record(i, job_id=job.job_id(), status="SUBMITTED", start=start, stop=stop,
                               submitted_at=time.time())
-                log.info("chunk %d (samples %d-%d): submitted job %s to %s", i, start, stop - 1,
-                         job.job_id(), ledger.backend)
+                log(f"chunk {i} (samples {start}-{stop - 1}): submitted job {job.job_id()} to {ledger.backend}")
         on_job_ids(ledger.job_ids())
     for i, job in sorted(jobs.items()):
         status = wait_for(job, poll_max_seconds)
@@ -241,7 +222,7 @@ class SourceRun:
     weights_hash: str
 
 
-def load_source(run_id: str, settings: Settings) -> SourceRun:
+def load_source(run_id: str, settings: Runtime) -> SourceRun:
     """Refuses a run that does not exist or holds no quantum model, saying where to look."""
     import mlflow
     from mlflow.exceptions import MlflowException

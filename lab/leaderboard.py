@@ -4,27 +4,22 @@ child runs and the accuracy-against-cost plot."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import mlflow
 import numpy as np
 from matplotlib.figure import Figure
 
 from . import tracking
+from .results import TrainingResult
 
 
-def seed_row(method: str, seed: int, *, accuracy: float, trainable_params: int, train_seconds: float,
-             cached: bool = False) -> dict[str, Any]:
+def trained_row(result: TrainingResult) -> dict[str, Any]:
     """One method's result for one seed, in the form every method is reduced to."""
-    return {"method": method, "seed": seed, "accuracy": float(accuracy), "trainable_params": int(trainable_params),
-            "train_seconds": float(train_seconds), "cached": bool(cached)}
-
-
-def trained_row(method: str, seed: int, result: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored training's result (QD-LLM student, PQC head, classical baseline): its own
-    accuracy, parameter count and training time."""
-    return seed_row(method, seed, accuracy=result["metrics"]["accuracy"], trainable_params=result["params"]["total"],
-                    train_seconds=result["metrics"]["train_seconds"], cached=result.get("cached", False))
+    return {"method": result.method, "seed": result.seed, "accuracy": result.accuracy,
+            "trainable_params": result.trainable_params, "train_seconds": result.train_seconds,
+            "cached": result.cached}
 
 
 def leaderboard(rows: Sequence[dict[str, Any]], labels: Mapping[str, str]) -> list[dict[str, Any]]:

@@ -15,16 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from qiskit import QuantumCircuit, transpile
 
-from qcore.models.base import load_model
+from qcore.models.base import QuantumModel, load_model
 from qcore.simulators.aer import fake_backend
 from qcore.training import train
 
 from .artifacts import download_folder
-from .train import dask_client_for, model_predictions, one_thread_per_task
+from .store import model_predictions
 
 
 @dataclass(frozen=True)
@@ -60,24 +58,58 @@ def transpiled_metrics(circuit: QuantumCircuit, device: str, *, optimization_lev
             "logical_two_qubit_gates": sum(1 for inst in circuit.data if inst.operation.num_qubits == 2)}
 
 
-@task(name="noisy-finetune", retries=1, cache_policy=NO_CACHE, task_run_name="finetune-{label}")
+def load_stored_model(model_url: str) -> QuantumModel:
+    """A trained model from the artifact store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_model(download_folder(model_url, Path(tmp) / "model"))
+
+
+def noisy_predictions(model_url: str, test_x: np.ndarray, label: str, start: int, stop: int, seed: int,
+                      backend_options: dict[str, Any]) -> dict[str, Any]:
+    """Predictions of a trained model for test samples ``start:stop`` on the `aer` backend
+    (shots, depolarizing or device noise) beside its exact predictions."""
+    model = load_stored_model(model_url)
+    noisy = model.with_backend("aer", simulator_seed=seed + start, **backend_options)
+    x = test_x[start:stop]
+    t0 = time.perf_counter()
+    noisy_pred = model_predictions(noisy, x)
+    return {"label": label, "start": start, "noisy": noisy_pred, "exact": model_predictions(model, x),
+            "seconds": time.perf_counter() - t0, "options": backend_options}
+
+
+def chunk_bounds(samples: int, available: int, workers: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of one chunk per worker over the first ``min(samples, available)`` samples."""
+    n = min(samples, available)
+    step = max(1, -(-n // workers))
+    return [(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def merge_noisy(chunks: list[dict[str, Any]], test_y: np.ndarray) -> dict[str, Any]:
+    """One row per noise setting from its chunks: accuracy on the same samples, noisy and exact."""
+    chunks = sorted(chunks, key=lambda c: c["start"])
+    noisy = np.array([p for c in chunks for p in c["noisy"]])
+    exact = np.array([p for c in chunks for p in c["exact"]])
+    y = test_y[chunks[0]["start"]: chunks[0]["start"] + len(noisy)]
+    return {"label": chunks[0]["label"], "samples": len(y), "accuracy": float((noisy == y).mean()),
+            "exact_accuracy_same_samples": float((exact == y).mean()),
+            "agreement_with_exact": float((noisy == exact).mean()),
+            "seconds": sum(c["seconds"] for c in chunks), "options": chunks[0]["options"]}
+
+
 def noisy_finetune(model_url: str, label: str, options: dict[str, Any], train_x: np.ndarray,
                    train_y: np.ndarray, eval_x: np.ndarray, *, steps: int, batch_size: int, lr: float,
-                   seed: int) -> dict[str, Any]:
+                   seed: int, dask_client: Any = None) -> dict[str, Any]:
     """Fine-tune a trained model for ``steps`` mini-batches under the noise itself (parameter
-    shift on `aer`), then predict ``eval_x`` under the same noise."""
-    one_thread_per_task()
-    with tempfile.TemporaryDirectory() as tmp:
-        model = load_model(download_folder(model_url, Path(tmp) / "model"))
+    shift on `aer`, its batches spread over ``dask_client`` when given), then predict ``eval_x``
+    under the same noise."""
+    model = load_stored_model(model_url)
     t0 = time.perf_counter()
-    with dask_client_for("aer") as client:
-        noisy = model.with_backend("aer", simulator_seed=seed, **options,
-                                   **({"client": client} if client is not None else {}))
-        rng = np.random.default_rng(seed)
-        idx = rng.choice(len(train_x), size=min(len(train_x), steps * batch_size), replace=False)
-        history = train(noisy, torch.as_tensor(train_x[idx]), torch.as_tensor(train_y[idx]), None,
-                        epochs=1, batch_size=batch_size, lr=lr, seed=seed, alpha=0.0)
-        predictions = model_predictions(noisy, eval_x)
-    get_run_logger().info("fine-tuned under %s for %d steps in %.1fs", label, steps, time.perf_counter() - t0)
+    noisy = model.with_backend("aer", simulator_seed=seed, **options,
+                               **({"client": dask_client} if dask_client is not None else {}))
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(train_x), size=min(len(train_x), steps * batch_size), replace=False)
+    history = train(noisy, torch.as_tensor(train_x[idx]), torch.as_tensor(train_y[idx]), None,
+                    epochs=1, batch_size=batch_size, lr=lr, seed=seed, alpha=0.0)
+    predictions = model_predictions(noisy, eval_x)
     return {"label": label, "predictions": predictions, "loss": history[-1]["loss"],
             "seconds": time.perf_counter() - t0}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -10,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from .results import TrainingResult  # noqa: E402
 
 COLUMNS = (  # (key, heading, format)
     ("method", "method", "{}"),
@@ -25,10 +28,10 @@ COLUMNS = (  # (key, heading, format)
 )
 
 
-def table(rows: Sequence[dict[str, Any]], lora_params: int) -> list[dict[str, Any]]:
+def table(rows: Sequence[TrainingResult], lora_params: int) -> list[dict[str, Any]]:
     """One row per method: its metrics and its adapter size relative to LoRA's."""
-    return [{"method": r["method"], **r["metrics"], "ratio_to_lora": r["metrics"]["adapter_params"] / lora_params,
-             "cached": r.get("cached", False)} for r in rows]
+    return [{"method": r.method, **r.metrics, "ratio_to_lora": r.metrics["adapter_params"] / lora_params,
+             "cached": r.cached} for r in rows]
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -39,17 +42,17 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def loss_curves(rows: Sequence[dict[str, Any]], title: str) -> Figure:
+def loss_curves(rows: Sequence[TrainingResult], title: str) -> Figure:
     """Per-step training losses of every method overlaid: faint raw steps, a moving average on top."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, r in enumerate(rows):
-        loss = np.asarray(r["history"]["train_loss"])
+        loss = np.asarray(r.history["train_loss"])
         steps = np.arange(1, len(loss) + 1)
         color = f"C{i}"
         ax.plot(steps, loss, color=color, alpha=0.25, linewidth=0.8)
         window = max(1, len(loss) // 20)
         smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth, color=color, label=f"{r['method']} (moving mean of {window})")
+        ax.plot(steps[window - 1:], smooth, color=color, label=f"{r.method} (moving mean of {window})")
     ax.set(xlabel="step", ylabel="training loss", title=title)
     ax.legend()
     fig.tight_layout()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -12,23 +13,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from .results import TrainingResult  # noqa: E402
+
 COLUMNS = ("accuracy", "macro_f1", "agreement")
 
 
-def summarize(rows: Sequence[dict[str, Any]], group_key: str = "kind") -> list[dict[str, Any]]:
+def summarize(rows: Sequence[TrainingResult]) -> list[dict[str, Any]]:
     """One row per model kind (seeds pooled): metric means and standard deviations."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[str, list[TrainingResult]] = defaultdict(list)
     for r in rows:
-        groups[r[group_key]].append(r)
+        groups[r.kind].append(r)
     table = []
     for kind, rs in groups.items():
         row: dict[str, Any] = {"model": kind, "seeds": len(rs)}
-        for col in COLUMNS + ("latency_ms", "train_seconds", "size_bytes"):
-            vals = [r["metrics"][col] for r in rs if col in r.get("metrics", {})]
+        for col in (*COLUMNS, "latency_ms", "train_seconds", "size_bytes"):
+            vals = [r.metrics[col] for r in rs if col in r.metrics]
             if vals:
                 row[col] = float(np.mean(vals))
                 row[f"{col}_std"] = float(np.std(vals))
-        params = rs[0].get("params", {})
+        params = rs[0].params
         row["circuit_params"] = params.get("circuit", 0)
         row["classical_params"] = params.get("classical", 0)
         table.append(row)

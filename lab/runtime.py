@@ -29,7 +29,7 @@ from typing import Any
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Settings(BaseSettings):
+class Runtime(BaseSettings):
     """Run-time locations; every field can be overridden per flow run."""
 
     model_config = SettingsConfigDict(env_prefix="QLLM_", extra="ignore")

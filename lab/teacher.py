@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tasks.artifacts import cached_npz, hash_json, join_url, sha256_file
-from tasks.data import Dataset
+from lab.artifacts import cached_npz, hash_json, join_url, sha256_file
+from lab.data import Dataset
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 KINDS = ("probe", "hf-classifier", "causal-lm")
@@ -428,7 +428,7 @@ def cached_teacher_outputs(
     progress: bool = True,
     infer: Infer | None = None,
 ) -> TeacherOutputs:
-    """Teacher outputs for `dataset` (a `tasks.data.Dataset`), from `<cache_root>/teacher/<key>.npz`
+    """Teacher outputs for `dataset` (a `lab.data.Dataset`), from `<cache_root>/teacher/<key>.npz`
     when present (any fsspec URL), else computed and stored atomically.
 
     ``infer(texts)`` runs the unfitted part of the teacher (default: :func:`unfitted_outputs` in

@@ -13,12 +13,14 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from .settings import Settings
+from .results import FailedTraining, Outcome
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,7 +46,7 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 6, delay: fl
     raise AssertionError("unreachable")
 
 
-def setup(settings: Settings, experiment: str) -> str:
+def setup(settings: Runtime, experiment: str) -> str:
     """Point MLflow at the configured store and return the experiment id.
 
     MLflow's S3 client reads its endpoint only from ``MLFLOW_S3_ENDPOINT_URL``, so a configured
@@ -76,7 +78,7 @@ def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 @contextmanager
-def parent_run(settings: Settings, experiment: str, name: str, params: Mapping[str, Any],
+def parent_run(settings: Runtime, experiment: str, name: str, params: Mapping[str, Any],
                tags: Mapping[str, str] | None = None, *,
                system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
     """The flow run's parent MLflow run. ``system_metrics``: MLflow samples this machine's CPU,
@@ -140,7 +142,7 @@ def log_table(run: mlflow.ActiveRun, rows: list[dict[str, Any]], name: str = "re
                                           artifact_file=name), what="log table")
 
 
-def download_model(run_id: str, settings: Settings) -> Path:
+def download_model(run_id: str, settings: Runtime) -> Path:
     """Download a run's ``model/`` artifacts to a temporary folder (for ``qllm predict``)."""
     mlflow.set_tracking_uri(settings.tracking_uri())
     target = Path(tempfile.mkdtemp(prefix="qllm-model-"))
@@ -149,13 +151,13 @@ def download_model(run_id: str, settings: Settings) -> Path:
         what="download model"))
 
 
-def log_result_rows(parent: mlflow.ActiveRun, rows: list[dict[str, Any]], test_y: Any,
+def log_result_rows(parent: mlflow.ActiveRun, rows: Sequence[Outcome], test_y: Any,
                     label_names: tuple[str, ...], *, model_tag: str) -> None:
-    """A child run per row of a flow's results.
+    """A child run per result of a flow.
 
-    Rows with a ``model_url`` (trained quantum models) get their model folder, training curves
-    and confusion matrix; rows with ``"status": "failed"`` become FAILED runs carrying the error;
-    the rest (classical baselines) get their metrics and curves.
+    Results with a ``model_url`` (trained quantum models) get their model folder, training curves
+    and confusion matrix; failed trainings become FAILED runs carrying the error; the rest
+    (classical baselines) get their metrics and curves.
     """
     import numpy as np
 
@@ -163,23 +165,22 @@ def log_result_rows(parent: mlflow.ActiveRun, rows: list[dict[str, Any]], test_y
     from .artifacts import download_folder
 
     for r in rows:
-        tags = {"kind": r["kind"]}
-        if r.get("status") == "failed":
-            log_child(parent, r["name"], params=r.get("job", {}), metrics={}, status="FAILED",
-                      tags={**tags, "error": r["error"][:5000]})
+        tags = {"kind": r.kind}
+        if isinstance(r, FailedTraining):
+            log_child(parent, r.name, params=r.job, metrics={}, status="FAILED", tags={**tags, "error": r.error[:5000]})
             continue
-        if "model_url" not in r:
-            log_child(parent, r["name"], params={"kind": r["kind"], "seed": r["seed"]}, metrics=r["metrics"],
-                      history=r.get("history"), tags=tags)
+        if r.model_url is None:
+            log_child(parent, r.name, params={"kind": r.kind, "seed": r.seed}, metrics=r.metrics,
+                      history=r.history, tags=tags)
             continue
-        figs = {"training_curves.png": reporting.training_curves(r["history"], r["name"]),
-                "confusion_matrix.png": reporting.confusion(np.asarray(test_y), np.array(r["test_predictions"]),
-                                                            label_names, r["name"])}
+        figs = {"training_curves.png": reporting.training_curves(r.history, r.name),
+                "confusion_matrix.png": reporting.confusion(np.asarray(test_y), np.array(r.test_predictions),
+                                                            label_names, r.name)}
         with tempfile.TemporaryDirectory() as tmp:
-            local = download_folder(r["model_url"], Path(tmp) / "model")
-            log_child(parent, r["name"], params=r["job"],
-                      metrics={**r["metrics"], **{f"params_{k}": v for k, v in r["params"].items()}},
-                      history=r["history"], artifacts=local, figures=figs,
+            local = download_folder(r.model_url, Path(tmp) / "model")
+            log_child(parent, r.name, params=r.job,
+                      metrics={**r.metrics, **{f"params_{k}": v for k, v in r.params.items()}},
+                      history=r.history, artifacts=local, figures=figs,
                       tags={**tags, "qllm.model": model_tag})
         for f in figs.values():
             reporting.close(f)

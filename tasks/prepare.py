@@ -1,35 +1,27 @@
-"""Prefect tasks that prepare what the students learn from: the data split and the teacher's outputs."""
+"""Prefect tasks that prepare what the methods learn from: the data split, and the teacher's
+features and soft labels (one :class:`~lab.embedded.EmbeddedSplit`)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from prefect import get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
-from .data import Dataset, few_shot, load_dataset
-from .teacher import TeacherOutput, TeacherOutputs, TeacherSpec, cached_teacher_outputs, unfitted_outputs
+from lab.data import DataRequest, Dataset
+from lab.embedded import EmbeddedSplit
+from lab.methods import FeatureMethod
+from lab.teacher import TeacherOutput, TeacherOutputs, TeacherSpec, cached_teacher_outputs, unfitted_outputs
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE)
-def prepare_data(name_or_url: str, *, train_size: int | None, test_size: int | None, seed: int,
-                 text_column: str | None = None, label_column: str | None = None) -> Dataset:
+def prepare_data(request: DataRequest) -> Dataset:
     """Load and split the data set; bad names, columns or labels fail here, before any work."""
-    data = load_dataset(name_or_url, train_size=train_size, test_size=test_size, seed=seed,
-                        text_column=text_column, label_column=label_column)
-    get_run_logger().info("data %s: %d train / %d test, %d classes, hash %s", data.name,
-                          len(data.train_texts), len(data.test_texts), data.num_classes,
-                          data.content_hash[:12])
-    return data
-
-
-@task(name="prepare-few-shot", cache_policy=NO_CACHE)
-def prepare_few_shot(name_or_url: str, *, per_label: int, test_size: int | None, seed: int,
-                     text_column: str | None = None, label_column: str | None = None) -> Dataset:
-    """``per_label`` examples per class from the train split; the rest of it as the test set."""
-    data = few_shot(load_dataset(name_or_url, seed=seed, text_column=text_column, label_column=label_column),
-                    per_label, test_size=test_size, seed=seed)
-    get_run_logger().info("few-shot %s: %d train (%d per label) / %d test, hash %s", data.name,
-                          len(data.train_texts), per_label, len(data.test_texts), data.content_hash[:12])
+    data = request.load()
+    few = f" ({request.per_label} per label)" if request.per_label else ""
+    get_run_logger().info("data %s: %d train%s / %d test, %d classes, hash %s", data.name, len(data.train_texts),
+                          few, len(data.test_texts), data.num_classes, data.content_hash[:12])
     return data
 
 
@@ -62,3 +54,12 @@ def teacher_outputs(data: Dataset, spec: TeacherSpec, cache_root: str, shard_siz
     get_run_logger().info("teacher %s outputs ready (cache key %s%s)", spec.kind, out.key[:12],
                           ", sharded across workers" if big else "")
     return out
+
+
+def embedded_split(method: FeatureMethod[Any, Any], params: Any, root: str) -> tuple[Dataset, EmbeddedSplit]:
+    """A feature method's data: the split (a task), the teacher's outputs (cached, sharded over
+    the workers) and the method's own view of them (e.g. a validation hold-out)."""
+    data = prepare_data(method.data_request(params))
+    spec = method.teacher(params)
+    outputs = teacher_outputs(data, spec, root, method.shard_size(params))
+    return data, method.split(params, EmbeddedSplit.of(data, outputs, spec))

@@ -24,8 +24,8 @@ from qcore.adapters.qpa.layer import basis_states, transform_probabilities
 from qcore.adapters.qtha import MPO, factorize
 from qcore.adapters.training import peak_memory, train_steps
 from qcore.layer import QuantumLayer
-from tasks.finetune import MERGE_TOLERANCE
-from tasks.teacher import resolve_model
+from lab.methods.peft import MERGE_TOLERANCE
+from lab.teacher import resolve_model
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()

@@ -13,14 +13,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main as cli
-from flows.compare import METHODS, CompareParams, run_compare
-from flows.peft import preflight as peft_preflight
+from flows.compare import CompareParams, run_compare
+from lab.methods import LEADERBOARD, METHODS
+from lab.methods.peft import preflight as peft_preflight
 from qcore.federated.client_models import build_model
-from qcore.models.pqc_head import PQCHead
+from qcore.models.pqc_head import PQCHead, PQCHeadConfig
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
-from tasks.data import load_dataset
-from tasks.settings import Settings
-from tests.lab import shared_lab
+from lab.data import load_dataset
+from lab.runtime import Runtime
+from tests.stack import shared_lab
+
+pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
 TINY = dict(train_size=60, test_size=40, seeds=[0, 1], epochs=2, batch_size=16, finetune_steps=3,
             finetune_batch_size=4, max_length=16, qubits=4, blocks=1, head_qubits=3, head_encoders=1,
@@ -42,33 +45,36 @@ def run(api: tuple[Path, str]) -> dict:
 
 def test_every_method_on_the_leaderboard_with_its_own_parameter_count(run: dict) -> None:
     table = {r["method"]: r for r in run["table"]}
-    assert set(table) == set(METHODS)
+    assert set(table) == set(LEADERBOARD)
     assert [r["accuracy"] for r in run["table"]] == sorted((r["accuracy"] for r in run["table"]), reverse=True)
     for r in run["table"]:
         assert r["seeds"] == 2 and 0.0 <= r["accuracy"] <= 1.0 and r["train_seconds"] >= 0
     params = CompareParams(**TINY)
     expected = {
         "qdllm": QDLLMStudent(QDLLMConfig(in_features=384, num_classes=2, qubits=4, blocks=1)).parameter_counts()["total"],
-        "pqc-head": PQCHead(params.head_params().jobs()[0].config(384, 2)).parameter_counts()["total"],
+        "pqc-head": PQCHead(PQCHeadConfig(in_features=384, num_classes=2, qubits=3, encoders=1)).parameter_counts()[
+            "total"],
         "logreg": 384 + 1,  # sklearn's one weight vector for two classes
-        "llm-qfl": sum(p.numel() for p in build_model(params.federated_params(0).model_spec(2)).parameters()),
+        "llm-qfl": sum(p.numel() for p in build_model(METHODS["llm-qfl"].for_budget(params, [0])[0].model_spec(2))
+                       .parameters()),
         "fed-logreg": (4 + 1) * 2,
     }
     data = load_dataset("sst2", train_size=60, test_size=40, seed=0)
-    plan = peft_preflight(params.peft_params(0), data)
-    expected.update({m: plan.counts[m].trainable for m in ("lora", "qpa", "qtha")})
+    for m in ("lora", "qpa", "qtha"):
+        plan = peft_preflight(METHODS[m].for_budget(params, [0])[0], data)
+        expected[m] = plan.counts[m].trainable
     assert {m: table[m]["trainable_params"] for m in expected} == expected
     assert expected["llm-qfl"] == 16  # the paper's VQC: 4 qubits, RealAmplitudes reps 3
     assert table["mlp"]["trainable_params"] == table["mlp-distilled"]["trainable_params"]
 
 
 def test_mlflow_parent_with_a_child_per_method_plot_and_system_metrics(run: dict) -> None:
-    mlflow.set_tracking_uri(Settings().tracking_uri())
+    mlflow.set_tracking_uri(Runtime().tracking_uri())
     client = MlflowClient()
     parent = client.get_run(run["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(c.data.tags["method"] for c in children) == sorted(METHODS)
+    assert sorted(c.data.tags["method"] for c in children) == sorted(LEADERBOARD)
     for child in children:
         assert {"accuracy", "accuracy_std", "trainable_params", "train_seconds"} <= set(child.data.metrics)
         assert len(client.get_metric_history(child.info.run_id, "seed_accuracy")) == 2

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import data
-from tasks.data import ChecksumError, DataError, DataUnavailableError, load_dataset, stratified_indices
+from lab import data
+from lab.data import ChecksumError, DataError, DataUnavailableError, load_dataset, stratified_indices
 
 SHARED = Path(os.environ.get("QLLM_DATA_DIR", "/work/shared/data"))
 needs_data = pytest.mark.skipif(not (SHARED / "sst2" / "dev.tsv").is_file(), reason="QLLM_DATA_DIR has no data")

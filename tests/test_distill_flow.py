@@ -10,9 +10,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main as cli
-from flows.distill import DistillParams, run_distill
+from flows.distill import run_distill
+from lab.methods.qdllm import DistillParams
 from flows.predict import predict
-from tasks.settings import Settings
+from lab.runtime import Runtime
+
+pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def test_flow_reports_students_beside_baselines(first_run: dict) -> None:
 
 
 def test_mlflow_has_parent_children_and_model(first_run: dict, root: Path) -> None:
-    mlflow.set_tracking_uri(Settings().tracking_uri())
+    mlflow.set_tracking_uri(Runtime().tracking_uri())
     client = MlflowClient()
     parent = client.get_run(first_run["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
@@ -85,7 +88,7 @@ def test_rerun_redoes_only_unfinished_work(first_run: dict, root: Path) -> None:
 
 
 def test_predict_loads_the_student(first_run: dict) -> None:
-    mlflow.set_tracking_uri(Settings().tracking_uri())
+    mlflow.set_tracking_uri(Runtime().tracking_uri())
     client = MlflowClient()
     parent = client.get_run(first_run["mlflow_run_id"])
     child = client.search_runs([parent.info.experiment_id],

@@ -351,7 +351,7 @@ def _failing(clients: set[int]):
 
 
 def test_a_stored_run_reads_back_equal(tmp_path) -> None:
-    from tasks.federated import load_run, store_run
+    from lab.methods.federated import load_run, store_run
 
     result = _run().run(rounds=2, fit=_failing({1}))
     store_run(str(tmp_path), "key", result)
@@ -364,7 +364,7 @@ def test_a_stored_run_reads_back_equal(tmp_path) -> None:
 
 
 def test_only_seeded_failures_leave_a_run_storable() -> None:
-    from tasks.federated import real_failures, simulated_failures
+    from lab.methods.federated import real_failures, simulated_failures
 
     seed, rate, ids = 1, 0.4, [0, 1, 2, 3]
     seeded = {r: simulated_failures(seed, r, ids, rate) for r in (1, 2)}
@@ -382,14 +382,13 @@ def test_only_seeded_failures_leave_a_run_storable() -> None:
 
 @pytest.mark.parametrize("change", ["data", "model", "controller", "settings", "llm"])
 def test_the_run_key_changes_with_everything_a_run_reads(change: str) -> None:
-    from flows.federated import NOT_IN_RUN_KEY, FederatedParams
-    from tasks.federated import Setting, run_key
+    from lab.methods.federated import NOT_IN_RUN_KEY, FederatedParams, FederatedSplit, run_key
 
     x, y = _blobs(40, seed=0)
     spec = ModelSpec("logreg", 2, 2)
 
-    def setting(x: np.ndarray) -> Setting:
-        return Setting("blobs", "iid", [Client(0, x[:20], y[:20], spec)], [[]], (x[20:30], y[20:30]), [],
+    def setting(x: np.ndarray) -> FederatedSplit:
+        return FederatedSplit("blobs", "iid", [Client(0, x[:20], y[:20], spec)], [[]], (x[20:30], y[20:30]), [],
                        (x[30:], y[30:]), 2, 0.0)
 
     params = FederatedParams()

@@ -11,9 +11,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main as cli
-from flows.federated import FederatedParams, run_federated
-from tasks.federated import llm_finetune, simulated_failures
-from tasks.settings import Settings
+from flows.federated import run_federated
+from lab.methods.federated import FederatedParams, simulated_failures
+from tasks.federated import llm_finetune
+from lab.runtime import Runtime
+
+pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
 PARAMS = dict(train_size=120, test_size=60, clients=3, rounds=2, controller=["none", "adaptive"], baseline="logreg",
               llm_steps=2, llm_max_length=16, fail_rate=0.4, seed=1, experiment="test-federated")
@@ -50,7 +53,7 @@ def test_every_run_reports_and_failed_clients_are_dropped_and_counted(run: dict)
 
 
 def test_mlflow_holds_per_round_metrics_plots_and_models(run: dict) -> None:
-    mlflow.set_tracking_uri(Settings().tracking_uri())
+    mlflow.set_tracking_uri(Runtime().tracking_uri())
     client = MlflowClient()
     parent = client.get_run(run["mlflow_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.params["clients"] == "3"
@@ -74,16 +77,16 @@ def test_mlflow_holds_per_round_metrics_plots_and_models(run: dict) -> None:
 
 
 def test_llm_fine_tunes_are_cached_by_content(run: dict) -> None:
-    from flows.federated import FederatedParams as P
-    from tasks.data import load_dataset
-    from tasks.federated import plan_split
+    from lab.data import load_dataset
+    from lab.methods.federated import FederatedParams as P
+    from lab.methods.federated import plan_split
 
     params = P(**PARAMS)
     data = load_dataset("sst2", train_size=120, test_size=60, seed=0)
     server, _ = plan_split(data.train_labels, "iid", 3, params.server_fraction, params.seed)
     again = llm_finetune.fn("server", [data.train_texts[i] for i in server],
                             [int(data.train_labels[i]) for i in server], 2, None, params.llm_spec(),
-                            Settings().artifact_root)
+                            Runtime().artifact_root)
     first = run["llm"]["sst2 iid"]["server"]
     assert again["cached"] and again["loss"] == first["loss"]
 

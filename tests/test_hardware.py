@@ -32,12 +32,14 @@ from qcore.models.pqc_head import PQCHead, PQCHeadConfig
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 from qcore.simulators.aer import fake_backend
 from qcore.training import train
-from tasks import tracking
-from tasks.data import load_dataset
+from lab import tracking
+from lab.data import load_dataset
 from tasks.hardware import QPU_TAG, JobFailedError
-from tasks.settings import Settings
-from tasks.teacher import TeacherSpec, teacher_features
+from lab.runtime import Runtime
+from lab.teacher import TeacherSpec, teacher_features
 from tests import qpu_standin
+
+pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = "tests.qpu_standin:StandInService"
@@ -68,7 +70,7 @@ def _trained_student() -> dict[str, Any]:
     folder = model.save(Path(os.environ["QLLM_ARTIFACT_ROOT"]) / "source-model")
     (folder / "teacher.json").write_text(json.dumps({"teacher": dataclasses.asdict(spec),
                                                      "label_names": list(data.label_names)}))
-    with tracking.parent_run(Settings(), "test-hw-source", "distill", {"dataset": "sst2"}) as parent:
+    with tracking.parent_run(Runtime(), "test-hw-source", "distill", {"dataset": "sst2"}) as parent:
         child = tracking.log_child(parent, "student", params={"qubits": 4}, metrics={}, artifacts=folder)
         return {"run_id": child, "parent_id": parent.info.run_id, "model": model}
 
@@ -134,7 +136,7 @@ def test_flow_on_a_fake_backend(lab: dict[str, Any]) -> None:
     assert hw["samples"] == 8 and hw["backend"] == "fake_torino" and hw["two_qubit_gates"] > 0
     assert hw["agreement_with_exact"] >= 0.5 and {"accuracy.negative", "accuracy.positive"} <= set(hw)
     assert len(result["job_ids"]) == 2
-    run = MlflowClient(Settings().tracking_uri()).get_run(result["mlflow_run_id"])
+    run = MlflowClient(Runtime().tracking_uri()).get_run(result["mlflow_run_id"])
     assert run.data.tags["qllm.job_ids"] == ",".join(result["job_ids"])
     assert run.data.tags["qllm.source_run"] == lab["run_id"]
     assert "fake_hardware.accuracy" in run.data.metrics
@@ -301,7 +303,7 @@ def test_token_never_leaks(lab: dict[str, Any], standin: str, capfd: pytest.Capt
             texts += [json.dumps(item) for item in page]
             offset += len(page)
     assert len(texts) > 20 and any("submitted job" in t for t in texts)  # the scan saw the logs
-    for run in MlflowClient(Settings().tracking_uri()).search_runs(
+    for run in MlflowClient(Runtime().tracking_uri()).search_runs(
             [e.experiment_id for e in mlflow.search_experiments()]):
         texts += [json.dumps(run.data.params), json.dumps(run.data.tags), json.dumps(run.data.metrics)]
     leaks = [t[:200] for t in texts if standin in t]

@@ -14,11 +14,15 @@ from distributed import LocalCluster
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main as cli
-from flows.head import HeadParams, run_head
+from flows.head import run_head
+from lab.methods.pqc_head import HeadParams
 from flows.predict import predict
 from flows.runner import prefect_api
 from flows.study import StudyParams, run_study
-from tasks.settings import Settings
+from lab.results import TrainingResult
+from lab.runtime import Runtime
+
+pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
 FEW = dict(per_label=12, test_size=60, epochs=2, patience=1, encoder_layers=1, layers=1, reuploads=2)
 
@@ -31,7 +35,7 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _children(run_id: str) -> list:
-    mlflow.set_tracking_uri(Settings().tracking_uri())
+    mlflow.set_tracking_uri(Runtime().tracking_uri())
     client = MlflowClient()
     parent = client.get_run(run_id)
     return client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
@@ -162,4 +166,5 @@ def test_noise_ablation_switched_off_evaluates_nothing() -> None:
     from flows.head import noise_ablation
 
     params = HeadParams(noise_shots=[], noise_depolarizing=[], noise_devices=[])
-    assert noise_ablation(params, None, [{"name": "head"}], workers=2) == {"rows": [], "devices": []}
+    trained = [TrainingResult("pqc-head", "head", "PQC head", 0, {}, {})]
+    assert noise_ablation(params, None, trained, workers=2) == {"rows": [], "devices": []}

@@ -49,11 +49,11 @@ def test_compose_has_the_full_stack() -> None:
 
 
 def test_compose_sets_only_real_settings_and_no_secret_values() -> None:
-    from tasks.settings import Settings
+    from lab.runtime import Runtime
 
     env = COMPOSE["x-qllm-env"]
     qllm = {k.removeprefix("QLLM_").lower() for k in env if k.startswith("QLLM_")}
-    assert qllm <= set(Settings.model_fields), qllm - set(Settings.model_fields)
+    assert qllm <= set(Runtime.model_fields), qllm - set(Runtime.model_fields)
     text = (INFRA / "compose.yaml").read_text()
     for secret in ("AWS_SECRET_ACCESS_KEY", "MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD"):
         assert re.findall(rf"{secret}: (\S+)", text) and all(
@@ -126,9 +126,9 @@ def test_compare_runs_nightly() -> None:
 
 
 def test_s3_endpoint_reaches_s3fs_and_mlflow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from tasks import tracking
-    from tasks.artifacts import url_to_fs
-    from tasks.settings import Settings
+    from lab import tracking
+    from lab.artifacts import url_to_fs
+    from lab.runtime import Runtime
 
     monkeypatch.setenv("QLLM_S3_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(tmp_path))
@@ -136,8 +136,8 @@ def test_s3_endpoint_reaches_s3fs_and_mlflow(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL")
     fs, path = url_to_fs("s3://bucket/key")
     assert fs.endpoint_url == "http://127.0.0.1:9" and path == "bucket/key"
-    assert Settings().storage_options(str(tmp_path)) == {}
-    tracking.setup(Settings(), "endpoint-check")
+    assert Runtime().storage_options(str(tmp_path)) == {}
+    tracking.setup(Runtime(), "endpoint-check")
     assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:9"
 
 

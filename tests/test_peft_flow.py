@@ -17,13 +17,17 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 from tokenizers import ByteLevelBPETokenizer
 
-from flows.peft import PeftParams, count_main, count_parser, run_peft
+from flows.cli import count_main, count_parser
+from flows.peft import run_peft
+from lab.methods.peft import PeftParams
 from qcore.adapters import AdapterError
-from tasks.corpus import load_corpus
-from tasks.data import DataError
-from tasks.settings import Settings
-from tasks.teacher import ModelNotFoundError
-from tests.lab import shared_lab
+from lab.corpus import load_corpus
+from lab.data import DataError
+from lab.runtime import Runtime
+from lab.teacher import ModelNotFoundError
+from tests.stack import shared_lab
+
+pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
@@ -32,7 +36,7 @@ TINY = dict(steps=3, batch_size=4, max_length=16)
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The module's artifact root, in a lab shared by its flow runs (tests/lab.py)."""
+    """The module's artifact root, in a lab shared by its flow runs (tests/stack.py)."""
     with shared_lab(tmp_path_factory) as (path, _):
         yield path
 
@@ -82,7 +86,7 @@ def test_merged_classifier_is_a_plain_hugging_face_folder(classify: dict) -> Non
 
 
 def test_mlflow_has_parent_children_curves_and_adapters(classify: dict) -> None:
-    mlflow.set_tracking_uri(Settings().tracking_uri())
+    mlflow.set_tracking_uri(Runtime().tracking_uri())
     client = MlflowClient()
     parent = client.get_run(classify["mlflow_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.params["methods"] == "['lora', 'qpa', 'qtha']"

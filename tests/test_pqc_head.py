@@ -14,8 +14,8 @@ from qiskit.quantum_info import SparsePauliOp, Statevector
 from qcore.layer import z_observables
 from qcore.models import PQCHead, PQCHeadConfig, load_model
 from qcore.training import train
-from tasks.data import DataError, Dataset, few_shot
-from tasks.noise import transpiled_metrics
+from lab.data import DataError, Dataset, few_shot
+from lab.noise import transpiled_metrics
 
 D = 20  # embedding width: 5 encoder qubits (32 amplitudes, 12 of them padding)
 

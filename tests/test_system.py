@@ -293,13 +293,13 @@ def test_logging_survives_the_tracking_server_and_s3_going_away(stack: Stack, tm
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """MLflow's own HTTP retries are switched off, so what keeps the logging alive is
-    tasks.tracking.with_retries. First the tracking server becomes unreachable (a gate in front
+    lab.tracking.with_retries. First the tracking server becomes unreachable (a gate in front
     of it closes) while a child run is created, then S3 stops while the child's model is
     uploaded; each comes back 3 s after the first failed attempt."""
     from mlflow.tracking import MlflowClient
 
-    from tasks import tracking
-    from tasks.settings import Settings
+    from lab import tracking
+    from lab.runtime import Runtime
 
     gate = Gate(int(stack.mlflow_uri.rsplit(":", 1)[1]))
     gate.open()
@@ -311,11 +311,11 @@ def test_logging_survives_the_tracking_server_and_s3_going_away(stack: Stack, tm
     model = tmp_path / "model"
     model.mkdir()
     (model / "weights.bin").write_bytes(b"\0" * 1024)
-    caplog.set_level("WARNING", logger="tasks.tracking")
+    caplog.set_level("WARNING", logger="lab.tracking")
 
     def outage(name: str, down: Any, up: Any, failing: str) -> str:
         caplog.clear()
-        with tracking.parent_run(Settings(), "system-outage", name, {"what": name}) as parent:
+        with tracking.parent_run(Runtime(), "system-outage", name, {"what": name}) as parent:
             down()
             out: dict[str, Any] = {}
             logger = threading.Thread(target=lambda: out.update(run_id=tracking.log_child(

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import teacher as T
-from tasks.data import Dataset, load_dataset
-from tasks.teacher import (
+from lab import teacher as T
+from lab.data import Dataset, load_dataset
+from lab.teacher import (
     ModelNotFoundError, TeacherError, TeacherSpec, cached_teacher_outputs, embed_texts, make_teacher,
 )
 
@@ -225,8 +225,8 @@ def test_sharded_inference_equals_one_pass(tmp_path) -> None:
     """Shards joined in order give the same soft labels and features as one pass."""
     import numpy as np
 
-    from tasks.data import load_dataset
-    from tasks.teacher import TeacherOutput, TeacherSpec, cached_teacher_outputs, unfitted_outputs
+    from lab.data import load_dataset
+    from lab.teacher import TeacherOutput, TeacherSpec, cached_teacher_outputs, unfitted_outputs
 
     data = load_dataset("sst2", train_size=120, test_size=40, seed=3)
     spec = TeacherSpec()

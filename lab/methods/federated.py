@@ -1,11 +1,14 @@
-"""Prefect tasks and reporting of the federated flow (LLM-QFL, arXiv 2505.18656).
+"""LLM-QFL: federated quantum classifiers steered by an LLM controller (arXiv 2505.18656).
+
+- :class:`FederatedParams`: the flow's parameters, and the run's parts they make (model spec,
+  clients' optimiser, controller, LLM fine-tune settings);
 
 - :func:`build_setting`: one (data set, partition) — the server's own data, the clients'
   partitions, the PCA projection fitted on the server's data;
 - :func:`llm_finetune`: a client's (or the server's) LoRA fine-tune, cached by content in the
   artifact store, so a re-run never repeats one;
-- :func:`train_client` and :func:`prefect_fit`: every client's local training of a round as a
-  Prefect task on the Dask workers; failures and timeouts come back as dropped clients;
+- :func:`run_setting`: one federated run on one split, its rounds' client trainings sent to an
+  executor the orchestration lends (:mod:`tasks.federated` sends them to the Dask workers);
 - :func:`run_key`, :func:`load_run`, :func:`store_run`: finished runs stored by content, so a
   re-run with the same data and settings repeats no round;
 - :func:`summarize`, :func:`accuracy_curves`, :func:`log_runs`: the results table, the plots and
@@ -22,28 +25,167 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import mlflow
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 from mlflow.tracking import MlflowClient
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from pydantic import Field, field_validator, model_validator
 
-from qcore.federated.client import Client, ClientUpdate
+from qcore.federated.client import Client, LocalTraining
+from qcore.federated.client_models import ModelSpec, build_model, set_weights
+from qcore.federated.controller import RULES, Controller, make_controller
 from qcore.federated.features import Projection
 from qcore.federated.llm import LLMSpec, finetune
-from qcore.federated.client_models import ModelSpec, build_model, set_weights
-from qcore.federated.partition import PartitionSpec
-from qcore.federated.server import ClientJob, Fit, Outcome, RoundRecord, RunResult, failure
+from qcore.federated.partition import PartitionError, PartitionSpec
+from qcore.federated.server import FederatedRun, Fit, RoundRecord, RunResult, fit_sequentially
+from qcore.models.base import QuantumModel, save_module
+from qcore.federated.strategy import make_strategy
 
-from . import tracking
-from .artifacts import atomic_write_bytes, hash_json, join_url, read_bytes
-from .data import Dataset, stratified_indices
-from .teacher import TeacherOutputs, model_fingerprint, resolve_model
+from .. import tracking
+from ..artifacts import atomic_write_bytes, hash_json, join_url, read_bytes
+from ..data import DataError, DataRequest, Dataset, stratified_indices
+from ..embedded import EmbeddedSplit
+from ..params import Options, RunOptions, experiment
+from ..results import TrainingResult
+from .base import Budget, Hooks, Method
+from ..teacher import ModelNotFoundError, model_fingerprint, resolve_model
+
+
+class FederatedFields(Options):
+    """The federated flow's own parameters (before the run group in the form)."""
+
+    dataset: list[str] = Field(["sst2"], min_length=1, description="named sets (sst2, subj, trec, ag_news) or "
+                                                                   "file paths/URLs; a list sweeps")
+    train_size: int | None = Field(2000, ge=2, description="training examples (stratified subsample), "
+                                                           "shared by the server and the clients")
+    test_size: int | None = Field(None, ge=1, description="test examples (None: the whole test split)")
+    split_seed: int = Field(0, ge=0, description="seed of the train/test split and subsampling")
+    clients: int = Field(5, ge=1, le=10_000, description="federated clients")
+    rounds: int = Field(10, ge=1, le=10_000, description="communication rounds")
+    partition: list[str] = Field(["iid"], min_length=1, description="iid or dirichlet:<alpha> (alpha > 0); "
+                                                                    "a list sweeps")
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = Field("fedavg", description="server strategy")
+    proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight of the proximal term")
+    server_lr: float = Field(0.1, gt=0, description="fedadam: server learning rate")
+    controller: list[str] = Field(["adaptive"], min_length=1, description=(
+        "none (plain QFL), a step rule (" + ", ".join(RULES) + ") or generative:package.module:function; "
+        "a list compares them"))
+    baseline: Literal["none", "logreg", "mlp"] = Field("none", description="classical model also trained under "
+                                                                           "FedAvg on the same splits")
+    local_steps: int = Field(10, ge=1, description="initial local steps per client and round (the paper's maxiter)")
+    max_steps: int = Field(100, ge=1, description="cap of the step rules (the paper's MAX_MAXITER)")
+    max_increment: int = Field(100, ge=0, description="hybrid rule: largest increment per round")
+    select_fraction: float = Field(0.1, gt=0, le=1, description="share of clients aggregated, closest to the "
+                                                                "server loss first (at least one)")
+    stop_threshold: float = Field(0.4, ge=0, description="stop once |server objective - server LLM loss| is "
+                                                         "below this (0: never)")
+    objective_unit: Literal["bits", "nats"] = Field("bits", description=(
+        "unit of the VQC objective compared with the LLM loss (nats); the paper's code uses bits"))
+    generative_fallback: Literal["incremental", "dynamic-weighted", "logarithmic", "adaptive", "hybrid"] = Field(
+        "adaptive", description="rule used when a generative controller's answer is invalid")
+    model: Literal["vqc", "qdllm"] = Field("vqc", description="client model: the paper's VQC or the QD-LLM student")
+    qubits: int = Field(4, ge=2, le=12, description="qubits = PCA components of the embeddings")
+    readout: Literal["mod", "parity"] = Field("mod", description="vqc: class of basis state i is i mod C "
+                                                                 "(Qiskit-ML's VQC) or popcount(i) mod C")
+    optimizer: Literal["adam", "cobyla", "spsa"] = Field("adam", description="local optimiser of the quantum clients")
+    lr: float = Field(0.1, gt=0, le=10, description="Adam learning rate, or SPSA's gain a (about 1 works)")
+    batch_size: int | None = Field(None, ge=1, description="adam: mini-batch size (None: whole partition)")
+    backend: Literal["exact", "aer"] = Field("exact", description="client simulator: exact or aer (shots)")
+    shots: int | None = Field(None, ge=1, description="aer: shots per circuit (None: exact expectations)")
+    server_fraction: float = Field(0.1, gt=0, le=0.5, description="share of the training set the server "
+                                                                  "keeps as its own data")
+    llm_model: str | None = Field(None, description="LLM each party fine-tunes (Hugging Face name or folder; "
+                                                    "default the embedded all-MiniLM-L6-v2)")
+    llm_steps: int = Field(20, ge=1, description="LoRA fine-tuning steps per party")
+    llm_batch_size: int = Field(16, ge=1, description="LoRA fine-tuning batch size")
+    llm_max_length: int = Field(48, ge=2, description="tokens per text for the LLM")
+    llm_lr: float = Field(2e-3, gt=0, description="LoRA learning rate")
+    llm_rank: int = Field(8, ge=1, description="LoRA rank r")
+    client_timeout: float = Field(600.0, gt=0, description="seconds a client may train per round before it "
+                                                           "is dropped from the round")
+    fail_rate: float = Field(0.0, ge=0, lt=1, description="simulated client failure probability per round "
+                                                          "(seeded; exercises the drop path)")
+    target_accuracy: float | None = Field(None, gt=0, le=1, description="accuracy to reach (None: 0.95 x the "
+                                                                        "best any quantum run reached)")
+    seed: int = Field(0, ge=0, description="seed of partitions, server split, models and clients")
+    teacher_shard_size: int = Field(4000, ge=1, description="texts per embedding shard on the Dask workers")
+
+
+class FederatedParams(RunOptions, FederatedFields):
+    """Parameters of the federated flow (the CLI options, the Prefect UI form, prefect.yaml)."""
+
+    experiment: str = experiment("qllm-federated")
+
+    @field_validator("partition")
+    @classmethod
+    def _partitions(cls, v: list[str]) -> list[str]:
+        return [str(PartitionSpec.parse(p)) for p in v]  # PartitionError is a ValueError: pydantic reports it
+
+    @field_validator("controller")
+    @classmethod
+    def _controllers(cls, v: list[str]) -> list[str]:
+        for spec in v:
+            make_controller(spec)  # refuses unknown names and generative callables that do not load
+        if len(set(v)) != len(v):
+            raise ValueError(f"controllers {v} repeat a name")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FederatedParams:
+        if self.shots is not None and self.backend != "aer":
+            raise ValueError(f"shots={self.shots} needs --backend aer (the exact backend has no shots)")
+        if self.batch_size is not None and self.optimizer != "adam":
+            raise ValueError(f"batch_size applies to --optimizer adam only; {self.optimizer} uses the whole partition")
+        if self.train_size is not None:
+            pool = self.train_size - max(1, round(self.train_size * self.server_fraction))
+            if self.clients > pool:
+                raise ValueError(f"clients={self.clients} exceeds the {pool} training examples left for clients "
+                                 f"(train_size {self.train_size} minus the server's share): every client needs one")
+        return self
+
+    # -- what the run is made of
+    def model_spec(self, num_classes: int) -> ModelSpec:
+        options = {"readout": self.readout} if self.model == "vqc" else {}
+        backend_options = {"shots": self.shots} if self.shots is not None else {}
+        return ModelSpec(self.model, self.qubits, num_classes, backend=self.backend, seed=self.seed,
+                         options=options, backend_options=backend_options)
+
+    def baseline_spec(self, num_classes: int) -> ModelSpec:
+        return ModelSpec(self.baseline, self.qubits, num_classes, seed=self.seed)
+
+    def train_settings(self, quantum: bool) -> LocalTraining:
+        """The quantum clients' optimiser; the classical baseline always trains by Adam."""
+        optimizer = self.optimizer if quantum else "adam"
+        batch_size = self.batch_size if optimizer == "adam" else None
+        return LocalTraining(optimizer=optimizer, lr=self.lr, batch_size=batch_size, time_limit=self.client_timeout)
+
+    def llm_spec(self) -> LLMSpec:
+        return LLMSpec(steps=self.llm_steps, batch_size=self.llm_batch_size, max_length=self.llm_max_length,
+                       lr=self.llm_lr, rank=self.llm_rank, alpha=2 * self.llm_rank, seed=self.seed)
+
+    def controller_for(self, spec: str) -> Controller:
+        return make_controller(spec, max_steps=self.max_steps, max_increment=self.max_increment,
+                               select_fraction=self.select_fraction, stop_threshold=self.stop_threshold,
+                               fallback_rule=self.generative_fallback)
+
+    @property
+    def uses_llm(self) -> bool:
+        return any(self.controller_for(c).uses_llm for c in self.controller)
+
+
+class FederatedCompareParams(FederatedParams):
+    """The comparison: plain QFL, the paper's adaptive rule and a gentler rule, plus a classical
+    federated logistic regression, on SST-2 and SUBJ, IID and Dirichlet(0.5)."""
+
+    dataset: list[str] = Field(["sst2", "subj"], min_length=1, description="data sets compared")
+    partition: list[str] = Field(["iid", "dirichlet:0.5"], min_length=1, description="partitions compared")
+    controller: list[str] = Field(["none", "adaptive", "dynamic-weighted"], min_length=1,
+                                  description="controllers compared")
+    baseline: Literal["none", "logreg", "mlp"] = Field("logreg", description="classical federated baseline")
 
 
 # --- the data of one setting ---------------------------------------------------------------------
@@ -61,7 +203,7 @@ def plan_split(labels: np.ndarray, partition: str, clients: int, server_fraction
 
 
 @dataclass(frozen=True)
-class Setting:
+class FederatedSplit:
     """One (data set, partition) of a run: what every controller of it trains on."""
 
     dataset: str
@@ -79,31 +221,29 @@ class Setting:
         return f"{self.dataset} {self.partition}"
 
 
-def build_setting(data: Dataset, embeddings: TeacherOutputs, partition: str, clients: int, model: ModelSpec,
-                  server_fraction: float, seed: int) -> Setting:
+def build_split(data: Dataset, embedded: EmbeddedSplit, partition: str, clients: int, model: ModelSpec,
+                server_fraction: float, seed: int) -> FederatedSplit:
     """Split, fit the projection on the server's data, and hand every client its share."""
     server_idx, parts = plan_split(data.train_labels, partition, clients, server_fraction, seed)
-    x, y = embeddings.train.features, np.asarray(data.train_labels)
+    x, y = embedded.train_x, np.asarray(data.train_labels)
     project = Projection.fit(x[server_idx], model.in_features)
     features = project(x)
     test_y = np.asarray(data.test_labels)
-    reference = float((embeddings.test.logits.argmax(-1) == test_y).mean())
-    return Setting(
+    reference = float((embedded.test_teacher.argmax(-1) == test_y).mean())
+    return FederatedSplit(
         dataset=data.name, partition=partition,
         clients=[Client(i, features[p], y[p], model) for i, p in enumerate(parts)],
         client_texts=[[data.train_texts[j] for j in p] for p in parts],
         server=(features[server_idx], y[server_idx]), server_texts=[data.train_texts[j] for j in server_idx],
-        test=(project(embeddings.test.features), test_y), num_classes=data.num_classes,
+        test=(project(embedded.test_x), test_y), num_classes=data.num_classes,
         reference_accuracy=reference,
     )
 
 
 # --- language models -----------------------------------------------------------------------------
 
-@task(name="llm-finetune", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2,
-      task_run_name="llm-{who}")
 def llm_finetune(who: str, texts: list[str], labels: list[int], num_classes: int, model: str | None,
-                 spec: LLMSpec, root: str) -> dict[str, Any]:
+                 spec: LLMSpec, root: str, log: Callable[[str], None]) -> dict[str, Any]:
     """LoRA-fine-tune the language model on one party's texts; cached under
     ``<root>/federated/llm/<key>.json`` by texts, labels, model weights and settings."""
     folder = resolve_model(model)
@@ -113,15 +253,14 @@ def llm_finetune(who: str, texts: list[str], labels: list[int], num_classes: int
     cached = read_bytes(url)
     if cached is not None:
         return {**json.loads(cached), "cached": True}
-    torch.set_num_threads(1)  # one per Dask worker: the workers share the cores
     result = asdict(finetune(folder, texts, labels, num_classes, spec))
     atomic_write_bytes(url, json.dumps(result).encode())
-    get_run_logger().info("LLM of %s: loss %.4f, accuracy %.3f on %d texts (%.1f s)", who, result["loss"],
-                          result["accuracy"], result["examples"], result["seconds"])
+    log(f"LLM of {who}: loss {result['loss']:.4f}, accuracy {result['accuracy']:.3f} on {result['examples']} "
+        f"texts ({result['seconds']:.1f} s)")
     return {**result, "cached": False}
 
 
-# --- client training on the workers --------------------------------------------------------------
+# --- simulated client failures --------------------------------------------------------------------
 
 class SimulatedFailure(RuntimeError):
     """A client failure injected on purpose (``fail_rate``), to exercise the drop path."""
@@ -135,41 +274,9 @@ def simulated_failures(seed: int, round_: int, clients: Sequence[int], rate: flo
     return {c for c, u in zip(clients, rng.random(len(clients))) if u < rate}
 
 
-@task(name="federated-client", cache_policy=NO_CACHE, task_run_name="{label}-r{job.round}-client{job.client.id}")
-def train_client(job: ClientJob, label: str, fail: bool) -> ClientUpdate:
-    """One client's local training for one round (no retries: a failed client is dropped)."""
-    torch.set_num_threads(1)  # one per Dask worker: the workers share the cores
-    if fail:
-        raise SimulatedFailure(f"client {job.client.id} fails on purpose in round {job.round} (fail_rate)")
-    return job.run()
-
-
-def prefect_fit(label: str, *, fail_rate: float, seed: int, wait_seconds: float) -> Fit:
-    """An executor for :meth:`FederatedRun.run`: each job a Prefect task on the Dask cluster.
-
-    A client's own time limit raises inside its task; ``wait_seconds`` is the flow's backstop for
-    a worker that does not answer at all. Either way, and on any other error, the client is
-    reported as a :class:`~qcore.federated.server.ClientFailure`.
-    """
-
-    def fit(jobs: list[ClientJob]) -> list[Outcome]:
-        failing = simulated_failures(seed, jobs[0].round, [j.client.id for j in jobs], fail_rate)
-        futures = [train_client.submit(j, label, j.client.id in failing) for j in jobs]
-        deadline = time.monotonic() + wait_seconds
-        outcomes: list[Outcome] = []
-        for job, future in zip(jobs, futures):
-            try:
-                outcomes.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
-            except Exception as exc:  # noqa: BLE001 - the client is dropped and counted, whatever went wrong
-                outcomes.append(failure(job.client.id, exc))
-        return outcomes
-
-    return fit
-
-
 # --- finished runs, stored by content ------------------------------------------------------------
 
-def setting_fingerprint(setting: Setting) -> str:
+def split_fingerprint(setting: FederatedSplit) -> str:
     """Hash of every array a run of ``setting`` reads: the clients', the server's and the test data."""
     digest = hashlib.sha256()
     for a in [a for c in setting.clients for a in (c.x, c.y)] + [*setting.server, *setting.test]:
@@ -179,11 +286,11 @@ def setting_fingerprint(setting: Setting) -> str:
     return digest.hexdigest()
 
 
-def run_key(setting: Setting, spec: ModelSpec, controller: str, settings: dict[str, Any],
+def run_key(setting: FederatedSplit, spec: ModelSpec, controller: str, settings: dict[str, Any],
             llm_losses: dict[str, float]) -> str:
     """What a run's result depends on: its data, model, controller, run settings (the flow's
     parameters less those the data already fixes) and the parties' LLM losses."""
-    return hash_json({"setting": setting_fingerprint(setting), "model": asdict(spec), "controller": controller,
+    return hash_json({"setting": split_fingerprint(setting), "model": asdict(spec), "controller": controller,
                       "settings": settings, "llm": llm_losses, "v": 1})
 
 
@@ -219,13 +326,87 @@ def real_failures(result: RunResult, clients: Sequence[int], seed: int, fail_rat
             for c in sorted(set(r.failed) - simulated_failures(seed, r.round, clients, fail_rate))]
 
 
+# --- one run -------------------------------------------------------------------------------------
+
+# Parameters a run's result does not depend on beyond its split (data, split, partition and
+# clients are in the split's fingerprint, the LLM settings in the parties' losses) or at all.
+NOT_IN_RUN_KEY = {"dataset", "train_size", "test_size", "split_seed", "clients", "partition", "server_fraction",
+                  "controller", "baseline", "llm_model", "llm_steps", "llm_batch_size", "llm_max_length", "llm_lr",
+                  "llm_rank", "target_accuracy", "teacher_shard_size", "experiment", "dask_address"}
+
+
+def _quiet(message: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """One federated run: a controller (or a classical baseline, ``label`` "baseline-<model>")
+    on one split, with the parties' LLM losses the controller compares against."""
+
+    params: FederatedParams
+    split: FederatedSplit
+    label: str
+    model: ModelSpec
+    controller: str
+    llm: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.split.dataset}-{self.split.partition}-{self.label}"
+
+    @property
+    def seed(self) -> int:
+        return self.params.seed
+
+
+def run_setting(job: RunJob, root: str, *, fit: Fit = fit_sequentially,
+                on_round: Callable[[RoundRecord], None] | None = None,
+                log: Callable[[str], None] = _quiet) -> RunOutput:
+    """One federated run, its rounds' client trainings sent to ``fit``.
+
+    A finished run is stored under ``<root>/federated/runs/``; the same run again is read back
+    instead of trained. Not stored: runs of a generative controller (its answers come from code
+    and models the key cannot see) and runs that lost clients to real failures."""
+    params, setting, llm = job.params, job.split, job.llm
+    controller = params.controller_for(job.controller)
+    losses = {who: v["loss"] for who, v in sorted(llm.items())}
+    key = run_key(setting, job.model, job.controller, params.model_dump(exclude=NOT_IN_RUN_KEY), losses)
+    storable = not job.controller.startswith("generative:")
+    if storable and (stored := load_run(root, key)) is not None:
+        log(f"{setting.name} {job.label}: {len(stored.records)} rounds reused from an earlier run "
+            f"(final accuracy {stored.records[-1].accuracy:.4f})")
+        return RunOutput(setting, job.label, job.model, stored, cached=True)
+    run = FederatedRun(
+        clients=[replace(c, model=job.model) for c in setting.clients], model=job.model,
+        strategy=make_strategy(params.strategy, proximal_mu=params.proximal_mu, server_lr=params.server_lr),
+        controller=controller, server_data=setting.server, test_data=setting.test,
+        settings=params.train_settings(job.model.quantum), local_steps=params.local_steps,
+        llm_losses={c.id: llm[f"client{c.id}"]["loss"] for c in setting.clients if f"client{c.id}" in llm},
+        server_llm_loss=llm["server"]["loss"] if "server" in llm else None,
+        objective_unit=params.objective_unit, seed=params.seed)
+    result = run.run(params.rounds, fit=fit, on_round=on_round)
+    if lost := real_failures(result, [c.id for c in setting.clients], params.seed, params.fail_rate):
+        log(f"WARNING: {setting.name} {job.label}: not stored, {len(lost)} client trainings failed "
+            f"(round, client: {lost}); a re-run trains it again")
+    elif storable:
+        store_run(root, key, result)
+    return RunOutput(setting, job.label, job.model, result)
+
+
+def parties(setting: FederatedSplit) -> list[tuple[str, list[str], np.ndarray]]:
+    """Who fine-tunes an LLM in a split: every client on its texts, and the server on its own."""
+    out = [(f"client{c.id}", texts, c.y) for c, texts in zip(setting.clients, setting.client_texts, strict=True)]
+    return [*out, ("server", setting.server_texts, setting.server[1])]
+
+
 # --- results -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class RunOutput:
     """A finished run with what identifies it; ``cached`` when it was read from the store."""
 
-    setting: Setting
+    setting: FederatedSplit
     label: str  # controller name, or "baseline-<model>"
     model: ModelSpec
     result: RunResult
@@ -375,19 +556,19 @@ def _round_metrics(out: RunOutput) -> list[mlflow.entities.Metric]:
     return metrics
 
 
-def _save_model(out: RunOutput, folder: Path) -> Path:
-    """The final global model: safetensors weights, its spec and (quantum models) its circuit."""
-    from qiskit import qasm3
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
+def save_global_model(out: RunOutput, folder: Path) -> Path:
+    """The final global model, written atomically: weights, ``config.json`` and each circuit as
+    OpenQASM 3. A quantum model saves itself (a QD-LLM student as ``load_model`` reads it back)
+    with its spec beside it in ``spec.json``; a VQC or classical model's config is its spec."""
     model = build_model(replace(out.model, backend="exact", backend_options={}))
     set_weights(model, out.result.weights)
-    save_file({k: p.detach().contiguous() for k, p in model.named_parameters()}, folder / "weights.safetensors")
-    (folder / "config.json").write_text(json.dumps(asdict(out.model), indent=2, sort_keys=True))
-    if hasattr(model, "circuit"):
-        (folder / "circuit.qasm").write_text(qasm3.dumps(model.circuit()))
-    return folder
+    spec = asdict(out.model)
+    if isinstance(model, QuantumModel):
+        folder = model.save(folder)
+        (folder / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
+        return folder
+    circuits = {"circuit": model.circuit()} if hasattr(model, "circuit") else {}
+    return save_module(model, spec, circuits, folder)
 
 
 def log_runs(parent: mlflow.ActiveRun, outputs: Sequence[RunOutput], rows: Sequence[dict[str, Any]],
@@ -415,10 +596,104 @@ def log_runs(parent: mlflow.ActiveRun, outputs: Sequence[RunOutput], rows: Seque
         tracking.with_retries(lambda: client.log_dict(
             run_id, {"records": [r.to_dict() for r in out.result.records]}, "rounds.json"), what="log rounds")
         with tempfile.TemporaryDirectory() as tmp:
-            folder = _save_model(out, Path(tmp) / "model")
+            folder = save_global_model(out, Path(tmp) / "model")
             tracking.with_retries(lambda: client.log_artifacts(run_id, str(folder), "model"), what="log model")
         tracking.with_retries(lambda: client.set_terminated(run_id), what="end child run")
     for fname, fig in figures.items():
         tracking.with_retries(lambda: client.log_figure(parent.info.run_id, fig, fname), what="log figure")
     tracking.log_table(parent, list(rows), "results.json")
     tracking.with_retries(lambda: client.log_dict(parent.info.run_id, llm, "llm_losses.json"), what="log LLM")
+
+
+# --- the registry's view: LLM-QFL and its classical federated baseline ---------------------------
+
+@dataclass(frozen=True)
+class FederatedData:
+    """What a federated method's runs read: one split, and its parties' LLM losses."""
+
+    split: FederatedSplit
+    llm: dict[str, Any]
+
+
+class FederatedMethod(Method[FederatedParams, RunJob, FederatedData]):
+    """Federated runs on one split; the leaderboard counts the final global model."""
+
+    params = FederatedParams
+
+    def check(self, params: FederatedParams) -> None:
+        preflight(params)
+
+    def for_budget(self, budget: Budget, seeds: list[int]) -> list[FederatedParams]:
+        return [FederatedParams(dataset=[budget.dataset], train_size=budget.train_size, test_size=budget.test_size,
+                                split_seed=budget.split_seed, clients=budget.clients, rounds=budget.rounds,
+                                controller=[budget.controller], baseline="logreg", llm_steps=budget.llm_steps,
+                                seed=seed)
+                for seed in seeds]
+
+    def run(self, job: RunJob, root: str, hooks: Hooks) -> RunOutput:
+        rounds = job.params.rounds
+
+        def on_round(r: RoundRecord) -> None:
+            dropped = f", dropped {r.failed}" if r.failed else ""
+            server = "–" if r.server_loss is None else f"{r.server_loss:.3f}"
+            hooks.log(f"{job.split.name} {job.label} round {r.round}/{rounds}: accuracy {r.accuracy:.4f}, "
+                      f"server loss {server}, aggregated {list(r.selected)}, next steps {r.next_steps}{dropped}"
+                      + (" — stop" if r.stop else ""))
+            hooks.progress(rounds if r.stop else r.round, f"round {r.round}/{rounds}, accuracy {r.accuracy:.4f}"
+                           + (", stopped early" if r.stop else ""))
+
+        return run_setting(job, root, fit=hooks.fit or fit_sequentially, on_round=on_round, log=hooks.log)
+
+    def summary(self, out: RunOutput, job: RunJob) -> TrainingResult:
+        """The run as a leaderboard row: final accuracy, the global model's size, and the clients'
+        seconds plus the parties' LLM fine-tunes."""
+        c = curves(out)
+        size = sum(p.numel() for p in build_model(out.model).parameters() if p.requires_grad)
+        seconds = c["client_seconds"][-1] + sum(v["seconds"] for v in job.llm.values())
+        kind = "quantum" if out.quantum else "baseline"
+        return TrainingResult(self.id, f"{job.name}-s{job.seed}", kind, job.seed,
+                              {"accuracy": c["accuracy"][-1], "train_seconds": seconds},
+                              {"total": size}, cached=out.cached)
+
+    def train(self, job: RunJob, data: FederatedData, root: str, hooks: Hooks) -> TrainingResult:
+        return self.summary(self.run(job, root, hooks), job)
+
+
+class LLMQFL(FederatedMethod):
+    id = "llm-qfl"
+    label = "LLM-QFL federated VQC"
+
+    def jobs(self, params: FederatedParams, data: FederatedData) -> list[RunJob]:
+        spec = params.model_spec(data.split.num_classes)
+        return [RunJob(params, data.split, c, spec, c, data.llm) for c in params.controller]
+
+
+class FedLogreg(FederatedMethod):
+    id = "fed-logreg"
+    label = "FedAvg logistic regression"
+    is_baseline = True
+
+    def jobs(self, params: FederatedParams, data: FederatedData) -> list[RunJob]:
+        return [baseline_job(params, data.split)]
+
+
+def baseline_job(params: FederatedParams, split: FederatedSplit) -> RunJob:
+    """The flow's classical federated baseline on ``split`` (``params.baseline``)."""
+    return RunJob(params, split, f"baseline-{params.baseline}", params.baseline_spec(split.num_classes), "none", {})
+
+
+def preflight(params: FederatedParams) -> None:
+    """Refuse bad input in seconds, before any server starts or anything is written: data set
+    names and sizes, every partition of every data set, the LLM's availability offline."""
+    for name in params.dataset:
+        data = DataRequest(name, params.train_size, params.test_size, params.split_seed).load()
+        for partition in params.partition:
+            try:
+                plan_split(data.train_labels, partition, params.clients, params.server_fraction, params.seed)
+            except PartitionError as exc:
+                raise DataError(f"{name}, partition {partition}: {exc}") from None
+    if params.uses_llm:
+        try:
+            resolve_model(params.llm_model)
+        except ModelNotFoundError as exc:
+            raise DataError(f"llm_model: {exc}") from None

@@ -1,10 +1,14 @@
-"""Prefect task: fine-tune one Hugging Face model with one adapter method (LoRA, QPA or QTHA).
+"""Quantum parameter-efficient fine-tuning: LoRA, QPA and QTHA adapt one Hugging Face model on
+equal footing (QPA, arXiv 2410.09846; QTHA, arXiv 2503.12790; LoRA, arXiv 2106.09685).
 
 Every method of a flow run gets the same job but for the method and its own settings: the same
 model, data, batches (drawn from the same seed), steps, optimiser and learning rate (unless the
 flow gives the adapter its own). After training the task merges the adapter into the base
 weights, saves the result as a plain Hugging Face folder, loads it back with ``from_pretrained``
 and checks that it gives the adapted model's outputs.
+
+Everything that can be refused is refused by :func:`preflight` before any training: the model
+(config, weights, tokenizer), its targets, the rank and QPA's chunk size, each method's counts.
 
 A finished job is stored under ``<artifact root>/peft/<key>/`` (``adapter/``, ``merged/``, then
 ``result.json`` last), ``key`` hashing the job, the data and the model's files, so a re-run
@@ -16,30 +20,193 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Literal
 
 import torch
 import transformers
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from pydantic import Field, model_validator
 
-from qcore.adapters import adapt, adapter_config
+from qcore.adapters import METHODS as ADAPTERS
+from qcore.adapters import AdapterError, adapt, adapter_config
 from qcore.adapters.base import seeded
+from qcore.adapters.counting import Count, compare, skeleton
+from qcore.adapters.qpa import PUBLISHED_HIDDEN
 from qcore.adapters.training import Batch, accuracy, perplexity, train_steps
 
-from .artifacts import atomic_write_bytes, hash_json, join_url, read_bytes, upload_folder
-from .corpus import Corpus
-from .data import Dataset
-from .teacher import model_fingerprint
-from .train import progress_artifact
+from ..artifacts import atomic_write_bytes, hash_json, join_url, read_bytes, upload_folder
+from ..corpus import Corpus, load_corpus
+from ..data import DataRequest, Dataset
+from ..params import DataOptions, Options, RunOptions, experiment
+from ..results import TrainingResult
+from ..teacher import ModelNotFoundError, model_fingerprint, resolve_model
+from .base import Budget, Hooks, Method
 
 AUTO_CLASSES = {"classify": "AutoModelForSequenceClassification", "lm": "AutoModelForCausalLM"}
 # Merged vs adapted outputs, relative to the outputs' scale (at least 1). float32 rounding alone
 # reaches 1.7e-5 on MiniLM logits near 0 when the update is as large as the weights (QPA as
 # published); a broken merge is off by the update itself, orders of magnitude more.
 MERGE_TOLERANCE = 1e-4
+
+
+AdapterName = Literal["lora", "qpa", "qtha"]
+
+
+class AdapterOptions(Options):
+    """The adapter settings ``qllm run peft`` and ``qllm peft count`` share."""
+
+    target: list[str] | None = Field(None, description="modules to adapt, by name or name ending "
+                                                       "(default: peft's usual ones for the model type)")
+    rank: int = Field(4, ge=1, description="rank r of the update")
+    alpha: float | None = Field(None, gt=0, description="update scale numerator α (None: 2·rank)")
+    qpa_chunk_size: int = Field(2048, ge=1, description="QPA: numbers per mapping-model output "
+                                                        "(the paper's n_mlp, 2048)")
+    qpa_depth: int = Field(8, ge=1, le=100, description="QPA: RY + CNOT-chain blocks of the circuit")
+    qpa_hidden: list[int] = Field(list(PUBLISHED_HIDDEN), min_length=1,
+                                  description="QPA: hidden widths of the mapping model (published: "
+                                              + ",".join(map(str, PUBLISHED_HIDDEN)) + ")")
+    qpa_activation: Literal["relu", "gelu", "tanh", "silu"] | None = Field(
+        None, description="QPA: activation between mapping layers (None: linear, as published)")
+    qtha_qubits: int = Field(4, ge=1, le=16, description="QTHA: qubits of the QNN")
+    qtha_layers: int = Field(2, ge=1, le=50, description="QTHA: hardware-efficient layers of the QNN")
+    qtha_bond_dim: int = Field(4, ge=1, description="QTHA: bond dimension of the MPOs")
+    qtha_cores: int = Field(3, ge=2, le=6, description="QTHA: cores per MPO")
+
+    def adapter_fields(self, method: str, targets: list[str], **shared: Any) -> dict[str, Any]:
+        """The config fields of ``method``: the shared ones plus its own."""
+        own = {"qpa": {"chunk_size": self.qpa_chunk_size, "depth": self.qpa_depth,
+                       "hidden_sizes": self.qpa_hidden, "activation": self.qpa_activation},
+               "qtha": {"qubits": self.qtha_qubits, "layers": self.qtha_layers,
+                        "bond_dim": self.qtha_bond_dim, "cores": self.qtha_cores}}.get(method, {})
+        return {"target_modules": targets, "r": self.rank, "alpha": self.alpha, **shared, **own}
+
+
+class CountParams(AdapterOptions):
+    """Parameters of ``qllm peft count``."""
+
+    model: str | None = Field(None, description="model name or folder; a folder holding only "
+                                                "config.json will do (default: the embedded all-MiniLM-L6-v2)")
+    method: list[AdapterName] = Field(list(ADAPTERS), min_length=1, description="methods to count")
+
+
+class PeftFields(Options):
+    """The peft flow's own parameters (after the adapter options in the form)."""
+
+    methods: list[AdapterName] = Field(list(ADAPTERS), min_length=1, description="methods to compare")
+    task: Literal["classify", "lm"] = Field("classify", description="classify: sequence classification "
+                                            "(accuracy); lm: causal language modelling (perplexity)")
+    model: str | None = Field(None, description="model name or folder (default: the embedded "
+                                                "all-MiniLM-L6-v2 for classify, gpt2 for lm)")
+    dataset: str = Field("sst2", description="classify: named set or TSV/CSV/JSONL path or fsspec URL")
+    train_size: int | None = Field(4000, ge=2, description="classify: training examples (stratified subsample)")
+    test_size: int | None = Field(None, ge=1, description="classify: test examples (None: the whole test split)")
+    corpus: str = Field("tiny_shakespeare", description="lm: named corpus or a UTF-8 text file path or URL")
+    eval_blocks: int = Field(32, ge=1, description="lm: validation blocks the perplexity is measured on")
+    max_length: int = Field(64, ge=8, description="classify: tokens per text; lm: tokens per block")
+    steps: int = Field(200, ge=2, description="training steps, the same for every method")
+    batch_size: int = Field(16, ge=1, description="training batch size")
+    lr: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate (linear decay to 0)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="input dropout on the adapter path (QPA's 0.05)")
+    seed: int = Field(0, ge=0, description="seed of the data order, the adapters and a new head")
+    split_seed: int = Field(0, ge=0, description="classify: seed of the split and subsampling")
+    qpa_lr: float | None = Field(None, gt=0, le=1, description="QPA: learning rate of the generator "
+                                 "(None: --lr). At one rate QPA's update moves some 80x faster per step than "
+                                 "LoRA's (MiniLM query/value); the paper trains both at 1e-5")
+    qpa_zero_start: bool = Field(False, description="QPA: subtract the update generated at "
+                                 "initialisation, so training starts at the base model as LoRA's and "
+                                 "QTHA's do (same gradients); off: as published")
+
+
+class PeftParams(RunOptions, PeftFields, AdapterOptions):
+    """Parameters of the peft flow (the CLI options, the Prefect UI form, prefect.yaml)."""
+
+    experiment: str = experiment("qllm-peft")
+    # Smaller than the paper's QPA settings: those suit GPT-2's 768 → 50,257 lm_head, while the
+    # default MiniLM's 384-wide layers have only 3,072 LoRA numbers each.
+    qpa_chunk_size: int = Field(64, ge=1, description="QPA: numbers per mapping-model output "
+                                                      "(the paper: 2048, for GPT-2's lm_head)")
+    qpa_hidden: list[int] = Field([16], min_length=1, description="QPA: hidden widths of the mapping "
+                                  "model (the paper: " + ",".join(map(str, PUBLISHED_HIDDEN)) + ")")
+
+    def adapter_fields(self, method: str, targets: list[str], **shared: Any) -> dict[str, Any]:
+        fields = super().adapter_fields(method, targets, **shared)
+        return {**fields, "zero_start": self.qpa_zero_start} if method == "qpa" else fields
+
+    @model_validator(mode="after")
+    def _distinct_methods(self) -> PeftParams:
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods {self.methods} repeat a method")
+        return self
+
+
+# --- preflight: everything that can be refused before any training -----------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """What the preflight established: the targets, each method's counts and its job."""
+
+    targets: list[str]
+    counts: dict[str, Count]
+    jobs: list[FinetuneJob]
+
+    @property
+    def lora_params(self) -> int:
+        return next(iter(self.counts.values())).lora
+
+
+def default_targets(config: transformers.PretrainedConfig) -> list[str]:
+    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(config.model_type)
+    if not targets:
+        raise AdapterError(f"there are no default target modules for model type {config.model_type!r}: "
+                           "name them with --target")
+    return list(targets)
+
+
+def model_config(model: str | None) -> tuple[Path, transformers.PretrainedConfig]:
+    """The model's folder (see ``resolve_model``) and its config; only ``config.json`` is read."""
+    folder = resolve_model(model)
+    try:
+        return folder, transformers.AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"model {model!r} ({folder}) has no usable config.json: {exc}") from exc
+
+
+def load_data(params: PeftParams) -> Dataset | Corpus:
+    """The task's data; bad names, paths or columns fail here, before any training."""
+    if params.task == "classify":
+        return DataRequest(params.dataset, params.train_size, params.test_size, params.split_seed).load()
+    return load_corpus(params.corpus)
+
+
+def preflight(params: PeftParams, data: Dataset | Corpus) -> Plan:
+    """Resolve the model, check it can be trained and every method can adapt it (targets, rank,
+    chunk size), and count trainable parameters. Bad input is refused here, before training."""
+    model = params.model or (None if params.task == "classify" else "gpt2")
+    folder, config = model_config(model)
+    if not any(folder.glob("*.safetensors")) and not (folder / "pytorch_model.bin").is_file():
+        raise ModelNotFoundError(f"model {model!r} ({folder}) has no weights (*.safetensors or pytorch_model.bin): "
+                                 "`qllm peft count` needs only config.json, fine-tuning needs the weights")
+    try:
+        transformers.AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"model {model!r} ({folder}) has no usable tokenizer: {exc}") from exc
+    if isinstance(data, Dataset):
+        config.num_labels = data.num_classes
+    auto = AUTO_CLASSES[params.task]
+    targets = params.target or (["lm_head"] if params.task == "lm" else default_targets(config))
+    heads = head_names(skeleton(config, auto)) if params.task == "classify" else []
+    shared = {"dropout": params.dropout, "seed": params.seed, "modules_to_save": heads}
+    fields = {m: params.adapter_fields(m, targets, **shared) for m in params.methods}
+    counts = compare(lambda: skeleton(config, auto), [adapter_config(m, **f) for m, f in fields.items()])
+    jobs = [FinetuneJob(method=m, task=params.task, model=str(folder), adapter=f, steps=params.steps,
+                        batch_size=params.batch_size, lr=params.lr, seed=params.seed,
+                        max_length=params.max_length, eval_blocks=params.eval_blocks,
+                        adapter_lr=params.qpa_lr if m == "qpa" else None)
+            for m, f in fields.items()]
+    return Plan(targets, dict(zip(params.methods, counts)), jobs)
 
 
 @dataclass(frozen=True)
@@ -64,22 +231,22 @@ class FinetuneJob:
     eval_batch_size: int = 64
     eval_blocks: int = 32
 
+    @property
+    def name(self) -> str:
+        return f"{self.method}-s{self.seed}"
 
-@task(name="fine-tune", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
-      task_run_name="{job.method}")
-def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str) -> dict[str, Any]:
+
+def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks) -> TrainingResult:
     """Train, evaluate, merge and check one method; the result row of the comparison."""
-    log = get_run_logger()
     key = hash_json({"job": {**asdict(job), "model": model_fingerprint(Path(job.model))},
-                     "data": data.content_hash, "v": 1})
+                     "data": data.content_hash, "v": 2})
     url = join_url(root, "peft", key)
     if (raw := read_bytes(join_url(url, "result.json"))) is not None:
-        log.info("%s: finished before, reusing %s", job.method, key[:12])
-        return {**json.loads(raw), "cached": True}
-    torch.set_num_threads(1)  # one thread per task: the Dask workers share the cores between them
+        hooks.log(f"{job.method}: finished before, reusing {key[:12]}")
+        return TrainingResult.from_json(json.loads(raw), cached=True)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    tokenizer, model = load_model(job, data)
+    tokenizer, model = load_pretrained(job, data)
     heads = head_names(model)
     head = sum(p.numel() for name in heads for p in getattr(model, name).parameters())
     adapted = adapt(model, adapter_config(job.method, **job.adapter))
@@ -88,12 +255,10 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str) -> dict[str, 
         n: job.adapter_lr for n, p in adapted.named_parameters()
         if p.requires_grad and not any(f".{h}." in f".{n}" for h in heads)}
 
-    report = progress_artifact(f"{job.method}-s{job.seed}", job.steps)
-
     def progress(step: int, loss: float) -> None:
         if (step + 1) % max(1, job.steps // 10) == 0 or step + 1 == job.steps:
-            log.info("%s step %d/%d: loss %.4f", job.method, step + 1, job.steps, loss)
-            report(step + 1, f"step {step + 1}/{job.steps}: loss {loss:.4f}")
+            hooks.log(f"{job.method} step {step + 1}/{job.steps}: loss {loss:.4f}")
+            hooks.progress(step + 1, f"step {step + 1}/{job.steps}: loss {loss:.4f}")
 
     t0 = time.perf_counter()
     trained = train_steps(adapted, train_batches(job, tokenizer, data), steps=job.steps, lr=job.lr,
@@ -106,23 +271,22 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str) -> dict[str, 
         adapted.save_pretrained(Path(tmp) / "adapter")
         difference = check_merged(adapted, tokenizer, evaluation[0], job, Path(tmp) / "merged")
         tail = trained.losses[-max(1, job.steps // 10):]
-        result = {
-            "name": job.method, "method": job.method, "job": asdict(job),
-            "history": {"train_loss": trained.losses},
-            "metrics": {**metric, "final_train_loss": sum(tail) / len(tail), "trainable_params": trainable,
-                        "adapter_params": trainable - head, "seconds_per_step": trained.seconds_per_step,
-                        "train_seconds": train_seconds, "peak_memory_mib": trained.peak_memory_bytes / 2**20,
-                        "merged_max_abs_diff": difference},
-            "adapter_url": upload_folder(Path(tmp) / "adapter", join_url(url, "adapter")),
-            "merged_url": upload_folder(Path(tmp) / "merged", join_url(url, "merged")),
-        }
-    atomic_write_bytes(join_url(url, "result.json"), json.dumps(result).encode())
-    log.info("%s: %s, merged model checked (max |Δ| %.2e)", job.method,
-             ", ".join(f"{k} {v:.4f}" for k, v in metric.items()), difference)
-    return {**result, "cached": False}
+        result = TrainingResult(
+            job.method, job.name, "adapter", job.seed,
+            {**metric, "final_train_loss": sum(tail) / len(tail), "trainable_params": trainable,
+             "adapter_params": trainable - head, "seconds_per_step": trained.seconds_per_step,
+             "train_seconds": train_seconds, "peak_memory_mib": trained.peak_memory_bytes / 2**20,
+             "merged_max_abs_diff": difference},
+            {"total": trainable, "adapter": trainable - head, "head": head}, {"train_loss": trained.losses},
+            asdict(job), files={"adapter": upload_folder(Path(tmp) / "adapter", join_url(url, "adapter")),
+                                "merged": upload_folder(Path(tmp) / "merged", join_url(url, "merged"))})
+    atomic_write_bytes(join_url(url, "result.json"), json.dumps(result.to_json()).encode())
+    hooks.log(f"{job.method}: " + ", ".join(f"{k} {v:.4f}" for k, v in metric.items())
+              + f", merged model checked (max |Δ| {difference:.2e})")
+    return result
 
 
-def load_model(job: FinetuneJob, data: Dataset | Corpus) -> tuple[Any, torch.nn.Module]:
+def load_pretrained(job: FinetuneJob, data: Dataset | Corpus) -> tuple[Any, torch.nn.Module]:
     """Tokenizer and model of ``job.model`` for its task (a new classification head is drawn
     from ``job.seed``); GPT-2-style tokenizers without a padding token pad with end-of-text."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(job.model)
@@ -218,3 +382,60 @@ def check_merged(adapted: Any, tokenizer: Any, probe: Batch, job: FinetuneJob, f
         raise RuntimeError(f"{job.method}: the merged model's outputs differ from the adapted model's by "
                            f"{difference:.3g} (> {bound:.3g}): merging is broken for this model")
     return difference
+
+
+# --- the registry's view: one entry per adapter ------------------------------------------------
+
+class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
+    """One adapter of the peft comparison; the three share one preflight and one training."""
+
+    params = PeftParams
+    model_tag = "adapter"
+
+    def check(self, params: PeftParams) -> None:
+        preflight(params, load_data(params))
+
+    def for_budget(self, budget: Budget, seeds: list[int]) -> list[PeftParams]:
+        """Every adapter of the comparison in one model per seed (they share the preflight)."""
+        return [PeftParams(methods=[self.id], dataset=budget.dataset, train_size=budget.train_size,
+                           test_size=budget.test_size, split_seed=budget.split_seed, steps=budget.finetune_steps,
+                           batch_size=budget.finetune_batch_size, max_length=budget.max_length, seed=seed)
+                for seed in seeds]
+
+    def jobs(self, params: PeftParams, data: Dataset | Corpus) -> list[FinetuneJob]:
+        return [j for j in preflight(params, data).jobs if j.method == self.id]
+
+    def train(self, job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks) -> TrainingResult:
+        return fine_tune(job, data, root, hooks)
+
+
+# --- qllm peft count ----------------------------------------------------------------------------
+
+def count_report(params: CountParams) -> str:
+    """The count table of ``qllm peft count``: trainable parameters and the ratio to LoRA."""
+    folder, config = model_config(params.model)
+    targets = params.target or default_targets(config)
+    configs = [adapter_config(m, **params.adapter_fields(m, targets)) for m in params.method]
+    counts = compare(lambda: skeleton(config), configs)
+    name = type(skeleton(config)).__name__
+    lines = [f"{name} from {folder}, target {','.join(targets)}, rank {params.rank}:", "",
+             "| method | trainable params | circuit params | ratio to LoRA | adapted layers | circuits |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {c.method} | {c.adapter:,} | {c.circuit:,} | {c.ratio_to_lora:.2%} | {c.layers} | "
+              f"{'; '.join(c.details) or '–'} |" for c in counts]
+    return "\n".join(lines)
+
+
+class LoRA(FinetuneMethod):
+    id = "lora"
+    label = "LoRA fine-tuning"
+
+
+class QPA(FinetuneMethod):
+    id = "qpa"
+    label = "QPA fine-tuning"
+
+
+class QTHA(FinetuneMethod):
+    id = "qtha"
+    label = "QTHA fine-tuning"

@@ -1,0 +1,163 @@
+"""The one interface every method of the lab implements.
+
+A method is its parameters (one pydantic model: the ``qllm run`` options, the Prefect UI form,
+``prepare``'s input), the jobs those parameters expand to (one training per seed and sweep
+point), how it trains and evaluates one job, and the classical baselines it is compared with on
+the same data. The flows and tasks above this layer only orchestrate: they never know what a
+method computes. :mod:`lab.methods` holds the registry, keyed by method id.
+
+    params = QDLLM.params(qubits=[8], seeds=[0, 1])
+    QDLLM.check(params)                          # bad input refused in seconds, before any work
+    data = ...                                   # the split the method reads (see FeatureMethod)
+    for job in QDLLM.jobs(params, data):
+        result = QDLLM.train(job, data, root, Hooks())   # a TrainingResult
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from ..data import DataRequest
+from ..embedded import EmbeddedSplit
+from ..results import TrainingResult
+from ..teacher import TeacherSpec
+
+
+class Job(Protocol):
+    """One training: named for the Prefect UI and MLflow, with its seed."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def seed(self) -> int: ...
+
+
+class Budget(Protocol):
+    """The shared budget of a comparison (``qllm run compare``): one data set and split, one seed
+    set, and what the budget means to each kind of method. Each method turns it into its own
+    parameters with :meth:`Method.for_budget`, keeping its own learning rate and defaults."""
+
+    dataset: str
+    text_column: str | None
+    label_column: str | None
+    train_size: int | None
+    test_size: int | None
+    split_seed: int
+    epochs: int  # feature methods: epochs (the PQC head: at most; it stops early)
+    batch_size: int
+    finetune_steps: int  # adapters: AdamW steps of finetune_batch_size texts
+    finetune_batch_size: int
+    max_length: int
+    qubits: int  # QD-LLM student
+    blocks: int
+    head_qubits: int  # PQC head
+    head_encoders: int
+    val_fraction: float
+    clients: int  # federated
+    rounds: int
+    controller: str
+    llm_steps: int
+
+
+def _quiet(message: str) -> None:
+    return None
+
+
+def _no_progress(done: int, note: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the orchestration lends a training: where it logs, where it shows how far it is
+    (``progress(done, note)``, ``done`` out of the job's total epochs, steps or rounds), a Dask
+    client over which Aer's parameter-shift batches may spread, and (federated) the executor of
+    a round's client trainings. ``None``: in this process, one after another."""
+
+    log: Callable[[str], None] = _quiet
+    progress: Callable[[int, str], None] = _no_progress
+    dask_client: Any = None
+    fit: Callable[[list[Any]], list[Any]] | None = None
+
+
+P = TypeVar("P", bound=BaseModel)
+J = TypeVar("J")
+D = TypeVar("D")
+
+
+class Method(ABC, Generic[P, J, D]):
+    """A method: its parameter model, its jobs, one training, its baselines.
+
+    ``id`` is the registry key (``qllm run compare --methods``); ``reports`` names every row it
+    can put on a leaderboard, its own and its baselines', id → label. ``data_fields`` are the
+    parameters that shape its data (study points that agree on them share one preparation);
+    ``not_axes`` those a study may not sweep.
+    """
+
+    id: ClassVar[str]
+    label: ClassVar[str]
+    params: type[P]
+    is_baseline: ClassVar[bool] = False  # a classical reference rather than a method under study
+    model_tag: ClassVar[str] = ""  # MLflow tag of a trained model, for `qllm predict` and hardware
+    baseline_labels: ClassVar[dict[str, str]] = {}
+    data_fields: ClassVar[tuple[str, ...]] = ()
+    not_axes: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def reports(self) -> dict[str, str]:
+        return {self.id: self.label, **self.baseline_labels}
+
+    @abstractmethod
+    def check(self, params: P) -> None:
+        """Refuse what cannot run (data, models, sizes), naming the value, before any work."""
+
+    @abstractmethod
+    def jobs(self, params: P, data: D) -> list[J]:
+        """The trainings ``params`` ask for, in order."""
+
+    @abstractmethod
+    def train(self, job: J, data: D, root: str, hooks: Hooks) -> TrainingResult:
+        """Train and evaluate one job (reusing a finished one stored under ``root``)."""
+
+    def baselines(self, params: P, data: D, seed: int) -> list[TrainingResult]:
+        """The classical models this method is compared with on the same data, for one seed."""
+        return []
+
+    @abstractmethod
+    def for_budget(self, budget: Budget, seeds: list[int]) -> list[P]:
+        """This method's parameters under a comparison's shared budget, covering ``seeds``."""
+
+
+class FeatureMethod(Method[P, J, EmbeddedSplit]):
+    """A method that learns from teacher features: the data set, split and teacher are named by
+    its parameters, and every such method reads the same :class:`EmbeddedSplit` shape."""
+
+    @abstractmethod
+    def data_request(self, params: P) -> DataRequest:
+        """Which data set, split and sizes."""
+
+    @abstractmethod
+    def teacher(self, params: P) -> TeacherSpec:
+        """Which teacher (or sentence encoder) turns the texts into features."""
+
+    shard_field: ClassVar[str] = "teacher_shard_size"
+
+    def shard_size(self, params: P) -> int:
+        """Texts per teacher shard: larger sets are split across the Dask workers."""
+        return int(getattr(params, self.shard_field))
+
+    def split(self, params: P, embedded: EmbeddedSplit) -> EmbeddedSplit:
+        """The method's own view of the embedded split (e.g. a validation hold-out)."""
+        return embedded
+
+    def check(self, params: P) -> None:
+        """Read and split the data set: bad names, paths, columns or sizes fail here."""
+        self.data_request(params).load()
+
+

@@ -1,0 +1,58 @@
+"""The classical baselines the feature methods are compared with, on the same embedded split:
+linear models and MLPs of about the quantum model's size, each a :class:`TrainingResult`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from qcore.models.classical import linear_size, linear_svm, logistic_regression, matched_mlp
+from qcore.training import classification_metrics, evaluate, train
+
+from ..embedded import EmbeddedSplit
+from ..results import TrainingResult
+
+Linear = Callable[..., torch.Tensor]
+LINEAR: dict[str, tuple[str, Linear]] = {  # method id → (row kind, fit-and-predict)
+    "logreg": ("logistic regression", logistic_regression),
+    "svm": ("linear SVM", linear_svm),
+}
+
+
+def curves(history: list[dict[str, float]]) -> dict[str, list[float]]:
+    """Per-epoch dicts as one list per metric."""
+    return {k: [h[k] for h in history] for k in history[0]}
+
+
+def linear_baseline(method: str, data: EmbeddedSplit, seed: int, *, teacher: bool) -> TrainingResult:
+    """A linear model on the features; ``teacher``: also its agreement with the teacher."""
+    kind, fit = LINEAR[method]
+    t0 = time.perf_counter()
+    logits = fit(data.train_x, data.train_y, data.test_x, seed=seed)
+    metrics = classification_metrics(logits.argmax(-1).numpy(), data.test_y, data.test_teacher if teacher else None)
+    size = linear_size(data.in_features, data.num_classes)
+    return TrainingResult(method, f"{kind} s{seed}", kind, seed, {**metrics, "train_seconds": time.perf_counter() - t0},
+                          {"circuit": 0, "classical": size, "total": size})
+
+
+def mlp_baseline(method: str, kind: str, data: EmbeddedSplit, seed: int, *, target_params: int, alpha: float,
+                 teacher: bool, **fit: Any) -> TrainingResult:
+    """An MLP of about ``target_params`` trainable numbers, trained like the quantum model it is
+    matched to: on the labels (``alpha`` 0) or distilled from the teacher with the same loss,
+    with early stopping when the split has a validation hold-out."""
+    t0 = time.perf_counter()
+    mlp = matched_mlp(data.in_features, data.num_classes, target_params, seed=seed)
+    stop = {"val": data.validation} if data.validation is not None else {}
+    history = train(mlp, data.train_x, data.train_y, data.train_teacher if alpha else None, seed=seed, alpha=alpha,
+                    **stop, **fit)
+    metrics = evaluate(mlp, data.test_x, data.test_y, data.test_teacher if teacher else None)
+    return TrainingResult(method, f"{kind} s{seed}", kind, seed, {**metrics, "train_seconds": time.perf_counter() - t0},
+                          mlp.parameter_counts(), curves(history))
+
+
+def accuracy_of(predictions: list[int], labels: np.ndarray) -> float:
+    return float((np.asarray(predictions) == labels).mean())

@@ -1,0 +1,270 @@
+"""The hybrid PQC classification head on few-shot sentence embeddings (arXiv 2504.08732).
+
+Few-shot data → sentence embeddings → quantum heads (:class:`qcore.models.pqc_head.PQCHead`),
+early-stopped on a validation hold-out, beside logistic regression, a linear SVM and an MLP of
+about the head's size on the same embeddings; then a noise ablation of the trained heads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from qcore.models.pqc_head import MAX_ENCODERS, PQCHead, PQCHeadConfig
+from qcore.simulators.aer import fake_backend_names, fake_backend_qubits
+from qcore.training import evaluate, train
+
+from ..artifacts import hash_json
+from ..data import DataRequest
+from ..embedded import EmbeddedSplit
+from ..noise import NoiseSetting, noise_settings
+from ..params import DataOptions, Options, RunOptions, config_defaults, experiment
+from ..results import TrainingResult, job_record
+from ..store import cached_result, model_predictions, store_result
+from ..teacher import TeacherSpec
+from .base import Budget, FeatureMethod, Hooks
+from .classical import curves, linear_baseline, mlp_baseline
+
+MAX_QUBITS = 16
+ARCH = config_defaults(PQCHeadConfig)
+
+
+class HeadFields(Options):
+    """The head flow's own parameters (between the data and the run groups in the form)."""
+
+    per_label: int = Field(256, ge=2, description="few-shot training examples per label")
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="share of the few-shot examples held out "
+                                                             "for early stopping")
+    test_size: int | None = Field(None, ge=1, description="test examples: a stratified sample of the rest "
+                                                          "of the split (None: all of it)")
+    split_seed: int = Field(0, ge=0, description="seed of the few-shot draw and the validation split")
+    encoder: str | None = Field(None, description="sentence encoder: a sentence-transformers or HF encoder "
+                                                  "name or folder (default: the embedded all-MiniLM-L6-v2)")
+    encoder_batch_size: int = Field(64, ge=1, description="embedding batch size")
+    shard_size: int = Field(4000, ge=1, description="texts per embedding shard: larger sets are split "
+                                                    "across the Dask workers")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="training seeds (one head each)")
+    qubits: int = Field(ARCH["qubits"], ge=2, le=MAX_QUBITS, description="module 2 qubits Q")
+    encoders: int = Field(ARCH["encoders"], ge=0, le=MAX_ENCODERS, description="module 1 amplitude-encoded "
+                                                                               "encoders E (0: embeddings "
+                                                                               "straight to module 2)")
+    encoder_layers: int = Field(ARCH["encoder_layers"], ge=1, le=10, description="CNOT-RY layers of each "
+                                                                                 "encoder's PQC")
+    layers: int = Field(ARCH["layers"], ge=1, le=20, description="CNOT-RY layers of PQC-1 (offsets 1, 2, …)")
+    reuploads: int = Field(ARCH["reuploads"], ge=1, le=10, description="N: PQC-1 repeats with shared weights "
+                                                                       "(data re-uploading)")
+    final_layers: int = Field(ARCH["final_layers"], ge=1, le=10, description="CNOT-RY layers of PQC-2")
+    measured: int = Field(ARCH["measured"], ge=1, le=MAX_QUBITS, description="Q_m: qubits read out in Z")
+    epochs: int = Field(30, ge=1, le=1000, description="maximum training epochs")
+    patience: int = Field(6, ge=1, description="early stopping: epochs without a better validation accuracy")
+    batch_size: int = Field(32, ge=1, description="training batch size")
+    lr: float = Field(0.02, gt=0, le=1, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
+    noise_shots: list[int] = Field([256, 1024, 4096], description="noise ablation: shot counts (empty: skip)")
+    noise_depolarizing: list[float] = Field([0.001, 0.01, 0.03], description="noise ablation: depolarizing "
+                                                                            "p after every gate (empty: skip)")
+    noise_devices: list[str] = Field(["fake_torino", "fake_brisbane"], description="noise ablation: IBM fake "
+                                                                                   "backends (empty: skip)")
+    device_shots: int = Field(1024, ge=1, description="shots under device noise")
+    noise_samples: int = Field(200, ge=1, description="test examples in the noise ablation")
+    noise_finetune_steps: int = Field(0, ge=0, description="optional: mini-batches of parameter-shift "
+                                                          "fine-tuning under each device's noise (0: none)")
+
+
+# The head's architecture: the PQCHeadConfig fields the flow sets, named once (by the config).
+ARCH_FIELDS = tuple(name for name in ARCH if name in HeadFields.model_fields)
+
+
+class HeadParams(RunOptions, HeadFields, DataOptions):
+    """Parameters of the head flow (the CLI options, the Prefect UI form, prefect.yaml)."""
+
+    experiment: str = experiment("qllm-head")
+
+    @field_validator("noise_shots")
+    @classmethod
+    def _positive_shots(cls, v: list[int]) -> list[int]:
+        if bad := [s for s in v if s < 1]:
+            raise ValueError(f"shot counts {bad} are invalid; give positive integers")
+        return v
+
+    @field_validator("noise_depolarizing")
+    @classmethod
+    def _probabilities(cls, v: list[float]) -> list[float]:
+        if bad := [p for p in v if not 0 < p <= 1]:
+            raise ValueError(f"depolarizing probabilities {bad} are invalid; allowed 0 < p <= 1")
+        return v
+
+    @field_validator("noise_devices")
+    @classmethod
+    def _fake_backend(cls, v: list[str]) -> list[str]:
+        known = fake_backend_names()
+        if bad := [d for d in v if d not in known]:
+            raise ValueError(f"unknown fake backend(s) {bad}; allowed: {', '.join(known)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HeadParams:
+        if self.measured > self.qubits:
+            raise ValueError(f"measured={self.measured} exceeds qubits={self.qubits}")
+        for name in self.noise_devices:
+            if (size := fake_backend_qubits(name)) < self.qubits:
+                raise ValueError(f"{name} has {size} qubits; module 2 needs {self.qubits}")
+        return self
+
+    def head_config(self, data: EmbeddedSplit, seed: int = 0) -> PQCHeadConfig:
+        return PQCHeadConfig(in_features=data.in_features, num_classes=data.num_classes, seed=seed,
+                             **{name: getattr(self, name) for name in ARCH_FIELDS})
+
+    def noise_settings(self) -> list[NoiseSetting]:
+        return noise_settings(self.noise_shots, self.noise_depolarizing, self.noise_devices, self.device_shots)
+
+
+@dataclass(frozen=True)
+class HeadJob:
+    """One head: its full model config (which holds its seed), the training settings, and the
+    simulator's options."""
+
+    model: PQCHeadConfig
+    epochs: int = 30
+    patience: int = 6
+    batch_size: int = 32
+    lr: float = 0.02
+    weight_decay: float = 0.0
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.model.seed
+
+    @property
+    def name(self) -> str:
+        m = self.model
+        return f"head-q{m.qubits}-e{m.encoders}-l{m.layers}-r{m.reuploads}-m{m.measured}-s{m.seed}"
+
+
+class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
+    id = "pqc-head"
+    label = "PQC head"
+    params = HeadParams
+    model_tag = "pqc_head"
+    shard_field = "shard_size"
+    data_fields = ("dataset", "text_column", "label_column", "per_label", "val_fraction", "test_size", "split_seed",
+                   "encoder")
+    not_axes = ("seeds", "experiment", "dask_address", "encoder_batch_size", "shard_size", "noise_shots",
+                "noise_depolarizing", "noise_devices", "device_shots", "noise_samples", "noise_finetune_steps")
+
+    def data_request(self, params: HeadParams) -> DataRequest:
+        return DataRequest(params.dataset, test_size=params.test_size, seed=params.split_seed,
+                           text_column=params.text_column, label_column=params.label_column,
+                           per_label=params.per_label)
+
+    def teacher(self, params: HeadParams) -> TeacherSpec:
+        return TeacherSpec(kind="probe", model=params.encoder, batch_size=params.encoder_batch_size)
+
+    def split(self, params: HeadParams, embedded: EmbeddedSplit) -> EmbeddedSplit:
+        return embedded.with_validation(params.val_fraction, params.split_seed)
+
+    def for_budget(self, budget: Budget, seeds: list[int]) -> list[HeadParams]:
+        """The head on the comparison's own split (its validation hold-out carved from it)."""
+        return [HeadParams(seeds=seeds, qubits=budget.head_qubits, encoders=budget.head_encoders,
+                           epochs=budget.epochs, batch_size=budget.batch_size, val_fraction=budget.val_fraction,
+                           split_seed=budget.split_seed, noise_shots=[], noise_depolarizing=[], noise_devices=[])]
+
+    def jobs(self, params: HeadParams, data: EmbeddedSplit) -> list[HeadJob]:
+        return [HeadJob(params.head_config(data, s), epochs=params.epochs, patience=params.patience,
+                        batch_size=params.batch_size, lr=params.lr, weight_decay=params.weight_decay)
+                for s in params.seeds]
+
+    def train(self, job: HeadJob, data: EmbeddedSplit, root: str, hooks: Hooks) -> TrainingResult:
+        """Train one head with early stopping on validation accuracy; evaluate it on the test split."""
+        key = hash_json({"data": data.key, "job": asdict(job), "kind": "pqc_head", "v": 2})
+        if (cached := cached_result(root, key)) is not None:
+            hooks.log(f"{job.name}: finished before, reusing {key[:12]}")
+            return cached
+        if data.validation is None:
+            raise ValueError("a PQC head stops early: its split needs a validation hold-out (with_validation)")
+
+        def progress(epoch: int, m: dict[str, float]) -> None:
+            note = (f"epoch {epoch}/{job.epochs}: loss {m['loss']:.4f}, train acc {m['accuracy']:.3f}, "
+                    f"val acc {m['val_accuracy']:.3f}")
+            hooks.log(f"{job.name} {note}")
+            hooks.progress(epoch, note)
+
+        t0 = time.perf_counter()
+        split = {} if hooks.dask_client is None else {"client": hooks.dask_client}
+        model = PQCHead(job.model, **job.backend_options, **split)
+        history = train(model, data.train_x, data.train_y, None, epochs=job.epochs, batch_size=job.batch_size,
+                        lr=job.lr, seed=job.seed, alpha=0.0, on_epoch=progress, val=data.validation,
+                        patience=job.patience, weight_decay=job.weight_decay)
+        seconds = time.perf_counter() - t0
+        hooks.progress(job.epochs, f"done: {len(history)} epochs, best validation epoch {history[-1]['best_epoch']}")
+        model = model.with_backend("exact") if job.model.backend != "exact" else model
+        metrics = evaluate(model, data.test_x, data.test_y)
+        result = TrainingResult(
+            self.id, job.name, "PQC head", job.seed,
+            {**metrics, "train_seconds": seconds, "val_accuracy": max(h["val_accuracy"] for h in history),
+             "epochs_run": len(history), "best_epoch": history[-1]["best_epoch"]},
+            model.parameter_counts(), curves(history), job_record(job), model_predictions(model, data.test_x))
+        stored = store_result(root, key, model, result, {"teacher.json": {  # read by `qllm predict`
+            "teacher": data.teacher, "label_names": list(data.label_names)}})
+        hooks.log(f"{job.name}: test accuracy {metrics['accuracy']:.4f} after {len(history)} epochs")
+        return stored
+
+    def baselines(self, params: HeadParams, data: EmbeddedSplit, seed: int) -> list[TrainingResult]:
+        """Logistic regression, a linear SVM and an MLP of about the head's size, on the same
+        embeddings; the MLP trains like the head (Adam, early stopping on the same validation set)."""
+        target = PQCHead(params.head_config(data)).parameter_counts()["total"]
+        return [linear_baseline("logreg", data, seed, teacher=False), linear_baseline("svm", data, seed, teacher=False),
+                mlp_baseline("mlp-matched", "MLP (size-matched)", data, seed, target_params=target, alpha=0.0,
+                             teacher=False, epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
+                             patience=params.patience)]
+
+
+# --- the noise ablation's table --------------------------------------------------------------------
+
+def ablation_rows(settings: list[NoiseSetting], trained: list[TrainingResult], merged: dict[tuple[str, str], Any],
+                  finetuned: dict[str, list[int]], test_y: np.ndarray, samples: int) -> list[dict[str, Any]]:
+    """One row per noise setting: accuracy (mean ± std over the trained heads) on the same
+    ``samples`` test examples, beside their exact accuracy, and after noisy fine-tuning."""
+    exact = [merged[(settings[0].label, r.name)]["exact_accuracy_same_samples"] for r in trained]
+    rows = []
+    for s in settings:
+        cells = [merged[(s.label, r.name)] for r in trained]
+        accs = [c["accuracy"] for c in cells]
+        row = {"label": s.label, "kind": s.kind, "level": s.level, "samples": samples, "models": len(accs),
+               "accuracy": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
+               "exact_accuracy": float(np.mean(exact)),
+               "agreement_with_exact": float(np.mean([c["agreement_with_exact"] for c in cells])),
+               "seconds": float(sum(c["seconds"] for c in cells))}
+        if s.label in finetuned:
+            row["finetuned_accuracy"] = float(np.mean(np.array(finetuned[s.label]) == test_y[:samples]))
+        rows.append(row)
+    return rows
+
+
+def noise_markdown(rows: list[dict[str, Any]], devices: list[dict[str, Any]]) -> str:
+    lines = ["Under noise (module 2 only; same test samples; mean ± std over the trained heads):", "",
+             "| setting | samples | accuracy | exact accuracy | agreement with exact | after fine-tuning |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        tuned = f"{r['finetuned_accuracy']:.4f}" if "finetuned_accuracy" in r else "–"
+        lines.append(f"| {r['label']} | {r['samples']} | {r['accuracy']:.4f} ± {r['accuracy_std']:.4f} | "
+                     f"{r['exact_accuracy']:.4f} | {r['agreement_with_exact']:.4f} | {tuned} |")
+    if devices:
+        lines += ["", "| device | transpiled depth | two-qubit gates | qubits used | logical depth | logical 2q gates |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {d['device']} | {d['depth']} | {d['two_qubit_gates']} | {d['qubits_used']} | "
+                  f"{d['logical_depth']} | {d['logical_two_qubit_gates']} |" for d in devices]
+    return "\n".join(lines)
+
+
+def exact_spread(trained: list[TrainingResult], merged: dict[tuple[str, str], Any],
+                 first_label: str) -> tuple[float, float]:
+    """Mean and std of the heads' exact accuracy on the ablation's samples (the plot's reference)."""
+    exact = [merged[(first_label, r.name)]["exact_accuracy_same_samples"] for r in trained]
+    return float(np.mean(exact)), float(np.std(exact))
+

@@ -1,0 +1,58 @@
+"""Parameter groups every flow's parameter model is composed of, each defined once.
+
+A flow's parameters are one flat pydantic model (the ``qllm run`` options, the Prefect UI form
+and ``prefect.yaml`` all read it), built from these groups plus the method's own fields:
+
+    class DistillParams(RunOptions, DistillOptions, DataOptions): ...
+
+Fields appear in the form in reverse order of the bases (data first, run settings last). A flow
+that wants another default redeclares only that field's default with :func:`experiment`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAMED_SETS = "named set (sst2, subj, trec, trec-fine, ag_news) or a TSV/CSV/JSONL path or fsspec URL"
+
+
+class Options(BaseModel):
+    """Base of every group: unknown fields are refused, naming them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataOptions(Options):
+    """Which data set a classification flow reads, and its columns when it is a file."""
+
+    dataset: str = Field("sst2", description=NAMED_SETS)
+    text_column: str | None = Field(None, description="text column of a file data set")
+    label_column: str | None = Field(None, description="label column of a file data set")
+
+
+class RunOptions(Options):
+    """Where a run is tracked and where its tasks run."""
+
+    experiment: str = Field("qllm", min_length=1, description="MLflow experiment name")
+    dask_address: str | None = Field(None, description="Dask scheduler address (default: a temporary LocalCluster)")
+
+
+def experiment(name: str) -> Any:
+    """The ``experiment`` field of :class:`RunOptions` with a flow's own default."""
+    field = copy.copy(RunOptions.model_fields["experiment"])
+    field.default = name
+    return field
+
+
+# Fields that say where and how a run goes, never what it computes: a study cannot sweep them,
+# and run keys leave them out.
+RUN_FIELDS = tuple(RunOptions.model_fields)
+
+
+def config_defaults(config: type) -> dict[str, Any]:
+    """The defaults of a ``qcore`` config dataclass, so a flow's fields take them from there."""
+    return {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}

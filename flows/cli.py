@@ -9,7 +9,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -19,7 +19,8 @@ from lab.teacher import ModelNotFoundError
 from qcore.adapters import AdapterError
 from qcore.hardware.service import HardwareError
 
-FlowEntry = tuple[type[BaseModel], Callable[[BaseModel], Any], str]
+M = TypeVar("M", bound=BaseModel)
+FlowEntry = tuple[type[BaseModel], Callable[[Any], Any], str]  # (parameters, runner taking them, help)
 
 
 def _flows() -> dict[str, FlowEntry]:
@@ -36,22 +37,50 @@ def _flows() -> dict[str, FlowEntry]:
     from .peft import run_peft
     from .study import StudyParams, run_study
 
-    return {"distill": (DistillParams, run_distill, "QD-LLM: distil a teacher LLM into quantum students"),
-            "head": (HeadParams, run_head, "PQC head: a hybrid quantum classification head on few-shot "
-                                           "sentence embeddings, beside classical heads, with a noise ablation"),
-            "peft": (PeftParams, run_peft, "LoRA, QPA and QTHA fine-tune one model on equal footing; "
-                                           "merged into plain weights for quantum-free inference"),
-            "study": (StudyParams, run_study, "a grid of configurations x seeds of one method on the Dask "
-                                              "cluster, with a plot of the metric against the grid axis"),
-            "federated": (FederatedParams, run_federated, "LLM-QFL: federated quantum classifiers on Dask, "
-                                                          "steered by an LLM controller"),
-            "compare": (CompareParams, run_compare, "every method on one data set, budget and seed set: a "
-                                                    "leaderboard of accuracy against parameters and training time"),
-            "hardware": (HardwareParams, run_hardware, "run a trained quantum model on an IBM quantum computer "
-                                                       "(or a fake one offline) beside its exact and noisy simulation"),
-            "federated-compare": (FederatedCompareParams, run_federated,
-                                  "LLM-QFL: controllers none/adaptive/dynamic-weighted and a classical "
-                                  "federated baseline on SST-2 and SUBJ, IID and Dirichlet(0.5)")}
+    return {
+        "distill": (DistillParams, run_distill, "QD-LLM: distil a teacher LLM into quantum students"),
+        "head": (
+            HeadParams,
+            run_head,
+            "PQC head: a hybrid quantum classification head on few-shot "
+            "sentence embeddings, beside classical heads, with a noise ablation",
+        ),
+        "peft": (
+            PeftParams,
+            run_peft,
+            "LoRA, QPA and QTHA fine-tune one model on equal footing; "
+            "merged into plain weights for quantum-free inference",
+        ),
+        "study": (
+            StudyParams,
+            run_study,
+            "a grid of configurations x seeds of one method on the Dask "
+            "cluster, with a plot of the metric against the grid axis",
+        ),
+        "federated": (
+            FederatedParams,
+            run_federated,
+            "LLM-QFL: federated quantum classifiers on Dask, steered by an LLM controller",
+        ),
+        "compare": (
+            CompareParams,
+            run_compare,
+            "every method on one data set, budget and seed set: a "
+            "leaderboard of accuracy against parameters and training time",
+        ),
+        "hardware": (
+            HardwareParams,
+            run_hardware,
+            "run a trained quantum model on an IBM quantum computer "
+            "(or a fake one offline) beside its exact and noisy simulation",
+        ),
+        "federated-compare": (
+            FederatedCompareParams,
+            run_federated,
+            "LLM-QFL: controllers none/adaptive/dynamic-weighted and a classical "
+            "federated baseline on SST-2 and SUBJ, IID and Dirichlet(0.5)",
+        ),
+    }
 
 
 def _is_list(annotation: Any) -> bool:
@@ -75,18 +104,18 @@ def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         help_text = f"{field.description or ''} ({'required' if field.is_required() else f'default: {shown}'})"
         if _is_bool(field.annotation):
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
         else:
             if typing.get_origin(field.annotation) is dict:
                 metavar = "NAME=A,B;..."
             else:
                 metavar = "A,B,..." if _is_list(field.annotation) else name.upper()
-            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=metavar,
-                                help=help_text)
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
 
 
-def parse_model(model: type[BaseModel], ns: argparse.Namespace) -> BaseModel:
+def parse_model(model: type[M], ns: argparse.Namespace) -> M:
     """Build the parameter model from the given options; pydantic refuses bad values."""
     values: dict[str, Any] = {}
     for name, field in model.model_fields.items():
@@ -119,13 +148,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a flow")
     run_sub = run.add_subparsers(dest="flow", required=True)
     for name, (model, _, doc) in flows.items():
-        p = run_sub.add_parser(name, help=doc, description=doc,
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = run_sub.add_parser(name, help=doc, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_model_options(p, model)
     peft_sub = sub.add_parser("peft", help="parameter-efficient fine-tuning tools").add_subparsers(
-        dest="peft_command", required=True)
-    count_parser(peft_sub.add_parser("count", help=COUNT_HELP, description=COUNT_HELP,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+        dest="peft_command", required=True
+    )
+    count_parser(
+        peft_sub.add_parser(
+            "count", help=COUNT_HELP, description=COUNT_HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+    )
     pred = sub.add_parser("predict", help="classify texts with a student saved in an MLflow run")
     pred.add_argument("--run-id", required=True, help="MLflow run id of a trained student (a child run)")
     pred.add_argument("texts", nargs="+", help="texts to classify")

@@ -53,16 +53,23 @@ SHARED = QDLLM()  # the shared split and features are the distill flow's, under 
 class CompareFields(Options):
     """The budget and its methods (see :class:`CompareParams`)."""
 
-    train_size: int | None = Field(2000, ge=20, description="training examples every method learns from "
-                                                           "(stratified subsample)")
-    test_size: int | None = Field(None, ge=1, description="test examples every method is scored on "
-                                                         "(None: the whole test split)")
+    train_size: int | None = Field(
+        2000, ge=20, description="training examples every method learns from (stratified subsample)"
+    )
+    test_size: int | None = Field(
+        None, ge=1, description="test examples every method is scored on (None: the whole test split)"
+    )
     split_seed: int = Field(0, ge=0, description="seed of the split and subsampling")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="training seeds: every method trains once per seed")
-    methods: list[MethodName] = Field(list(LEADERBOARD), min_length=1, description="methods on the leaderboard: "
-                                      + ", ".join(LEADERBOARD))
-    epochs: int = Field(10, ge=1, le=1000, description="budget: epochs of the QD-LLM student, the MLPs and the "
-                                                       "PQC head (at most; it stops early)")
+    methods: list[MethodName] = Field(  # type: ignore[valid-type]  # the registry's ids, as an enum in the form
+        list(LEADERBOARD), min_length=1, description="methods on the leaderboard: " + ", ".join(LEADERBOARD)
+    )
+    epochs: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="budget: epochs of the QD-LLM student, the MLPs and the PQC head (at most; it stops early)",
+    )
     batch_size: int = Field(32, ge=1, description="batch size of the QD-LLM student, the PQC head and the MLPs")
     finetune_steps: int = Field(100, ge=2, description="budget: training steps of LoRA, QPA and QTHA")
     finetune_batch_size: int = Field(16, ge=1, description="texts per fine-tuning step")
@@ -70,14 +77,21 @@ class CompareFields(Options):
     qubits: int = Field(11, ge=2, le=STUDENT_MAX_QUBITS, description="QD-LLM student qubits")
     blocks: int = Field(2, ge=1, le=20, description="QD-LLM ansatz blocks")
     head_qubits: int = Field(8, ge=2, le=HEAD_MAX_QUBITS, description="PQC head: module 2 qubits")
-    head_encoders: int = Field(2, ge=0, le=MAX_ENCODERS, description="PQC head: amplitude-encoded encoders of module 1 "
-                                                          "(0: a linear layer into module 2)")
-    val_fraction: float = Field(0.15, gt=0, lt=1, description="PQC head: share of the training examples held "
-                                                              "out for early stopping")
+    head_encoders: int = Field(
+        2,
+        ge=0,
+        le=MAX_ENCODERS,
+        description="PQC head: amplitude-encoded encoders of module 1 (0: a linear layer into module 2)",
+    )
+    val_fraction: float = Field(
+        0.15, gt=0, lt=1, description="PQC head: share of the training examples held out for early stopping"
+    )
     clients: int = Field(5, ge=1, le=1000, description="federated clients (LLM-QFL and FedAvg)")
     rounds: int = Field(10, ge=1, le=1000, description="budget: federated rounds")
-    controller: str = Field("adaptive", description="LLM-QFL controller: a step rule (" + ", ".join(RULES)
-                                                    + ") or none (plain quantum FedAvg)")
+    controller: str = Field(
+        "adaptive",
+        description="LLM-QFL controller: a step rule (" + ", ".join(RULES) + ") or none (plain quantum FedAvg)",
+    )
     llm_steps: int = Field(20, ge=1, description="LLM-QFL: LoRA steps of each party's LLM fine-tune")
 
 
@@ -128,8 +142,9 @@ class CompareParams(RunOptions, CompareFields, DataOptions):
         bad input is refused here, before any server starts or anything is written."""
         data = SHARED.data_request(SHARED.for_budget(self, self.seeds)[0]).load()
         if data.num_classes < 2:
-            raise DataError(f"{self.dataset}: the training split holds {data.num_classes} class; "
-                            "a classifier needs two or more")
+            raise DataError(
+                f"{self.dataset}: the training split holds {data.num_classes} class; a classifier needs two or more"
+            )
         for m in self.of_kind(FinetuneMethod):
             METHODS[m].jobs(METHODS[m].for_budget(self, self.seeds[:1])[0], data)  # the adapter's preflight
         federated = self.of_kind(fed.FederatedMethod)
@@ -147,8 +162,9 @@ class CompareParams(RunOptions, CompareFields, DataOptions):
 Pending = list[tuple[str, PrefectFuture[TrainingResult]]]  # (method id, future of the training's result)
 
 
-def submit_trainings(params: CompareParams, data: Dataset, split: EmbeddedSplit,
-                     root: str) -> tuple[Pending, list[Any]]:
+def submit_trainings(
+    params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str
+) -> tuple[Pending, list[Any]]:
     """Every per-seed training but the federated ones, submitted to the Dask cluster at once:
     each feature method on the shared split (in its own view, e.g. the PQC head's validation
     hold-out) and each adapter on the texts, one task per job; and the QD-LLM baselines, one
@@ -160,7 +176,7 @@ def submit_trainings(params: CompareParams, data: Dataset, split: EmbeddedSplit,
             own = method.split(p, split) if isinstance(method, FeatureMethod) else data
             jobs = method.jobs(p, own)
             pending += [(m, f) for f in train.map(unmapped(m), jobs, unmapped(own), unmapped(root))]
-    classical = []
+    classical: list[Any] = []
     if params.baselines:
         shared = SHARED.for_budget(params, params.seeds)[0]
         classical = baselines.map(unmapped(SHARED.id), unmapped(shared), unmapped(split), params.seeds)
@@ -182,8 +198,9 @@ def federated_rows(params: CompareParams, data: Dataset, split: EmbeddedSplit, r
         method = METHODS[m]
         assert isinstance(method, fed.FederatedMethod)
         for fp in method.for_budget(params, params.seeds):
-            fsplit = fed.build_split(data, split, "iid", fp.clients, fp.model_spec(data.num_classes),
-                                     fp.server_fraction, fp.seed)
+            fsplit = fed.build_split(
+                data, split, "iid", fp.clients, fp.model_spec(data.num_classes), fp.server_fraction, fp.seed
+            )
             llm = llm_losses(fp, [fsplit], root).get(fsplit.name, {}) if m == "llm-qfl" else {}
             for job in method.jobs(fp, fed.FederatedData(fsplit, llm)):
                 out = federated_run(m, job, root)
@@ -200,8 +217,9 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     runtime = Runtime()
     root = runtime.artifact_root
-    with tracking.parent_run(runtime, params.experiment, "compare", params.model_dump(),
-                             tags={"flow": "compare"}, system_metrics=True) as parent:
+    with tracking.parent_run(
+        runtime, params.experiment, "compare", params.model_dump(), tags={"flow": "compare"}, system_metrics=True
+    ) as parent:
         data, split = embedded_split(SHARED, SHARED.for_budget(params, params.seeds)[0], root)
         tracking.set_tags(parent, {"data_hash": data.content_hash})
         rows = gather(params, *submit_trainings(params, data, split, root))
@@ -215,8 +233,12 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
         run_id = parent.info.run_id
     md = board.markdown(table)
     create_table_artifact(key="compare-leaderboard", table=table, description=f"leaderboard: {title}")
-    create_markdown_artifact(key="compare-report", markdown=md + "\n\n" + reporting.figure_markdown(
-        figure, "accuracy against trainable parameters and training time"))
+    create_markdown_artifact(
+        key="compare-report",
+        markdown=md
+        + "\n\n"
+        + reporting.figure_markdown(figure, "accuracy against trainable parameters and training time"),
+    )
     reporting.close(figure)
     return {"table": table, "rows": rows, "markdown": md, "mlflow_run_id": run_id}
 

@@ -34,8 +34,9 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     runtime = Runtime()
     root = runtime.artifact_root
-    with tracking.parent_run(runtime, params.experiment, "distill", params.model_dump(),
-                             tags={"flow": "distill"}, system_metrics=True) as parent:
+    with tracking.parent_run(
+        runtime, params.experiment, "distill", params.model_dump(), tags={"flow": "distill"}, system_metrics=True
+    ) as parent:
         data, split = embedded_split(METHOD, params, root)
         tracking.set_tags(parent, {"data_hash": data.content_hash})
         jobs = METHOD.jobs(params, split)
@@ -43,9 +44,12 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
         classical = baselines.map(unmapped(METHOD.id), unmapped(params), unmapped(split), params.seeds)
         student_rows = [f.result() for f in students]
         first = student_rows[0]
-        noisy_futures = [evaluate_under_noise(str(first.model_url), split.test_x, split.test_y, setting, samples,
-                                              runtime.dask_workers)
-                         for setting, samples in params.noise_settings()]
+        noisy_futures = [
+            evaluate_under_noise(
+                str(first.model_url), split.test_x, split.test_y, setting, samples, runtime.dask_workers
+            )
+            for setting, samples in params.noise_settings()
+        ]
         baseline_rows = [r for f in classical for r in f.result()]
         noisy_rows = [merge_noisy([f.result() for f in futures], split.test_y) for futures in noisy_futures]
 
@@ -55,8 +59,13 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
         run_id = parent.info.run_id
     create_table_artifact(key="distill-results", table=table, description="QD-LLM: students and baselines")
     create_markdown_artifact(key="distill-report", markdown=md)
-    return {"table": table, "noisy": noisy_rows, "markdown": md, "mlflow_run_id": run_id,
-            "students": [{"name": r.name, "cached": r.cached} for r in student_rows]}
+    return {
+        "table": table,
+        "noisy": noisy_rows,
+        "markdown": md,
+        "mlflow_run_id": run_id,
+        "students": [{"name": r.name, "cached": r.cached} for r in student_rows],
+    }
 
 
 def teacher_row(split: EmbeddedSplit) -> TrainingResult:
@@ -68,18 +77,30 @@ def teacher_row(split: EmbeddedSplit) -> TrainingResult:
 def noisy_markdown(student: TrainingResult, rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
-    lines = [f"| {r['label']} | {r['samples']} | {r['accuracy']:.4f} | {r['exact_accuracy_same_samples']:.4f} | "
-             f"{r['agreement_with_exact']:.4f} |" for r in rows]
-    return ("\n\nStudent " + student.name + " under noise (same test samples):\n\n"
-            "| setting | samples | accuracy | exact accuracy | agreement with exact |\n|---|---|---|---|---|\n"
-            + "\n".join(lines))
+    lines = [
+        f"| {r['label']} | {r['samples']} | {r['accuracy']:.4f} | {r['exact_accuracy_same_samples']:.4f} | "
+        f"{r['agreement_with_exact']:.4f} |"
+        for r in rows
+    ]
+    return (
+        "\n\nStudent " + student.name + " under noise (same test samples):\n\n"
+        "| setting | samples | accuracy | exact accuracy | agreement with exact |\n|---|---|---|---|---|\n"
+        + "\n".join(lines)
+    )
 
 
-def log_mlflow(parent: ActiveRun, split: EmbeddedSplit, students: list[TrainingResult],
-               baseline_rows: list[TrainingResult], noisy: list[dict[str, Any]], table: list[dict[str, Any]]) -> None:
+def log_mlflow(
+    parent: ActiveRun,
+    split: EmbeddedSplit,
+    students: list[TrainingResult],
+    baseline_rows: list[TrainingResult],
+    noisy: list[dict[str, Any]],
+    table: list[dict[str, Any]],
+) -> None:
     """The table on the parent run; a child per student and per baseline (only this process writes)."""
-    tracking.log_result_rows(parent, [*students, *baseline_rows], split.test_y, split.label_names,
-                             model_tag=METHOD.model_tag)
+    tracking.log_result_rows(
+        parent, [*students, *baseline_rows], split.test_y, split.label_names, model_tag=METHOD.model_tag
+    )
     tracking.log_summary(table, {f"noisy.{tracking.slug(r['label'])}.accuracy": r["accuracy"] for r in noisy})
     tracking.log_table(parent, table, "results.json")
     if noisy:

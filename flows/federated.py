@@ -44,8 +44,9 @@ def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     runtime = Runtime()
     root = runtime.artifact_root
-    with tracking.parent_run(runtime, params.experiment, "federated", params.model_dump(),
-                             tags={"flow": "federated"}, system_metrics=True) as parent:
+    with tracking.parent_run(
+        runtime, params.experiment, "federated", params.model_dump(), tags={"flow": "federated"}, system_metrics=True
+    ) as parent:
         splits = federated_splits(params, root)
         llm = llm_losses(params, splits, root)
 
@@ -63,17 +64,31 @@ def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
 
         md = fed.markdown(rows)
         md += "\n\nReference (centralised logistic regression on the full embeddings): " + ", ".join(
-            f"{s.name} {s.reference_accuracy:.4f}" for s in splits)
+            f"{s.name} {s.reference_accuracy:.4f}" for s in splits
+        )
         if llm:
             md += "\n\n" + fed.llm_markdown(llm)
         fed.log_runs(parent, outputs, rows, figures, llm)
         run_id = parent.info.run_id
     create_table_artifact(key="federated-results", table=rows, description="LLM-QFL: controllers and baseline")
     create_markdown_artifact(key="federated-report", markdown=md)
-    return {"table": rows, "markdown": md, "mlflow_run_id": run_id, "llm": llm,
-            "runs": [{"dataset": o.setting.dataset, "partition": o.setting.partition, "run": o.label,
-                      "cached": o.cached, "initial_accuracy": o.result.initial_accuracy,
-                      "records": [r.to_dict() for r in o.result.records]} for o in outputs]}
+    return {
+        "table": rows,
+        "markdown": md,
+        "mlflow_run_id": run_id,
+        "llm": llm,
+        "runs": [
+            {
+                "dataset": o.setting.dataset,
+                "partition": o.setting.partition,
+                "run": o.label,
+                "cached": o.cached,
+                "initial_accuracy": o.result.initial_accuracy,
+                "records": [r.to_dict() for r in o.result.records],
+            }
+            for o in outputs
+        ],
+    }
 
 
 def federated_splits(params: FederatedParams, root: str) -> list[fed.FederatedSplit]:
@@ -84,8 +99,18 @@ def federated_splits(params: FederatedParams, root: str) -> list[fed.FederatedSp
         data = prepare_data(DataRequest(name, params.train_size, params.test_size, params.split_seed))
         spec = TeacherSpec(kind="probe")
         embedded = EmbeddedSplit.of(data, teacher_outputs(data, spec, root, params.teacher_shard_size), spec)
-        splits += [fed.build_split(data, embedded, partition, params.clients, params.model_spec(data.num_classes),
-                                   params.server_fraction, params.seed) for partition in params.partition]
+        splits += [
+            fed.build_split(
+                data,
+                embedded,
+                partition,
+                params.clients,
+                params.model_spec(data.num_classes),
+                params.server_fraction,
+                params.seed,
+            )
+            for partition in params.partition
+        ]
     return splits
 
 

@@ -24,9 +24,6 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field, field_validator
 
-from qcore.hardware.plan import build_plan
-from qcore.hardware.service import HardwareError, Mitigation, QPUService
-from qcore.simulators.aer import fake_backend, fake_backend_names
 from lab import reporting, tracking
 from lab.artifacts import hash_json, upload_folder
 from lab.data import load_dataset
@@ -35,6 +32,9 @@ from lab.noise import NoiseSetting
 from lab.params import Options, RunOptions, experiment
 from lab.runtime import Runtime
 from lab.teacher import TeacherSpec, teacher_features
+from qcore.hardware.plan import build_plan
+from qcore.hardware.service import HardwareError, Mitigation, QPUService
+from qcore.simulators.aer import fake_backend, fake_backend_names
 from tasks.hardware import credentials, run_on_qpu, service_for
 from tasks.train import evaluate_under_noise
 
@@ -49,34 +49,55 @@ BACKEND_PATTERN = re.compile(r"^(fake_[a-z0-9_]+|ibm_[a-z0-9_]+|least_busy)$")
 class HardwareFields(Options):
     """The hardware flow's own parameters (before the run group in the form)."""
 
-    run_id: str = Field(..., min_length=1, description="MLflow run holding a trained quantum model "
-                                                       "(a child run of distill, head or study)")
-    backend: str = Field("fake_torino", description="fake_<device> (offline: the runtime's local testing "
-                                                    "mode with that device's noise), ibm_<name>, or least_busy")
+    run_id: str = Field(
+        ...,
+        min_length=1,
+        description="MLflow run holding a trained quantum model (a child run of distill, head or study)",
+    )
+    backend: str = Field(
+        "fake_torino",
+        description="fake_<device> (offline: the runtime's local testing "
+        "mode with that device's noise), ibm_<name>, or least_busy",
+    )
     primitive: Literal["sampler", "estimator"] = Field(
-        "sampler", description="executor-based runtime primitive: sampler (⟨Z⟩ from counts; runs on "
-                               "every fake device) or estimator (resilience levels)")
+        "sampler",
+        description="executor-based runtime primitive: sampler (⟨Z⟩ from counts; runs on "
+        "every fake device) or estimator (resilience levels)",
+    )
     shots: int = Field(1024, ge=1, le=100_000, description="shots per circuit")
     samples: int = Field(200, ge=1, le=100_000, description="test examples (a stratified sample of the test split)")
     sample_seed: int = Field(0, description="seed of the test sample")
-    dataset: str | None = Field(None, description="data set of the test examples (default: the one the "
-                                                  "model was trained on, from its MLflow run)")
+    dataset: str | None = Field(
+        None,
+        description="data set of the test examples (default: the one the model was trained on, from its MLflow run)",
+    )
     optimization_level: int = Field(2, ge=0, le=3, description="preset pass manager optimisation level")
-    resilience_level: int = Field(1, ge=0, le=2, description="estimator: 0 none, 1 readout mitigation "
-                                                             "(TREX), 2 readout + zero-noise extrapolation")
+    resilience_level: int = Field(
+        1,
+        ge=0,
+        le=2,
+        description="estimator: 0 none, 1 readout mitigation (TREX), 2 readout + zero-noise extrapolation",
+    )
     dynamical_decoupling: Literal["XX", "XpXm", "XY4"] | None = Field(
-        None, description="dynamical-decoupling sequence on idle qubits (None: off)")
+        None, description="dynamical-decoupling sequence on idle qubits (None: off)"
+    )
     twirling: bool = Field(False, description="Pauli-twirl gates and measurements")
     job_size: int = Field(100, ge=1, description="test examples per job; all jobs go in one Batch")
-    max_qpu_seconds: float = Field(600.0, gt=0, description="refuse to submit when the estimated QPU "
-                                                            "time is above this, unless --confirm")
+    max_qpu_seconds: float = Field(
+        600.0, gt=0, description="refuse to submit when the estimated QPU time is above this, unless --confirm"
+    )
     confirm: bool = Field(False, description="submit even above --max-qpu-seconds")
-    dry_run: bool = Field(False, description="stop after transpiling: print the circuit metrics and the "
-                                             "QPU-time estimate, submit nothing")
-    noisy_simulation: bool = Field(True, description="also simulate the same samples with Aer and the "
-                                                     "device's noise model (needs a fake twin of the device)")
-    timeout_seconds: float = Field(6 * 3600, gt=0, description="the QPU task's timeout (queue included); "
-                                                               "its retries resume the same jobs")
+    dry_run: bool = Field(
+        False, description="stop after transpiling: print the circuit metrics and the QPU-time estimate, submit nothing"
+    )
+    noisy_simulation: bool = Field(
+        True,
+        description="also simulate the same samples with Aer and the "
+        "device's noise model (needs a fake twin of the device)",
+    )
+    timeout_seconds: float = Field(
+        6 * 3600, gt=0, description="the QPU task's timeout (queue included); its retries resume the same jobs"
+    )
     poll_max_seconds: float = Field(60.0, gt=0, description="longest wait between two job-status polls")
 
 
@@ -96,15 +117,31 @@ class HardwareParams(RunOptions, HardwareFields):
 
     @property
     def mitigation(self) -> Mitigation:
-        return Mitigation(resilience_level=self.resilience_level if self.primitive == "estimator" else 0,
-                          dynamical_decoupling=self.dynamical_decoupling, twirling=self.twirling)
+        return Mitigation(
+            resilience_level=self.resilience_level if self.primitive == "estimator" else 0,
+            dynamical_decoupling=self.dynamical_decoupling,
+            twirling=self.twirling,
+        )
 
     def ledger_key(self, source: SourceRun) -> str:
         """Same model, samples and circuit settings → same jobs (a re-run resumes them)."""
-        fields = ("backend", "primitive", "shots", "samples", "sample_seed", "dataset", "optimization_level",
-                  "job_size")
-        return hash_json({"weights": source.weights_hash, "mitigation": dataclasses.asdict(self.mitigation),
-                          **{k: getattr(self, k) for k in fields}})
+        fields = (
+            "backend",
+            "primitive",
+            "shots",
+            "samples",
+            "sample_seed",
+            "dataset",
+            "optimization_level",
+            "job_size",
+        )
+        return hash_json(
+            {
+                "weights": source.weights_hash,
+                "mitigation": dataclasses.asdict(self.mitigation),
+                **{k: getattr(self, k) for k in fields},
+            }
+        )
 
     def check(self) -> None:
         """The cheap refusals, before any server starts: credentials and the run's model."""
@@ -127,14 +164,21 @@ def sample_test_set(source: SourceRun, params: HardwareParams) -> TestSample:
     name = params.dataset or source.data.get("dataset")
     if not name:
         raise HardwareError(f"run {source.run_id} does not say which data set it was trained on; pass --dataset")
-    data = load_dataset(name, test_size=params.samples, seed=params.sample_seed,
-                        text_column=source.data.get("text_column"), label_column=source.data.get("label_column"))
+    data = load_dataset(
+        name,
+        test_size=params.samples,
+        seed=params.sample_seed,
+        text_column=source.data.get("text_column"),
+        label_column=source.data.get("label_column"),
+    )
     if tuple(data.label_names) != source.label_names:
-        raise HardwareError(f"data set {name} has labels {list(data.label_names)}; the model was trained "
-                            f"on {list(source.label_names)}")
+        raise HardwareError(
+            f"data set {name} has labels {list(data.label_names)}; the model was trained on {list(source.label_names)}"
+        )
     spec = TeacherSpec(**source.teacher)
-    return TestSample(teacher_features(spec, source.label_names, data.test_texts),
-                      np.asarray(data.test_labels), source.label_names)
+    return TestSample(
+        teacher_features(spec, source.label_names, data.test_texts), np.asarray(data.test_labels), source.label_names
+    )
 
 
 def resolve_backend(service: QPUService, params: HardwareParams, ledger: Ledger, qubits: int) -> Any:
@@ -150,12 +194,16 @@ def check_device(params: HardwareParams, backend: Any, qubits: int, *, local: bo
     """Refuse a device narrower than the model's circuit, or, offline, one too wide for the
     executor Estimator's local testing mode, which simulates every qubit of the device."""
     if local and params.primitive == "estimator" and backend.num_qubits > LOCAL_ESTIMATOR_QUBITS:
-        raise HardwareError(f"the executor Estimator's local testing mode simulates every qubit of the "
-                            f"device ({backend.num_qubits} on {backend.name}): use --primitive sampler, "
-                            f"or a fake device of at most {LOCAL_ESTIMATOR_QUBITS} qubits")
+        raise HardwareError(
+            f"the executor Estimator's local testing mode simulates every qubit of the "
+            f"device ({backend.num_qubits} on {backend.name}): use --primitive sampler, "
+            f"or a fake device of at most {LOCAL_ESTIMATOR_QUBITS} qubits"
+        )
     if backend.num_qubits < qubits:
-        raise HardwareError(f"{backend.name} has {backend.num_qubits} qubits; this model's circuit needs "
-                            f"{qubits}. Pick a larger device (e.g. fake_torino, 133 qubits) or a narrower model.")
+        raise HardwareError(
+            f"{backend.name} has {backend.num_qubits} qubits; this model's circuit needs "
+            f"{qubits}. Pick a larger device (e.g. fake_torino, 133 qubits) or a narrower model."
+        )
 
 
 def noisy_twin(backend_name: str) -> str | None:
@@ -182,56 +230,96 @@ def hardware(params: HardwareParams) -> dict[str, Any]:
     with torch.inference_mode():
         angles = model.angles(features)
         exact_z = layer(angles).real.numpy()
-    plan = build_plan(layer, angles.numpy(), backend, primitive=params.primitive,
-                      optimization_level=params.optimization_level)
+    plan = build_plan(
+        layer, angles.numpy(), backend, primitive=params.primitive, optimization_level=params.optimization_level
+    )
     jobs = len(chunks(plan.samples, params.job_size))
     seconds = plan.qpu_seconds(params.shots, jobs, noise_factors=params.mitigation.noise_factors(params.primitive))
-    metrics = {"backend": backend.name, **plan.metrics.as_dict(), "circuits": plan.samples, "jobs": jobs,
-               "shots": params.shots, "estimated_qpu_seconds": round(seconds, 1)}
-    log.info("%d circuits x %d shots in %d job(s) on %s: depth %d, %d two-qubit gates, %d qubits; "
-             "estimated QPU time %.1f s", plan.samples, params.shots, jobs, backend.name, plan.metrics.depth,
-             plan.metrics.two_qubit_gates, plan.metrics.qubits_used, seconds)
+    metrics = {
+        "backend": backend.name,
+        **plan.metrics.as_dict(),
+        "circuits": plan.samples,
+        "jobs": jobs,
+        "shots": params.shots,
+        "estimated_qpu_seconds": round(seconds, 1),
+    }
+    log.info(
+        "%d circuits x %d shots in %d job(s) on %s: depth %d, %d two-qubit gates, %d qubits; estimated QPU time %.1f s",
+        plan.samples,
+        params.shots,
+        jobs,
+        backend.name,
+        plan.metrics.depth,
+        plan.metrics.two_qubit_gates,
+        plan.metrics.qubits_used,
+        seconds,
+    )
     if params.dry_run:
         log.info("dry run: nothing submitted\n%s", reporting.rows_markdown([metrics]))
         return {"dry_run": True, "metrics": metrics}
     if not service.is_local and seconds > params.max_qpu_seconds and not params.confirm:
-        raise HardwareError(f"estimated QPU time {seconds:.0f} s is above --max-qpu-seconds "
-                            f"{params.max_qpu_seconds:g}: pass --confirm to submit anyway, or fewer "
-                            "--samples / --shots")
+        raise HardwareError(
+            f"estimated QPU time {seconds:.0f} s is above --max-qpu-seconds "
+            f"{params.max_qpu_seconds:g}: pass --confirm to submit anyway, or fewer "
+            "--samples / --shots"
+        )
 
     noisy = _submit_noisy_simulation(params, model, test, backend.name, ledger)
     tags = {"flow": "hardware", "qllm.source_run": params.run_id, "qllm.backend": backend.name}
-    with tracking.parent_run(settings, params.experiment, f"hardware-{backend.name}",
-                             params.model_dump(exclude={"dask_address"}), tags=tags) as run:
+    with tracking.parent_run(
+        settings, params.experiment, f"hardware-{backend.name}", params.model_dump(exclude={"dask_address"}), tags=tags
+    ) as run:
+
         def record_job_ids(ids: list[str]) -> None:
             tracking.set_tags(run, {"qllm.job_ids": ",".join(ids)[:5000]})
             tracking.log_file(run, f"{ledger.url}/jobs.json")
 
         hw_z = run_on_qpu.with_options(timeout_seconds=params.timeout_seconds)(
-            plan, service, backend, ledger, shots=params.shots, job_size=params.job_size,
-            mitigation=params.mitigation, observables=list(layer.observables),
-            on_job_ids=record_job_ids, poll_max_seconds=params.poll_max_seconds)
+            plan,
+            service,
+            backend,
+            ledger,
+            shots=params.shots,
+            job_size=params.job_size,
+            mitigation=params.mitigation,
+            observables=list(layer.observables),
+            on_job_ids=record_job_ids,
+            poll_max_seconds=params.poll_max_seconds,
+        )
         record_job_ids(ledger.job_ids())  # again: the ledger now holds every job's final state
-        predictions = {"exact": _predict(model, exact_z),
-                       ("fake hardware" if service.is_local else "hardware"): _predict(model, hw_z)}
+        predictions = {
+            "exact": _predict(model, exact_z),
+            ("fake hardware" if service.is_local else "hardware"): _predict(model, hw_z),
+        }
         if noisy is not None:
             label, futures = noisy
-            predictions[label] = [p for c in sorted((f.result() for f in futures), key=lambda c: c["start"])
-                                  for p in c["noisy"]]
+            predictions[label] = [
+                p for c in sorted((f.result() for f in futures), key=lambda c: c["start"]) for p in c["noisy"]
+            ]
         table = report_rows(predictions, test.labels, test.label_names, metrics)
         tracking.log_summary(table)
         tracking.log_table(run, table, "hardware.json")
         run_id = run.info.run_id
-    create_table_artifact(key="hardware-results", table=table,
-                          description=f"{source.run_id} on {backend.name}: hardware vs exact vs noisy simulation")
+    create_table_artifact(
+        key="hardware-results",
+        table=table,
+        description=f"{source.run_id} on {backend.name}: hardware vs exact vs noisy simulation",
+    )
     md = reporting.rows_markdown(table)
     create_markdown_artifact(key="hardware-report", markdown=md)
-    return {"table": table, "markdown": md, "mlflow_run_id": run_id, "job_ids": ledger.job_ids(),
-            "metrics": metrics, "ledger": ledger.url}
+    return {
+        "table": table,
+        "markdown": md,
+        "mlflow_run_id": run_id,
+        "job_ids": ledger.job_ids(),
+        "metrics": metrics,
+        "ledger": ledger.url,
+    }
 
 
-def _submit_noisy_simulation(params: HardwareParams, model: Any, test: TestSample, backend: str,
-                             ledger: Ledger) -> tuple[str, list[Any]] | None:
+def _submit_noisy_simulation(
+    params: HardwareParams, model: Any, test: TestSample, backend: str, ledger: Ledger
+) -> tuple[str, list[Any]] | None:
     """Aer with the device's noise model on the same samples, split over the Dask workers."""
     twin = noisy_twin(backend)
     if not params.noisy_simulation:
@@ -241,10 +329,18 @@ def _submit_noisy_simulation(params: HardwareParams, model: Any, test: TestSampl
         return None
     with tempfile.TemporaryDirectory() as tmp:
         model_url = upload_folder(model.save(Path(tmp) / "model"), f"{ledger.url}/model")
-    setting = NoiseSetting(f"noisy simulation ({twin}, {params.shots} shots)", "device",
-                           {"noise": twin, "shots": params.shots}, 0.0)
-    return setting.label, evaluate_under_noise(model_url, test.features, test.labels, setting, len(test.labels),
-                                               Runtime().dask_workers, seed=params.sample_seed)
+    setting = NoiseSetting(
+        f"noisy simulation ({twin}, {params.shots} shots)", "device", {"noise": twin, "shots": params.shots}, 0.0
+    )
+    return setting.label, evaluate_under_noise(
+        model_url,
+        test.features,
+        test.labels,
+        setting,
+        len(test.labels),
+        Runtime().dask_workers,
+        seed=params.sample_seed,
+    )
 
 
 def _predict(model: Any, z: np.ndarray) -> list[int]:
@@ -252,13 +348,14 @@ def _predict(model: Any, z: np.ndarray) -> list[int]:
         return model.readout(torch.as_tensor(z)).argmax(-1).tolist()
 
 
-def report_rows(predictions: dict[str, list[int]], labels: np.ndarray, names: tuple[str, ...],
-                metrics: dict[str, Any]) -> list[dict[str, Any]]:
+def report_rows(
+    predictions: dict[str, list[int]], labels: np.ndarray, names: tuple[str, ...], metrics: dict[str, Any]
+) -> list[dict[str, Any]]:
     """One row per setting: accuracy, per-class accuracy, agreement with exact, circuit cost."""
     exact = np.asarray(predictions["exact"])
     rows = []
-    for setting, pred in predictions.items():
-        pred = np.asarray(pred)
+    for setting, predicted in predictions.items():
+        pred = np.asarray(predicted)
         row: dict[str, Any] = {"model": setting, "samples": len(labels), "accuracy": float((pred == labels).mean())}
         for c, name in enumerate(names):
             mask = labels == c
@@ -278,6 +375,8 @@ def run_hardware(params: HardwareParams) -> dict[str, Any]:
         print(reporting.rows_markdown([result["metrics"]]))
         return result
     print(result["markdown"])
-    print(f"\njobs {', '.join(result['job_ids']) or '(local)'}; ledger {result['ledger']}/jobs.json; "
-          f"MLflow run {result['mlflow_run_id']}")
+    print(
+        f"\njobs {', '.join(result['job_ids']) or '(local)'}; ledger {result['ledger']}/jobs.json; "
+        f"MLflow run {result['mlflow_run_id']}"
+    )
     return result

@@ -35,8 +35,9 @@ def head(params: HeadParams = HeadParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     runtime = Runtime()
     root = runtime.artifact_root
-    with tracking.parent_run(runtime, params.experiment, "head", params.model_dump(),
-                             tags={"flow": "head"}, system_metrics=True) as parent:
+    with tracking.parent_run(
+        runtime, params.experiment, "head", params.model_dump(), tags={"flow": "head"}, system_metrics=True
+    ) as parent:
         _, split = embedded_split(METHOD, params, root)
         tracking.set_tags(parent, {"data_key": split.key})
         jobs = METHOD.jobs(params, split)
@@ -63,27 +64,46 @@ def head(params: HeadParams = HeadParams()) -> dict[str, Any]:
         report += "\n\n" + reporting.figure_markdown(fig, "accuracy against noise")
         reporting.close(fig)
     create_markdown_artifact(key="head-report", markdown=report)
-    return {"table": table, "noise": noise, "markdown": md, "mlflow_run_id": run_id,
-            "heads": [{"name": r.name, "status": r.status, "cached": r.cached} for r in head_rows]}
+    return {
+        "table": table,
+        "noise": noise,
+        "markdown": md,
+        "mlflow_run_id": run_id,
+        "heads": [{"name": r.name, "status": r.status, "cached": r.cached} for r in head_rows],
+    }
 
 
-def noise_ablation(params: HeadParams, split: EmbeddedSplit, trained: list[TrainingResult],
-                   workers: int) -> dict[str, Any]:
+def noise_ablation(
+    params: HeadParams, split: EmbeddedSplit, trained: list[TrainingResult], workers: int
+) -> dict[str, Any]:
     """Every trained head re-evaluated on the same ``noise_samples`` test examples under each
     setting (chunks spread over the workers), plus the transpiled cost on each device."""
     settings = params.noise_settings()
     if not settings or not trained:  # ablation switched off (all lists empty), or nothing to evaluate
         return {"rows": [], "devices": []}
-    futures = {(s.label, r.name): evaluate_under_noise(str(r.model_url), split.test_x, split.test_y, s,
-                                                        params.noise_samples, workers)
-               for s in settings for r in trained}
+    futures = {
+        (s.label, r.name): evaluate_under_noise(
+            str(r.model_url), split.test_x, split.test_y, s, params.noise_samples, workers
+        )
+        for s in settings
+        for r in trained
+    }
     samples = min(params.noise_samples, len(split.test_y))
     finetunes = {}
     if params.noise_finetune_steps:
         for s in (s for s in settings if s.kind == "device"):
             finetunes[s.label] = noisy_finetune.submit(
-                str(trained[0].model_url), s.label, s.options, split.train_x, split.train_y, split.test_x[:samples],
-                steps=params.noise_finetune_steps, batch_size=params.batch_size, lr=params.lr, seed=0)
+                str(trained[0].model_url),
+                s.label,
+                s.options,
+                split.train_x,
+                split.train_y,
+                split.test_x[:samples],
+                steps=params.noise_finetune_steps,
+                batch_size=params.batch_size,
+                lr=params.lr,
+                seed=0,
+            )
     module2 = params.head_config(split).module2_circuit().circuit
     devices = [transpiled_metrics(module2, d) for d in params.noise_devices]
     merged = {key: merge_noisy([f.result() for f in fs], split.test_y) for key, fs in futures.items()}
@@ -92,14 +112,21 @@ def noise_ablation(params: HeadParams, split: EmbeddedSplit, trained: list[Train
     return {"rows": rows, "devices": devices, "exact": exact_spread(trained, merged, settings[0].label)}
 
 
-def log_mlflow(parent: ActiveRun, split: EmbeddedSplit, heads: list[Outcome], baseline_rows: list[TrainingResult],
-               table: list[dict[str, Any]], noise: dict[str, Any], noise_figure: Figure | None) -> None:
+def log_mlflow(
+    parent: ActiveRun,
+    split: EmbeddedSplit,
+    heads: list[Outcome],
+    baseline_rows: list[TrainingResult],
+    table: list[dict[str, Any]],
+    noise: dict[str, Any],
+    noise_figure: Figure | None,
+) -> None:
     """The table and the noise ablation (with its plot) on the parent run; a child per head and
     per baseline."""
-    tracking.log_result_rows(parent, [*heads, *baseline_rows], split.test_y, split.label_names,
-                             model_tag=METHOD.model_tag)
-    tracking.log_summary(table, {f"noisy.{tracking.slug(r['label'])}.accuracy": r["accuracy"]
-                                 for r in noise["rows"]})
+    tracking.log_result_rows(
+        parent, [*heads, *baseline_rows], split.test_y, split.label_names, model_tag=METHOD.model_tag
+    )
+    tracking.log_summary(table, {f"noisy.{tracking.slug(r['label'])}.accuracy": r["accuracy"] for r in noise["rows"]})
     tracking.log_table(parent, table, "results.json")
     if noise_figure is not None:
         tracking.log_table(parent, noise["rows"], "noise.json")

@@ -45,8 +45,14 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
     """Fine-tune one model with LoRA, QPA and QTHA on equal footing; merge, check and compare."""
     check_dask_address(params.dask_address)
     runtime = Runtime()
-    with tracking.parent_run(runtime, params.experiment, "peft", params.model_dump(),
-                             tags={"flow": "peft", "task": params.task}, system_metrics=True) as parent:
+    with tracking.parent_run(
+        runtime,
+        params.experiment,
+        "peft",
+        params.model_dump(),
+        tags={"flow": "peft", "task": params.task},
+        system_metrics=True,
+    ) as parent:
         data = prepare(params)
         tracking.set_tags(parent, {"data_hash": data.content_hash})
         plan = preflight(params, data)
@@ -58,28 +64,45 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
         run_id = parent.info.run_id
     create_table_artifact(key="peft-results", table=table, description="LoRA, QPA and QTHA on equal footing")
     create_markdown_artifact(key="peft-report", markdown=md)
-    return {"table": table, "markdown": md, "mlflow_run_id": run_id, "targets": plan.targets,
-            "merged": {r.method: r.files["merged"] for r in rows},
-            "methods": [{"name": r.method, "cached": r.cached} for r in rows]}
+    return {
+        "table": table,
+        "markdown": md,
+        "mlflow_run_id": run_id,
+        "targets": plan.targets,
+        "merged": {r.method: r.files["merged"] for r in rows},
+        "methods": [{"name": r.method, "cached": r.cached} for r in rows],
+    }
 
 
-def log_mlflow(parent: ActiveRun, params: PeftParams, plan: Plan, rows: list[TrainingResult],
-               table: list[dict[str, Any]]) -> None:
+def log_mlflow(
+    parent: ActiveRun, params: PeftParams, plan: Plan, rows: list[TrainingResult], table: list[dict[str, Any]]
+) -> None:
     """The table and the overlaid loss curves on the parent run; a child run per method."""
     for r, row in zip(rows, table, strict=True):
         with tempfile.TemporaryDirectory() as tmp:
             adapter = download_folder(r.files["adapter"], Path(tmp) / "adapter")
-            tracking.log_child(parent, r.method, params={**r.job, "targets": plan.targets},
-                               metrics={**r.metrics, "ratio_to_lora": row["ratio_to_lora"],
-                                        "circuit_params": plan.counts[r.method].circuit},
-                               history=r.history, artifacts=adapter,
-                               tags={"kind": "adapter", "method": r.method, "merged_model": r.files["merged"]})
+            tracking.log_child(
+                parent,
+                r.method,
+                params={**r.job, "targets": plan.targets},
+                metrics={
+                    **r.metrics,
+                    "ratio_to_lora": row["ratio_to_lora"],
+                    "circuit_params": plan.counts[r.method].circuit,
+                },
+                history=r.history,
+                artifacts=adapter,
+                tags={"kind": "adapter", "method": r.method, "merged_model": r.files["merged"]},
+            )
     figure = peft_report.loss_curves(rows, f"{params.task}: training loss per step")
     client = MlflowClient()
-    tracking.with_retries(lambda: client.log_figure(parent.info.run_id, figure, "loss_curves.png"),
-                          what="log figure")
-    summary = {f"{row['method']}.{k}": float(v) for row in table for k, v in row.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tracking.with_retries(lambda: client.log_figure(parent.info.run_id, figure, "loss_curves.png"), what="log figure")
+    summary = {
+        f"{row['method']}.{k}": float(v)
+        for row in table
+        for k, v in row.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     tracking.with_retries(lambda: mlflow.log_metrics(summary), what="log metrics")
     tracking.log_table(parent, table, "results.json")
 

@@ -1,10 +1,11 @@
-"""``qllm predict``: classify new text with a quantum model (QD-LLM student or PQC head) saved in an MLflow run, no retraining."""
+"""``qllm predict``: classify new text with a quantum model (QD-LLM student or PQC head) saved in
+an MLflow run, no retraining."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -26,5 +27,7 @@ def predict(run_id: str, texts: Sequence[str]) -> list[tuple[str, str, dict[str,
     features = teacher_features(TeacherSpec(**meta["teacher"]), names, texts)
     with torch.inference_mode():
         probs = torch.softmax(student(torch.as_tensor(features, dtype=torch.float32)), -1).numpy()
-    return [(t, names[int(p.argmax())], {n: round(float(v), 4) for n, v in zip(names, p)})
-            for t, p in zip(texts, probs)]
+    return [
+        (t, names[int(p.argmax())], {n: round(float(v), 4) for n, v in zip(names, p, strict=True)})
+        for t, p in zip(texts, probs, strict=True)
+    ]

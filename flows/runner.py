@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from prefect import Flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.settings import PREFECT_API_URL
+from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
 from lab.results import FailedTraining, Outcome, job_record
@@ -34,8 +35,12 @@ class LabTaskRunner(DaskTaskRunner):
                 self.address = runtime.dask_address
             else:
                 patient_comms()
-                self.cluster_kwargs = {"n_workers": runtime.dask_workers, "threads_per_worker": 1,
-                                       "processes": True, "dashboard_address": ":0"}
+                self.cluster_kwargs = {
+                    "n_workers": runtime.dask_workers,
+                    "threads_per_worker": 1,
+                    "processes": True,
+                    "dashboard_address": ":0",
+                }
         super().__enter__()
         return self
 
@@ -48,8 +53,11 @@ class LabTaskRunner(DaskTaskRunner):
                 link = client.dashboard_link
             except KeyError:  # a remote scheduler without the dashboard service
                 link = None
-            print(f"Dask dashboard: {link}" if link else
-                  f"Dask scheduler {client.scheduler.address} serves no dashboard (it needs bokeh)")
+            print(
+                f"Dask dashboard: {link}"
+                if link
+                else f"Dask scheduler {client.scheduler.address} serves no dashboard (it needs bokeh)"
+            )
             if self.address and (warning := prefect_api_warning(client)):
                 print(f"WARNING: {warning}")
         return client
@@ -68,14 +76,19 @@ def prefect_api_warning(client: Any) -> str | None:
     missing = sorted(w for w, url in client.run(_prefect_api_here).items() if not url)
     if not missing:
         return None
-    return (f"Dask workers {', '.join(missing)} have no PREFECT_API_URL: each starts a Prefect server of "
-            f"its own, and their task runs will not appear with this flow run. Start the workers with "
-            f"PREFECT_API_URL={_prefect_api_here() or '<your Prefect API>'} in their environment.")
+    return (
+        f"Dask workers {', '.join(missing)} have no PREFECT_API_URL: each starts a Prefect server of "
+        f"its own, and their task runs will not appear with this flow run. Start the workers with "
+        f"PREFECT_API_URL={_prefect_api_here() or '<your Prefect API>'} in their environment."
+    )
 
 
-def dask_runner(address: str | None = None) -> LabTaskRunner:
+def dask_runner(address: str | None = None) -> TaskRunner[Any]:
     """A runner for ``address``, or (``None``) one that decides when the flow starts."""
-    return LabTaskRunner(address=address) if address else LabTaskRunner()
+    runner = LabTaskRunner(address=address) if address else LabTaskRunner()
+    # prefect_dask's runner is a TaskRunner of its own future type; TaskRunner's type variable is
+    # invariant, so the flow decorator's annotation does not admit it as it is.
+    return cast("TaskRunner[Any]", runner)
 
 
 def check_dask_address(requested: str | None) -> None:
@@ -94,14 +107,18 @@ def check_dask_address(requested: str | None) -> None:
         raise ValueError(
             f"dask_address {requested!r} cannot take effect in this run, whose tasks go to "
             f"{actual or 'this process'}: for a deployment, set QLLM_DASK_ADDRESS in the worker's "
-            "environment (or the deployment's job_variables.env) and leave dask_address empty")
+            "environment (or the deployment's job_variables.env) and leave dask_address empty"
+        )
 
 
 # Dask's defaults (30 s to connect or answer) drop workers whose process is starved of CPU,
 # which a laptop or a 2-core box running more simulations than cores does: the scheduler then
 # forgets the worker, its nanny shuts down, and a flow waits forever on a cluster with no workers.
-PATIENT_TIMEOUTS = {"distributed.comm.timeouts.connect": "300s", "distributed.comm.timeouts.tcp": "300s",
-                    "distributed.scheduler.worker-ttl": "30 minutes"}
+PATIENT_TIMEOUTS = {
+    "distributed.comm.timeouts.connect": "300s",
+    "distributed.comm.timeouts.tcp": "300s",
+    "distributed.scheduler.worker-ttl": "30 minutes",
+}
 
 
 def patient_comms() -> None:
@@ -153,7 +170,7 @@ def prefect_api() -> Iterator[str]:
             server.stop()
 
 
-def run_from_cli(flow: Flow, params: Any) -> dict[str, Any]:
+def run_from_cli(flow: Flow[Any, dict[str, Any]], params: Any) -> dict[str, Any]:
     """Run ``flow`` on ``params`` as ``qllm run`` does: under one Prefect API (:func:`prefect_api`)
     with its tasks on ``params.dask_address``, or on a temporary LocalCluster."""
     with prefect_api():
@@ -162,8 +179,10 @@ def run_from_cli(flow: Flow, params: Any) -> dict[str, Any]:
 
 def mlflow_hint(run_id: str, *, before: str = "", after: str = "") -> str:
     """The closing lines of ``qllm run``: the MLflow run and the command that opens the UI on it."""
-    return (f"\n{before}MLflow run {run_id}{after} — open the UI with:\n"
-            f"  mlflow ui --backend-store-uri {Runtime().tracking_uri()}")
+    return (
+        f"\n{before}MLflow run {run_id}{after} — open the UI with:\n"
+        f"  mlflow ui --backend-store-uri {Runtime().tracking_uri()}"
+    )
 
 
 def results_or_failures(futures: Iterable[PrefectFuture[Any]], jobs: Sequence[Any], method: str) -> list[Outcome]:

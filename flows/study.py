@@ -62,14 +62,18 @@ class StudyFields(Options):
     """The study flow's own parameters (before the run group in the form)."""
 
     method: Literal["head", "distill"] = Field("head", description="the method whose flow parameters the grid sweeps")
-    grid: dict[str, list[Any]] = Field({"qubits": [4, 6, 8, 10, 12]},
-                                       description='axes and values, e.g. "qubits=4,6,8;layers=1,2": every '
-                                                   "combination is one point; the first axis is the plot's x axis")
+    grid: dict[str, list[Any]] = Field(
+        {"qubits": [4, 6, 8, 10, 12]},
+        description='axes and values, e.g. "qubits=4,6,8;layers=1,2": every '
+        "combination is one point; the first axis is the plot's x axis",
+    )
     seeds: int = Field(5, ge=1, le=100, description="seeds per point (0 … seeds-1)")
-    fixed: dict[str, Any] = Field({}, description='other method parameters, the same for every point, '
-                                                  'e.g. "per_label=64;epochs=20"')
+    fixed: dict[str, Any] = Field(
+        {}, description='other method parameters, the same for every point, e.g. "per_label=64;epochs=20"'
+    )
     metric: Literal["accuracy", "macro_f1", "train_seconds"] = Field(
-        "accuracy", description="the metric plotted against the grid axis")
+        "accuracy", description="the metric plotted against the grid axis"
+    )
 
 
 class StudyParams(RunOptions, StudyFields):
@@ -90,7 +94,7 @@ class StudyParams(RunOptions, StudyFields):
         return {k: vals if len(vals) > 1 else vals[0] for k, vals in parse_assignments(v, "fixed").items()}
 
     @model_validator(mode="after")
-    def _points_valid(self) -> "StudyParams":
+    def _points_valid(self) -> StudyParams:
         """Every axis is a parameter of the method and every point validates: refused up front."""
         method = study_method(self.method)
         fields = method.params.model_fields
@@ -99,8 +103,9 @@ class StudyParams(RunOptions, StudyFields):
             raise ValueError("the grid is empty; give at least one axis, e.g. qubits=4,6,8")
         for name in list(self.grid) + list(self.fixed):
             if name not in allowed:
-                raise ValueError(f"{name!r} is not a parameter a {self.method} study can set; allowed: "
-                                 f"{', '.join(allowed)}")
+                raise ValueError(
+                    f"{name!r} is not a parameter a {self.method} study can set; allowed: {', '.join(allowed)}"
+                )
         if overlap := set(self.grid) & set(self.fixed):
             raise ValueError(f"{sorted(overlap)} given both as grid axes and as fixed")
         for name, values in self.grid.items():
@@ -112,7 +117,7 @@ class StudyParams(RunOptions, StudyFields):
     def points(self) -> list[dict[str, Any]]:
         """Every combination of the axes' values, in grid order."""
         names = list(self.grid)
-        return [dict(zip(names, combo)) for combo in itertools.product(*self.grid.values())]
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*self.grid.values())]
 
     def point_params(self) -> list[BaseModel]:
         """The method's parameters at each point (seeds 0 … seeds-1; list fields get one value)."""
@@ -124,8 +129,10 @@ class StudyParams(RunOptions, StudyFields):
             try:
                 out.append(model.model_validate({**values, "seeds": list(range(self.seeds))}))
             except ValidationError as err:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'point'}: {e['msg']} (got {e.get('input')!r})"
-                                     for e in err.errors())
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'point'}: {e['msg']} (got {e.get('input')!r})"
+                    for e in err.errors()
+                )
                 raise ValueError(f"point {point}: {problems}") from None
         return out
 
@@ -150,8 +157,14 @@ def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     runtime = Runtime()
     root = runtime.artifact_root
-    with tracking.parent_run(runtime, params.experiment, f"study-{params.method}", params.model_dump(),
-                             tags={"flow": "study", "method": params.method}, system_metrics=True) as parent:
+    with tracking.parent_run(
+        runtime,
+        params.experiment,
+        f"study-{params.method}",
+        params.model_dump(),
+        tags={"flow": "study", "method": params.method},
+        system_metrics=True,
+    ) as parent:
         method = study_method(params.method)
         points, point_params = params.points(), params.point_params()
         seeds = list(range(params.seeds))
@@ -161,8 +174,9 @@ def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
         baseline_futures: dict[str, list[Any]] = {}
         for key, members in groups.items():
             _, split = embedded_split(method, point_params[members[0]], root)
-            baseline_futures[key] = baselines.map(unmapped(method.id), unmapped(point_params[members[0]]),
-                                                  unmapped(split), seeds)
+            baseline_futures[key] = baselines.map(
+                unmapped(method.id), unmapped(point_params[members[0]]), unmapped(split), seeds
+            )
             for i in members:
                 data_of[i] = split
 
@@ -175,19 +189,31 @@ def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
 
         table = [_point_row(point, rows, params.metric) for point, rows in zip(points, trained, strict=True)]
         lines = _baseline_lines(params, groups, baseline_rows, points)
-        fig = reporting.sweep_plot(_plot_points(params, table), next(iter(params.grid)), params.metric, lines,
-                                   f"{params.method} study: {params.metric} (mean ± std over {params.seeds} seeds)")
+        fig = reporting.sweep_plot(
+            _plot_points(params, table),
+            next(iter(params.grid)),
+            params.metric,
+            lines,
+            f"{params.method} study: {params.metric} (mean ± std over {params.seeds} seeds)",
+        )
         md = _markdown(params, table, lines)
         _log_mlflow(parent, method, points, trained, baseline_rows, table, fig, data_of)
         run_id = parent.info.run_id
     create_table_artifact(key="study-results", table=table, description=f"{params.method} study")
-    create_markdown_artifact(key="study-report", markdown=md + "\n\n" + reporting.figure_markdown(
-        fig, "metric against the grid axis"))
+    create_markdown_artifact(
+        key="study-report", markdown=md + "\n\n" + reporting.figure_markdown(fig, "metric against the grid axis")
+    )
     reporting.close(fig)
     cached = sum(r.cached for rows in trained for r in rows)
-    return {"table": table, "baselines": lines, "markdown": md, "mlflow_run_id": run_id,
-            "trainings": sum(len(rows) for rows in trained), "cached": cached,
-            "failed": sum(r.status == "failed" for rows in trained for r in rows)}
+    return {
+        "table": table,
+        "baselines": lines,
+        "markdown": md,
+        "mlflow_run_id": run_id,
+        "trainings": sum(len(rows) for rows in trained),
+        "cached": cached,
+        "failed": sum(r.status == "failed" for rows in trained for r in rows),
+    }
 
 
 def data_groups(method: FeatureMethod[Any, Any], point_params: list[BaseModel]) -> dict[str, list[int]]:
@@ -200,8 +226,12 @@ def data_groups(method: FeatureMethod[Any, Any], point_params: list[BaseModel]) 
 
 def _point_row(point: dict[str, Any], rows: list[Outcome], metric: str) -> dict[str, Any]:
     ok = [r for r in rows if isinstance(r, TrainingResult)]
-    row: dict[str, Any] = {**point, "status": "ok" if len(ok) == len(rows) else ("failed" if not ok else "partial"),
-                           "seeds_ok": len(ok), "seeds_failed": len(rows) - len(ok)}
+    row: dict[str, Any] = {
+        **point,
+        "status": "ok" if len(ok) == len(rows) else ("failed" if not ok else "partial"),
+        "seeds_ok": len(ok),
+        "seeds_failed": len(rows) - len(ok),
+    }
     for m in dict.fromkeys((metric, "accuracy", "train_seconds")):
         vals = [r.metrics[m] for r in ok if m in r.metrics]
         if vals:
@@ -217,9 +247,16 @@ def _point_row(point: dict[str, Any], rows: list[Outcome], metric: str) -> dict[
 def _plot_points(params: StudyParams, table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """x = the first axis; one series per combination of the other axes."""
     x, *others = list(params.grid)
-    return [{"axis": _number(r[x]), "series": ", ".join(f"{o}={r[o]}" for o in others),
-             "mean": r[params.metric], "std": r[f"{params.metric}_std"]}
-            for r in table if params.metric in r]
+    return [
+        {
+            "axis": _number(r[x]),
+            "series": ", ".join(f"{o}={r[o]}" for o in others),
+            "mean": r[params.metric],
+            "std": r[f"{params.metric}_std"],
+        }
+        for r in table
+        if params.metric in r
+    ]
 
 
 def _number(v: Any) -> Any:
@@ -229,8 +266,12 @@ def _number(v: Any) -> Any:
         return str(v)
 
 
-def _baseline_lines(params: StudyParams, groups: dict[str, list[int]], baselines: dict[str, list[TrainingResult]],
-                    points: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+def _baseline_lines(
+    params: StudyParams,
+    groups: dict[str, list[int]],
+    baselines: dict[str, list[TrainingResult]],
+    points: list[dict[str, Any]],
+) -> dict[str, tuple[float, float]]:
     """Classical baselines as (mean, std) of the metric over seeds; with several data groups
     (a data axis), one entry per kind and group."""
     lines = {}
@@ -254,31 +295,50 @@ def _markdown(params: StudyParams, table: list[dict[str, Any]], lines: dict[str,
         value = f"{r[m]:.4f} ± {r[m + '_std']:.4f}" if m in r else "–"
         size = f"{r['params_total']:,} ({r['params_circuit']})" if "params_total" in r else "–"
         secs = f"{r['train_seconds']:.1f}" if "train_seconds" in r else "–"
-        out.append("| " + " | ".join(str(r[a]) for a in axes) +
-                   f" | {value} | {r['seeds_ok']} | {r['seeds_failed']} | {size} | {secs} |")
+        out.append(
+            "| "
+            + " | ".join(str(r[a]) for a in axes)
+            + f" | {value} | {r['seeds_ok']} | {r['seeds_failed']} | {size} | {secs} |"
+        )
     out += ["", f"| classical baseline | {m} |", "|---|---|"]
     out += [f"| {k} | {mean:.4f} ± {std:.4f} |" for k, (mean, std) in lines.items()]
     return "\n".join(out)
 
 
-def _log_mlflow(parent: ActiveRun, method: FeatureMethod[Any, Any], points: list[dict[str, Any]],
-                trained: list[list[Outcome]], baselines: dict[str, list[TrainingResult]],
-                table: list[dict[str, Any]], fig: Any, data_of: dict[int, EmbeddedSplit]) -> None:
+def _log_mlflow(
+    parent: ActiveRun,
+    method: FeatureMethod[Any, Any],
+    points: list[dict[str, Any]],
+    trained: list[list[Outcome]],
+    baselines: dict[str, list[TrainingResult]],
+    table: list[dict[str, Any]],
+    fig: Any,
+    data_of: dict[int, EmbeddedSplit],
+) -> None:
     """A child per point (metrics over seeds, FAILED if no seed finished) with a grandchild per
     seed holding its model; a child per classical baseline; the table and plot on the parent."""
     client = MlflowClient()
     for i, (point, rows, row) in enumerate(zip(points, trained, table, strict=True)):
         metrics = {k: v for k, v in row.items() if isinstance(v, float)}
         name = "point " + ", ".join(f"{k}={v}" for k, v in point.items())
-        point_id = tracking.log_child(parent, name, params=point, metrics=metrics,
-                                      status="FAILED" if row["status"] == "failed" else "FINISHED",
-                                      tags={"kind": "study point", "status": row["status"],
-                                            **({"error": row["error"]} if "error" in row else {})})
+        point_id = tracking.log_child(
+            parent,
+            name,
+            params=point,
+            metrics=metrics,
+            status="FAILED" if row["status"] == "failed" else "FINISHED",
+            tags={
+                "kind": "study point",
+                "status": row["status"],
+                **({"error": row["error"]} if "error" in row else {}),
+            },
+        )
         data = data_of[i]
-        tracking.log_result_rows(client.get_run(point_id), rows, data.test_y, data.label_names,
-                                 model_tag=method.model_tag)
-    for rows in baselines.values():
-        tracking.log_result_rows(parent, rows, None, (), model_tag="")
+        tracking.log_result_rows(
+            client.get_run(point_id), rows, data.test_y, data.label_names, model_tag=method.model_tag
+        )
+    for baseline_rows in baselines.values():
+        tracking.log_result_rows(parent, baseline_rows, None, (), model_tag="")
     tracking.log_table(parent, table, "study.json")
     tracking.with_retries(lambda: tracking.mlflow.log_figure(fig, "study.png"), what="log figure")
 
@@ -292,6 +352,11 @@ def run_study(params: StudyParams) -> dict[str, Any]:
         method.check(point_params[members[0]])
     result = run_from_cli(study, params)
     print(result["markdown"])
-    print(mlflow_hint(result["mlflow_run_id"], before=f"{result['trainings']} trainings ({result['cached']} reused "
-                      f"from earlier runs, {result['failed']} failed). "))
+    print(
+        mlflow_hint(
+            result["mlflow_run_id"],
+            before=f"{result['trainings']} trainings ({result['cached']} reused "
+            f"from earlier runs, {result['failed']} failed). ",
+        )
+    )
     return result

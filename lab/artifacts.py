@@ -100,15 +100,14 @@ def cached_npz(
     if cached is not None:
         with np.load(io.BytesIO(cached), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    arrays = {k: np.asarray(v) for k, v in compute().items()}
+    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in compute().items()}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(url, buf.getvalue(), storage_options)
     return arrays
 
 
-def download_folder(url: str, dest: str | os.PathLike[str],
-                    storage_options: Mapping[str, Any] | None = None) -> Path:
+def download_folder(url: str, dest: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Path:
     """Copy the folder at ``url`` (any fsspec URL) to the local path ``dest``; return ``dest``."""
     fs, path = url_to_fs(url, storage_options)
     fs.get(path.rstrip("/") + "/", str(dest).rstrip("/") + "/", recursive=True)

@@ -16,12 +16,14 @@ import fsspec
 from lab.data import FILES, DataError, RemoteFile, fetch
 
 # Registered beside the labelled sets' files, so `fetch` finds, downloads and checks it the same way.
-FILES["tiny_shakespeare"] = {"input.txt": RemoteFile(
-    "https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e"
-    "/data/tinyshakespeare/input.txt",
-    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-)}
+FILES["tiny_shakespeare"] = {
+    "input.txt": RemoteFile(
+        "https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e"
+        "/data/tinyshakespeare/input.txt",
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    )
+}
 NAMED_CORPORA = {"tiny_shakespeare": "Tiny Shakespeare (char-rnn input.txt, 1,115,394 characters)"}
 
 
@@ -59,8 +61,10 @@ def load_corpus(name_or_path: str, val_fraction: float = 0.1) -> Corpus:
             raise DataError(f"corpus {name_or_path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         source = name_or_path
     else:
-        raise DataError(f"unknown corpus {name_or_path!r}: named corpora are {sorted(NAMED_CORPORA)}; "
-                        "otherwise give the path or fsspec URL of a UTF-8 text file")
+        raise DataError(
+            f"unknown corpus {name_or_path!r}: named corpora are {sorted(NAMED_CORPORA)}; "
+            "otherwise give the path or fsspec URL of a UTF-8 text file"
+        )
     cut = int(len(text) * (1 - val_fraction))
     if not text.strip() or cut == 0 or cut == len(text):
         raise DataError(f"corpus {name_or_path!r} has {len(text)} characters: too few to split")

@@ -75,6 +75,7 @@ class Dataset:
 
 # --- named sets: where each file comes from, pinned by sha256 ------------------------------
 
+
 @dataclass(frozen=True)
 class RemoteFile:
     """A file of a named set. `source_sha256` pins the downloaded bytes, `sha256` the file as
@@ -213,8 +214,11 @@ TREC_FINE = tuple(
     for coarse, fines in (
         ("ABBR", "abb exp"),
         ("DESC", "def desc manner reason"),
-        ("ENTY", "animal body color cremat currency dismed event food instru lang letter other plant "
-                 "product religion sport substance symbol techmeth termeq veh word"),
+        (
+            "ENTY",
+            "animal body color cremat currency dismed event food instru lang letter other plant "
+            "product religion sport substance symbol techmeth termeq veh word",
+        ),
         ("HUM", "desc gr ind title"),
         ("LOC", "city country mount other state"),
         ("NUM", "code count date dist money ord other perc period speed temp volsize weight"),
@@ -279,6 +283,7 @@ NAMED: dict[str, tuple[str, Reader]] = {
 
 # --- any TSV / CSV / JSONL file -------------------------------------------------------------
 
+
 def _file_format(url: str) -> str:
     base = url.lower()
     for comp in _COMPRESSIONS:
@@ -286,8 +291,10 @@ def _file_format(url: str) -> str:
     for fmt in FILE_FORMATS:
         if base.endswith(fmt):
             return fmt
-    raise DataError(f"cannot read {url!r}: the file name must end in one of {', '.join(FILE_FORMATS)} "
-                    f"(optionally compressed: {', '.join(_COMPRESSIONS)})")
+    raise DataError(
+        f"cannot read {url!r}: the file name must end in one of {', '.join(FILE_FORMATS)} "
+        f"(optionally compressed: {', '.join(_COMPRESSIONS)})"
+    )
 
 
 def _pick_column(columns: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str, url: str) -> str:
@@ -298,8 +305,10 @@ def _pick_column(columns: Sequence[str], wanted: str | None, defaults: Sequence[
     for name in defaults:
         if name in columns:
             return name
-    raise DataError(f"{url}: no {what} column found (looked for {list(defaults)}); columns are {list(columns)}; "
-                    f"name it with {what}_column=...")
+    raise DataError(
+        f"{url}: no {what} column found (looked for {list(defaults)}); columns are {list(columns)}; "
+        f"name it with {what}_column=..."
+    )
 
 
 def _rows(url: str, fmt: str, f: io.TextIOBase) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
@@ -326,7 +335,7 @@ def _rows(url: str, fmt: str, f: io.TextIOBase) -> tuple[list[str], list[tuple[i
             continue
         if len(values) != len(header):
             raise DataError(f"{url}: line {reader.line_num} has {len(values)} fields, the header has {len(header)}")
-        rows.append((reader.line_num, dict(zip(header, values))))
+        rows.append((reader.line_num, dict(zip(header, values, strict=False))))
     return header, rows
 
 
@@ -334,6 +343,7 @@ def _encode_labels(
     raw: list[Any], lines: list[int], label_names: Sequence[str] | None, url: str
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """Map raw labels (names, ints or int strings) to 0..C-1 and name the classes."""
+
     def as_int(v: Any) -> int | None:
         if isinstance(v, bool):
             return None
@@ -347,27 +357,30 @@ def _encode_labels(
         names = tuple(label_names)
         index = {n: i for i, n in enumerate(names)}
         out = []
-        for v, line in zip(raw, lines):
+        for v, line in zip(raw, lines, strict=True):
             i = index.get(v.strip() if isinstance(v, str) else v)
             if i is None and (n := as_int(v)) is not None and 0 <= n < len(names):
                 i = n
             if i is None:
-                raise DataError(f"{url}: line {line}: label {v!r} is outside the declared label set "
-                                f"{list(names)} (or their indices 0..{len(names) - 1})")
+                raise DataError(
+                    f"{url}: line {line}: label {v!r} is outside the declared label set "
+                    f"{list(names)} (or their indices 0..{len(names) - 1})"
+                )
             out.append(i)
         return np.array(out, dtype=np.int64), names
     ints = [as_int(v) for v in raw]
+    keys: list[int] | list[str]
     if all(i is not None for i in ints):
-        values = sorted(set(ints))
-        keys = ints
+        keys = [i for i in ints if i is not None]
+        values: list[int] | list[str] = sorted(set(keys))
     else:
-        for v, line in zip(raw, lines):
+        for v, line in zip(raw, lines, strict=True):
             if not isinstance(v, (str, int)) or isinstance(v, bool):
                 raise DataError(f"{url}: line {line}: label {v!r} is neither a string nor an integer")
         keys = [str(v).strip() for v in raw]
         values = sorted(set(keys))
-    index = {v: i for i, v in enumerate(values)}
-    return np.array([index[k] for k in keys], dtype=np.int64), tuple(str(v) for v in values)
+    position: dict[int | str, int] = {v: i for i, v in enumerate(list[int | str](values))}
+    return np.array([position[k] for k in keys], dtype=np.int64), tuple(str(v) for v in values)
 
 
 def _read_file(
@@ -381,8 +394,7 @@ def _read_file(
     fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     if not fs.isfile(path):
         raise FileNotFoundError(f"data file not found: {url}")
-    with fsspec.open(url, "rt", encoding="utf-8", newline="", compression="infer",
-                     **dict(storage_options or {})) as f:
+    with fsspec.open(url, "rt", encoding="utf-8", newline="", compression="infer", **dict(storage_options or {})) as f:
         columns, rows = _rows(url, fmt, f)
     if not rows:
         raise DataError(f"{url}: no data rows")
@@ -405,6 +417,7 @@ def _read_file(
 
 # --- splitting --------------------------------------------------------------------------------
 
+
 def stratified_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """`n` indices (sorted) drawn without replacement, keeping class proportions (largest
     remainder), so small subsamples keep the label balance of the full set."""
@@ -413,7 +426,9 @@ def stratified_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> 
     take = np.floor(quota).astype(int)
     order = np.lexsort((classes, -(quota - take)))  # largest remainder first, ties by class
     take[order[: n - take.sum()]] += 1
-    picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, take)]
+    picked = [
+        rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, take, strict=True)
+    ]
     return np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
 
 
@@ -467,8 +482,10 @@ def load_dataset(
         texts, labels, names = _read_file(name_or_url, text_column, label_column, label_names, storage_options)
         train, test, source = (texts, labels), None, name_or_url
     else:
-        raise DataError(f"unknown data set {name_or_url!r}: named sets are {sorted(NAMED)}; "
-                        f"otherwise give a path or fsspec URL of a {'/'.join(FILE_FORMATS)} file")
+        raise DataError(
+            f"unknown data set {name_or_url!r}: named sets are {sorted(NAMED)}; "
+            f"otherwise give a path or fsspec URL of a {'/'.join(FILE_FORMATS)} file"
+        )
 
     split: dict[str, Any] = {"train_size": train_size, "test_size": test_size}
     if test is None:
@@ -478,16 +495,22 @@ def load_dataset(
             raise DataError(f"{name_or_url}: {len(texts)} rows are too few to split with test_fraction={test_fraction}")
         is_test = np.zeros(len(texts), dtype=bool)
         is_test[stratified_indices(labels, n_test, np.random.default_rng([seed, 0]))] = True
-        train = [t for t, m in zip(texts, is_test) if not m], labels[~is_test]
-        test = [t for t, m in zip(texts, is_test) if m], labels[is_test]
+        train = [t for t, m in zip(texts, is_test, strict=True) if not m], labels[~is_test]
+        test = [t for t, m in zip(texts, is_test, strict=True) if m], labels[is_test]
         split["test_fraction"] = test_fraction
     if "test_fraction" in split or train_size is not None or test_size is not None:
         split["seed"] = seed  # only recorded where it changed the rows, so caches are not split needlessly
     train = _subsample(train, train_size, np.random.default_rng([seed, 1]), "train", name_or_url)
     test = _subsample(test, test_size, np.random.default_rng([seed, 2]), "test", name_or_url)
     return Dataset(
-        name=name_or_url, source=source, label_names=tuple(names),
-        train_texts=train[0], train_labels=train[1], test_texts=test[0], test_labels=test[1], split=split,
+        name=name_or_url,
+        source=source,
+        label_names=tuple(names),
+        train_texts=train[0],
+        train_labels=train[1],
+        test_texts=test[0],
+        test_labels=test[1],
+        split=split,
     )
 
 
@@ -502,21 +525,39 @@ def few_shot(dataset: Dataset, per_label: int, *, test_size: int | None = None, 
     _check_size("test_size", test_size)
     labels = dataset.train_labels
     counts = np.bincount(labels, minlength=dataset.num_classes)
-    if (short := [dataset.label_names[c] for c in range(dataset.num_classes) if counts[c] <= per_label]):
-        raise DataError(f"per_label={per_label} leaves no test rows for classes {short} of {dataset.name} "
-                        f"(train split counts {dict(zip(dataset.label_names, counts.tolist()))})")
+    if short := [dataset.label_names[c] for c in range(dataset.num_classes) if counts[c] <= per_label]:
+        raise DataError(
+            f"per_label={per_label} leaves no test rows for classes {short} of {dataset.name} "
+            f"(train split counts {dict(zip(dataset.label_names, counts.tolist(), strict=True))})"
+        )
     rng = np.random.default_rng([seed, 3])
-    chosen = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), per_label, replace=False)
-                                     for c in range(dataset.num_classes)]))
+    chosen = np.sort(
+        np.concatenate(
+            [rng.choice(np.flatnonzero(labels == c), per_label, replace=False) for c in range(dataset.num_classes)]
+        )
+    )
     rest = np.setdiff1d(np.arange(len(labels)), chosen)
-    test = _subsample(([dataset.train_texts[i] for i in rest], labels[rest]), test_size,
-                      np.random.default_rng([seed, 4]), "test", dataset.name)
+    test = _subsample(
+        ([dataset.train_texts[i] for i in rest], labels[rest]),
+        test_size,
+        np.random.default_rng([seed, 4]),
+        "test",
+        dataset.name,
+    )
     return Dataset(
-        name=dataset.name, source=dataset.source, label_names=dataset.label_names,
-        train_texts=[dataset.train_texts[i] for i in chosen], train_labels=labels[chosen],
-        test_texts=test[0], test_labels=test[1],
-        split={**dataset.split, "few_shot_per_label": per_label, "few_shot_test_size": test_size,
-               "few_shot_seed": seed},
+        name=dataset.name,
+        source=dataset.source,
+        label_names=dataset.label_names,
+        train_texts=[dataset.train_texts[i] for i in chosen],
+        train_labels=labels[chosen],
+        test_texts=test[0],
+        test_labels=test[1],
+        split={
+            **dataset.split,
+            "few_shot_per_label": per_label,
+            "few_shot_test_size": test_size,
+            "few_shot_seed": seed,
+        },
     )
 
 
@@ -536,8 +577,17 @@ class DataRequest:
     def load(self) -> Dataset:
         """Read and split; bad names, paths, columns, labels or sizes fail here, naming them."""
         if self.per_label is None:
-            return load_dataset(self.name, train_size=self.train_size, test_size=self.test_size, seed=self.seed,
-                                text_column=self.text_column, label_column=self.label_column)
-        return few_shot(load_dataset(self.name, seed=self.seed, text_column=self.text_column,
-                                     label_column=self.label_column), self.per_label, test_size=self.test_size,
-                        seed=self.seed)
+            return load_dataset(
+                self.name,
+                train_size=self.train_size,
+                test_size=self.test_size,
+                seed=self.seed,
+                text_column=self.text_column,
+                label_column=self.label_column,
+            )
+        return few_shot(
+            load_dataset(self.name, seed=self.seed, text_column=self.text_column, label_column=self.label_column),
+            self.per_label,
+            test_size=self.test_size,
+            seed=self.seed,
+        )

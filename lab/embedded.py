@@ -42,9 +42,17 @@ class EmbeddedSplit:
 
     @classmethod
     def of(cls, data: Dataset, outputs: TeacherOutputs, spec: TeacherSpec) -> EmbeddedSplit:
-        return cls(outputs.train.features, np.asarray(data.train_labels), outputs.train.logits,
-                   outputs.test.features, np.asarray(data.test_labels), outputs.test.logits,
-                   tuple(data.label_names), outputs.key, dataclasses.asdict(spec))
+        return cls(
+            outputs.train.features,
+            np.asarray(data.train_labels),
+            outputs.train.logits,
+            outputs.test.features,
+            np.asarray(data.test_labels),
+            outputs.test.logits,
+            tuple(data.label_names),
+            outputs.key,
+            dataclasses.asdict(spec),
+        )
 
     @property
     def in_features(self) -> int:
@@ -64,6 +72,11 @@ class EmbeddedSplit:
         is_val = np.zeros(len(self.train_y), dtype=bool)
         is_val[stratified_indices(self.train_y, n_val, np.random.default_rng([seed, 5]))] = True
         return dataclasses.replace(
-            self, train_x=self.train_x[~is_val], train_y=self.train_y[~is_val],
-            train_teacher=self.train_teacher[~is_val], val_x=self.train_x[is_val], val_y=self.train_y[is_val],
-            key=hash_json({"embeddings": self.key, "val_fraction": fraction, "seed": seed}))
+            self,
+            train_x=self.train_x[~is_val],
+            train_y=self.train_y[~is_val],
+            train_teacher=self.train_teacher[~is_val],
+            val_x=self.train_x[is_val],
+            val_y=self.train_y[is_val],
+            key=hash_json({"embeddings": self.key, "val_fraction": fraction, "seed": seed}),
+        )

@@ -14,16 +14,26 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from qcore.hardware.plan import CircuitPlan, expectation_values
+from qcore.hardware.service import (
+    FINAL_STATES,
+    HardwareError,
+    IBMRuntimeService,
+    JobNotFoundError,
+    LocalTestingService,
+    Mitigation,
+    QPUJob,
+    QPUService,
+    redact,
+)
 from qcore.models.base import QuantumModel
-from qcore.hardware.service import (FINAL_STATES, HardwareError, IBMRuntimeService, JobNotFoundError,
-                                    LocalTestingService, Mitigation, QPUJob, QPUService, redact)
 
 from .artifacts import atomic_write_bytes, join_url, read_bytes
 from .runtime import Runtime
@@ -53,7 +63,8 @@ def ibm_credentials(secret: Callable[[str], str | None] = _no_secrets) -> tuple[
         raise HardwareError(
             "a real IBM backend needs IBM Quantum Platform credentials: set QISKIT_IBM_TOKEN (and "
             "QISKIT_IBM_INSTANCE, your instance's CRN), or store them as Prefect Secret blocks "
-            f"'{TOKEN_BLOCK}' and '{INSTANCE_BLOCK}'; or run offline on a fake backend such as fake_torino")
+            f"'{TOKEN_BLOCK}' and '{INSTANCE_BLOCK}'; or run offline on a fake backend such as fake_torino"
+        )
     _SECRETS.add(token)
     return token, instance
 
@@ -112,13 +123,12 @@ class Ledger:
         previous = self.jobs.get(str(chunk), {})
         history = previous.get("history", [])
         if "job_id" in entry and previous.get("job_id") not in (None, entry["job_id"]):  # a resubmission
-            history = history + [{k: previous[k] for k in ("job_id", "status") if k in previous}]
+            history = [*history, {k: previous[k] for k in ("job_id", "status") if k in previous}]
         self.jobs[str(chunk)] = {**previous, **entry, "history": history}
         self.save()
 
     def job_ids(self) -> list[str]:
-        return [e["job_id"] for _, e in sorted(self.jobs.items(), key=lambda kv: int(kv[0]))
-                if e.get("job_id")]
+        return [e["job_id"] for _, e in sorted(self.jobs.items(), key=lambda kv: int(kv[0])) if e.get("job_id")]
 
     def stored_values(self, chunk: int) -> np.ndarray | None:
         raw = read_bytes(join_url(self.url, f"values-{chunk}.npy"))
@@ -135,10 +145,20 @@ def chunks(samples: int, job_size: int) -> list[tuple[int, int]]:
 
 
 # ----------------------------------------------------------------------------- the task
-def run_chunks(plan: CircuitPlan, service: QPUService, backend: Any, ledger: Ledger, *, shots: int,
-               job_size: int, mitigation: Mitigation, observables: list[Any],
-               on_job_ids: Callable[[list[str]], None], poll_max_seconds: float,
-               log: Callable[[str], None]) -> np.ndarray:
+def run_chunks(
+    plan: CircuitPlan,
+    service: QPUService,
+    backend: Any,
+    ledger: Ledger,
+    *,
+    shots: int,
+    job_size: int,
+    mitigation: Mitigation,
+    observables: list[Any],
+    on_job_ids: Callable[[list[str]], None],
+    poll_max_seconds: float,
+    log: Callable[[str], None],
+) -> np.ndarray:
     """``(samples, observables)`` expectation values of every sample, measured on ``backend``.
 
     Chunks whose values are stored are skipped; chunks with a job id in the ledger are
@@ -147,56 +167,51 @@ def run_chunks(plan: CircuitPlan, service: QPUService, backend: Any, ledger: Led
     credentials cut from their text (:func:`scrubbed`).
     """
     with scrubbed(f"running on {ledger.backend}"):
-        return _run_chunks(plan, service, backend, ledger, shots=shots, job_size=job_size, mitigation=mitigation,
-                           observables=observables, on_job_ids=on_job_ids, poll_max_seconds=poll_max_seconds,
-                           log=log)
-
-
-def _run_chunks(plan: CircuitPlan, service: QPUService, backend: Any, ledger: Ledger, *, shots: int,
-                job_size: int, mitigation: Mitigation, observables: list[Any],
-                on_job_ids: Callable[[list[str]], None], poll_max_seconds: float,
-                log: Callable[[str], None]) -> np.ndarray:
-    parts = chunks(plan.samples, job_size)
-    values: dict[int, np.ndarray] = {}
-    jobs: dict[int, QPUJob] = {}
-    to_submit = []
-    for i, _ in enumerate(parts):
-        stored = ledger.stored_values(i)
-        if stored is not None:
-            values[i] = stored
-            continue
-        entry = ledger.jobs.get(str(i), {})
-        if entry.get("job_id") and entry.get("status") not in ("ERROR", "CANCELLED"):
-            try:
-                jobs[i] = service.job(entry["job_id"])
-                log(f"chunk {i}: resuming job {entry['job_id']} (not resubmitted)")
+        parts = chunks(plan.samples, job_size)
+        values: dict[int, np.ndarray] = {}
+        jobs: dict[int, QPUJob] = {}
+        to_submit = []
+        for i, _ in enumerate(parts):
+            stored = ledger.stored_values(i)
+            if stored is not None:
+                values[i] = stored
                 continue
-            except JobNotFoundError as exc:
-                if not service.is_local:
-                    raise HardwareError(f"{exc}; the ledger {ledger.url}/jobs.json names it. Delete that "
-                                        "entry to submit the chunk again.") from None
-                log(f"chunk {i}: {exc}; simulating again")
-        to_submit.append(i)
-    if to_submit:
-        with service.batch(backend, plan.primitive, mitigation) as submit:
-            for i in to_submit:
-                start, stop = parts[i]
-                job = submit(plan.pubs(start, stop), shots)
-                jobs[i] = job
-                ledger.record(i, job_id=job.job_id(), status="SUBMITTED", start=start, stop=stop,
-                              submitted_at=time.time())
-                log(f"chunk {i} (samples {start}-{stop - 1}): submitted job {job.job_id()} to {ledger.backend}")
-        on_job_ids(ledger.job_ids())
-    for i, job in sorted(jobs.items()):
-        status = wait_for(job, poll_max_seconds)
-        ledger.record(i, status=status)
-        if status != "DONE":
-            raise JobFailedError(
-                f"job {job.job_id()} on {ledger.backend} ended {status}: {job.error_message()}. "
-                "Nothing was resubmitted; run the flow again to submit this chunk anew.")
-        values[i] = expectation_values(plan, job.result(), observables)
-        ledger.store_values(i, values[i])
-    return np.concatenate([values[i] for i in range(len(parts))])
+            entry = ledger.jobs.get(str(i), {})
+            if entry.get("job_id") and entry.get("status") not in ("ERROR", "CANCELLED"):
+                try:
+                    jobs[i] = service.job(entry["job_id"])
+                    log(f"chunk {i}: resuming job {entry['job_id']} (not resubmitted)")
+                    continue
+                except JobNotFoundError as exc:
+                    if not service.is_local:
+                        raise HardwareError(
+                            f"{exc}; the ledger {ledger.url}/jobs.json names it. Delete that "
+                            "entry to submit the chunk again."
+                        ) from None
+                    log(f"chunk {i}: {exc}; simulating again")
+            to_submit.append(i)
+        if to_submit:
+            with service.batch(backend, plan.primitive, mitigation) as submit:
+                for i in to_submit:
+                    start, stop = parts[i]
+                    job = submit(plan.pubs(start, stop), shots)
+                    jobs[i] = job
+                    ledger.record(
+                        i, job_id=job.job_id(), status="SUBMITTED", start=start, stop=stop, submitted_at=time.time()
+                    )
+                    log(f"chunk {i} (samples {start}-{stop - 1}): submitted job {job.job_id()} to {ledger.backend}")
+            on_job_ids(ledger.job_ids())
+        for i, job in sorted(jobs.items()):
+            status = wait_for(job, poll_max_seconds)
+            ledger.record(i, status=status)
+            if status != "DONE":
+                raise JobFailedError(
+                    f"job {job.job_id()} on {ledger.backend} ended {status}: {job.error_message()}. "
+                    "Nothing was resubmitted; run the flow again to submit this chunk anew."
+                )
+            values[i] = expectation_values(plan, job.result(), observables)
+            ledger.store_values(i, values[i])
+        return np.concatenate([values[i] for i in range(len(parts))])
 
 
 def wait_for(job: QPUJob, poll_max_seconds: float) -> str:
@@ -237,23 +252,29 @@ def load_source(run_id: str, settings: Runtime) -> SourceRun:
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        raise HardwareError(f"MLflow run {run_id!r} does not exist at {uri} ({exc.error_code}); pass "
-                            "the id of a child run holding a trained model (distill, head or study), "
-                            "as shown in the MLflow UI or printed by those flows") from None
+        raise HardwareError(
+            f"MLflow run {run_id!r} does not exist at {uri} ({exc.error_code}); pass "
+            "the id of a child run holding a trained model (distill, head or study), "
+            "as shown in the MLflow UI or printed by those flows"
+        ) from None
     try:
         folder = download_model(run_id, settings)
         model = load_model(folder)
         meta = json.loads((folder / "teacher.json").read_text())
     except Exception as exc:  # noqa: BLE001 - no model/ folder, or not one of ours
-        raise HardwareError(f"MLflow run {run_id} ({run.info.run_name}) holds no quantum model "
-                            f"(model/config.json, weights and teacher.json): {type(exc).__name__}: {exc}. "
-                            "Pick a child run of a distill, head or study run.") from None
+        raise HardwareError(
+            f"MLflow run {run_id} ({run.info.run_name}) holds no quantum model "
+            f"(model/config.json, weights and teacher.json): {type(exc).__name__}: {exc}. "
+            "Pick a child run of a distill, head or study run."
+        ) from None
     data: dict[str, Any] = {}
-    while run is not None and "dataset" not in run.data.params:
-        parent = run.data.tags.get("mlflow.parentRunId")
-        run = client.get_run(parent) if parent else None
-    if run is not None:
-        data = {k: run.data.params.get(k) for k in ("dataset", "text_column", "label_column")}
+    ancestor: Any = run
+    while ancestor is not None and "dataset" not in ancestor.data.params:
+        parent = ancestor.data.tags.get("mlflow.parentRunId")
+        ancestor = client.get_run(parent) if parent else None
+    if ancestor is not None:
+        data = {k: ancestor.data.params.get(k) for k in ("dataset", "text_column", "label_column")}
         data = {k: (None if v in (None, "None") else v) for k, v in data.items()}
-    return SourceRun(run_id, model, tuple(meta["label_names"]), meta["teacher"], data,
-                     sha256_file(folder / "weights.safetensors"))
+    return SourceRun(
+        run_id, model, tuple(meta["label_names"]), meta["teacher"], data, sha256_file(folder / "weights.safetensors")
+    )

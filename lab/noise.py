@@ -35,27 +35,35 @@ class NoiseSetting:
     level: float  # shots for "shots", p for "depolarizing", 0 for "device"
 
 
-def noise_settings(shots: list[int], depolarizing: list[float], devices: list[str],
-                   device_shots: int) -> list[NoiseSetting]:
+def noise_settings(
+    shots: list[int], depolarizing: list[float], devices: list[str], device_shots: int
+) -> list[NoiseSetting]:
     """Finite shots alone, depolarizing ``p`` after every gate (exact expectations), and each
     fake device's calibrated noise with ``device_shots`` shots."""
     out = [NoiseSetting(f"shots={s}", "shots", {"shots": s}, s) for s in shots]
     out += [NoiseSetting(f"depolarizing={p:g}", "depolarizing", {"depolarizing": p}, p) for p in depolarizing]
-    out += [NoiseSetting(f"{d}+shots={device_shots}", "device", {"noise": d, "shots": device_shots}, 0.0)
-            for d in devices]
+    out += [
+        NoiseSetting(f"{d}+shots={device_shots}", "device", {"noise": d, "shots": device_shots}, 0.0) for d in devices
+    ]
     return out
 
 
-def transpiled_metrics(circuit: QuantumCircuit, device: str, *, optimization_level: int = 1,
-                       seed: int = 0) -> dict[str, Any]:
+def transpiled_metrics(
+    circuit: QuantumCircuit, device: str, *, optimization_level: int = 1, seed: int = 0
+) -> dict[str, Any]:
     """Depth, two-qubit gate count and physical qubits of ``circuit`` transpiled to ``device``."""
     backend = fake_backend(device)
     out = transpile(circuit, backend=backend, optimization_level=optimization_level, seed_transpiler=seed)
     two_qubit = sum(1 for inst in out.data if inst.operation.num_qubits == 2)
     used = {out.find_bit(q).index for inst in out.data for q in inst.qubits}
-    return {"device": device, "depth": out.depth(), "two_qubit_gates": two_qubit,
-            "qubits_used": len(used), "logical_depth": circuit.decompose().depth(),
-            "logical_two_qubit_gates": sum(1 for inst in circuit.data if inst.operation.num_qubits == 2)}
+    return {
+        "device": device,
+        "depth": out.depth(),
+        "two_qubit_gates": two_qubit,
+        "qubits_used": len(used),
+        "logical_depth": circuit.decompose().depth(),
+        "logical_two_qubit_gates": sum(1 for inst in circuit.data if inst.operation.num_qubits == 2),
+    }
 
 
 def load_stored_model(model_url: str) -> QuantumModel:
@@ -64,8 +72,9 @@ def load_stored_model(model_url: str) -> QuantumModel:
         return load_model(download_folder(model_url, Path(tmp) / "model"))
 
 
-def noisy_predictions(model_url: str, test_x: np.ndarray, label: str, start: int, stop: int, seed: int,
-                      backend_options: dict[str, Any]) -> dict[str, Any]:
+def noisy_predictions(
+    model_url: str, test_x: np.ndarray, label: str, start: int, stop: int, seed: int, backend_options: dict[str, Any]
+) -> dict[str, Any]:
     """Predictions of a trained model for test samples ``start:stop`` on the `aer` backend
     (shots, depolarizing or device noise) beside its exact predictions."""
     model = load_stored_model(model_url)
@@ -73,8 +82,14 @@ def noisy_predictions(model_url: str, test_x: np.ndarray, label: str, start: int
     x = test_x[start:stop]
     t0 = time.perf_counter()
     noisy_pred = model_predictions(noisy, x)
-    return {"label": label, "start": start, "noisy": noisy_pred, "exact": model_predictions(model, x),
-            "seconds": time.perf_counter() - t0, "options": backend_options}
+    return {
+        "label": label,
+        "start": start,
+        "noisy": noisy_pred,
+        "exact": model_predictions(model, x),
+        "seconds": time.perf_counter() - t0,
+        "options": backend_options,
+    }
 
 
 def chunk_bounds(samples: int, available: int, workers: int) -> list[tuple[int, int]]:
@@ -89,27 +104,57 @@ def merge_noisy(chunks: list[dict[str, Any]], test_y: np.ndarray) -> dict[str, A
     chunks = sorted(chunks, key=lambda c: c["start"])
     noisy = np.array([p for c in chunks for p in c["noisy"]])
     exact = np.array([p for c in chunks for p in c["exact"]])
-    y = test_y[chunks[0]["start"]: chunks[0]["start"] + len(noisy)]
-    return {"label": chunks[0]["label"], "samples": len(y), "accuracy": float((noisy == y).mean()),
-            "exact_accuracy_same_samples": float((exact == y).mean()),
-            "agreement_with_exact": float((noisy == exact).mean()),
-            "seconds": sum(c["seconds"] for c in chunks), "options": chunks[0]["options"]}
+    y = test_y[chunks[0]["start"] : chunks[0]["start"] + len(noisy)]
+    return {
+        "label": chunks[0]["label"],
+        "samples": len(y),
+        "accuracy": float((noisy == y).mean()),
+        "exact_accuracy_same_samples": float((exact == y).mean()),
+        "agreement_with_exact": float((noisy == exact).mean()),
+        "seconds": sum(c["seconds"] for c in chunks),
+        "options": chunks[0]["options"],
+    }
 
 
-def noisy_finetune(model_url: str, label: str, options: dict[str, Any], train_x: np.ndarray,
-                   train_y: np.ndarray, eval_x: np.ndarray, *, steps: int, batch_size: int, lr: float,
-                   seed: int, dask_client: Any = None) -> dict[str, Any]:
+def noisy_finetune(
+    model_url: str,
+    label: str,
+    options: dict[str, Any],
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    eval_x: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    dask_client: Any = None,
+) -> dict[str, Any]:
     """Fine-tune a trained model for ``steps`` mini-batches under the noise itself (parameter
     shift on `aer`, its batches spread over ``dask_client`` when given), then predict ``eval_x``
     under the same noise."""
     model = load_stored_model(model_url)
     t0 = time.perf_counter()
-    noisy = model.with_backend("aer", simulator_seed=seed, **options,
-                               **({"client": dask_client} if dask_client is not None else {}))
+    noisy = model.with_backend(
+        "aer", simulator_seed=seed, **options, **({"client": dask_client} if dask_client is not None else {})
+    )
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(train_x), size=min(len(train_x), steps * batch_size), replace=False)
-    history = train(noisy, torch.as_tensor(train_x[idx]), torch.as_tensor(train_y[idx]), None,
-                    epochs=1, batch_size=batch_size, lr=lr, seed=seed, alpha=0.0)
+    history = train(
+        noisy,
+        torch.as_tensor(train_x[idx]),
+        torch.as_tensor(train_y[idx]),
+        None,
+        epochs=1,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        alpha=0.0,
+    )
     predictions = model_predictions(noisy, eval_x)
-    return {"label": label, "predictions": predictions, "loss": history[-1]["loss"],
-            "seconds": time.perf_counter() - t0}
+    return {
+        "label": label,
+        "predictions": predictions,
+        "loss": history[-1]["loss"],
+        "seconds": time.perf_counter() - t0,
+    }

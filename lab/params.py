@@ -3,7 +3,7 @@
 A flow's parameters are one flat pydantic model (the ``qllm run`` options, the Prefect UI form
 and ``prefect.yaml`` all read it), built from these groups plus the method's own fields:
 
-    class DistillParams(RunOptions, DistillOptions, DataOptions): ...
+    class DistillParams(RunOptions, DistillFields, DataOptions): ...
 
 Fields appear in the form in reverse order of the bases (data first, run settings last). A flow
 that wants another default redeclares only that field's default with :func:`experiment`.
@@ -34,23 +34,27 @@ class DataOptions(Options):
     label_column: str | None = Field(None, description="label column of a file data set")
 
 
-class RunOptions(Options):
-    """Where a run is tracked and where its tasks run."""
+class TrackingOptions(Options):
+    """Where a run is tracked."""
 
     experiment: str = Field("qllm", min_length=1, description="MLflow experiment name")
+
+
+class ClusterOptions(Options):
+    """Where a run's tasks go (``qllm run`` only: a deployment's come from its worker)."""
+
     dask_address: str | None = Field(None, description="Dask scheduler address (default: a temporary LocalCluster)")
 
 
+class RunOptions(ClusterOptions, TrackingOptions):
+    """Tracking and cluster, the run settings every flow has."""
+
+
 def experiment(name: str) -> Any:
-    """The ``experiment`` field of :class:`RunOptions` with a flow's own default."""
-    field = copy.copy(RunOptions.model_fields["experiment"])
+    """The ``experiment`` field of :class:`TrackingOptions` with a flow's own default."""
+    field = copy.copy(TrackingOptions.model_fields["experiment"])
     field.default = name
     return field
-
-
-# Fields that say where and how a run goes, never what it computes: a study cannot sweep them,
-# and run keys leave them out.
-RUN_FIELDS = tuple(RunOptions.model_fields)
 
 
 def config_defaults(config: type) -> dict[str, Any]:

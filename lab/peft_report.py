@@ -8,11 +8,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
-from .results import TrainingResult  # noqa: E402
+from .results import TrainingResult
 
 COLUMNS = (  # (key, heading, format)
     ("method", "method", "{}"),
@@ -30,8 +30,15 @@ COLUMNS = (  # (key, heading, format)
 
 def table(rows: Sequence[TrainingResult], lora_params: int) -> list[dict[str, Any]]:
     """One row per method: its metrics and its adapter size relative to LoRA's."""
-    return [{"method": r.method, **r.metrics, "ratio_to_lora": r.metrics["adapter_params"] / lora_params,
-             "cached": r.cached} for r in rows]
+    return [
+        {
+            "method": r.method,
+            **r.metrics,
+            "ratio_to_lora": r.metrics["adapter_params"] / lora_params,
+            "cached": r.cached,
+        }
+        for r in rows
+    ]
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -52,7 +59,7 @@ def loss_curves(rows: Sequence[TrainingResult], title: str) -> Figure:
         ax.plot(steps, loss, color=color, alpha=0.25, linewidth=0.8)
         window = max(1, len(loss) // 20)
         smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth, color=color, label=f"{r.method} (moving mean of {window})")
+        ax.plot(steps[window - 1 :], smooth, color=color, label=f"{r.method} (moving mean of {window})")
     ax.set(xlabel="step", ylabel="training loss", title=title)
     ax.legend()
     fig.tight_layout()

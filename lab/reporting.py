@@ -9,11 +9,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
-from .results import TrainingResult  # noqa: E402
+from .results import TrainingResult
 
 COLUMNS = ("accuracy", "macro_f1", "agreement")
 
@@ -50,8 +50,10 @@ def markdown(table: Sequence[dict[str, Any]]) -> str:
 
     for r in table:
         lat = f"{r['latency_ms']:.3f}" if "latency_ms" in r else "–"
-        lines.append(f"| {r['model']} | {r['seeds']} | {pm(r, 'accuracy')} | {pm(r, 'macro_f1')} | "
-                     f"{pm(r, 'agreement')} | {r['circuit_params']:,} | {r['classical_params']:,} | {lat} |")
+        lines.append(
+            f"| {r['model']} | {r['seeds']} | {pm(r, 'accuracy')} | {pm(r, 'macro_f1')} | "
+            f"{pm(r, 'agreement')} | {r['circuit_params']:,} | {r['classical_params']:,} | {lat} |"
+        )
     return "\n".join(lines)
 
 
@@ -78,8 +80,15 @@ def confusion(true: np.ndarray, pred: np.ndarray, labels: Sequence[str], title: 
     for i in range(k):
         for j in range(k):
             ax.text(j, i, str(m[i, j]), ha="center", va="center")
-    ax.set(xticks=range(k), yticks=range(k), xticklabels=labels, yticklabels=labels,
-           xlabel="predicted", ylabel="true", title=title)
+    ax.set(
+        xticks=range(k),
+        yticks=range(k),
+        xticklabels=labels,
+        yticklabels=labels,
+        xlabel="predicted",
+        ylabel="true",
+        title=title,
+    )
     fig.tight_layout()
     return fig
 
@@ -88,8 +97,9 @@ def close(fig: Figure) -> None:
     plt.close(fig)
 
 
-def sweep_plot(points: Sequence[dict[str, Any]], axis: str, metric: str,
-               baselines: dict[str, tuple[float, float]], title: str) -> Figure:
+def sweep_plot(
+    points: Sequence[dict[str, Any]], axis: str, metric: str, baselines: dict[str, tuple[float, float]], title: str
+) -> Figure:
     """``metric`` (mean ± std over seeds) against a grid ``axis``, one line per other-axes
     combination (``points``: ``{"axis": value, "series": label, "mean": m, "std": s}``), with
     the classical baselines (``name → (mean, std)``) as horizontal lines and bands."""
@@ -99,8 +109,14 @@ def sweep_plot(points: Sequence[dict[str, Any]], axis: str, metric: str,
         series[p["series"]].append(p)
     for label, ps in series.items():
         ps = sorted(ps, key=lambda p: p["axis"])
-        ax.errorbar([p["axis"] for p in ps], [p["mean"] for p in ps], yerr=[p["std"] for p in ps],
-                    marker="o", capsize=4, label=label or "quantum")
+        ax.errorbar(
+            [p["axis"] for p in ps],
+            [p["mean"] for p in ps],
+            yerr=[p["std"] for p in ps],
+            marker="o",
+            capsize=4,
+            label=label or "quantum",
+        )
     for i, (name, (mean, std)) in enumerate(baselines.items()):
         color = f"C{len(series) + i}"
         ax.axhline(mean, color=color, linestyle="--", label=name)
@@ -116,19 +132,27 @@ def noise_plot(rows: Sequence[dict[str, Any]], exact: tuple[float, float], title
     as curves on log axes, fake devices as bars, the exact accuracy as a line in each panel."""
     kinds = [k for k in ("shots", "depolarizing", "device") if any(r["kind"] == k for r in rows)]
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    for ax, kind in zip(axes[0], kinds, strict=False):
         rs = [r for r in rows if r["kind"] == kind]
         if kind == "device":
             ax.bar(range(len(rs)), [r["accuracy"] for r in rs], yerr=[r["accuracy_std"] for r in rs], capsize=4)
             ax.set_xticks(range(len(rs)), [r["label"].split("+")[0] for r in rs], rotation=20)
         else:
             rs = sorted(rs, key=lambda r: r["level"])
-            ax.errorbar([r["level"] for r in rs], [r["accuracy"] for r in rs],
-                        yerr=[r["accuracy_std"] for r in rs], marker="o", capsize=4)
+            ax.errorbar(
+                [r["level"] for r in rs],
+                [r["accuracy"] for r in rs],
+                yerr=[r["accuracy_std"] for r in rs],
+                marker="o",
+                capsize=4,
+            )
             ax.set_xscale("log")
         ax.axhline(exact[0], color="k", linestyle="--", label="exact")
-        ax.set(xlabel={"shots": "shots", "depolarizing": "depolarizing p", "device": "fake device"}[kind],
-               ylabel="test accuracy (same samples)", title=title if kind == kinds[0] else "")
+        ax.set(
+            xlabel={"shots": "shots", "depolarizing": "depolarizing p", "device": "fake device"}[kind],
+            ylabel="test accuracy (same samples)",
+            title=title if kind == kinds[0] else "",
+        )
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -148,14 +172,25 @@ def leaderboard_plot(table: Sequence[dict[str, Any]], title: str) -> Figure:
     """Accuracy (mean ± std over seeds) against trainable parameters and against training
     seconds, both on log axes, one labelled point per method of the compare leaderboard."""
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.4))
-    panels = (("trainable_params", None, "trainable parameters"),
-              ("train_seconds", "train_seconds_std", "training seconds per seed (mean)"))
-    for ax, (x, xerr, xlabel) in zip(axes, panels):
+    panels = (
+        ("trainable_params", None, "trainable parameters"),
+        ("train_seconds", "train_seconds_std", "training seconds per seed (mean)"),
+    )
+    for ax, (x, xerr, xlabel) in zip(axes, panels, strict=False):
         for i, r in enumerate(table):
-            ax.errorbar(max(r[x], 1e-3), r["accuracy"], yerr=r["accuracy_std"], xerr=r[xerr] if xerr else None,
-                        fmt="o", capsize=4, color=f"C{i}", label=r["label"])
-            ax.annotate(r["label"], (max(r[x], 1e-3), r["accuracy"]), textcoords="offset points", xytext=(5, 4),
-                        fontsize=7)
+            ax.errorbar(
+                max(r[x], 1e-3),
+                r["accuracy"],
+                yerr=r["accuracy_std"],
+                xerr=r[xerr] if xerr else None,
+                fmt="o",
+                capsize=4,
+                color=f"C{i}",
+                label=r["label"],
+            )
+            ax.annotate(
+                r["label"], (max(r[x], 1e-3), r["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=7
+            )
         ax.set_xscale("log")
         ax.set(xlabel=xlabel, ylabel="test accuracy")
     fig.suptitle(title)

@@ -63,10 +63,8 @@ class Runtime(BaseSettings):
         """MLflow tracking URI: the configured one, else SQLite beside the artifacts."""
         if self.mlflow_uri:
             return self.mlflow_uri
-        if self.root_is_local:
-            db = self.local_root / "mlflow.db"
-        else:  # an object store cannot hold SQLite: keep the database in the user's cache
-            db = Path.home() / ".cache" / "qllm-lab" / "mlflow.db"
+        # An object store cannot hold SQLite: then the database lives in the user's cache.
+        db = self.local_root / "mlflow.db" if self.root_is_local else Path.home() / ".cache" / "qllm-lab" / "mlflow.db"
         db.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{db}"
 

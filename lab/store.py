@@ -30,8 +30,9 @@ def cached_result(root: str, key: str) -> TrainingResult | None:
     return None if raw is None else TrainingResult.from_json(json.loads(raw), cached=True)
 
 
-def store_result(root: str, key: str, model: QuantumModel, result: TrainingResult,
-                 extra_files: dict[str, Any] | None = None) -> TrainingResult:
+def store_result(
+    root: str, key: str, model: QuantumModel, result: TrainingResult, extra_files: dict[str, Any] | None = None
+) -> TrainingResult:
     """Save the model (plus ``extra_files``, name → JSON) to ``<root>/students/<key>/model/``,
     then commit the training by writing ``result.json`` beside it; return the result as JSON
     gives it back, so a fresh result has the same form as a cached one."""
@@ -40,8 +41,9 @@ def store_result(root: str, key: str, model: QuantumModel, result: TrainingResul
         folder = model.save(Path(tmp) / "model")
         for name, content in (extra_files or {}).items():
             (folder / name).write_text(json.dumps(content, indent=2))
-        result = dataclasses.replace(result, model_url=join_url(url, "model"),
-                                     metrics={**result.metrics, "size_bytes": model_size_bytes(folder)})
+        result = dataclasses.replace(
+            result, model_url=join_url(url, "model"), metrics={**result.metrics, "size_bytes": model_size_bytes(folder)}
+        )
         upload_folder(folder, join_url(url, "model"))
     stored = json.loads(json.dumps(result.to_json()))
     atomic_write_bytes(join_url(url, "result.json"), json.dumps(stored).encode())

@@ -8,7 +8,6 @@ words as QD-LLM does. Outputs are cached by content so a re-run never repeats in
 from __future__ import annotations
 
 import functools
-
 import inspect
 import json
 import os
@@ -91,12 +90,16 @@ class TeacherSpec:
 
     def settings(self) -> dict[str, Any]:
         """The settings that change outputs for this kind (the cache key uses these)."""
-        keep = {"probe": ("max_length", "probe_c"), "hf-classifier": ("max_length",),
-                "causal-lm": ("max_length", "prompt", "label_words", "pooling")}[self.kind]
+        keep = {
+            "probe": ("max_length", "probe_c"),
+            "hf-classifier": ("max_length",),
+            "causal-lm": ("max_length", "prompt", "label_words", "pooling"),
+        }[self.kind]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
 # --- models: resolution, fingerprint, loading --------------------------------------------------
+
 
 def resolve_model(model: str | None) -> Path:
     """Local folder of `model`: the bundled MiniLM, a folder, or a name in the offline HF cache."""
@@ -110,7 +113,7 @@ def resolve_model(model: str | None) -> Path:
 
     try:
         return Path(snapshot_download(model, local_files_only=True))
-    except Exception as exc:  # noqa: BLE001 - any hub failure means "not available offline"
+    except Exception as exc:
         raise ModelNotFoundError(
             f"model {model!r} was not found offline: it must be a local folder holding a Hugging Face "
             f"model, or a name already in the Hugging Face cache ({constants.HF_HUB_CACHE}); "
@@ -153,8 +156,11 @@ def _max_length(spec: TeacherSpec, tokenizer: Any, model: Any, folder: Path) -> 
     if spec.kind == "probe" and st_config.is_file():
         return int(json.loads(st_config.read_text())["max_seq_length"])
     limits = [tokenizer.model_max_length]
-    limits += [getattr(model.config, a) for a in ("max_position_embeddings", "n_positions")
-               if isinstance(getattr(model.config, a, None), int)]
+    limits += [
+        getattr(model.config, a)
+        for a in ("max_position_embeddings", "n_positions")
+        if isinstance(getattr(model.config, a, None), int)
+    ]
     return int(min(limits))
 
 
@@ -192,21 +198,24 @@ def run_batched(
     restore input order."""
     order = np.argsort([-len(ids) for ids in encodings["input_ids"]], kind="stable")
     parts: list[list[np.ndarray]] = []
-    with torch_threads(threads), torch.inference_mode(), \
-            tqdm(total=len(order), desc=desc, unit="text", disable=not progress) as bar:
+    with (
+        torch_threads(threads),
+        torch.inference_mode(),
+        tqdm(total=len(order), desc=desc, unit="text", disable=not progress) as bar,
+    ):
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             width = max(len(encodings["input_ids"][i]) for i in idx)
             batch = {}
             for name, rows in encodings.items():
                 padded = torch.full((len(idx), width), pad_id if name == "input_ids" else 0, dtype=torch.long)
                 for j, i in enumerate(idx):
-                    padded[j, :len(rows[i])] = torch.tensor(rows[i])
+                    padded[j, : len(rows[i])] = torch.tensor(rows[i])
                 batch[name] = padded.to(device)
             parts.append([o.float().cpu().numpy() for o in forward(batch)])
             bar.update(len(idx))
     inverse = np.argsort(order)
-    return [np.concatenate(col)[inverse] for col in zip(*parts)]
+    return [np.concatenate(col)[inverse] for col in zip(*parts, strict=True)]
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -216,6 +225,7 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # --- teachers --------------------------------------------------------------------------------
+
 
 class Teacher(ABC):
     """fit (where a teacher learns anything) then predict logits and features."""
@@ -254,14 +264,27 @@ class SentenceEncoder:
         if not texts:
             return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-        return run_batched(enc, self._forward, pad_id=self.tokenizer.pad_token_id or 0,
-                           batch_size=self.spec.batch_size, device=self.device, desc="embed", progress=progress,
-                           threads=self.spec.threads)[0]
+        return run_batched(
+            enc,
+            self._forward,
+            pad_id=self.tokenizer.pad_token_id or 0,
+            batch_size=self.spec.batch_size,
+            device=self.device,
+            desc="embed",
+            progress=progress,
+            threads=self.spec.threads,
+        )[0]
 
 
 def embed_texts(
-    texts: Sequence[str], model: str | None = None, *, batch_size: int = 64,
-    max_length: int | None = None, device: str | None = None, threads: int | None = None, progress: bool = False,
+    texts: Sequence[str],
+    model: str | None = None,
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """(n, d) float32 sentence embeddings of `texts` (the probe teacher's features)."""
     spec = TeacherSpec(model=model, batch_size=batch_size, max_length=max_length, device=device, threads=threads)
@@ -274,8 +297,10 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, label_names: Sequence[st
 
     missing = sorted(set(range(len(label_names))) - set(np.asarray(labels).tolist()))
     if missing:
-        raise TeacherError(f"the probe needs every class in its training labels; missing "
-                           f"{[label_names[i] for i in missing]}: use a larger or stratified train_size")
+        raise TeacherError(
+            f"the probe needs every class in its training labels; missing "
+            f"{[label_names[i] for i in missing]}: use a larger or stratified train_size"
+        )
     return LogisticRegression(C=c, max_iter=2000).fit(features, labels)
 
 
@@ -319,8 +344,10 @@ class ClassifierTeacher(Teacher):
         super().__init__(spec, label_names)
         self.tokenizer, self.model = _load(self.folder, "AutoModelForSequenceClassification", self.device)
         if self.model.config.num_labels != len(self.label_names):
-            raise TeacherError(f"model {spec.model!r} has {self.model.config.num_labels} output labels but the "
-                               f"data has {len(self.label_names)} classes {list(self.label_names)}")
+            raise TeacherError(
+                f"model {spec.model!r} has {self.model.config.num_labels} output labels but the "
+                f"data has {len(self.label_names)} classes {list(self.label_names)}"
+            )
         self.max_length = _max_length(spec, self.tokenizer, self.model, self.folder)
 
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,9 +356,16 @@ class ClassifierTeacher(Teacher):
 
     def predict(self, texts: Sequence[str], *, progress: bool = True) -> TeacherOutput:
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-        logits, features = run_batched(enc, self._forward, pad_id=self.tokenizer.pad_token_id or 0,
-                                       batch_size=self.spec.batch_size, device=self.device,
-                                       desc="classify", progress=progress, threads=self.spec.threads)
+        logits, features = run_batched(
+            enc,
+            self._forward,
+            pad_id=self.tokenizer.pad_token_id or 0,
+            batch_size=self.spec.batch_size,
+            device=self.device,
+            desc="classify",
+            progress=progress,
+            threads=self.spec.threads,
+        )
         return TeacherOutput(logits=logits, features=features)
 
 
@@ -346,15 +380,19 @@ class CausalLMTeacher(Teacher):
         self.max_length = _max_length(spec, self.tokenizer, self.model, self.folder)
         words = spec.label_words or self.label_names
         if len(words) != len(self.label_names):
-            raise TeacherError(f"{len(words)} label words {list(words)} given for {len(self.label_names)} "
-                               f"classes {list(self.label_names)}")
+            raise TeacherError(
+                f"{len(words)} label words {list(words)} given for {len(self.label_names)} "
+                f"classes {list(self.label_names)}"
+            )
         ids = [self.tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
-        if empty := [w for w, i in zip(words, ids) if not i]:
+        if empty := [w for w, i in zip(words, ids, strict=True) if not i]:
             raise TeacherError(f"label words {empty} tokenise to nothing")
         self.word_ids = torch.tensor([i[0] for i in ids], device=self.device)
         if len(set(self.word_ids.tolist())) < len(words):
-            raise TeacherError(f"label words {list(words)} share a first token "
-                               f"{[self.tokenizer.convert_ids_to_tokens(i[0]) for i in ids]}: choose distinct words")
+            raise TeacherError(
+                f"label words {list(words)} share a first token "
+                f"{[self.tokenizer.convert_ids_to_tokens(i[0]) for i in ids]}: choose distinct words"
+            )
         self.keep_positions = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,14 +412,23 @@ class CausalLMTeacher(Teacher):
         prompts = [self.spec.prompt.replace("{text}", t) for t in texts]
         enc = self.tokenizer(prompts, truncation=True, max_length=self.max_length)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        logits, features = run_batched(enc, self._forward, pad_id=pad or 0, batch_size=self.spec.batch_size,
-                                       device=self.device, desc="score", progress=progress,
-                                       threads=self.spec.threads)
+        logits, features = run_batched(
+            enc,
+            self._forward,
+            pad_id=pad or 0,
+            batch_size=self.spec.batch_size,
+            device=self.device,
+            desc="score",
+            progress=progress,
+            threads=self.spec.threads,
+        )
         return TeacherOutput(logits=logits, features=features)
 
 
 _TEACHERS: dict[str, type[Teacher]] = {
-    "probe": ProbeTeacher, "hf-classifier": ClassifierTeacher, "causal-lm": CausalLMTeacher,
+    "probe": ProbeTeacher,
+    "hf-classifier": ClassifierTeacher,
+    "causal-lm": CausalLMTeacher,
 }
 
 
@@ -391,10 +438,17 @@ def make_teacher(spec: TeacherSpec, label_names: Sequence[str]) -> Teacher:
 
 # --- content-keyed cache -----------------------------------------------------------------------
 
+
 def teacher_cache_key(dataset_hash: str, spec: TeacherSpec) -> str:
     """Key of (data content, model weights, teacher kind, output-changing settings)."""
-    return hash_json({"data": dataset_hash, "model": model_fingerprint(resolve_model(spec.model)),
-                      "kind": spec.kind, "settings": spec.settings()})
+    return hash_json(
+        {
+            "data": dataset_hash,
+            "model": model_fingerprint(resolve_model(spec.model)),
+            "kind": spec.kind,
+            "settings": spec.settings(),
+        }
+    )
 
 
 @functools.lru_cache(maxsize=2)
@@ -403,8 +457,9 @@ def loaded_teacher(spec: TeacherSpec, label_names: tuple[str, ...]) -> Teacher:
     return make_teacher(spec, label_names)
 
 
-def unfitted_outputs(spec: TeacherSpec, label_names: Sequence[str], texts: Sequence[str],
-                     progress: bool = False) -> TeacherOutput:
+def unfitted_outputs(
+    spec: TeacherSpec, label_names: Sequence[str], texts: Sequence[str], progress: bool = False
+) -> TeacherOutput:
     """What needs no fitting: the probe's features (logits empty), the other kinds' predictions.
 
     Shards of a large data set go through this on different workers and are joined in order.
@@ -445,8 +500,12 @@ def cached_teacher_outputs(
             clf = fit_probe(train.features, dataset.train_labels, names, teacher_spec.probe_c)
             train = TeacherOutput(probe_logits(clf, train.features), train.features)
             test = TeacherOutput(probe_logits(clf, test.features), test.features)
-        return {"train_logits": train.logits, "train_features": train.features,
-                "test_logits": test.logits, "test_features": test.features}
+        return {
+            "train_logits": train.logits,
+            "train_features": train.features,
+            "test_logits": test.logits,
+            "test_features": test.features,
+        }
 
     arrays = cached_npz(join_url(cache_root, "teacher", f"{key}.npz"), compute, storage_options)
     return TeacherOutputs(

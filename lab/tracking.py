@@ -11,12 +11,13 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import mlflow
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from .results import FailedTraining, Outcome
@@ -36,7 +37,7 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 6, delay: fl
     for i in range(attempts):
         try:
             return fn()
-        except Exception as exc:  # noqa: BLE001 - tracking errors are many types; re-raised below
+        except Exception as exc:
             if getattr(exc, "error_code", None) in REFUSALS:
                 raise  # the server understood and said no: asking again cannot help
             if i == attempts - 1:
@@ -60,7 +61,9 @@ def setup(settings: Runtime, experiment: str) -> str:
         found = mlflow.get_experiment_by_name(experiment)
         if found is not None:
             return found.experiment_id
-        return mlflow.create_experiment(experiment, artifact_location=f"{settings.mlflow_artifact_location()}/{experiment}")
+        return mlflow.create_experiment(
+            experiment, artifact_location=f"{settings.mlflow_artifact_location()}/{experiment}"
+        )
 
     return with_retries(get_or_create, what="experiment setup")
 
@@ -78,15 +81,25 @@ def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 @contextmanager
-def parent_run(settings: Runtime, experiment: str, name: str, params: Mapping[str, Any],
-               tags: Mapping[str, str] | None = None, *,
-               system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
+def parent_run(
+    settings: Runtime,
+    experiment: str,
+    name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+    *,
+    system_metrics: bool = False,
+) -> Iterator[mlflow.ActiveRun]:
     """The flow run's parent MLflow run. ``system_metrics``: MLflow samples this machine's CPU,
     memory, disk and network (psutil) every 10 s while the run is open, so a flow that opens it
     before training records what the training cost (Dask workers on other hosts excepted)."""
     exp_id = setup(settings, experiment)
-    run = with_retries(lambda: mlflow.start_run(experiment_id=exp_id, run_name=name, tags=dict(tags or {}),
-                                                log_system_metrics=system_metrics), what="start run")
+    run = with_retries(
+        lambda: mlflow.start_run(
+            experiment_id=exp_id, run_name=name, tags=dict(tags or {}), log_system_metrics=system_metrics
+        ),
+        what="start run",
+    )
     try:
         with_retries(lambda: mlflow.log_params(flat_params(params)), what="log params")
         yield run
@@ -98,7 +111,7 @@ def parent_run(settings: Runtime, experiment: str, name: str, params: Mapping[st
 
 
 def log_child(
-    parent: mlflow.ActiveRun,
+    parent: Run,
     name: str,
     *,
     params: Mapping[str, Any],
@@ -115,8 +128,7 @@ def log_child(
     exp_id = parent.info.experiment_id
 
     def create() -> str:
-        run = client.create_run(exp_id, run_name=name,
-                                tags={"mlflow.parentRunId": parent_id, **dict(tags or {})})
+        run = client.create_run(exp_id, run_name=name, tags={"mlflow.parentRunId": parent_id, **dict(tags or {})})
         return run.info.run_id
 
     run_id = with_retries(create, what="create child run")
@@ -125,8 +137,7 @@ def log_child(
     for key, values in (history or {}).items():
         batch_metrics += [mlflow.entities.Metric(key, float(v), now, step) for step, v in enumerate(values, 1)]
     batch_params = [mlflow.entities.Param(k, v) for k, v in flat_params(params).items()]
-    with_retries(lambda: client.log_batch(run_id, metrics=batch_metrics, params=batch_params),
-                 what="log metrics")
+    with_retries(lambda: client.log_batch(run_id, metrics=batch_metrics, params=batch_params), what="log metrics")
     if artifacts is not None:
         with_retries(lambda: client.log_artifacts(run_id, str(artifacts), "model"), what="log model")
     for fname, fig in (figures or {}).items():
@@ -138,21 +149,29 @@ def log_child(
 def log_table(run: mlflow.ActiveRun, rows: list[dict[str, Any]], name: str = "results.json") -> None:
     """The results table as a JSON artifact of the parent run."""
     client = MlflowClient()
-    with_retries(lambda: client.log_table(run.info.run_id, data={k: [r.get(k) for r in rows] for k in rows[0]},
-                                          artifact_file=name), what="log table")
+    with_retries(
+        lambda: client.log_table(
+            run.info.run_id, data={k: [r.get(k) for r in rows] for k in rows[0]}, artifact_file=name
+        ),
+        what="log table",
+    )
 
 
 def download_model(run_id: str, settings: Runtime) -> Path:
     """Download a run's ``model/`` artifacts to a temporary folder (for ``qllm predict``)."""
     mlflow.set_tracking_uri(settings.tracking_uri())
     target = Path(tempfile.mkdtemp(prefix="qllm-model-"))
-    return Path(with_retries(
-        lambda: mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(target)),
-        what="download model"))
+    return Path(
+        with_retries(
+            lambda: mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(target)),
+            what="download model",
+        )
+    )
 
 
-def log_result_rows(parent: mlflow.ActiveRun, rows: Sequence[Outcome], test_y: Any,
-                    label_names: tuple[str, ...], *, model_tag: str) -> None:
+def log_result_rows(
+    parent: Run, rows: Sequence[Outcome], test_y: Any, label_names: tuple[str, ...], *, model_tag: str
+) -> None:
     """A child run per result of a flow.
 
     Results with a ``model_url`` (trained quantum models) get their model folder, training curves
@@ -170,18 +189,28 @@ def log_result_rows(parent: mlflow.ActiveRun, rows: Sequence[Outcome], test_y: A
             log_child(parent, r.name, params=r.job, metrics={}, status="FAILED", tags={**tags, "error": r.error[:5000]})
             continue
         if r.model_url is None:
-            log_child(parent, r.name, params={"kind": r.kind, "seed": r.seed}, metrics=r.metrics,
-                      history=r.history, tags=tags)
+            log_child(
+                parent, r.name, params={"kind": r.kind, "seed": r.seed}, metrics=r.metrics, history=r.history, tags=tags
+            )
             continue
-        figs = {"training_curves.png": reporting.training_curves(r.history, r.name),
-                "confusion_matrix.png": reporting.confusion(np.asarray(test_y), np.array(r.test_predictions),
-                                                            label_names, r.name)}
+        figs = {
+            "training_curves.png": reporting.training_curves(r.history, r.name),
+            "confusion_matrix.png": reporting.confusion(
+                np.asarray(test_y), np.array(r.test_predictions), label_names, r.name
+            ),
+        }
         with tempfile.TemporaryDirectory() as tmp:
             local = download_folder(r.model_url, Path(tmp) / "model")
-            log_child(parent, r.name, params=r.job,
-                      metrics={**r.metrics, **{f"params_{k}": v for k, v in r.params.items()}},
-                      history=r.history, artifacts=local, figures=figs,
-                      tags={**tags, "qllm.model": model_tag})
+            log_child(
+                parent,
+                r.name,
+                params=r.job,
+                metrics={**r.metrics, **{f"params_{k}": v for k, v in r.params.items()}},
+                history=r.history,
+                artifacts=local,
+                figures=figs,
+                tags={**tags, "qllm.model": model_tag},
+            )
         for f in figs.values():
             reporting.close(f)
 

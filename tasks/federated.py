@@ -21,12 +21,14 @@ BACKSTOP_SECONDS = 120.0  # how much longer than its own time limit a round wait
 
 
 @task(name="llm-finetune", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, task_run_name="llm-{who}")
-def llm_finetune(who: str, texts: list[str], labels: list[int], num_classes: int, model: str | None,
-                 spec: Any, root: str) -> dict[str, Any]:
+def llm_finetune(
+    who: str, texts: list[str], labels: list[int], num_classes: int, model: str | None, spec: Any, root: str
+) -> dict[str, Any]:
     """One party's LoRA fine-tune of the language model (cached by content)."""
     torch.set_num_threads(1)  # one per Dask worker: the workers share the cores
-    return fed.llm_finetune(who, texts, labels, num_classes, model, spec, root,
-                            lambda message: get_run_logger().info(message))
+    return fed.llm_finetune(
+        who, texts, labels, num_classes, model, spec, root, lambda message: get_run_logger().info(message)
+    )
 
 
 def llm_losses(params: fed.FederatedParams, splits: list[fed.FederatedSplit], root: str) -> dict[str, dict[str, Any]]:
@@ -35,16 +37,27 @@ def llm_losses(params: fed.FederatedParams, splits: list[fed.FederatedSplit], ro
     if not params.uses_llm:
         return {}
     spec = params.llm_spec()
-    futures = {(s.name, who): llm_finetune.submit(f"{s.dataset}-{s.partition}-{who}", texts, [int(v) for v in labels],
-                                                  s.num_classes, params.llm_model, spec, root)
-               for s in splits for who, texts, labels in fed.parties(s)}
+    futures = {
+        (s.name, who): llm_finetune.submit(
+            f"{s.dataset}-{s.partition}-{who}",
+            texts,
+            [int(v) for v in labels],
+            s.num_classes,
+            params.llm_model,
+            spec,
+            root,
+        )
+        for s in splits
+        for who, texts, labels in fed.parties(s)
+    }
     out: dict[str, dict[str, Any]] = {s.name: {} for s in splits}
     for (name, who), future in futures.items():
         try:
             out[name][who] = future.result()
         except Exception as exc:  # noqa: BLE001 - the controller works without this party's loss
-            get_run_logger().warning("%s: the LLM fine-tune of %s failed (%s); its steps will not be rescaled",
-                                     name, who, exc)
+            get_run_logger().warning(
+                "%s: the LLM fine-tune of %s failed (%s); its steps will not be rescaled", name, who, exc
+            )
     return out
 
 
@@ -85,10 +98,14 @@ def federated_run(method: str, job: fed.RunJob, root: str) -> fed.RunOutput:
     """One federated run (or its stored result). Called, not submitted: it runs in the flow's
     process and sends each round's client trainings to the Dask workers as tasks."""
     params = job.params
-    fit = prefect_fit(job.name, fail_rate=params.fail_rate, seed=params.seed,
-                      wait_seconds=params.client_timeout + BACKSTOP_SECONDS)
-    hooks = Hooks(log=get_run_logger().info, fit=fit,
-                  progress=progress_artifact(f"federated-{job.name}-s{job.seed}", params.rounds))
+    fit = prefect_fit(
+        job.name, fail_rate=params.fail_rate, seed=params.seed, wait_seconds=params.client_timeout + BACKSTOP_SECONDS
+    )
+    hooks = Hooks(
+        log=get_run_logger().info,
+        fit=fit,
+        progress=progress_artifact(f"federated-{job.name}-s{job.seed}", params.rounds),
+    )
     method_ = METHODS[method]
     assert isinstance(method_, fed.FederatedMethod), method
     return method_.run(job, root, hooks)

@@ -24,7 +24,8 @@ def secret_block(name: str) -> str | None:
     from prefect.blocks.system import Secret
 
     try:
-        return str(Secret.load(name).get())
+        block: Any = Secret.load(name)  # a Secret in this synchronous context, not a coroutine
+        return str(block.get())
     except Exception:  # noqa: BLE001 - no API, or no such block: the caller says what to set
         return None
 
@@ -50,13 +51,40 @@ def _not_a_failed_job(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
-@task(name="run-on-qpu", tags=[QPU_TAG], retries=3, retry_delay_seconds=[10, 60, 300],
-      retry_condition_fn=_not_a_failed_job, cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
-def run_on_qpu(plan: CircuitPlan, service: QPUService, backend: Any, ledger: Ledger, *,
-               shots: int, job_size: int, mitigation: Mitigation, observables: list[Any],
-               on_job_ids: Callable[[list[str]], None], poll_max_seconds: float = 60.0) -> np.ndarray:
+@task(
+    name="run-on-qpu",
+    tags=[QPU_TAG],
+    retries=3,
+    retry_delay_seconds=[10, 60, 300],
+    retry_condition_fn=_not_a_failed_job,
+    cache_policy=NO_CACHE,
+    timeout_seconds=6 * 3600,
+)
+def run_on_qpu(
+    plan: CircuitPlan,
+    service: QPUService,
+    backend: Any,
+    ledger: Ledger,
+    *,
+    shots: int,
+    job_size: int,
+    mitigation: Mitigation,
+    observables: list[Any],
+    on_job_ids: Callable[[list[str]], None],
+    poll_max_seconds: float = 60.0,
+) -> np.ndarray:
     """``(samples, observables)`` expectation values of every sample, measured on ``backend``
     (see :func:`lab.hardware.run_chunks`)."""
-    return run_chunks(plan, service, backend, ledger, shots=shots, job_size=job_size, mitigation=mitigation,
-                      observables=observables, on_job_ids=on_job_ids, poll_max_seconds=poll_max_seconds,
-                      log=get_run_logger().info)
+    return run_chunks(
+        plan,
+        service,
+        backend,
+        ledger,
+        shots=shots,
+        job_size=job_size,
+        mitigation=mitigation,
+        observables=observables,
+        on_job_ids=on_job_ids,
+        poll_max_seconds=poll_max_seconds,
+        log=get_run_logger().info,
+    )

@@ -3,6 +3,7 @@ features and soft labels (one :class:`~lab.embedded.EmbeddedSplit`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,15 +21,22 @@ def prepare_data(request: DataRequest) -> Dataset:
     """Load and split the data set; bad names, columns or labels fail here, before any work."""
     data = request.load()
     few = f" ({request.per_label} per label)" if request.per_label else ""
-    get_run_logger().info("data %s: %d train%s / %d test, %d classes, hash %s", data.name, len(data.train_texts),
-                          few, len(data.test_texts), data.num_classes, data.content_hash[:12])
+    get_run_logger().info(
+        "data %s: %d train%s / %d test, %d classes, hash %s",
+        data.name,
+        len(data.train_texts),
+        few,
+        len(data.test_texts),
+        data.num_classes,
+        data.content_hash[:12],
+    )
     return data
 
 
-@task(name="teacher-shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
-      task_run_name="teacher-shard-{start}")
-def teacher_shard(spec: TeacherSpec, label_names: tuple[str, ...], texts: list[str],
-                  start: int) -> TeacherOutput:
+@task(
+    name="teacher-shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, task_run_name="teacher-shard-{start}"
+)
+def teacher_shard(spec: TeacherSpec, label_names: tuple[str, ...], texts: list[str], start: int) -> TeacherOutput:
     """One shard of teacher inference on a Dask worker (the worker loads the model once)."""
     return unfitted_outputs(spec, label_names, texts)
 
@@ -41,18 +49,22 @@ def teacher_outputs(data: Dataset, spec: TeacherSpec, cache_root: str, shard_siz
     """
     names = tuple(data.label_names)
 
-    def sharded(texts: list[str]) -> TeacherOutput:
+    def sharded(texts: Sequence[str]) -> TeacherOutput:
         starts = list(range(0, len(texts), shard_size))
-        futures = teacher_shard.map(spec=unmapped(spec), label_names=unmapped(names),
-                                    texts=[texts[i:i + shard_size] for i in starts], start=starts)
+        futures = teacher_shard.map(
+            spec=unmapped(spec),
+            label_names=unmapped(names),
+            texts=[list(texts[i : i + shard_size]) for i in starts],
+            start=starts,
+        )
         parts = [f.result() for f in futures]
-        return TeacherOutput(np.concatenate([p.logits for p in parts]),
-                             np.concatenate([p.features for p in parts]))
+        return TeacherOutput(np.concatenate([p.logits for p in parts]), np.concatenate([p.features for p in parts]))
 
     big = len(data.train_texts) + len(data.test_texts) > shard_size
     out = cached_teacher_outputs(data, spec, cache_root, infer=sharded if big else None)
-    get_run_logger().info("teacher %s outputs ready (cache key %s%s)", spec.kind, out.key[:12],
-                          ", sharded across workers" if big else "")
+    get_run_logger().info(
+        "teacher %s outputs ready (cache key %s%s)", spec.kind, out.key[:12], ", sharded across workers" if big else ""
+    )
     return out
 
 

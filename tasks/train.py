@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lab import noise
 from lab.methods import METHODS, Hooks
+from lab.methods.base import Job
 from lab.results import TrainingResult
 from lab.runtime import Runtime
 
@@ -68,12 +69,16 @@ def progress_artifact(name: str, total: int) -> Progress:
 
     def report(done: int, note: str) -> None:
         if artifact is not None:
-            safe(lambda: update_progress_artifact(artifact, 100.0 * min(done, total) / total,
-                                                  description=f"{name}: {note}"))
+            safe(
+                lambda: update_progress_artifact(
+                    artifact, 100.0 * min(done, total) / total, description=f"{name}: {note}"
+                )
+            )
+
     return report
 
 
-def _total(job: Any) -> int:
+def _total(job: Job) -> int:
     """What a job's progress counts to: its epochs, steps or rounds."""
     for attr in ("epochs", "steps"):
         if hasattr(job, attr):
@@ -82,17 +87,19 @@ def _total(job: Any) -> int:
 
 
 @task(name="train", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="{job.name}")
-def train(method: str, job: Any, data: Any, root: str) -> TrainingResult:
+def train(method: str, job: Job, data: Any, root: str) -> TrainingResult:
     """Train and evaluate one job of ``method`` (a registry id), or read it back if it finished
     before; a progress artifact shows its epochs or steps."""
     one_thread_per_task()
     backend = getattr(getattr(job, "model", None), "backend", "exact")
     with dask_client_for(backend) as client:
         if client is not None:
-            get_run_logger().info("%s: parameter-shift batches split across %d Dask workers", job.name,
-                                  len(client.scheduler_info()["workers"]))
-        hooks = Hooks(log=get_run_logger().info, progress=progress_artifact(job.name, _total(job)),
-                      dask_client=client)
+            get_run_logger().info(
+                "%s: parameter-shift batches split across %d Dask workers",
+                job.name,
+                len(client.scheduler_info()["workers"]),
+            )
+        hooks = Hooks(log=get_run_logger().info, progress=progress_artifact(job.name, _total(job)), dask_client=client)
         return METHODS[method].train(job, data, root, hooks)
 
 
@@ -104,28 +111,59 @@ def baselines(method: str, params: Any, data: Any, seed: int) -> list[TrainingRe
 
 
 @task(name="noisy-evaluation", retries=1, cache_policy=NO_CACHE, task_run_name="noisy-{label}-{start}")
-def noisy_evaluation(model_url: str, test_x: np.ndarray, label: str, start: int, stop: int, seed: int,
-                     backend_options: dict[str, Any]) -> dict[str, Any]:
+def noisy_evaluation(
+    model_url: str, test_x: np.ndarray, label: str, start: int, stop: int, seed: int, backend_options: dict[str, Any]
+) -> dict[str, Any]:
     """Noisy beside exact predictions of a stored model for test samples ``start:stop``."""
     one_thread_per_task()
     return noise.noisy_predictions(model_url, test_x, label, start, stop, seed, backend_options)
 
 
 @task(name="noisy-finetune", retries=1, cache_policy=NO_CACHE, task_run_name="finetune-{label}")
-def noisy_finetune(model_url: str, label: str, options: dict[str, Any], train_x: np.ndarray,
-                   train_y: np.ndarray, eval_x: np.ndarray, *, steps: int, batch_size: int, lr: float,
-                   seed: int) -> dict[str, Any]:
+def noisy_finetune(
+    model_url: str,
+    label: str,
+    options: dict[str, Any],
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    eval_x: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> dict[str, Any]:
     """A stored model fine-tuned under the noise itself, then its predictions under it."""
     one_thread_per_task()
     with dask_client_for("aer") as client:
-        out = noise.noisy_finetune(model_url, label, options, train_x, train_y, eval_x, steps=steps,
-                                   batch_size=batch_size, lr=lr, seed=seed, dask_client=client)
+        out = noise.noisy_finetune(
+            model_url,
+            label,
+            options,
+            train_x,
+            train_y,
+            eval_x,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            dask_client=client,
+        )
     get_run_logger().info("fine-tuned under %s for %d steps in %.1fs", label, steps, out["seconds"])
     return out
 
 
-def evaluate_under_noise(model_url: str, test_x: np.ndarray, test_y: np.ndarray, setting: noise.NoiseSetting,
-                         samples: int, workers: int, seed: int = 0) -> list[Any]:
+def evaluate_under_noise(
+    model_url: str,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    setting: noise.NoiseSetting,
+    samples: int,
+    workers: int,
+    seed: int = 0,
+) -> list[Any]:
     """Futures of one model's noisy evaluation on ``samples`` test examples, one chunk per worker."""
-    return [noisy_evaluation.submit(model_url, test_x, setting.label, start, stop, seed, setting.options)
-            for start, stop in noise.chunk_bounds(samples, len(test_y), workers)]
+    return [
+        noisy_evaluation.submit(model_url, test_x, setting.label, start, stop, seed, setting.options)
+        for start, stop in noise.chunk_bounds(samples, len(test_y), workers)
+    ]

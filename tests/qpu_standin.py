@@ -18,9 +18,10 @@ import json
 import os
 import pickle
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from qiskit.providers import BackendV2
 
@@ -80,8 +81,9 @@ class StandInJob:
             state["status"] = rule["outcome"]
             state["error"] = rule["error"]
             if rule["outcome"] == "DONE":
-                with LocalTestingService().batch(fake_backend(state["device"]), state["primitive"],
-                                                 state["mitigation"]) as submit:
+                with LocalTestingService().batch(
+                    fake_backend(state["device"]), state["primitive"], state["mitigation"]
+                ) as submit:
                     state["result"] = submit(state["pubs"], state["shots"]).result()
         else:
             state["status"] = "RUNNING"
@@ -122,9 +124,18 @@ class StandInService:
         def submit(pubs: list[Any], shots: int) -> StandInJob:
             path = jobs / f"{uuid.uuid4().hex}.pkl"
             job = StandInJob(path)
-            job._save({"status": "QUEUED", "polls": 0, "pubs": pubs, "shots": shots, "primitive": primitive,
-                       "mitigation": mitigation, "device": "fake_" + backend.name.removeprefix("ibm_"),
-                       "error": ""})
+            job._save(
+                {
+                    "status": "QUEUED",
+                    "polls": 0,
+                    "pubs": pubs,
+                    "shots": shots,
+                    "primitive": primitive,
+                    "mitigation": mitigation,
+                    "device": "fake_" + backend.name.removeprefix("ibm_"),
+                    "error": "",
+                }
+            )
             with open(folder() / "submitted.txt", "a") as log:
                 log.write(job.job_id() + "\n")
             return job

@@ -3,6 +3,7 @@ wait until it answers, and stop the whole group (a server's children too) howeve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,9 +13,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 BIN = Path(sys.executable).parent
 
@@ -45,13 +47,21 @@ def start(name: str, cmd: Sequence[str], env: Mapping[str, str], logs: Path, cwd
     """``cmd`` in a new session (so :func:`stop` can end its process group), output to a file."""
     log = logs / f"{name}.log"
     with log.open("ab") as out:
-        popen = subprocess.Popen(list(cmd), env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        popen = subprocess.Popen(
+            list(cmd),
+            env=dict(env),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     return Proc(name, popen, log)
 
 
 def stop(procs: Sequence[Proc], grace: float = 10.0) -> None:
     """SIGTERM every process group at once; SIGKILL whatever is left after ``grace`` seconds."""
+
     def signal_group(proc: Proc, sig: int) -> bool:
         """Send ``sig`` (0: only look); whether the group still exists."""
         proc.popen.poll()  # reap the leader, or the group never looks empty
@@ -90,6 +100,7 @@ def http_ok(url: str) -> Callable[[], bool]:
                 return r.status < 400
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
+
     return ready
 
 
@@ -112,12 +123,16 @@ class S3Server:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        from moto.moto_server.werkzeug_app import (DomainDispatcherApplication, MotoRequestHandler,
-                                                   create_backend_app)
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
-        self._server = make_server("127.0.0.1", self.port, DomainDispatcherApplication(create_backend_app),
-                                   threaded=True, request_handler=MotoRequestHandler)
+        self._server = make_server(
+            "127.0.0.1",
+            self.port,
+            DomainDispatcherApplication(create_backend_app),
+            threaded=True,
+            request_handler=MotoRequestHandler,
+        )
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -174,7 +189,5 @@ class Gate:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass

@@ -4,9 +4,9 @@ so every run finds them and its workers are warm."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from distributed import LocalCluster
@@ -22,8 +22,11 @@ def shared_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
     mp = pytest.MonkeyPatch()
     mp.setenv("QLLM_ARTIFACT_ROOT", str(path))
     try:
-        with prefect_api() as url, temporary_settings({PREFECT_API_URL: url}), \
-                LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        with (
+            prefect_api() as url,
+            temporary_settings({PREFECT_API_URL: url}),
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        ):
             mp.setenv("QLLM_DASK_ADDRESS", cluster.scheduler_address)
             yield path, url
     finally:

@@ -7,9 +7,9 @@ with plain ``from_pretrained``. Then the parameter counts of the QPA paper, and 
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,8 @@ import torch
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from lab.methods.peft import MERGE_TOLERANCE
+from lab.teacher import resolve_model
 from qcore.adapters import AdapterError, QPAConfig, QTHAConfig, adapt, adapter_config, load_adapter
 from qcore.adapters.counting import compare, skeleton
 from qcore.adapters.qpa import PUBLISHED_HIDDEN, QPAModel
@@ -24,8 +26,6 @@ from qcore.adapters.qpa.layer import basis_states, transform_probabilities
 from qcore.adapters.qtha import MPO, factorize
 from qcore.adapters.training import peak_memory, train_steps
 from qcore.layer import QuantumLayer
-from lab.methods.peft import MERGE_TOLERANCE
-from lab.teacher import resolve_model
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
@@ -50,8 +50,11 @@ def tiny_gpt2() -> GPT2LMHeadModel:
 CASES = {
     "gpt2-conv1d": (lambda _: tiny_gpt2(), ["c_attn", "c_fc"], {"input_ids": torch.arange(24).view(2, 12) * 7 % 300}),
     "gpt2-tied-lm_head": (lambda _: tiny_gpt2(), ["lm_head"], {"input_ids": torch.arange(24).view(2, 12) * 5 % 300}),
-    "minilm-query-value": (lambda m: copy.deepcopy(m), ["query", "value"],
-                           {"input_ids": torch.tensor([[101, 7592, 2088, 102], [101, 2204, 3185, 102]])}),
+    "minilm-query-value": (
+        lambda m: copy.deepcopy(m),
+        ["query", "value"],
+        {"input_ids": torch.tensor([[101, 7592, 2088, 102], [101, 2204, 3185, 102]])},
+    ),
 }
 TABLE = [(method, case) for method in ("lora", "qpa", "qtha") for case in CASES]
 
@@ -107,8 +110,7 @@ def test_only_adapter_parameters_train(method: str, case: str, minilm: torch.nn.
 
 
 @pytest.mark.parametrize("method,case", TABLE)
-def test_merge_unmerge_save_load_and_export(method: str, case: str, minilm: torch.nn.Module,
-                                            tmp_path: Path) -> None:
+def test_merge_unmerge_save_load_and_export(method: str, case: str, minilm: torch.nn.Module, tmp_path: Path) -> None:
     base, adapted, inputs = trained(method, case, minilm)
     expected = outputs(adapted, inputs)
     assert not close(expected, outputs(base, inputs), 1e-4), "training did not change the outputs"
@@ -121,7 +123,7 @@ def test_merge_unmerge_save_load_and_export(method: str, case: str, minilm: torc
     assert not torch.equal(layers[0].base_layer.weight, originals[0]), "merge changed no weight"
     adapted.unmerge()
     assert close(outputs(adapted, inputs), expected), "unmerged outputs differ"
-    for layer, original in zip(layers, originals):
+    for layer, original in zip(layers, originals, strict=True):
         assert torch.allclose(layer.base_layer.weight, original, atol=1e-6), "unmerge did not restore the weight"
     if method != "lora":  # (peft's own layers only warn)
         with pytest.raises(AdapterError, match="already unmerged"):
@@ -151,17 +153,20 @@ def test_merged_model_runs_without_qcore(minilm: torch.nn.Module, tmp_path: Path
     _, adapted, inputs = trained("qpa", "gpt2-tied-lm_head", minilm)
     torch.save({"inputs": inputs["input_ids"], "expected": outputs(adapted, inputs)}, tmp_path / "check.pt")
     adapted.merge_and_unload().save_pretrained(tmp_path / "merged")
-    script = ("import sys; sys.modules.update(qcore=None, peft=None, qiskit=None)\n"
-              "import torch, transformers\n"
-              f"check = torch.load({str(tmp_path / 'check.pt')!r})\n"
-              f"model = transformers.AutoModelForCausalLM.from_pretrained({str(tmp_path / 'merged')!r}).eval()\n"
-              "with torch.no_grad(): got = model(input_ids=check['inputs']).logits\n"
-              "d = (got - check['expected']).abs().max().item()\n"
-              "assert d <= 1e-5 * max(1.0, check['expected'].abs().max().item()), d\n")
+    script = (
+        "import sys; sys.modules.update(qcore=None, peft=None, qiskit=None)\n"
+        "import torch, transformers\n"
+        f"check = torch.load({str(tmp_path / 'check.pt')!r})\n"
+        f"model = transformers.AutoModelForCausalLM.from_pretrained({str(tmp_path / 'merged')!r}).eval()\n"
+        "with torch.no_grad(): got = model(input_ids=check['inputs']).logits\n"
+        "d = (got - check['expected']).abs().max().item()\n"
+        "assert d <= 1e-5 * max(1.0, check['expected'].abs().max().item()), d\n"
+    )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
 
 
 # --- counts ---------------------------------------------------------------------------------------
+
 
 def test_gpt2_lm_head_counts_reproduce_the_qpa_paper() -> None:
     """GPT-2 small's lm_head (768 → 50,257), rank 4, chunk 2048, depth 8, published mapping sizes:
@@ -185,6 +190,7 @@ def test_minilm_counts_on_query_and_value() -> None:
 
 # --- the methods' internals ---------------------------------------------------------------------
 
+
 def test_qpa_runs_its_circuit_once_per_forward(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     original = QuantumLayer.forward
@@ -198,8 +204,10 @@ def test_qpa_generator_pieces_are_the_published_ones() -> None:
     p = torch.tensor([0.5, 0.25, 0.25, 0.0])
     x = (0.6 * torch.tanh(0.1 * 2 * p)) ** 0.15
     assert torch.allclose(transform_probabilities(p, 2), x - x.mean())
-    assert torch.equal(basis_states(3, 5), torch.tensor(
-        [[-1, -1, -1], [1, -1, -1], [-1, 1, -1], [1, 1, -1], [-1, -1, 1]], dtype=torch.float))
+    assert torch.equal(
+        basis_states(3, 5),
+        torch.tensor([[-1, -1, -1], [1, -1, -1], [-1, 1, -1], [1, 1, -1], [-1, -1, 1]], dtype=torch.float),
+    )
     layer = QPAModel(tiny_gpt2(), QPAConfig(target_modules=["lm_head"], chunk_size=64)).model.lm_head
     widths = [m.out_features for m in layer.generator.mapping if isinstance(m, torch.nn.Linear)]
     assert widths == [*PUBLISHED_HIDDEN, 64] and layer.generator.mapping[0].in_features == 5 + 1
@@ -232,7 +240,11 @@ def test_qtha_starts_at_the_base_model_and_its_mpo_is_exact() -> None:
     g1, g2 = mpo.cores  # (1, p1, q1, χ), (χ, p2, q2, 1)
     dense = torch.einsum("aijb,bklc->ikjl", g1, g2).reshape(g1.shape[1] * g2.shape[1], -1)[:6, :10]
     assert torch.allclose(mpo.matrix(), dense)
-    assert [c.shape[-1] for c in MPO(4, 4, cores=3, bond_dim=100, std=1.0).cores] == [1, 4, 1]  # bonds capped by the 1×1 first core
+    assert [c.shape[-1] for c in MPO(4, 4, cores=3, bond_dim=100, std=1.0).cores] == [
+        1,
+        4,
+        1,
+    ]  # bonds capped by the 1×1 first core
 
 
 def test_peak_memory_counts_resident_and_step_tensors() -> None:
@@ -255,8 +267,9 @@ def test_parameters_can_train_at_their_own_rate() -> None:
     model = adapt(tiny_gpt2(), adapter_config("lora", target_modules=["c_attn"]))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and "lora_A" in n}
     x = torch.arange(24).view(2, 12) % 300
-    train_steps(model, iter([{"input_ids": x, "labels": x}] * 3), steps=3, lr=1e-2, seed=0,
-                lr_of=dict.fromkeys(frozen, 0.0))
+    train_steps(
+        model, iter([{"input_ids": x, "labels": x}] * 3), steps=3, lr=1e-2, seed=0, lr_of=dict.fromkeys(frozen, 0.0)
+    )
     params = dict(model.named_parameters())
     assert all(torch.equal(params[n], p) for n, p in frozen.items())  # lora_A at rate 0: unchanged
     assert any(p.abs().sum() > 0 for n, p in params.items() if "lora_B" in n)  # lora_B (from 0) trained
@@ -264,16 +277,26 @@ def test_parameters_can_train_at_their_own_rate() -> None:
 
 # --- bad input ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fields,message", [
-    ({"target_modules": ["nothing"]}, "target_modules ['nothing'] match no module of GPT2LMHeadModel"),
-    ({"target_modules": ["wte"]}, "only nn.Linear and GPT-2 Conv1D"),
-    ({"target_modules": ["lm_head"], "r": 33}, "rank r=33 exceeds layer 'lm_head' (32 → 300): r must be at most 32"),
-    ({"target_modules": ["lm_head"], "chunk_size": 2048}, "chunk_size=2048 does not divide layer 'lm_head' sensibly"),
-    ({"target_modules": ["lm_head"], "chunk_size": 0}, "chunk_size=0 is invalid"),
-    ({"target_modules": ["lm_head"], "activation": "swish"}, "activation='swish' is unknown"),
-    ({"target_modules": []}, "target_modules is empty"),
-    ({"target_modules": ["lm_head"], "dropout": 1.0}, "dropout=1.0 is invalid"),
-])
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"target_modules": ["nothing"]}, "target_modules ['nothing'] match no module of GPT2LMHeadModel"),
+        ({"target_modules": ["wte"]}, "only nn.Linear and GPT-2 Conv1D"),
+        (
+            {"target_modules": ["lm_head"], "r": 33},
+            "rank r=33 exceeds layer 'lm_head' (32 → 300): r must be at most 32",
+        ),
+        (
+            {"target_modules": ["lm_head"], "chunk_size": 2048},
+            "chunk_size=2048 does not divide layer 'lm_head' sensibly",
+        ),
+        ({"target_modules": ["lm_head"], "chunk_size": 0}, "chunk_size=0 is invalid"),
+        ({"target_modules": ["lm_head"], "activation": "swish"}, "activation='swish' is unknown"),
+        ({"target_modules": []}, "target_modules is empty"),
+        ({"target_modules": ["lm_head"], "dropout": 1.0}, "dropout=1.0 is invalid"),
+    ],
+)
 def test_bad_qpa_settings_are_refused(fields: dict, message: str) -> None:
     with pytest.raises(AdapterError) as err:
         adapt(tiny_gpt2(), adapter_config("qpa", **fields))

@@ -67,7 +67,7 @@ CIRCUITS = [mixed_circuit, controlled_circuit]
 
 
 def bound(qc, x, w, xv, wv) -> QuantumCircuit:
-    return qc.assign_parameters(dict(zip([*x, *w], [*xv, *wv])))
+    return qc.assign_parameters(dict(zip([*x, *w], [*xv, *wv], strict=True)))
 
 
 def reference(qc, x, w, X, W, observables=OBSERVABLES) -> np.ndarray:
@@ -81,9 +81,7 @@ def reference_probs(qc, x, w, X, W) -> np.ndarray:
 
 
 def aer(qc, x, w, observables=OBSERVABLES, **options) -> AerShiftSimulator:
-    return build_simulator(
-        "aer", qc, inputs=x, weights=w, observables=observables, dtype=torch.float64, **options
-    )
+    return build_simulator("aer", qc, inputs=x, weights=w, observables=observables, dtype=torch.float64, **options)
 
 
 def random_inputs(x, w, batch=3) -> tuple[np.ndarray, np.ndarray]:
@@ -133,8 +131,10 @@ def test_exact_expectations_and_probs_match_statevector(make):
 def test_parameter_shift_gradients_match_finite_differences(make, kind):
     qc, x, w = make()
     X, W = random_inputs(x, w)
-    ref = (lambda Xv, Wv: reference(qc, x, w, Xv, Wv)) if kind == "expval" else (
-        lambda Xv, Wv: reference_probs(qc, x, w, Xv, Wv)
+    ref = (
+        (lambda Xv, Wv: reference(qc, x, w, Xv, Wv))
+        if kind == "expval"
+        else (lambda Xv, Wv: reference_probs(qc, x, w, Xv, Wv))
     )
     cotangent = RNG.normal(size=ref(X, W).shape)
     _, gx, gw = run_with_grad(aer(qc, x, w), kind, X, W, cotangent)
@@ -167,9 +167,7 @@ def test_only_needed_shifts_are_run_in_one_job(monkeypatch):
 
 def test_complex_layer_dtype_gives_real_outputs_and_float32_grads():
     qc, x, w = mixed_circuit()
-    sim = build_simulator(
-        "aer", qc, inputs=x, weights=w, observables=OBSERVABLES, dtype=torch.complex64
-    )
+    sim = build_simulator("aer", qc, inputs=x, weights=w, observables=OBSERVABLES, dtype=torch.complex64)
     wt = torch.zeros(len(w), requires_grad=True)
     y = sim.expval(torch.zeros(2, len(x)), wt)
     y.sum().backward()
@@ -282,9 +280,7 @@ def test_fake_device_by_class_name_and_restricted_noise_model_match_full_model()
     full_model = NoiseModel.from_backend(fake_backend("fake_manila"))
     full = dataclasses.replace(plan, noise_model=full_model)
     np.testing.assert_allclose(run_plan(plan, angles), run_plan(full, angles), atol=1e-12)
-    np.testing.assert_allclose(
-        run_plan(by_class._plan("expval"), angles), run_plan(plan, angles), atol=1e-12
-    )
+    np.testing.assert_allclose(run_plan(by_class._plan("expval"), angles), run_plan(plan, angles), atol=1e-12)
 
 
 def test_noisy_shots_sample_the_noisy_distribution_with_readout_errors():
@@ -296,12 +292,10 @@ def test_noisy_shots_sample_the_noisy_distribution_with_readout_errors():
         p_exact, p_shots = exact.probs(X, W).numpy()[0], sampled.probs(X, W).numpy()[0]
     # readout errors act on measured shots only: apply each device qubit's confusion matrix
     device = fake_backend("fake_manila")
-    confusion = dict(
-        (tuple(q), e.probabilities) for q, e in basic_device_readout_errors(target=device.target)
-    )
+    confusion = dict((tuple(q), e.probabilities) for q, e in basic_device_readout_errors(target=device.target))
     physical = sampled._plan("probs").circuits[0].layout.final_index_layout()
     expected = p_exact.reshape([2] * 3)  # axes: qubit 2, 1, 0 (little-endian)
-    for axis, q in zip((2, 1, 0), physical):
+    for axis, q in zip((2, 1, 0), physical, strict=True):
         expected = np.moveaxis(np.tensordot(confusion[(q,)].T, expected, axes=(1, axis)), 0, axis)
     assert np.abs(p_shots - expected.ravel()).max() < 5 * 0.5 / np.sqrt(20_000)
     assert np.abs(p_shots - p_exact).max() > 0.02  # readout errors are visible
@@ -333,9 +327,10 @@ def test_runtime_binding_agrees_with_plain_binding_under_noise(options):
 @pytest.fixture(scope="module")
 def dask_client():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         yield client
 
 
@@ -346,7 +341,7 @@ def test_dask_split_equals_single_process(dask_client, options):
     cotangent = RNG.normal(size=(4, len(OBSERVABLES)))
     local = run_with_grad(aer(qc, x, w, **options), "expval", X, W, cotangent)
     split = run_with_grad(aer(qc, x, w, client=dask_client, **options), "expval", X, W, cotangent)
-    for a, b in zip(local, split):
+    for a, b in zip(local, split, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-12)
 
 

@@ -5,7 +5,7 @@ States are checked with Qiskit's Statevector, independent of the project's simul
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -32,8 +32,29 @@ from qcore.circuits import (
 )
 
 ALLOWED_GATES = {
-    "h", "x", "y", "z", "s", "sdg", "t", "rx", "ry", "rz", "p", "u",
-    "cx", "cy", "cz", "crx", "cry", "crz", "cp", "rxx", "ryy", "rzz", "swap",
+    "h",
+    "x",
+    "y",
+    "z",
+    "s",
+    "sdg",
+    "t",
+    "rx",
+    "ry",
+    "rz",
+    "p",
+    "u",
+    "cx",
+    "cy",
+    "cz",
+    "crx",
+    "cry",
+    "crz",
+    "cp",
+    "rxx",
+    "ryy",
+    "rzz",
+    "swap",
 }
 
 # (builder, expected parameter count from the documented formula)
@@ -138,9 +159,7 @@ def test_data_reuploading_shares_weights(repeats: int) -> None:
 
 
 def test_compose_splits_inputs_and_weights() -> None:
-    model = compose(
-        angle_encoding(3, "rx"), hardware_efficient(3, 1, params="a"), qpa_chain(3, 2, params="b")
-    )
+    model = compose(angle_encoding(3, "rx"), hardware_efficient(3, 1, params="a"), qpa_chain(3, 2, params="b"))
     assert [p.name for p in model.inputs] == ["x[0]", "x[1]", "x[2]"]
     assert len(model.weights) == 3 * 2 + 3 * 2
     with pytest.raises(ValueError, match="named 'θ'"):
@@ -151,11 +170,7 @@ def test_cnot_ry_offsets_grow() -> None:
     n, layers = 5, 4
     assert default_offsets(n, layers) == [1, 2, 3, 4]
     circuit, _ = cnot_ry_blocks(n, layers)
-    cnots = [
-        [circuit.find_bit(q).index for q in inst.qubits]
-        for inst in circuit.data
-        if inst.operation.name == "cx"
-    ]
+    cnots = [[circuit.find_bit(q).index for q in inst.qubits] for inst in circuit.data if inst.operation.name == "cx"]
     offsets = [(target - control) % n for control, target in cnots]
     assert offsets == [d for d in [1, 2, 3, 4] for _ in range(n)]
     with pytest.raises(ValueError):
@@ -173,4 +188,4 @@ def test_qdllm_block_structure() -> None:
 def test_hardware_efficient_entanglers(entanglement: str, closing: list[list[int]]) -> None:
     circuit, _ = hardware_efficient(4, 1, entanglement=entanglement)
     cnots = [[circuit.find_bit(q).index for q in i.qubits] for i in circuit.data if i.name == "cx"]
-    assert cnots == [[0, 1], [1, 2], [2, 3]] + closing
+    assert cnots == [[0, 1], [1, 2], [2, 3], *closing]

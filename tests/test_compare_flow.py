@@ -14,20 +14,35 @@ from mlflow.tracking import MlflowClient
 
 from flows.cli import main as cli
 from flows.compare import CompareParams, run_compare
+from lab.data import load_dataset
 from lab.methods import LEADERBOARD, METHODS
 from lab.methods.peft import preflight as peft_preflight
+from lab.runtime import Runtime
 from qcore.federated.client_models import build_model
 from qcore.models.pqc_head import PQCHead, PQCHeadConfig
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
-from lab.data import load_dataset
-from lab.runtime import Runtime
 from tests.stack import shared_lab
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
-TINY = dict(train_size=60, test_size=40, seeds=[0, 1], epochs=2, batch_size=16, finetune_steps=3,
-            finetune_batch_size=4, max_length=16, qubits=4, blocks=1, head_qubits=3, head_encoders=1,
-            clients=2, rounds=2, llm_steps=2, experiment="test-compare")
+TINY = dict(
+    train_size=60,
+    test_size=40,
+    seeds=[0, 1],
+    epochs=2,
+    batch_size=16,
+    finetune_steps=3,
+    finetune_batch_size=4,
+    max_length=16,
+    qubits=4,
+    blocks=1,
+    head_qubits=3,
+    head_encoders=1,
+    clients=2,
+    rounds=2,
+    llm_steps=2,
+    experiment="test-compare",
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +66,16 @@ def test_every_method_on_the_leaderboard_with_its_own_parameter_count(run: dict)
         assert r["seeds"] == 2 and 0.0 <= r["accuracy"] <= 1.0 and r["train_seconds"] >= 0
     params = CompareParams(**TINY)
     expected = {
-        "qdllm": QDLLMStudent(QDLLMConfig(in_features=384, num_classes=2, qubits=4, blocks=1)).parameter_counts()["total"],
+        "qdllm": QDLLMStudent(QDLLMConfig(in_features=384, num_classes=2, qubits=4, blocks=1)).parameter_counts()[
+            "total"
+        ],
         "pqc-head": PQCHead(PQCHeadConfig(in_features=384, num_classes=2, qubits=3, encoders=1)).parameter_counts()[
-            "total"],
+            "total"
+        ],
         "logreg": 384 + 1,  # sklearn's one weight vector for two classes
-        "llm-qfl": sum(p.numel() for p in build_model(METHODS["llm-qfl"].for_budget(params, [0])[0].model_spec(2))
-                       .parameters()),
+        "llm-qfl": sum(
+            p.numel() for p in build_model(METHODS["llm-qfl"].for_budget(params, [0])[0].model_spec(2)).parameters()
+        ),
         "fed-logreg": (4 + 1) * 2,
     }
     data = load_dataset("sst2", train_size=60, test_size=40, seed=0)
@@ -87,8 +106,10 @@ def test_mlflow_parent_with_a_child_per_method_plot_and_system_metrics(run: dict
 
 def _latest_artifact(url: str, key: str) -> dict:
     """The latest version of an artifact, read through the REST API as the UI reads it."""
-    response = httpx.post(f"{url}/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}},
-                                                           "sort": "UPDATED_DESC", "limit": 1, "offset": 0})
+    response = httpx.post(
+        f"{url}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": [key]}}, "sort": "UPDATED_DESC", "limit": 1, "offset": 0},
+    )
     response.raise_for_status()
     assert response.json(), f"no artifact {key}"
     return response.json()[0]
@@ -113,16 +134,19 @@ def test_rerun_reuses_every_cached_training(run: dict) -> None:
     assert {m: r["accuracy"] for m, r in ((r["method"], r) for r in again["table"])} == first
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--methods", "qdllm,nope"], "--methods.1"),
-    (["--methods", "qdllm,qdllm"], "repeat a method"),
-    (["--controller", "bogus"], "controller 'bogus' is unknown"),
-    (["--train-size", "40", "--clients", "50"], "clients=50 exceeds"),
-    (["--dataset", "sst3"], "unknown data set 'sst3'"),
-])
-def test_bad_parameters_are_refused_before_any_work(args: list[str], message: str, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--methods", "qdllm,nope"], "--methods.1"),
+        (["--methods", "qdllm,qdllm"], "repeat a method"),
+        (["--controller", "bogus"], "controller 'bogus' is unknown"),
+        (["--train-size", "40", "--clients", "50"], "clients=50 exceeds"),
+        (["--dataset", "sst3"], "unknown data set 'sst3'"),
+    ],
+)
+def test_bad_parameters_are_refused_before_any_work(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "artifacts"
     monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(out))
     assert cli(["run", "compare", *args]) == 2
@@ -130,13 +154,16 @@ def test_bad_parameters_are_refused_before_any_work(args: list[str], message: st
     assert not out.exists()
 
 
-@pytest.mark.parametrize("rows,message", [
-    ("text\tlabel\n" + "".join(f"text number {i}\tpos\n" for i in range(40)), "1 class"),
-    ("text\n" + "".join(f"text number {i}\n" for i in range(40)), "no label column"),
-])
-def test_data_without_two_classes_is_refused_before_any_work(rows: str, message: str, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "rows,message",
+    [
+        ("text\tlabel\n" + "".join(f"text number {i}\tpos\n" for i in range(40)), "1 class"),
+        ("text\n" + "".join(f"text number {i}\n" for i in range(40)), "no label column"),
+    ],
+)
+def test_data_without_two_classes_is_refused_before_any_work(
+    rows: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "data.tsv"
     data.write_text(rows)
     out = tmp_path / "artifacts"

@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from flows.cli import main as cli
 from flows.distill import run_distill
-from lab.methods.qdllm import DistillParams
 from flows.predict import predict
+from lab.methods.qdllm import DistillParams
 from lab.runtime import Runtime
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
@@ -28,8 +28,20 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mp.undo()
 
 
-PARAMS = dict(train_size=160, test_size=80, teacher_shard_size=100, seeds=[0, 1], epochs=2, qubits=[5], blocks=[1],
-              eval_samples=6, noise_samples=2, eval_shots=256, eval_noise="fake_manila", experiment="test-distill")
+PARAMS = dict(
+    train_size=160,
+    test_size=80,
+    teacher_shard_size=100,
+    seeds=[0, 1],
+    epochs=2,
+    qubits=[5],
+    blocks=[1],
+    eval_samples=6,
+    noise_samples=2,
+    eval_shots=256,
+    eval_noise="fake_manila",
+    experiment="test-distill",
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +51,13 @@ def first_run(root: Path) -> dict:
 
 def test_flow_reports_students_beside_baselines(first_run: dict) -> None:
     models = {row["model"] for row in first_run["table"]}
-    assert {"teacher", "quantum student", "logistic regression", "MLP (labels only)",
-            "classical distilled MLP"} <= models
+    assert {
+        "teacher",
+        "quantum student",
+        "logistic regression",
+        "MLP (labels only)",
+        "classical distilled MLP",
+    } <= models
     student = next(r for r in first_run["table"] if r["model"] == "quantum student")
     assert student["seeds"] == 2 and 0.3 <= student["accuracy"] <= 1.0
     assert student["circuit_params"] == 5 * 7 - 5  # one QD-LLM block on 5 qubits
@@ -55,13 +72,11 @@ def test_mlflow_has_parent_children_and_model(first_run: dict, root: Path) -> No
     assert parent.info.status == "FINISHED"
     assert parent.data.params["train_size"] == "160"
     assert parent.data.tags["data_hash"] and any(k.startswith("system/") for k in parent.data.metrics)
-    children = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     students = [c for c in children if c.data.tags.get("kind") == "quantum student"]
     assert len(students) == 2 and len(children) == 2 + 3 * 2  # 3 baselines per seed
     files = {f.path for f in client.list_artifacts(students[0].info.run_id, "model")}
-    assert {"model/weights.safetensors", "model/circuit.qasm", "model/config.json",
-            "model/teacher.json"} <= files
+    assert {"model/weights.safetensors", "model/circuit.qasm", "model/config.json", "model/teacher.json"} <= files
     assert len(client.get_metric_history(students[0].info.run_id, "loss")) == 2  # one per epoch
     plots = {f.path for f in client.list_artifacts(students[0].info.run_id)}
     assert {"training_curves.png", "confusion_matrix.png"} <= plots
@@ -91,28 +106,33 @@ def test_predict_loads_the_student(first_run: dict) -> None:
     mlflow.set_tracking_uri(Runtime().tracking_uri())
     client = MlflowClient()
     parent = client.get_run(first_run["mlflow_run_id"])
-    child = client.search_runs([parent.info.experiment_id],
-                               f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.kind = 'quantum student'")[0]
+    child = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.kind = 'quantum student'",
+    )[0]
     out = predict(child.info.run_id, ["a wonderful, moving film", "dull and lifeless"])
     assert [label in ("negative", "positive") for _, label, _ in out] == [True, True]
     assert all(abs(sum(p.values()) - 1) < 1e-3 for _, _, p in out)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--dataset", "sst3"], "sst3"),
-    (["--qubits", "0"], "qubits [0] out of range; allowed 2..20"),
-    (["--alpha", "1.5"], "alpha [1.5] out of range"),
-    (["--eval-noise", "fake_nowhere"], "unknown fake backend 'fake_nowhere'"),
-    (["--dataset", "/nonexistent/data.tsv"], "/nonexistent/data.tsv"),
-])
-def test_bad_input_is_refused_before_any_work(args: list[str], message: str, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dataset", "sst3"], "sst3"),
+        (["--qubits", "0"], "qubits [0] out of range; allowed 2..20"),
+        (["--alpha", "1.5"], "alpha [1.5] out of range"),
+        (["--eval-noise", "fake_nowhere"], "unknown fake backend 'fake_nowhere'"),
+        (["--dataset", "/nonexistent/data.tsv"], "/nonexistent/data.tsv"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "artifacts"
     monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(out))
     try:
         code = cli(["run", "distill", *args])
-    except Exception as exc:  # data errors surface from the flow's first task
+    except Exception as exc:  # noqa: BLE001 - the message is the check; data errors surface from the flow's first task
         code, text = 1, str(exc)
     else:
         text = capsys.readouterr().err
@@ -123,9 +143,19 @@ def test_bad_input_is_refused_before_any_work(args: list[str], message: str, tmp
 def test_noise_aware_training_on_aer_repeats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--backend aer with shots trains through parameter shift (split over the Dask workers)
     and, seeded, gives the same student twice."""
-    params = DistillParams(train_size=40, test_size=20, seeds=[0], epochs=1, qubits=[3], blocks=[1],
-                           backend="aer", shots=256, eval_shots=None, eval_noise=None,
-                           experiment="test-aer")
+    params = DistillParams(
+        train_size=40,
+        test_size=20,
+        seeds=[0],
+        epochs=1,
+        qubits=[3],
+        blocks=[1],
+        backend="aer",
+        shots=256,
+        eval_shots=None,
+        eval_noise=None,
+        experiment="test-aer",
+    )
     accuracies = []
     for run in ("a", "b"):
         monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(tmp_path / run))

@@ -32,8 +32,23 @@ from qcore.layer import z_observables
 ONE_Q = ["h", "x", "y", "z", "s", "sdg", "t", "tdg", "sx", "rx", "ry", "rz", "p", "u", "r"]
 TWO_Q = ["cx", "cy", "cz", "ch", "swap", "crx", "cry", "crz", "cp", "rxx", "ryy", "rzz", "rzx", "cu"]
 THREE_Q = ["ccx", "cswap", "ccz"]
-N_ANGLES = {"rx": 1, "ry": 1, "rz": 1, "p": 1, "u": 3, "r": 2, "crx": 1, "cry": 1, "crz": 1,
-            "cp": 1, "rxx": 1, "ryy": 1, "rzz": 1, "rzx": 1, "cu": 4}
+N_ANGLES = {
+    "rx": 1,
+    "ry": 1,
+    "rz": 1,
+    "p": 1,
+    "u": 3,
+    "r": 2,
+    "crx": 1,
+    "cry": 1,
+    "crz": 1,
+    "cp": 1,
+    "rxx": 1,
+    "ryy": 1,
+    "rzz": 1,
+    "rzx": 1,
+    "cu": 4,
+}
 
 
 def random_circuit(n: int, depth: int, rng: np.random.Generator) -> ModelCircuit:
@@ -76,18 +91,19 @@ def random_observables(n: int, rng: np.random.Generator) -> list[SparsePauliOp]:
 
 def reference(model: ModelCircuit, x: np.ndarray, w: np.ndarray, obs):
     bound = model.circuit.assign_parameters(
-        dict(zip(list(model.inputs) + list(model.weights), list(x) + list(w)))
+        dict(zip(list(model.inputs) + list(model.weights), list(x) + list(w), strict=True))
     )
     sv = Statevector(bound)
     return np.array([sv.expectation_value(o).real for o in obs]), sv.probabilities()
 
 
-def check(model: ModelCircuit, obs, dtype: torch.dtype, tol: float, batch: int = 3, seed: int = 0,
-          **options):
-    layer = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights,
-                         observables=obs, dtype=dtype, seed=seed, **options)
-    probs = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights,
-                         output="probs", dtype=dtype, seed=seed, **options)
+def check(model: ModelCircuit, obs, dtype: torch.dtype, tol: float, batch: int = 3, seed: int = 0, **options):
+    layer = QuantumLayer(
+        model.circuit, inputs=model.inputs, weights=model.weights, observables=obs, dtype=dtype, seed=seed, **options
+    )
+    probs = QuantumLayer(
+        model.circuit, inputs=model.inputs, weights=model.weights, output="probs", dtype=dtype, seed=seed, **options
+    )
     real = layer.weights.dtype
     x = torch.rand(batch, len(model.inputs), dtype=real, generator=torch.Generator().manual_seed(seed)) * 4 - 2
     y, p = layer(x).detach().numpy(), probs(x).detach().numpy()
@@ -113,14 +129,18 @@ def _families() -> dict[str, tuple[ModelCircuit, object]]:
     return {
         "angle-ry+hardware-efficient": (compose(angle_encoding(6, "ry"), hardware_efficient(6, 3)), None),
         "angle-rz+hardware-efficient-chain": (
-            compose(angle_encoding(5, "rz"), hardware_efficient(5, 2, entanglement="chain")), None),
+            compose(angle_encoding(5, "rz"), hardware_efficient(5, 2, entanglement="chain")),
+            None,
+        ),
         "qdllm": (compose(angle_encoding(11, "rx"), qdllm_ansatz(11, 2)), None),
         "pqc-head-reuploading": (
-            data_reuploading(angle_encoding(6, "ry"), cnot_ry_blocks(6, 3), repeats=3,
-                             head=cnot_ry_blocks(6, 2, params="φ")), None),
+            data_reuploading(
+                angle_encoding(6, "ry"), cnot_ry_blocks(6, 3), repeats=3, head=cnot_ry_blocks(6, 2, params="φ")
+            ),
+            None,
+        ),
         "amplitude+cnot-ry": (compose(amplitude_encoding(4), cnot_ry_blocks(4, 2)), amplitude_angles),
-        "zz+real-amplitudes": (compose(zz, real_amplitudes(4, reps=3)),
-                               lambda v: zz_feature_inputs(v[..., :4])),
+        "zz+real-amplitudes": (compose(zz, real_amplitudes(4, reps=3)), lambda v: zz_feature_inputs(v[..., :4])),
         "qpa-chain": (compose(angle_encoding(7, "ry"), qpa_chain(7, 8)), None),
     }
 
@@ -131,15 +151,14 @@ def test_circuit_families_match_statevector(family: str, dtype: torch.dtype, tol
     model, _ = _families()[family]
     n = model.circuit.num_qubits
     rng = np.random.default_rng(7)
-    obs = [SparsePauliOp("I" * (n - 1) + "Z"), SparsePauliOp("Z" * n)] + random_observables(n, rng)[:2]
+    obs = [SparsePauliOp("I" * (n - 1) + "Z"), SparsePauliOp("Z" * n), *random_observables(n, rng)[:2]]
     check(model, obs, dtype, tol)
 
 
 def test_amplitude_encoding_is_differentiable_end_to_end() -> None:
     """Gradients reach the raw feature vector through the encoding angles."""
     model = compose(amplitude_encoding(3), cnot_ry_blocks(3, 2))
-    layer = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights,
-                         dtype=torch.complex128, seed=0)
+    layer = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights, dtype=torch.complex128, seed=0)
     v = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
     layer(amplitude_angles(v)).sum().backward()
     assert v.grad is not None and torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0
@@ -147,8 +166,9 @@ def test_amplitude_encoding_is_differentiable_end_to_end() -> None:
 
 def _check_gradients(model: ModelCircuit, obs, transform=None, width: int | None = None) -> None:
     """Autograd through the compiled program equals central differences, every weight and input."""
-    layer = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights,
-                         observables=obs, dtype=torch.complex128, seed=1)
+    layer = QuantumLayer(
+        model.circuit, inputs=model.inputs, weights=model.weights, observables=obs, dtype=torch.complex128, seed=1
+    )
     gen = torch.Generator().manual_seed(2)
     width = width or len(model.inputs)
     raw = (torch.rand(2, width, dtype=torch.float64, generator=gen) * 2 - 1).requires_grad_(True)
@@ -192,8 +212,7 @@ def test_gradients_match_finite_differences_families(family: str) -> None:
 @pytest.mark.parametrize("group_size", [1, 2, 3, 5, 8])
 def test_group_size_does_not_change_results(group_size: int) -> None:
     model = compose(angle_encoding(7, "ry"), hardware_efficient(7, 2))
-    check(model, [SparsePauliOp("IIIIIZZ"), SparsePauliOp("XIIIIIY")], torch.complex128, 1e-9,
-          group_size=group_size)
+    check(model, [SparsePauliOp("IIIIIZZ"), SparsePauliOp("XIIIIIY")], torch.complex128, 1e-9, group_size=group_size)
 
 
 def test_no_inputs_broadcasts_to_batch() -> None:
@@ -207,7 +226,7 @@ def test_no_inputs_broadcasts_to_batch() -> None:
 def test_unknown_gate_is_named() -> None:
     qc = QuantumCircuit(2)
     qc.measure_all()
-    with pytest.raises(CircuitError, match="unsupported gate 'measure'.*supported gates"):
+    with pytest.raises(CircuitError, match=r"unsupported gate 'measure'.*supported gates"):
         QuantumLayer(qc)
 
 
@@ -237,7 +256,7 @@ def test_wrong_input_width_is_refused() -> None:
 
 def test_unknown_backend_is_named() -> None:
     qc, w = hardware_efficient(2, 1)
-    with pytest.raises(ValueError, match="unknown backend 'qpu'.*available backends.*exact"):
+    with pytest.raises(ValueError, match=r"unknown backend 'qpu'.*available backends.*exact"):
         QuantumLayer(qc, weights=w, backend="qpu")
 
 
@@ -262,18 +281,29 @@ def test_gradients_match_parameter_shift_on_aer(family: str) -> None:
     obs = [SparsePauliOp("I" * (n - 1) + "Z"), SparsePauliOp("Z" * n)]
     grads = {}
     for backend in ("exact", "aer"):
-        layer = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights,
-                             observables=obs, backend=backend, dtype=torch.complex128, seed=4)
-        x = (torch.rand(2, len(model.inputs), dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(5)) * 2).requires_grad_(True)
+        layer = QuantumLayer(
+            model.circuit,
+            inputs=model.inputs,
+            weights=model.weights,
+            observables=obs,
+            backend=backend,
+            dtype=torch.complex128,
+            seed=4,
+        )
+        x = (
+            torch.rand(2, len(model.inputs), dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 2
+        ).requires_grad_(True)
         (layer(x) @ torch.tensor([1.0, -0.5], dtype=torch.float64)).sum().backward()
         grads[backend] = (layer.weights.grad.clone(), x.grad.clone())
     torch.testing.assert_close(grads["exact"][0], grads["aer"][0], atol=1e-6, rtol=0)
     torch.testing.assert_close(grads["exact"][1], grads["aer"][1], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("ansatz", [cnot_ry_blocks(5, layers=3), hardware_efficient(5, layers=2)],
-                         ids=["cnot-ry (CX first)", "hardware-efficient (1q layer first)"])
+@pytest.mark.parametrize(
+    "ansatz",
+    [cnot_ry_blocks(5, layers=3), hardware_efficient(5, layers=2)],
+    ids=["cnot-ry (CX first)", "hardware-efficient (1q layer first)"],
+)
 def test_initial_state_matches_statevector_evolve(ansatz: tuple) -> None:
     """An amplitude-encoded start state, then a PQC, equals Qiskit's Statevector.evolve."""
     circuit, theta = ansatz
@@ -282,7 +312,7 @@ def test_initial_state_matches_statevector_evolve(ansatz: tuple) -> None:
     states = rng.normal(size=(4, 32))
     states /= np.linalg.norm(states, axis=1, keepdims=True)
     got = layer(initial_state=torch.as_tensor(states)).detach().numpy()
-    bound = circuit.assign_parameters(dict(zip(theta, layer.weights.detach().numpy())))
+    bound = circuit.assign_parameters(dict(zip(theta, layer.weights.detach().numpy(), strict=True)))
     obs = z_observables(5)
     want = [[Statevector(s).evolve(bound).expectation_value(o).real for o in obs] for s in states]
     np.testing.assert_allclose(got, want, atol=1e-10)

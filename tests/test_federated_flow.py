@@ -13,13 +13,24 @@ from mlflow.tracking import MlflowClient
 from flows.cli import main as cli
 from flows.federated import run_federated
 from lab.methods.federated import FederatedParams, simulated_failures
-from tasks.federated import llm_finetune
 from lab.runtime import Runtime
+from tasks.federated import llm_finetune
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
-PARAMS = dict(train_size=120, test_size=60, clients=3, rounds=2, controller=["none", "adaptive"], baseline="logreg",
-              llm_steps=2, llm_max_length=16, fail_rate=0.4, seed=1, experiment="test-federated")
+PARAMS = dict(
+    train_size=120,
+    test_size=60,
+    clients=3,
+    rounds=2,
+    controller=["none", "adaptive"],
+    baseline="logreg",
+    llm_steps=2,
+    llm_max_length=16,
+    fail_rate=0.4,
+    seed=1,
+    experiment="test-federated",
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +47,11 @@ def test_every_run_reports_and_failed_clients_are_dropped_and_counted(run: dict)
     expected = {r: simulated_failures(1, r, [0, 1, 2], 0.4) for r in (1, 2)}
     assert all(0 < len(f) < 3 for f in expected.values())  # the seed makes some, not all, fail
     assert [(row["run"], row["model"]) for row in run["table"]] == [
-        ("none", "vqc"), ("adaptive", "vqc"), ("baseline-logreg", "logreg")]
-    for row, detail in zip(run["table"], run["runs"]):
+        ("none", "vqc"),
+        ("adaptive", "vqc"),
+        ("baseline-logreg", "logreg"),
+    ]
+    for row, detail in zip(run["table"], run["runs"], strict=True):
         records = detail["records"]
         assert len(records) == row["rounds_run"] >= 1  # adaptive may stop early; no round goes missing
         for rec in records:
@@ -59,17 +73,23 @@ def test_mlflow_holds_per_round_metrics_plots_and_models(run: dict) -> None:
     assert parent.info.status == "FINISHED" and parent.data.params["clients"] == "3"
     assert any(k.startswith("system/") for k in parent.data.metrics)  # sampled during the rounds
     assert {f.path for f in client.list_artifacts(parent.info.run_id)} >= {
-        "accuracy_sst2_iid.png", "results.json", "llm_losses.json"}
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        "accuracy_sst2_iid.png",
+        "results.json",
+        "llm_losses.json",
+    }
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.info.run_name for c in children) == [
-        "sst2/iid/adaptive", "sst2/iid/baseline-logreg", "sst2/iid/none"]
+        "sst2/iid/adaptive",
+        "sst2/iid/baseline-logreg",
+        "sst2/iid/none",
+    ]
     child = next(c for c in children if c.info.run_name == "sst2/iid/none")
     accuracy = client.get_metric_history(child.info.run_id, "accuracy")
     assert sorted(m.step for m in accuracy) == [0, 1, 2]  # step = round; 0 is the initial model
     dropped = client.get_metric_history(child.info.run_id, "failed_clients")
     assert sorted((m.step, m.value) for m in dropped) == [
-        (r, float(len(simulated_failures(1, r, [0, 1, 2], 0.4)))) for r in (1, 2)]
+        (r, float(len(simulated_failures(1, r, [0, 1, 2], 0.4)))) for r in (1, 2)
+    ]
     for key in ("bytes_up", "bytes_down", "circuit_evaluations", "selected_clients", "client0.selected"):
         assert client.get_metric_history(child.info.run_id, key)
     files = {f.path for f in client.list_artifacts(child.info.run_id, "model")}
@@ -84,9 +104,15 @@ def test_llm_fine_tunes_are_cached_by_content(run: dict) -> None:
     params = P(**PARAMS)
     data = load_dataset("sst2", train_size=120, test_size=60, seed=0)
     server, _ = plan_split(data.train_labels, "iid", 3, params.server_fraction, params.seed)
-    again = llm_finetune.fn("server", [data.train_texts[i] for i in server],
-                            [int(data.train_labels[i]) for i in server], 2, None, params.llm_spec(),
-                            Runtime().artifact_root)
+    again = llm_finetune.fn(
+        "server",
+        [data.train_texts[i] for i in server],
+        [int(data.train_labels[i]) for i in server],
+        2,
+        None,
+        params.llm_spec(),
+        Runtime().artifact_root,
+    )
     first = run["llm"]["sst2 iid"]["server"]
     assert again["cached"] and again["loss"] == first["loss"]
 
@@ -97,19 +123,22 @@ def test_rerun_reuses_every_finished_run(run: dict) -> None:
     assert again["table"] == run["table"] and again["runs"][0]["records"] == run["runs"][0]["records"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--clients", "200", "--train-size", "100"], "clients=200 exceeds the 90 training examples"),
-    (["--partition", "dirichlet:0"], "alpha must be a finite number > 0"),
-    (["--partition", "dirichlet:-1"], "alpha must be a finite number > 0"),
-    (["--rounds", "0"], "greater than or equal to 1"),
-    (["--controller", "none,sometimes"], "controller 'sometimes' is unknown"),
-    (["--shots", "100"], "needs --backend aer"),
-    (["--dataset", "sst3"], "sst3"),
-    (["--train-size", "none", "--dataset", "{tiny}", "--clients", "12"], "clients=12 exceeds the"),
-])
-def test_bad_input_is_refused_before_any_work(args: list[str], message: str, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--clients", "200", "--train-size", "100"], "clients=200 exceeds the 90 training examples"),
+        (["--partition", "dirichlet:0"], "alpha must be a finite number > 0"),
+        (["--partition", "dirichlet:-1"], "alpha must be a finite number > 0"),
+        (["--rounds", "0"], "greater than or equal to 1"),
+        (["--controller", "none,sometimes"], "controller 'sometimes' is unknown"),
+        (["--shots", "100"], "needs --backend aer"),
+        (["--dataset", "sst3"], "sst3"),
+        (["--train-size", "none", "--dataset", "{tiny}", "--clients", "12"], "clients=12 exceeds the"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     tiny = tmp_path / "tiny.tsv"
     tiny.write_text("text\tlabel\n" + "".join(f"sentence {i}\t{i % 2}\n" for i in range(12)))
     out = tmp_path / "artifacts"

@@ -15,10 +15,10 @@ from mlflow.tracking import MlflowClient
 
 from flows.cli import main as cli
 from flows.head import run_head
-from lab.methods.pqc_head import HeadParams
 from flows.predict import predict
 from flows.runner import prefect_api
 from flows.study import StudyParams, run_study
+from lab.methods.pqc_head import HeadParams
 from lab.results import TrainingResult
 from lab.runtime import Runtime
 
@@ -42,9 +42,19 @@ def _children(run_id: str) -> list:
 
 
 def test_head_flow_with_baselines_noise_ablation_and_predict(root: Path) -> None:
-    result = run_head(HeadParams(**FEW, qubits=3, seeds=[0, 1], noise_shots=[128], noise_depolarizing=[0.02],
-                                 noise_devices=["fake_manila", "fake_lima"], noise_samples=6,
-                                 noise_finetune_steps=1, experiment="test-head"))
+    result = run_head(
+        HeadParams(
+            **FEW,
+            qubits=3,
+            seeds=[0, 1],
+            noise_shots=[128],
+            noise_depolarizing=[0.02],
+            noise_devices=["fake_manila", "fake_lima"],
+            noise_samples=6,
+            noise_finetune_steps=1,
+            experiment="test-head",
+        )
+    )
     models = {r["model"]: r for r in result["table"]}
     assert set(models) == {"PQC head", "logistic regression", "linear SVM", "MLP (size-matched)"}
     assert models["PQC head"]["seeds"] == 2 and 0 <= models["PQC head"]["accuracy"] <= 1
@@ -60,9 +70,11 @@ def test_head_flow_with_baselines_noise_ablation_and_predict(root: Path) -> None
     assert len(heads) == 2 and len(children) == 2 + 3 * 2  # three classical heads per seed
     client = MlflowClient()
     assert {"model/module2.qasm", "model/encoder.qasm", "model/teacher.json"} <= {
-        f.path for f in client.list_artifacts(heads[0].info.run_id, "model")}
+        f.path for f in client.list_artifacts(heads[0].info.run_id, "model")
+    }
     assert {"noise.json", "transpiled.json", "noise.png", "results.json"} <= {
-        f.path for f in client.list_artifacts(result["mlflow_run_id"])}
+        f.path for f in client.list_artifacts(result["mlflow_run_id"])
+    }
     parent = client.get_run(result["mlflow_run_id"])
     assert parent.data.tags["data_key"] and any(k.startswith("system/") for k in parent.data.metrics)
     out = predict(heads[0].info.run_id, ["a wonderful, moving film"])
@@ -70,14 +82,18 @@ def test_head_flow_with_baselines_noise_ablation_and_predict(root: Path) -> None
 
 
 def _study(**kw: object) -> StudyParams:
-    return StudyParams(**{"grid": {"qubits": [2, 3]}, "seeds": 2, "fixed": {**FEW, "encoders": 1},
-                          "experiment": "test-study", **kw})
+    return StudyParams(
+        **{"grid": {"qubits": [2, 3]}, "seeds": 2, "fixed": {**FEW, "encoders": 1}, "experiment": "test-study", **kw}
+    )
 
 
 def _worker_processes() -> list[psutil.Process]:
     """This process's Dask worker processes (spawned children; not the Prefect server)."""
-    return [p for p in psutil.Process().children(recursive=True)
-            if "spawn_main" in " ".join(p.cmdline()) and "uvicorn" not in " ".join(p.cmdline())]
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "spawn_main" in " ".join(p.cmdline()) and "uvicorn" not in " ".join(p.cmdline())
+    ]
 
 
 def test_study_survives_a_killed_worker_and_resumes(root: Path) -> None:
@@ -86,8 +102,10 @@ def test_study_survives_a_killed_worker_and_resumes(root: Path) -> None:
     params = _study(seeds=4)
     # The API first, so the workers inherit its address: a worker without one starts a Prefect
     # server of its own, which the kill below would orphan.
-    with prefect_api(), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                     dashboard_address=":0") as cluster:
+    with (
+        prefect_api(),
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+    ):
         killed: list[float] = []
 
         def kill_when_training_starts() -> None:
@@ -142,19 +160,26 @@ def test_a_failing_point_is_reported_and_the_study_finishes(root: Path, monkeypa
     assert "injected fault" in failed[0].data.tags["error"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["study", "--grid", "qubitz=2,3"], "'qubitz' is not a parameter a head study can set"),
-    (["study", "--grid", "qubits=2,40"], "point {'qubits': '40'}: qubits: Input should be less than or equal to 16"),
-    (["study", "--method", "distill", "--grid", "noise=fake_nowhere"], "unknown fake backend 'fake_nowhere'"),
-    (["study", "--grid", "per_label=100000"], "per_label=100000 leaves no test rows"),
-    (["head", "--noise-devices", "fake_torino,fake_nowhere"], "unknown fake backend(s) ['fake_nowhere']"),
-    (["head", "--measured", "9"], "measured=9 exceeds qubits=8"),
-])
-def test_bad_input_is_refused_before_any_work(args: list[str], message: str, root: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["study", "--grid", "qubitz=2,3"], "'qubitz' is not a parameter a head study can set"),
+        (
+            ["study", "--grid", "qubits=2,40"],
+            "point {'qubits': '40'}: qubits: Input should be less than or equal to 16",
+        ),
+        (["study", "--method", "distill", "--grid", "noise=fake_nowhere"], "unknown fake backend 'fake_nowhere'"),
+        (["study", "--grid", "per_label=100000"], "per_label=100000 leaves no test rows"),
+        (["head", "--noise-devices", "fake_torino,fake_nowhere"], "unknown fake backend(s) ['fake_nowhere']"),
+        (["head", "--measured", "9"], "measured=9 exceeds qubits=8"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(
+    args: list[str], message: str, root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     try:
         code = cli(["run", *args])
-    except Exception as exc:  # data errors surface from the preflight check
+    except Exception as exc:  # noqa: BLE001 - the message is the check; data errors surface from the preflight check
         code, text = 1, str(exc)
     else:
         text = capsys.readouterr().err

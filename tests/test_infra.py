@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import BaseModel
-
 from servers import BIN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,10 +36,26 @@ def commands(service: dict[str, Any]) -> list[list[str]]:
 
 
 def test_compose_has_the_full_stack() -> None:
-    assert set(COMPOSE["services"]) == {"prefect-db", "mlflow-db", "minio", "minio-bucket", "prefect-server",
-                                        "mlflow", "dask-scheduler", "dask-worker", "prefect-deploy", "prefect-worker"}
-    assert set(PROJECT) == {"prefect-server", "mlflow", "dask-scheduler", "dask-worker", "prefect-deploy",
-                            "prefect-worker"}
+    assert set(COMPOSE["services"]) == {
+        "prefect-db",
+        "mlflow-db",
+        "minio",
+        "minio-bucket",
+        "prefect-server",
+        "mlflow",
+        "dask-scheduler",
+        "dask-worker",
+        "prefect-deploy",
+        "prefect-worker",
+    }
+    assert set(PROJECT) == {
+        "prefect-server",
+        "mlflow",
+        "dask-scheduler",
+        "dask-worker",
+        "prefect-deploy",
+        "prefect-worker",
+    }
     assert all(s["build"]["dockerfile"] == "infra/Dockerfile" for s in PROJECT.values())
     assert COMPOSE["services"]["dask-worker"]["deploy"]["replicas"] == 2
     assert "postgresql" in COMPOSE["services"]["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
@@ -57,7 +72,8 @@ def test_compose_sets_only_real_settings_and_no_secret_values() -> None:
     text = (INFRA / "compose.yaml").read_text()
     for secret in ("AWS_SECRET_ACCESS_KEY", "MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD"):
         assert re.findall(rf"{secret}: (\S+)", text) and all(
-            v.startswith("${") for v in re.findall(rf"{secret}: (\S+)", text)), secret
+            v.startswith("${") for v in re.findall(rf"{secret}: (\S+)", text)
+        ), secret
 
 
 def test_every_compose_command_exists_in_the_installed_packages() -> None:
@@ -69,9 +85,17 @@ def test_every_compose_command_exists_in_the_installed_packages() -> None:
         assert (BIN / words[0]).exists(), f"{words[0]} is not installed"
         sub = [w for w in words[1:3] if not w.startswith("-") and "://" not in w]
         checks[" ".join(words[:1] + sub)] = subprocess.Popen(
-            [str(BIN / words[0]), *sub, "--help"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert {"prefect server start", "prefect worker start", "prefect work-pool create", "prefect deploy",
-            "mlflow server", "dask scheduler", "dask worker"} <= set(checks)
+            [str(BIN / words[0]), *sub, "--help"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+    assert {
+        "prefect server start",
+        "prefect worker start",
+        "prefect work-pool create",
+        "prefect deploy",
+        "mlflow server",
+        "dask scheduler",
+        "dask worker",
+    } <= set(checks)
     failed = {name: p.communicate(timeout=120)[1][-500:] for name, p in checks.items() if p.wait(120) != 0}
     assert not failed, failed
 
@@ -158,12 +182,16 @@ def test_workers_without_a_prefect_api_are_named(monkeypatch: pytest.MonkeyPatch
     from flows.runner import prefect_api_warning
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # the flow's, too late for the workers
         warning = prefect_api_warning(client)
         assert warning is not None and all(w in warning for w in cluster.scheduler_info["workers"])
         assert "PREFECT_API_URL=http://127.0.0.1:9/api" in warning
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         assert prefect_api_warning(client) is None

@@ -55,9 +55,12 @@ def matches(module: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def layer_violations(root: Path, layer: str, forbidden: tuple[str, ...]) -> list[str]:
-    return [f"{path.relative_to(root)}:{line} imports {module}"
-            for path in sorted((root / layer).rglob("*.py"))
-            for line, module in imports(path, root) if matches(module, forbidden)]
+    return [
+        f"{path.relative_to(root)}:{line} imports {module}"
+        for path in sorted((root / layer).rglob("*.py"))
+        for line, module in imports(path, root)
+        if matches(module, forbidden)
+    ]
 
 
 def flow_violations(root: Path) -> list[str]:
@@ -100,9 +103,13 @@ def test_tasks_hold_only_task_wrappers_and_their_helpers() -> None:
 
 def test_the_rules_catch_what_they_forbid(tmp_path: Path) -> None:
     """A tree that breaks every rule once is caught once per rule (the test can fail)."""
-    for name, text in {"qcore/m.py": "import mlflow\n", "lab/m.py": "from prefect import task\n",
-                       "tasks/m.py": "from flows.distill import distill\n",
-                       "flows/a.py": "from .b import B\nfrom .runner import dask_runner\n", "flows/b.py": ""}.items():
+    for name, text in {
+        "qcore/m.py": "import mlflow\n",
+        "lab/m.py": "from prefect import task\n",
+        "tasks/m.py": "from flows.distill import distill\n",
+        "flows/a.py": "from .b import B\nfrom .runner import dask_runner\n",
+        "flows/b.py": "",
+    }.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
     assert [len(layer_violations(tmp_path, layer, forbidden)) for layer, forbidden, _ in RULES] == [1, 1, 1]

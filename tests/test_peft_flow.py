@@ -19,18 +19,20 @@ from tokenizers import ByteLevelBPETokenizer
 
 from flows.cli import count_main, count_parser
 from flows.peft import run_peft
-from lab.methods.peft import PeftParams
-from qcore.adapters import AdapterError
 from lab.corpus import load_corpus
 from lab.data import DataError
+from lab.methods.peft import PeftParams
 from lab.runtime import Runtime
 from lab.teacher import ModelNotFoundError
+from qcore.adapters import AdapterError
 from tests.stack import shared_lab
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
-TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-        "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
+TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\n"
+) * 40
 TINY = dict(steps=3, batch_size=4, max_length=16)
 
 
@@ -57,8 +59,15 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, vocab_size=len(tokenizer),
-                                     bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = transformers.GPT2Config(
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     transformers.GPT2LMHeadModel(config).save_pretrained(folder)
     return folder, corpus
 
@@ -108,8 +117,9 @@ def test_rerun_reuses_every_finished_method(classify: dict) -> None:
 
 def test_lm_fine_tunes_a_gpt2_style_model_on_a_text_file(root: Path, tiny_gpt2: tuple[Path, Path]) -> None:
     folder, corpus = tiny_gpt2
-    result = run_peft(PeftParams(**TINY, task="lm", model=str(folder), corpus=str(corpus), eval_blocks=4,
-                                 experiment="test-peft-lm"))
+    result = run_peft(
+        PeftParams(**TINY, task="lm", model=str(folder), corpus=str(corpus), eval_blocks=4, experiment="test-peft-lm")
+    )
     assert result["targets"] == ["lm_head"]  # as in the QPA paper; GPT-2 ties it to the embedding
     for row in result["table"]:
         assert 1 < row["perplexity"] < float("inf") and row["merged_max_abs_diff"] <= 1e-5 * 10
@@ -125,8 +135,9 @@ def test_named_corpus_is_tiny_shakespeare() -> None:
     assert corpus.train_text.startswith("First Citizen:") and len(corpus.val_text) == 111_540
 
 
-def test_count_command_from_a_folder_holding_only_config_json(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_count_command_from_a_folder_holding_only_config_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     transformers.GPT2Config().save_pretrained(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
     parser = argparse.ArgumentParser()
@@ -139,17 +150,21 @@ def test_count_command_from_a_folder_holding_only_config_json(tmp_path: Path,
     assert "model 'gpt2' was not found offline" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("fields,error,message", [
-    ({"target": ["nothing"]}, AdapterError, "target_modules ['nothing'] match no module"),
-    ({"rank": 1000}, AdapterError, "rank r=1000 exceeds layer"),
-    ({"qpa_chunk_size": 4096}, AdapterError, "chunk_size=4096 does not divide layer"),
-    ({"dataset": "sst3"}, DataError, "unknown data set 'sst3'"),
-    ({"task": "lm"}, ModelNotFoundError, "model 'gpt2' was not found offline"),
-    ({"task": "lm", "corpus": "/nonexistent/corpus.txt"}, DataError, "corpus file not found: /nonexistent"),
-    ({"model": "CONFIG_ONLY"}, ModelNotFoundError, "has no weights"),
-])
-def test_bad_input_is_refused_before_any_work(fields: dict, error: type, message: str, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "fields,error,message",
+    [
+        ({"target": ["nothing"]}, AdapterError, "target_modules ['nothing'] match no module"),
+        ({"rank": 1000}, AdapterError, "rank r=1000 exceeds layer"),
+        ({"qpa_chunk_size": 4096}, AdapterError, "chunk_size=4096 does not divide layer"),
+        ({"dataset": "sst3"}, DataError, "unknown data set 'sst3'"),
+        ({"task": "lm"}, ModelNotFoundError, "model 'gpt2' was not found offline"),
+        ({"task": "lm", "corpus": "/nonexistent/corpus.txt"}, DataError, "corpus file not found: /nonexistent"),
+        ({"model": "CONFIG_ONLY"}, ModelNotFoundError, "has no weights"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(
+    fields: dict, error: type, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "artifacts"
     monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(out))
     if fields.get("model") == "CONFIG_ONLY":
@@ -161,12 +176,15 @@ def test_bad_input_is_refused_before_any_work(fields: dict, error: type, message
     assert not out.exists()  # nothing written, no server started
 
 
-@pytest.mark.parametrize("fields,message", [
-    ({"methods": ["lora", "lora"]}, "repeat a method"),
-    ({"methods": ["dora"]}, "Input should be 'lora', 'qpa' or 'qtha'"),
-    ({"steps": 1}, "greater than or equal to 2"),
-    ({"qpa_activation": "swish"}, "Input should be 'relu', 'gelu', 'tanh' or 'silu'"),
-])
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"methods": ["lora", "lora"]}, "repeat a method"),
+        ({"methods": ["dora"]}, "Input should be 'lora', 'qpa' or 'qtha'"),
+        ({"steps": 1}, "greater than or equal to 2"),
+        ({"qpa_activation": "swish"}, "Input should be 'relu', 'gelu', 'tanh' or 'silu'"),
+    ],
+)
 def test_bad_parameters_are_refused_by_the_parameter_model(fields: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         PeftParams(**fields)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
+from lab.data import DataError, Dataset, few_shot
+from lab.noise import transpiled_metrics
 from qcore.layer import z_observables
 from qcore.models import PQCHead, PQCHeadConfig, load_model
 from qcore.training import train
-from lab.data import DataError, Dataset, few_shot
-from lab.noise import transpiled_metrics
 
 D = 20  # embedding width: 5 encoder qubits (32 amplitudes, 12 of them padding)
 
@@ -28,13 +28,16 @@ def _head(**kw: object) -> PQCHead:
     return PQCHead(PQCHeadConfig(in_features=D, num_classes=3, qubits=4, dtype="complex128", seed=1, **kw))
 
 
-@pytest.mark.parametrize("kw,message", [
-    ({"encoders": 3}, "encoders=3 is invalid; allowed 0..2"),
-    ({"measured": 5}, "measured=5 is invalid; allowed 1..qubits=4"),
-    ({"offsets": (1, 4)}, "offsets=[1, 4]"),
-    ({"reuploads": 0}, "reuploads=0 is invalid"),
-    ({"dtype": "float32"}, "dtype must be one of"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"encoders": 3}, "encoders=3 is invalid; allowed 0..2"),
+        ({"measured": 5}, "measured=5 is invalid; allowed 1..qubits=4"),
+        ({"offsets": (1, 4)}, "offsets=[1, 4]"),
+        ({"reuploads": 0}, "reuploads=0 is invalid"),
+        ({"dtype": "float32"}, "dtype must be one of"),
+    ],
+)
 def test_bad_config_is_refused_naming_the_value(kw: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         PQCHeadConfig(in_features=D, num_classes=2, qubits=4, **kw)
@@ -48,12 +51,12 @@ def test_module1_is_amplitude_encoding_then_the_pqc() -> None:
     got = head.module1(x).detach().numpy()
     circuit = head.config.encoder_circuit()
     for e, enc in enumerate(head.encoders):
-        bound = circuit.circuit.assign_parameters(dict(zip(circuit.weights, enc.weights.detach().numpy())))
+        bound = circuit.circuit.assign_parameters(dict(zip(circuit.weights, enc.weights.detach().numpy(), strict=True)))
         for i, row in enumerate(x.numpy()):
             amp = np.pad(row, (0, 32 - D)) / np.linalg.norm(row)
             state = Statevector(amp).evolve(bound)
             want = [state.expectation_value(o).real * math.sqrt(32) for o in z_observables(5)]
-            np.testing.assert_allclose(got[i, 5 * e:5 * e + 5], want, atol=1e-9)
+            np.testing.assert_allclose(got[i, 5 * e : 5 * e + 5], want, atol=1e-9)
 
 
 def test_module2_and_readout_match_statevector() -> None:
@@ -63,7 +66,9 @@ def test_module2_and_readout_match_statevector() -> None:
     z = head.module2(angles).detach().numpy()
     m2 = head.config.module2_circuit()
     for i in range(2):
-        values = dict(zip(m2.inputs, angles[i].numpy())) | dict(zip(m2.weights, head.module2.weights.detach().numpy()))
+        values = dict(zip(m2.inputs, angles[i].numpy(), strict=True)) | dict(
+            zip(m2.weights, head.module2.weights.detach().numpy(), strict=True)
+        )
         state = Statevector(m2.circuit.assign_parameters(values))
         want = [state.expectation_value(SparsePauliOp(label)).real for label in ("IIIZ", "IIZI")]
         np.testing.assert_allclose(z[i], want, atol=1e-9)
@@ -89,7 +94,8 @@ def test_save_load_and_aer_module2_agree(tmp_path: Path) -> None:
     assert isinstance(loaded, PQCHead) and loaded.config == head.config
     assert torch.allclose(loaded(x), head(x))
     assert {"module2.qasm", "encoder.qasm", "weights.safetensors", "config.json"} <= {
-        f.name for f in (tmp_path / "head").iterdir()}
+        f.name for f in (tmp_path / "head").iterdir()
+    }
     on_aer = head.with_backend("aer")  # module 2 on Aer, exact expectations: the same numbers
     assert on_aer.encoders[0].backend == "exact" and on_aer.module2.backend == "aer"
     assert torch.allclose(on_aer(x), head(x), atol=1e-6)
@@ -114,8 +120,16 @@ def test_early_stopping_restores_the_best_epoch() -> None:
 def _dataset(n_per_class: int) -> Dataset:
     texts = [f"text {i}" for i in range(3 * n_per_class)]
     labels = np.repeat(np.arange(3), n_per_class)
-    return Dataset(name="toy", source="toy", label_names=("a", "b", "c"), train_texts=texts,
-                   train_labels=labels, test_texts=["t"], test_labels=np.array([0]), split={})
+    return Dataset(
+        name="toy",
+        source="toy",
+        label_names=("a", "b", "c"),
+        train_texts=texts,
+        train_labels=labels,
+        test_texts=["t"],
+        test_labels=np.array([0]),
+        split={},
+    )
 
 
 def test_few_shot_takes_per_label_and_tests_on_the_rest() -> None:

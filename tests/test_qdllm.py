@@ -62,18 +62,21 @@ def test_distillation_loss_matches_hand_computation():
         return [u / sum(e) for u in e]
 
     def kl(p, q):
-        return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+        return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
 
     ce = -math.log(softmax(s)[y])
     kl_t = kl(softmax(t, T), softmax(s, T))
     p, q = softmax(s), softmax(t)
-    m = [(pi + qi) / 2 for pi, qi in zip(p, q)]
+    m = [(pi + qi) / 2 for pi, qi in zip(p, q, strict=True)]
     js = 0.5 * kl(p, m) + 0.5 * kl(q, m)
     expected = (1 - a) * ce + a * T**2 * kl_t + a * js
 
     got = distillation_loss(
-        torch.tensor([s], dtype=torch.float64), torch.tensor([t], dtype=torch.float64),
-        torch.tensor([y]), temperature=T, alpha=a,
+        torch.tensor([s], dtype=torch.float64),
+        torch.tensor([t], dtype=torch.float64),
+        torch.tensor([y]),
+        temperature=T,
+        alpha=a,
     )
     assert got.item() == pytest.approx(expected, rel=1e-12)
 
@@ -158,7 +161,7 @@ def test_save_load_round_trip(tmp_path):
 
     loaded = QDLLMStudent.load(target)
     assert loaded.config == model.config
-    for (name, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
+    for (name, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters(), strict=True):
         assert torch.equal(p, q), name
     x = torch.randn(6, 384)
     assert torch.equal(predict_logits(model, x), predict_logits(loaded, x))
@@ -189,8 +192,18 @@ def test_training_beats_chance_and_evaluates(task):
     xtr, ytr, xte, yte, teacher_train, teacher_test = task
     model = QDLLMStudent(QDLLMConfig(in_features=384, num_classes=2))
     seen = []
-    history = train(model, xtr, ytr, teacher_train, epochs=3, batch_size=16, lr=0.03, seed=0,
-                    val=(xte, yte), on_epoch=lambda epoch, metrics: seen.append((epoch, metrics)))
+    history = train(
+        model,
+        xtr,
+        ytr,
+        teacher_train,
+        epochs=3,
+        batch_size=16,
+        lr=0.03,
+        seed=0,
+        val=(xte, yte),
+        on_epoch=lambda epoch, metrics: seen.append((epoch, metrics)),
+    )
     print("history:", [{k: round(v, 3) for k, v in h.items()} for h in history])
     assert [e for e, _ in seen] == [1, 2, 3] and seen[-1][1] is history[-1]
     assert set(history[0]) == {"epoch", "loss", "accuracy", "val_accuracy", "seconds"}
@@ -208,10 +221,14 @@ def test_training_is_deterministic(task):
     for _ in range(2):
         model = QDLLMStudent(QDLLMConfig(in_features=384, num_classes=2, seed=7))
         history = train(model, xtr[:96], ytr[:96], teacher_train[:96], epochs=2, seed=11)
-        runs.append(([{k: v for k, v in h.items() if k != "seconds"} for h in history],
-                     [p.detach().clone() for p in model.parameters()]))
+        runs.append(
+            (
+                [{k: v for k, v in h.items() if k != "seconds"} for h in history],
+                [p.detach().clone() for p in model.parameters()],
+            )
+        )
     assert runs[0][0] == runs[1][0]
-    assert all(torch.equal(p, q) for p, q in zip(runs[0][1], runs[1][1]))
+    assert all(torch.equal(p, q) for p, q in zip(runs[0][1], runs[1][1], strict=True))
 
 
 def test_train_refuses_bad_arguments(task):

@@ -12,13 +12,13 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 import pytest
-
 from servers import BIN, Gate, Proc, S3Server, clean_env, free_port, http_ok, start, stop, wait_until
 
 pytestmark = pytest.mark.system
@@ -27,8 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "qllm-system"
 SECRET = f"planted-secret-{uuid.uuid4().hex}"
 POOL = "qllm"
-TINY = dict(dataset="sst2", train_size=40, test_size=20, seeds=[0], qubits=[3], blocks=[1], epochs=1,
-            eval_shots=None, eval_noise=None, experiment="system-distill")
+TINY = dict(
+    dataset="sst2",
+    train_size=40,
+    test_size=20,
+    seeds=[0],
+    qubits=[3],
+    blocks=[1],
+    epochs=1,
+    eval_shots=None,
+    eval_noise=None,
+    experiment="system-distill",
+)
 
 
 @dataclass
@@ -43,8 +53,13 @@ class Stack:
     procs: list[Proc] = field(default_factory=list)
 
     def s3_client(self) -> Any:
-        return boto3.client("s3", endpoint_url=self.s3.url, aws_access_key_id="system-test",
-                            aws_secret_access_key=SECRET, region_name="us-east-1")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3.url,
+            aws_access_key_id="system-test",
+            aws_secret_access_key=SECRET,
+            region_name="us-east-1",
+        )
 
     def objects(self) -> dict[str, Any]:
         pages = self.s3_client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
@@ -57,32 +72,83 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s3 = S3Server(free_port())
     s3.start()
     api_port, mlflow_port, dask_port = free_port(), free_port(), free_port()
-    s3_env = {"AWS_ACCESS_KEY_ID": "system-test", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-              "QLLM_S3_ENDPOINT_URL": s3.url, "MLFLOW_S3_ENDPOINT_URL": s3.url}
+    s3_env = {
+        "AWS_ACCESS_KEY_ID": "system-test",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "QLLM_S3_ENDPOINT_URL": s3.url,
+        "MLFLOW_S3_ENDPOINT_URL": s3.url,
+    }
     api = f"http://127.0.0.1:{api_port}/api"
     mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
     dask = f"tcp://127.0.0.1:{dask_port}"
-    env = clean_env(**s3_env, PREFECT_API_URL=api, PREFECT_HOME=str(tmp / "prefect-client"),
-                    QLLM_ARTIFACT_ROOT=f"s3://{BUCKET}/artifacts", QLLM_MLFLOW_URI=mlflow_uri,
-                    QLLM_DASK_ADDRESS=dask, HF_HUB_OFFLINE="1")
-    mlflow_cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                  "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
-                  "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--workers", "1"]
+    env = clean_env(
+        **s3_env,
+        PREFECT_API_URL=api,
+        PREFECT_HOME=str(tmp / "prefect-client"),
+        QLLM_ARTIFACT_ROOT=f"s3://{BUCKET}/artifacts",
+        QLLM_MLFLOW_URI=mlflow_uri,
+        QLLM_DASK_ADDRESS=dask,
+        HF_HUB_OFFLINE="1",
+    )
+    mlflow_cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(mlflow_port),
+        "--backend-store-uri",
+        f"sqlite:///{tmp / 'mlflow.db'}",
+        "--artifacts-destination",
+        f"s3://{BUCKET}/mlflow",
+        "--workers",
+        "1",
+    ]
     st = Stack(tmp, s3, api, mlflow_uri, mlflow_cmd, dask, env)
     try:
         st.s3_client().create_bucket(Bucket=BUCKET)
-        st.procs.append(start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                                 "--port", str(api_port), "--no-ui"],
-                              clean_env(PREFECT_HOME=str(tmp / "prefect-server"),
-                                        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp / 'prefect.db'}"),
-                              tmp))
+        st.procs.append(
+            start(
+                "prefect-server",
+                [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(api_port), "--no-ui"],
+                clean_env(
+                    PREFECT_HOME=str(tmp / "prefect-server"),
+                    PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp / 'prefect.db'}",
+                ),
+                tmp,
+            )
+        )
         st.procs.append(start("mlflow", mlflow_cmd, clean_env(**s3_env), tmp))
-        st.procs.append(start("dask-scheduler", [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1",
-                                                 "--port", str(dask_port), "--no-dashboard"], env, tmp))
+        st.procs.append(
+            start(
+                "dask-scheduler",
+                [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(dask_port), "--no-dashboard"],
+                env,
+                tmp,
+            )
+        )
         for i in (1, 2):
-            st.procs.append(start(f"dask-worker-{i}", [str(BIN / "dask"), "worker", dask, "--name", f"w{i}",
-                                                       "--nthreads", "1", "--no-nanny", "--no-dashboard",
-                                                       "--host", "127.0.0.1"], env, tmp))
+            st.procs.append(
+                start(
+                    f"dask-worker-{i}",
+                    [
+                        str(BIN / "dask"),
+                        "worker",
+                        dask,
+                        "--name",
+                        f"w{i}",
+                        "--nthreads",
+                        "1",
+                        "--no-nanny",
+                        "--no-dashboard",
+                        "--host",
+                        "127.0.0.1",
+                    ],
+                    env,
+                    tmp,
+                )
+            )
         wait_until(http_ok(f"{api}/health"), st.procs, 180, "Prefect server")
         wait_until(http_ok(f"{mlflow_uri}/health"), st.procs, 180, "MLflow server")
         wait_until(lambda: len(scheduler_info(dask)["workers"]) == 2, st.procs, 180, "Dask workers")
@@ -101,12 +167,25 @@ def scheduler_info(address: str) -> dict[str, Any]:
 
 def prefect(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     """A ``prefect`` command against the stack's server, from the repository root."""
-    return subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], cwd=ROOT, env=stack.env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", *args],
+        cwd=ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-DEPLOYMENTS = ["distill/distill", "head/head", "peft/peft", "study/study", "federated/federated",
-               "hardware/hardware", "compare/nightly"]
+DEPLOYMENTS = [
+    "distill/distill",
+    "head/head",
+    "peft/peft",
+    "study/study",
+    "federated/federated",
+    "hardware/hardware",
+    "compare/nightly",
+]
 
 
 def deploy_all(stack: Stack) -> None:
@@ -124,9 +203,15 @@ def runs(stack: Stack) -> list[Any]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     # The worker creates its process pool when it is missing; the deployment needs the pool.
-    stack.procs.append(start("prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL,
-                                                "--type", "process"],
-                             {**stack.env, "PREFECT_WORKER_QUERY_SECONDS": "2"}, stack.tmp, cwd=ROOT))
+    stack.procs.append(
+        start(
+            "prefect-worker",
+            [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
+            {**stack.env, "PREFECT_WORKER_QUERY_SECONDS": "2"},
+            stack.tmp,
+            cwd=ROOT,
+        )
+    )
     wait_until(lambda: pool_exists(stack), stack.procs, 180, "the work pool")
     deploy_all(stack)
     done = []
@@ -153,28 +238,38 @@ def read(stack: Stack, what: str, **kw: Any) -> Any:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: stack.api}):
-        with get_client(sync_client=True) as client:
-            return getattr(client, what)(**kw)
+    with temporary_settings({PREFECT_API_URL: stack.api}), get_client(sync_client=True) as client:
+        return getattr(client, what)(**kw)
 
 
 def run_logs(stack: Stack, run: Any) -> list[str]:
     """The flow run's log messages, once its own last one ("Finished in state ...") is on the
     server: the flow's process sends logs in batches, after it reported the final state."""
+
     def messages() -> list[Any]:
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
         from prefect.client.schemas.sorting import LogSort
 
         logs: list[Any] = []
         while True:  # pages of the server's largest limit; limit and offset explicit, it refuses nulls
-            page = read(stack, "read_logs", log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
-                        limit=200, offset=len(logs), sort=LogSort.TIMESTAMP_ASC)
+            page = read(
+                stack,
+                "read_logs",
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+                limit=200,
+                offset=len(logs),
+                sort=LogSort.TIMESTAMP_ASC,
+            )
             logs += page
             if len(page) < 200:
                 return logs
 
-    wait_until(lambda: any(log.task_run_id is None and log.message.startswith("Finished in state")
-                           for log in messages()), stack.procs, 120, f"the last log line of flow run {run.name}")
+    wait_until(
+        lambda: any(log.task_run_id is None and log.message.startswith("Finished in state") for log in messages()),
+        stack.procs,
+        120,
+        f"the last log line of flow run {run.name}",
+    )
     return [log.message for log in messages()]
 
 
@@ -192,16 +287,20 @@ def test_runs_complete_on_the_external_dask_workers(stack: Stack, runs: list[Any
     from distributed import Client
 
     with Client(stack.dask, timeout=30) as client:
-        keys = client.run(lambda dask_worker: sorted({e[0] for e in dask_worker.state.log
-                                                      if isinstance(e[0], str)}))
+        keys = client.run(lambda dask_worker: sorted({e[0] for e in dask_worker.state.log if isinstance(e[0], str)}))
     ran = {worker: {k.rsplit("-", 1)[0] for k in worker_keys} for worker, worker_keys in keys.items()}
     assert len(ran) == 2
     assert {"train_student", "classical_baselines"} <= set().union(*ran.values()), ran
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
 
-    tasks = read(stack, "read_task_runs", flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])),
-                 sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)  # explicit: the server refuses nulls
+    tasks = read(
+        stack,
+        "read_task_runs",
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])),
+        sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        limit=200,
+    )  # explicit: the server refuses nulls
     assert tasks and {t.state.type.value for t in tasks} == {"COMPLETED"}
 
 
@@ -216,8 +315,12 @@ def test_mlflow_has_the_run_with_a_child_per_configuration(stack: Stack, runs: l
     assert parent.data.metrics and parent.data.params["train_size"] == "40"
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     names = {c.info.run_name for c in children}
-    assert names == {"student-q3-b1-a0.5-s0", "logistic regression s0", "MLP (labels only) s0",
-                     "classical distilled MLP s0"}, names
+    assert names == {
+        "student-q3-b1-a0.5-s0",
+        "logistic regression s0",
+        "MLP (labels only) s0",
+        "classical distilled MLP s0",
+    }, names
     assert all("accuracy" in c.data.metrics for c in children)
     student = next(c for c in children if c.data.tags.get("kind") == "quantum student")
     assert student.info.artifact_uri.startswith(f"s3://{BUCKET}/artifacts/mlruns/")
@@ -239,8 +342,17 @@ def test_second_run_hits_the_caches(stack: Stack, runs: list[Any]) -> None:
     assert written < runs[1].start_time  # nothing was trained (or rewritten) by the second run
 
 
-FEDERATED = dict(dataset=["sst2"], train_size=60, test_size=30, clients=2, rounds=2, controller=["adaptive"],
-                 llm_steps=1, llm_max_length=8, experiment="system-federated")
+FEDERATED = dict(
+    dataset=["sst2"],
+    train_size=60,
+    test_size=30,
+    clients=2,
+    rounds=2,
+    controller=["adaptive"],
+    llm_steps=1,
+    llm_max_length=8,
+    experiment="system-federated",
+)
 
 
 def test_a_federated_deployment_runs_its_rounds_on_the_stack(stack: Stack, runs: list[Any]) -> None:
@@ -289,9 +401,9 @@ def test_the_s3_secret_appears_nowhere(stack: Stack, runs: list[Any]) -> None:
         assert SECRET not in p.tail(10**8), p.name
 
 
-def test_logging_survives_the_tracking_server_and_s3_going_away(stack: Stack, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_logging_survives_the_tracking_server_and_s3_going_away(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """MLflow's own HTTP retries are switched off, so what keeps the logging alive is
     lab.tracking.with_retries. First the tracking server becomes unreachable (a gate in front
     of it closes) while a child run is created, then S3 stops while the child's model is
@@ -318,22 +430,31 @@ def test_logging_survives_the_tracking_server_and_s3_going_away(stack: Stack, tm
         with tracking.parent_run(Runtime(), "system-outage", name, {"what": name}) as parent:
             down()
             out: dict[str, Any] = {}
-            logger = threading.Thread(target=lambda: out.update(run_id=tracking.log_child(
-                parent, f"{name}-child", params={"seed": 0}, metrics={"accuracy": 0.75}, artifacts=model)))
+            logger = threading.Thread(
+                target=lambda: out.update(
+                    run_id=tracking.log_child(
+                        parent, f"{name}-child", params={"seed": 0}, metrics={"accuracy": 0.75}, artifacts=model
+                    )
+                )
+            )
             t0 = time.monotonic()
             logger.start()
             wait_until(lambda: f"MLflow {failing} failed" in caplog.text, [], 120, f"a failed {failing}")
             time.sleep(3)
             up()
             logger.join(120)
-            print(f"{name} outage: {time.monotonic() - t0:.1f} s from the call to its success; "
-                  f"{caplog.text.count('retrying in')} retries")
+            print(
+                f"{name} outage: {time.monotonic() - t0:.1f} s from the call to its success; "
+                f"{caplog.text.count('retrying in')} retries"
+            )
         assert "run_id" in out, caplog.text
         return out["run_id"]
 
     try:
-        ids = [outage("tracking-server", gate.close, gate.open, "create child run"),
-               outage("s3", stack.s3.stop, stack.s3.start, "log model")]
+        ids = [
+            outage("tracking-server", gate.close, gate.open, "create child run"),
+            outage("s3", stack.s3.stop, stack.s3.start, "log model"),
+        ]
     finally:
         gate.close()
         stack.s3.stop()

@@ -15,31 +15,51 @@ import torch
 from lab import teacher as T
 from lab.data import Dataset, load_dataset
 from lab.teacher import (
-    ModelNotFoundError, TeacherError, TeacherSpec, cached_teacher_outputs, embed_texts, make_teacher,
+    ModelNotFoundError,
+    TeacherError,
+    TeacherSpec,
+    cached_teacher_outputs,
+    embed_texts,
+    make_teacher,
 )
 
 SHARED = Path(os.environ.get("QLLM_DATA_DIR", "/work/shared/data"))
 needs_data = pytest.mark.skipif(not (SHARED / "sst2" / "dev.tsv").is_file(), reason="QLLM_DATA_DIR has no data")
 MINILM = T.resolve_model(T.DEFAULT_MODEL)
-TEXTS = ["a gripping , funny film", "dull", "the plot makes no sense at all and the actors look bored",
-         "fine", "one of the best films of the year , with a cast that never misses a beat", "why ?", "ok ok"]
+TEXTS = [
+    "a gripping , funny film",
+    "dull",
+    "the plot makes no sense at all and the actors look bored",
+    "fine",
+    "one of the best films of the year , with a cast that never misses a beat",
+    "why ?",
+    "ok ok",
+]
 LABELS = np.array([1, 0, 0, 1, 1, 0, 1])
 
 
 def _tiny(tmp_path: Path, kind: str, seed: int = 0) -> Path:
     """A tiny randomly initialised BERT classifier or GPT-2 LM with MiniLM's tokenizer, saved locally."""
-    from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, GPT2Config,
-                              GPT2LMHeadModel)
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(MINILM, local_files_only=True)
     if kind == "hf-classifier":
-        model = BertForSequenceClassification(BertConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=32, max_position_embeddings=64, num_labels=2))
+        model = BertForSequenceClassification(
+            BertConfig(
+                vocab_size=tokenizer.vocab_size,
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=32,
+                max_position_embeddings=64,
+                num_labels=2,
+            )
+        )
     else:
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=16, n_layer=2, n_head=2,
-                                           n_positions=64))
+        model = GPT2LMHeadModel(
+            GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=16, n_layer=2, n_head=2, n_positions=64)
+        )
     folder = tmp_path / f"{kind}-{seed}"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -47,11 +67,20 @@ def _tiny(tmp_path: Path, kind: str, seed: int = 0) -> Path:
 
 
 def _dataset(texts: list[str] = TEXTS, labels: np.ndarray = LABELS) -> Dataset:
-    return Dataset(name="toy", source="test", label_names=("negative", "positive"), train_texts=texts[:5],
-                   train_labels=labels[:5], test_texts=texts[5:], test_labels=labels[5:], split={})
+    return Dataset(
+        name="toy",
+        source="test",
+        label_names=("negative", "positive"),
+        train_texts=texts[:5],
+        train_labels=labels[:5],
+        test_texts=texts[5:],
+        test_labels=labels[5:],
+        split={},
+    )
 
 
 # --- probe ------------------------------------------------------------------------------------
+
 
 def test_probe_embeddings_match_sentence_transformers() -> None:
     from sentence_transformers import SentenceTransformer
@@ -88,13 +117,15 @@ def test_probe_needs_every_class() -> None:
 
 # --- tiny local models --------------------------------------------------------------------------
 
+
 def test_hf_classifier_batched_equals_one_by_one(tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = _tiny(tmp_path, "hf-classifier")
     threads = torch.get_num_threads()
-    out = make_teacher(TeacherSpec(kind="hf-classifier", model=str(folder), batch_size=3, threads=1),
-                       ("neg", "pos")).predict(TEXTS, progress=False)
+    out = make_teacher(
+        TeacherSpec(kind="hf-classifier", model=str(folder), batch_size=3, threads=1), ("neg", "pos")
+    ).predict(TEXTS, progress=False)
     assert torch.get_num_threads() == threads  # the cap applies during inference only
     assert out.logits.shape == (7, 2) and out.features.shape == (7, 16)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -113,8 +144,13 @@ def test_causal_lm_scores_label_words(tmp_path: Path, monkeypatch: pytest.Monkey
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = _tiny(tmp_path, "causal-lm")
-    spec = TeacherSpec(kind="causal-lm", model=str(folder), batch_size=4, prompt="Review: {text}\nSentiment:",
-                       label_words=("terrible", "great"))
+    spec = TeacherSpec(
+        kind="causal-lm",
+        model=str(folder),
+        batch_size=4,
+        prompt="Review: {text}\nSentiment:",
+        label_words=("terrible", "great"),
+    )
     teacher = make_teacher(spec, ("neg", "pos"))
     assert teacher.keep_positions  # GPT-2 projects only the kept positions
     teacher.keep_positions = keep_positions  # the fallback path must give the same numbers
@@ -145,11 +181,14 @@ def test_bad_specs_and_unknown_models() -> None:
         TeacherSpec(kind="hf-classifier")
     with pytest.raises(TeacherError, match="placeholder"):
         TeacherSpec(kind="causal-lm", model="gpt2", prompt="no slot")
-    with pytest.raises(ModelNotFoundError, match="'no-such-org/no-such-model' was not found offline: it must be a local folder"):
+    with pytest.raises(
+        ModelNotFoundError, match="'no-such-org/no-such-model' was not found offline: it must be a local folder"
+    ):
         T.resolve_model("no-such-org/no-such-model")
 
 
 # --- cache ------------------------------------------------------------------------------------
+
 
 def _count_teachers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     made: list[str] = []
@@ -169,8 +208,9 @@ def test_cache_hit_skips_inference_and_keys_on_content(tmp_path: Path, monkeypat
     spec = TeacherSpec(kind="hf-classifier", model=str(folder), batch_size=2)
     root = str(tmp_path / "artifacts")
     first = cached_teacher_outputs(_dataset(), spec, root, progress=False)
-    again = cached_teacher_outputs(_dataset(), TeacherSpec(kind="hf-classifier", model=str(folder), batch_size=5),
-                                   root, progress=False)  # batch size does not change the numbers
+    again = cached_teacher_outputs(
+        _dataset(), TeacherSpec(kind="hf-classifier", model=str(folder), batch_size=5), root, progress=False
+    )  # batch size does not change the numbers
     assert made == ["hf-classifier"]
     np.testing.assert_array_equal(first.train.logits, again.train.logits)
     np.testing.assert_array_equal(first.test.features, again.test.features)
@@ -184,9 +224,14 @@ def test_cache_hit_skips_inference_and_keys_on_content(tmp_path: Path, monkeypat
     assert cached_teacher_outputs(_dataset(), TeacherSpec(kind="hf-classifier", model=str(copy)), root).key == first.key
     other_weights = TeacherSpec(kind="hf-classifier", model=str(_tiny(tmp_path, "hf-classifier", seed=1)))
     other_data = _dataset(texts=[t.upper() for t in TEXTS])
-    keys = {first.key, T.teacher_cache_key(_dataset().content_hash, other_weights),
-            T.teacher_cache_key(other_data.content_hash, spec),
-            T.teacher_cache_key(_dataset().content_hash, TeacherSpec(kind="hf-classifier", model=str(folder), max_length=8))}
+    keys = {
+        first.key,
+        T.teacher_cache_key(_dataset().content_hash, other_weights),
+        T.teacher_cache_key(other_data.content_hash, spec),
+        T.teacher_cache_key(
+            _dataset().content_hash, TeacherSpec(kind="hf-classifier", model=str(folder), max_length=8)
+        ),
+    }
     assert len(keys) == 4
     assert made == ["hf-classifier"]
 
@@ -233,10 +278,9 @@ def test_sharded_inference_equals_one_pass(tmp_path) -> None:
     calls = []
 
     def sharded(texts):
-        parts = [unfitted_outputs(spec, data.label_names, texts[i:i + 50]) for i in range(0, len(texts), 50)]
+        parts = [unfitted_outputs(spec, data.label_names, texts[i : i + 50]) for i in range(0, len(texts), 50)]
         calls.append(len(parts))
-        return TeacherOutput(np.concatenate([p.logits for p in parts]),
-                             np.concatenate([p.features for p in parts]))
+        return TeacherOutput(np.concatenate([p.logits for p in parts]), np.concatenate([p.features for p in parts]))
 
     one = cached_teacher_outputs(data, spec, str(tmp_path / "a"), progress=False)
     many = cached_teacher_outputs(data, spec, str(tmp_path / "b"), progress=False, infer=sharded)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Budget, FeatureMethod, Hooks, Method
-from .federated import FedLogreg, LLMQFL
+from .federated import LLMQFL, FedLogreg
 from .peft import QPA, QTHA, LoRA
 from .pqc_head import PQCHeadMethod
 from .qdllm import QDLLM

@@ -105,7 +105,7 @@ class Method(ABC, Generic[P, J, D]):
     params: type[P]
     is_baseline: ClassVar[bool] = False  # a classical reference rather than a method under study
     model_tag: ClassVar[str] = ""  # MLflow tag of a trained model, for `qllm predict` and hardware
-    baseline_labels: ClassVar[dict[str, str]] = {}
+    baseline_labels: ClassVar[dict[str, str]] = {}  # id → label of each baseline it trains
     data_fields: ClassVar[tuple[str, ...]] = ()
     not_axes: ClassVar[tuple[str, ...]] = ()
 
@@ -159,5 +159,3 @@ class FeatureMethod(Method[P, J, EmbeddedSplit]):
     def check(self, params: P) -> None:
         """Read and split the data set: bad names, paths, columns or sizes fail here."""
         self.data_request(params).load()
-
-

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
 from qcore.models.classical import linear_size, linear_svm, logistic_regression, matched_mlp
@@ -35,24 +34,49 @@ def linear_baseline(method: str, data: EmbeddedSplit, seed: int, *, teacher: boo
     logits = fit(data.train_x, data.train_y, data.test_x, seed=seed)
     metrics = classification_metrics(logits.argmax(-1).numpy(), data.test_y, data.test_teacher if teacher else None)
     size = linear_size(data.in_features, data.num_classes)
-    return TrainingResult(method, f"{kind} s{seed}", kind, seed, {**metrics, "train_seconds": time.perf_counter() - t0},
-                          {"circuit": 0, "classical": size, "total": size})
+    return TrainingResult(
+        method,
+        f"{kind} s{seed}",
+        kind,
+        seed,
+        {**metrics, "train_seconds": time.perf_counter() - t0},
+        {"circuit": 0, "classical": size, "total": size},
+    )
 
 
-def mlp_baseline(method: str, kind: str, data: EmbeddedSplit, seed: int, *, target_params: int, alpha: float,
-                 teacher: bool, **fit: Any) -> TrainingResult:
+def mlp_baseline(
+    method: str,
+    kind: str,
+    data: EmbeddedSplit,
+    seed: int,
+    *,
+    target_params: int,
+    alpha: float,
+    teacher: bool,
+    **fit: Any,
+) -> TrainingResult:
     """An MLP of about ``target_params`` trainable numbers, trained like the quantum model it is
     matched to: on the labels (``alpha`` 0) or distilled from the teacher with the same loss,
     with early stopping when the split has a validation hold-out."""
     t0 = time.perf_counter()
     mlp = matched_mlp(data.in_features, data.num_classes, target_params, seed=seed)
-    stop = {"val": data.validation} if data.validation is not None else {}
-    history = train(mlp, data.train_x, data.train_y, data.train_teacher if alpha else None, seed=seed, alpha=alpha,
-                    **stop, **fit)
+    history = train(
+        mlp,
+        data.train_x,
+        data.train_y,
+        data.train_teacher if alpha else None,
+        seed=seed,
+        alpha=alpha,
+        val=data.validation,
+        **fit,
+    )
     metrics = evaluate(mlp, data.test_x, data.test_y, data.test_teacher if teacher else None)
-    return TrainingResult(method, f"{kind} s{seed}", kind, seed, {**metrics, "train_seconds": time.perf_counter() - t0},
-                          mlp.parameter_counts(), curves(history))
-
-
-def accuracy_of(predictions: list[int], labels: np.ndarray) -> float:
-    return float((np.asarray(predictions) == labels).mean())
+    return TrainingResult(
+        method,
+        f"{kind} s{seed}",
+        kind,
+        seed,
+        {**metrics, "train_seconds": time.perf_counter() - t0},
+        mlp.parameter_counts(),
+        curves(history),
+    )

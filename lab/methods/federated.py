@@ -23,9 +23,9 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import mlflow
@@ -42,8 +42,9 @@ from qcore.federated.features import Projection
 from qcore.federated.llm import LLMSpec, finetune
 from qcore.federated.partition import PartitionError, PartitionSpec
 from qcore.federated.server import FederatedRun, Fit, RoundRecord, RunResult, fit_sequentially
-from qcore.models.base import QuantumModel, save_module
 from qcore.federated.strategy import make_strategy
+from qcore.federated.vqc import VQCClassifier
+from qcore.models.base import QuantumModel, save_module
 
 from .. import tracking
 from ..artifacts import atomic_write_bytes, hash_json, join_url, read_bytes
@@ -51,66 +52,86 @@ from ..data import DataError, DataRequest, Dataset, stratified_indices
 from ..embedded import EmbeddedSplit
 from ..params import Options, RunOptions, experiment
 from ..results import TrainingResult
-from .base import Budget, Hooks, Method
 from ..teacher import ModelNotFoundError, model_fingerprint, resolve_model
+from .base import Budget, Hooks, Method
 
 
 class FederatedFields(Options):
     """The federated flow's own parameters (before the run group in the form)."""
 
-    dataset: list[str] = Field(["sst2"], min_length=1, description="named sets (sst2, subj, trec, ag_news) or "
-                                                                   "file paths/URLs; a list sweeps")
-    train_size: int | None = Field(2000, ge=2, description="training examples (stratified subsample), "
-                                                           "shared by the server and the clients")
+    dataset: list[str] = Field(
+        ["sst2"], min_length=1, description="named sets (sst2, subj, trec, ag_news) or file paths/URLs; a list sweeps"
+    )
+    train_size: int | None = Field(
+        2000, ge=2, description="training examples (stratified subsample), shared by the server and the clients"
+    )
     test_size: int | None = Field(None, ge=1, description="test examples (None: the whole test split)")
     split_seed: int = Field(0, ge=0, description="seed of the train/test split and subsampling")
     clients: int = Field(5, ge=1, le=10_000, description="federated clients")
     rounds: int = Field(10, ge=1, le=10_000, description="communication rounds")
-    partition: list[str] = Field(["iid"], min_length=1, description="iid or dirichlet:<alpha> (alpha > 0); "
-                                                                    "a list sweeps")
+    partition: list[str] = Field(
+        ["iid"], min_length=1, description="iid or dirichlet:<alpha> (alpha > 0); a list sweeps"
+    )
     strategy: Literal["fedavg", "fedprox", "fedadam"] = Field("fedavg", description="server strategy")
     proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight of the proximal term")
     server_lr: float = Field(0.1, gt=0, description="fedadam: server learning rate")
-    controller: list[str] = Field(["adaptive"], min_length=1, description=(
-        "none (plain QFL), a step rule (" + ", ".join(RULES) + ") or generative:package.module:function; "
-        "a list compares them"))
-    baseline: Literal["none", "logreg", "mlp"] = Field("none", description="classical model also trained under "
-                                                                           "FedAvg on the same splits")
+    controller: list[str] = Field(
+        ["adaptive"],
+        min_length=1,
+        description=(
+            "none (plain QFL), a step rule (" + ", ".join(RULES) + ") or generative:package.module:function; "
+            "a list compares them"
+        ),
+    )
+    baseline: Literal["none", "logreg", "mlp"] = Field(
+        "none", description="classical model also trained under FedAvg on the same splits"
+    )
     local_steps: int = Field(10, ge=1, description="initial local steps per client and round (the paper's maxiter)")
     max_steps: int = Field(100, ge=1, description="cap of the step rules (the paper's MAX_MAXITER)")
     max_increment: int = Field(100, ge=0, description="hybrid rule: largest increment per round")
-    select_fraction: float = Field(0.1, gt=0, le=1, description="share of clients aggregated, closest to the "
-                                                                "server loss first (at least one)")
-    stop_threshold: float = Field(0.4, ge=0, description="stop once |server objective - server LLM loss| is "
-                                                         "below this (0: never)")
-    objective_unit: Literal["bits", "nats"] = Field("bits", description=(
-        "unit of the VQC objective compared with the LLM loss (nats); the paper's code uses bits"))
+    select_fraction: float = Field(
+        0.1, gt=0, le=1, description="share of clients aggregated, closest to the server loss first (at least one)"
+    )
+    stop_threshold: float = Field(
+        0.4, ge=0, description="stop once |server objective - server LLM loss| is below this (0: never)"
+    )
+    objective_unit: Literal["bits", "nats"] = Field(
+        "bits", description=("unit of the VQC objective compared with the LLM loss (nats); the paper's code uses bits")
+    )
     generative_fallback: Literal["incremental", "dynamic-weighted", "logarithmic", "adaptive", "hybrid"] = Field(
-        "adaptive", description="rule used when a generative controller's answer is invalid")
+        "adaptive", description="rule used when a generative controller's answer is invalid"
+    )
     model: Literal["vqc", "qdllm"] = Field("vqc", description="client model: the paper's VQC or the QD-LLM student")
     qubits: int = Field(4, ge=2, le=12, description="qubits = PCA components of the embeddings")
-    readout: Literal["mod", "parity"] = Field("mod", description="vqc: class of basis state i is i mod C "
-                                                                 "(Qiskit-ML's VQC) or popcount(i) mod C")
+    readout: Literal["mod", "parity"] = Field(
+        "mod", description="vqc: class of basis state i is i mod C (Qiskit-ML's VQC) or popcount(i) mod C"
+    )
     optimizer: Literal["adam", "cobyla", "spsa"] = Field("adam", description="local optimiser of the quantum clients")
     lr: float = Field(0.1, gt=0, le=10, description="Adam learning rate, or SPSA's gain a (about 1 works)")
     batch_size: int | None = Field(None, ge=1, description="adam: mini-batch size (None: whole partition)")
     backend: Literal["exact", "aer"] = Field("exact", description="client simulator: exact or aer (shots)")
     shots: int | None = Field(None, ge=1, description="aer: shots per circuit (None: exact expectations)")
-    server_fraction: float = Field(0.1, gt=0, le=0.5, description="share of the training set the server "
-                                                                  "keeps as its own data")
-    llm_model: str | None = Field(None, description="LLM each party fine-tunes (Hugging Face name or folder; "
-                                                    "default the embedded all-MiniLM-L6-v2)")
+    server_fraction: float = Field(
+        0.1, gt=0, le=0.5, description="share of the training set the server keeps as its own data"
+    )
+    llm_model: str | None = Field(
+        None,
+        description="LLM each party fine-tunes (Hugging Face name or folder; default the embedded all-MiniLM-L6-v2)",
+    )
     llm_steps: int = Field(20, ge=1, description="LoRA fine-tuning steps per party")
     llm_batch_size: int = Field(16, ge=1, description="LoRA fine-tuning batch size")
     llm_max_length: int = Field(48, ge=2, description="tokens per text for the LLM")
     llm_lr: float = Field(2e-3, gt=0, description="LoRA learning rate")
     llm_rank: int = Field(8, ge=1, description="LoRA rank r")
-    client_timeout: float = Field(600.0, gt=0, description="seconds a client may train per round before it "
-                                                           "is dropped from the round")
-    fail_rate: float = Field(0.0, ge=0, lt=1, description="simulated client failure probability per round "
-                                                          "(seeded; exercises the drop path)")
-    target_accuracy: float | None = Field(None, gt=0, le=1, description="accuracy to reach (None: 0.95 x the "
-                                                                        "best any quantum run reached)")
+    client_timeout: float = Field(
+        600.0, gt=0, description="seconds a client may train per round before it is dropped from the round"
+    )
+    fail_rate: float = Field(
+        0.0, ge=0, lt=1, description="simulated client failure probability per round (seeded; exercises the drop path)"
+    )
+    target_accuracy: float | None = Field(
+        None, gt=0, le=1, description="accuracy to reach (None: 0.95 x the best any quantum run reached)"
+    )
     seed: int = Field(0, ge=0, description="seed of partitions, server split, models and clients")
     teacher_shard_size: int = Field(4000, ge=1, description="texts per embedding shard on the Dask workers")
 
@@ -143,16 +164,25 @@ class FederatedParams(RunOptions, FederatedFields):
         if self.train_size is not None:
             pool = self.train_size - max(1, round(self.train_size * self.server_fraction))
             if self.clients > pool:
-                raise ValueError(f"clients={self.clients} exceeds the {pool} training examples left for clients "
-                                 f"(train_size {self.train_size} minus the server's share): every client needs one")
+                raise ValueError(
+                    f"clients={self.clients} exceeds the {pool} training examples left for clients "
+                    f"(train_size {self.train_size} minus the server's share): every client needs one"
+                )
         return self
 
     # -- what the run is made of
     def model_spec(self, num_classes: int) -> ModelSpec:
         options = {"readout": self.readout} if self.model == "vqc" else {}
         backend_options = {"shots": self.shots} if self.shots is not None else {}
-        return ModelSpec(self.model, self.qubits, num_classes, backend=self.backend, seed=self.seed,
-                         options=options, backend_options=backend_options)
+        return ModelSpec(
+            self.model,
+            self.qubits,
+            num_classes,
+            backend=self.backend,
+            seed=self.seed,
+            options=options,
+            backend_options=backend_options,
+        )
 
     def baseline_spec(self, num_classes: int) -> ModelSpec:
         return ModelSpec(self.baseline, self.qubits, num_classes, seed=self.seed)
@@ -164,13 +194,25 @@ class FederatedParams(RunOptions, FederatedFields):
         return LocalTraining(optimizer=optimizer, lr=self.lr, batch_size=batch_size, time_limit=self.client_timeout)
 
     def llm_spec(self) -> LLMSpec:
-        return LLMSpec(steps=self.llm_steps, batch_size=self.llm_batch_size, max_length=self.llm_max_length,
-                       lr=self.llm_lr, rank=self.llm_rank, alpha=2 * self.llm_rank, seed=self.seed)
+        return LLMSpec(
+            steps=self.llm_steps,
+            batch_size=self.llm_batch_size,
+            max_length=self.llm_max_length,
+            lr=self.llm_lr,
+            rank=self.llm_rank,
+            alpha=2 * self.llm_rank,
+            seed=self.seed,
+        )
 
     def controller_for(self, spec: str) -> Controller:
-        return make_controller(spec, max_steps=self.max_steps, max_increment=self.max_increment,
-                               select_fraction=self.select_fraction, stop_threshold=self.stop_threshold,
-                               fallback_rule=self.generative_fallback)
+        return make_controller(
+            spec,
+            max_steps=self.max_steps,
+            max_increment=self.max_increment,
+            select_fraction=self.select_fraction,
+            stop_threshold=self.stop_threshold,
+            fallback_rule=self.generative_fallback,
+        )
 
     @property
     def uses_llm(self) -> bool:
@@ -183,15 +225,18 @@ class FederatedCompareParams(FederatedParams):
 
     dataset: list[str] = Field(["sst2", "subj"], min_length=1, description="data sets compared")
     partition: list[str] = Field(["iid", "dirichlet:0.5"], min_length=1, description="partitions compared")
-    controller: list[str] = Field(["none", "adaptive", "dynamic-weighted"], min_length=1,
-                                  description="controllers compared")
+    controller: list[str] = Field(
+        ["none", "adaptive", "dynamic-weighted"], min_length=1, description="controllers compared"
+    )
     baseline: Literal["none", "logreg", "mlp"] = Field("logreg", description="classical federated baseline")
 
 
 # --- the data of one setting ---------------------------------------------------------------------
 
-def plan_split(labels: np.ndarray, partition: str, clients: int, server_fraction: float,
-               seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+
+def plan_split(
+    labels: np.ndarray, partition: str, clients: int, server_fraction: float, seed: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """The server's own examples (a stratified, seeded share) and each client's partition of the
     rest, as indices into ``labels``. Needs only labels, so the flow's preflight runs it too."""
     labels = np.asarray(labels)
@@ -221,8 +266,15 @@ class FederatedSplit:
         return f"{self.dataset} {self.partition}"
 
 
-def build_split(data: Dataset, embedded: EmbeddedSplit, partition: str, clients: int, model: ModelSpec,
-                server_fraction: float, seed: int) -> FederatedSplit:
+def build_split(
+    data: Dataset,
+    embedded: EmbeddedSplit,
+    partition: str,
+    clients: int,
+    model: ModelSpec,
+    server_fraction: float,
+    seed: int,
+) -> FederatedSplit:
     """Split, fit the projection on the server's data, and hand every client its share."""
     server_idx, parts = plan_split(data.train_labels, partition, clients, server_fraction, seed)
     x, y = embedded.train_x, np.asarray(data.train_labels)
@@ -231,36 +283,59 @@ def build_split(data: Dataset, embedded: EmbeddedSplit, partition: str, clients:
     test_y = np.asarray(data.test_labels)
     reference = float((embedded.test_teacher.argmax(-1) == test_y).mean())
     return FederatedSplit(
-        dataset=data.name, partition=partition,
+        dataset=data.name,
+        partition=partition,
         clients=[Client(i, features[p], y[p], model) for i, p in enumerate(parts)],
         client_texts=[[data.train_texts[j] for j in p] for p in parts],
-        server=(features[server_idx], y[server_idx]), server_texts=[data.train_texts[j] for j in server_idx],
-        test=(project(embedded.test_x), test_y), num_classes=data.num_classes,
+        server=(features[server_idx], y[server_idx]),
+        server_texts=[data.train_texts[j] for j in server_idx],
+        test=(project(embedded.test_x), test_y),
+        num_classes=data.num_classes,
         reference_accuracy=reference,
     )
 
 
 # --- language models -----------------------------------------------------------------------------
 
-def llm_finetune(who: str, texts: list[str], labels: list[int], num_classes: int, model: str | None,
-                 spec: LLMSpec, root: str, log: Callable[[str], None]) -> dict[str, Any]:
+
+def llm_finetune(
+    who: str,
+    texts: list[str],
+    labels: list[int],
+    num_classes: int,
+    model: str | None,
+    spec: LLMSpec,
+    root: str,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     """LoRA-fine-tune the language model on one party's texts; cached under
     ``<root>/federated/llm/<key>.json`` by texts, labels, model weights and settings."""
     folder = resolve_model(model)
-    key = hash_json({"texts": texts, "labels": labels, "classes": num_classes,
-                     "model": model_fingerprint(folder), "spec": asdict(spec), "v": 1})
+    key = hash_json(
+        {
+            "texts": texts,
+            "labels": labels,
+            "classes": num_classes,
+            "model": model_fingerprint(folder),
+            "spec": asdict(spec),
+            "v": 1,
+        }
+    )
     url = join_url(root, "federated", "llm", f"{key}.json")
     cached = read_bytes(url)
     if cached is not None:
         return {**json.loads(cached), "cached": True}
     result = asdict(finetune(folder, texts, labels, num_classes, spec))
     atomic_write_bytes(url, json.dumps(result).encode())
-    log(f"LLM of {who}: loss {result['loss']:.4f}, accuracy {result['accuracy']:.3f} on {result['examples']} "
-        f"texts ({result['seconds']:.1f} s)")
+    log(
+        f"LLM of {who}: loss {result['loss']:.4f}, accuracy {result['accuracy']:.3f} on {result['examples']} "
+        f"texts ({result['seconds']:.1f} s)"
+    )
     return {**result, "cached": False}
 
 
 # --- simulated client failures --------------------------------------------------------------------
+
 
 class SimulatedFailure(RuntimeError):
     """A client failure injected on purpose (``fail_rate``), to exercise the drop path."""
@@ -271,10 +346,11 @@ def simulated_failures(seed: int, round_: int, clients: Sequence[int], rate: flo
     if rate <= 0:
         return set()
     rng = np.random.default_rng([seed, round_, 99])
-    return {c for c, u in zip(clients, rng.random(len(clients))) if u < rate}
+    return {c for c, u in zip(clients, rng.random(len(clients)), strict=True) if u < rate}
 
 
 # --- finished runs, stored by content ------------------------------------------------------------
+
 
 def split_fingerprint(setting: FederatedSplit) -> str:
     """Hash of every array a run of ``setting`` reads: the clients', the server's and the test data."""
@@ -286,12 +362,21 @@ def split_fingerprint(setting: FederatedSplit) -> str:
     return digest.hexdigest()
 
 
-def run_key(setting: FederatedSplit, spec: ModelSpec, controller: str, settings: dict[str, Any],
-            llm_losses: dict[str, float]) -> str:
+def run_key(
+    setting: FederatedSplit, spec: ModelSpec, controller: str, settings: dict[str, Any], llm_losses: dict[str, float]
+) -> str:
     """What a run's result depends on: its data, model, controller, run settings (the flow's
     parameters less those the data already fixes) and the parties' LLM losses."""
-    return hash_json({"setting": split_fingerprint(setting), "model": asdict(spec), "controller": controller,
-                      "settings": settings, "llm": llm_losses, "v": 1})
+    return hash_json(
+        {
+            "setting": split_fingerprint(setting),
+            "model": asdict(spec),
+            "controller": controller,
+            "settings": settings,
+            "llm": llm_losses,
+            "v": 1,
+        }
+    )
 
 
 def _run_url(root: str, key: str) -> str:
@@ -306,33 +391,59 @@ def load_run(root: str, key: str) -> RunResult | None:
     with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
         meta = json.loads(str(npz["meta"]))
         weights = {name.removeprefix("w/"): npz[name] for name in npz.files if name.startswith("w/")}
-    return RunResult(meta["initial_accuracy"], meta["initial_loss"],
-                     [RoundRecord.from_dict(r) for r in meta["records"]], weights)
+    return RunResult(
+        meta["initial_accuracy"], meta["initial_loss"], [RoundRecord.from_dict(r) for r in meta["records"]], weights
+    )
 
 
 def store_run(root: str, key: str, result: RunResult) -> None:
     """Records and final weights in one file, written atomically: a reader sees all or nothing."""
-    meta = {"initial_accuracy": result.initial_accuracy, "initial_loss": result.initial_loss,
-            "records": [r.to_dict() for r in result.records]}
+    meta = {
+        "initial_accuracy": result.initial_accuracy,
+        "initial_loss": result.initial_loss,
+        "records": [r.to_dict() for r in result.records],
+    }
     buffer = io.BytesIO()
-    np.savez(buffer, meta=np.array(json.dumps(meta)), **{f"w/{k}": np.asarray(v) for k, v in result.weights.items()})
+    weights: dict[str, Any] = {f"w/{k}": np.asarray(v) for k, v in result.weights.items()}
+    np.savez(buffer, meta=np.array(json.dumps(meta)), **weights)
     atomic_write_bytes(_run_url(root, key), buffer.getvalue())
 
 
 def real_failures(result: RunResult, clients: Sequence[int], seed: int, fail_rate: float) -> list[tuple[int, int]]:
     """(round, client) of every client dropped for a reason other than the seeded ``fail_rate``:
     a run with any is not stored, so a re-run trains it again instead of repeating the loss."""
-    return [(r.round, c) for r in result.records
-            for c in sorted(set(r.failed) - simulated_failures(seed, r.round, clients, fail_rate))]
+    return [
+        (r.round, c)
+        for r in result.records
+        for c in sorted(set(r.failed) - simulated_failures(seed, r.round, clients, fail_rate))
+    ]
 
 
 # --- one run -------------------------------------------------------------------------------------
 
 # Parameters a run's result does not depend on beyond its split (data, split, partition and
 # clients are in the split's fingerprint, the LLM settings in the parties' losses) or at all.
-NOT_IN_RUN_KEY = {"dataset", "train_size", "test_size", "split_seed", "clients", "partition", "server_fraction",
-                  "controller", "baseline", "llm_model", "llm_steps", "llm_batch_size", "llm_max_length", "llm_lr",
-                  "llm_rank", "target_accuracy", "teacher_shard_size", "experiment", "dask_address"}
+NOT_IN_RUN_KEY = {
+    "dataset",
+    "train_size",
+    "test_size",
+    "split_seed",
+    "clients",
+    "partition",
+    "server_fraction",
+    "controller",
+    "baseline",
+    "llm_model",
+    "llm_steps",
+    "llm_batch_size",
+    "llm_max_length",
+    "llm_lr",
+    "llm_rank",
+    "target_accuracy",
+    "teacher_shard_size",
+    "experiment",
+    "dask_address",
+}
 
 
 def _quiet(message: str) -> None:
@@ -360,9 +471,14 @@ class RunJob:
         return self.params.seed
 
 
-def run_setting(job: RunJob, root: str, *, fit: Fit = fit_sequentially,
-                on_round: Callable[[RoundRecord], None] | None = None,
-                log: Callable[[str], None] = _quiet) -> RunOutput:
+def run_setting(
+    job: RunJob,
+    root: str,
+    *,
+    fit: Fit = fit_sequentially,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    log: Callable[[str], None] = _quiet,
+) -> RunOutput:
     """One federated run, its rounds' client trainings sent to ``fit``.
 
     A finished run is stored under ``<root>/federated/runs/``; the same run again is read back
@@ -374,21 +490,31 @@ def run_setting(job: RunJob, root: str, *, fit: Fit = fit_sequentially,
     key = run_key(setting, job.model, job.controller, params.model_dump(exclude=NOT_IN_RUN_KEY), losses)
     storable = not job.controller.startswith("generative:")
     if storable and (stored := load_run(root, key)) is not None:
-        log(f"{setting.name} {job.label}: {len(stored.records)} rounds reused from an earlier run "
-            f"(final accuracy {stored.records[-1].accuracy:.4f})")
+        log(
+            f"{setting.name} {job.label}: {len(stored.records)} rounds reused from an earlier run "
+            f"(final accuracy {stored.records[-1].accuracy:.4f})"
+        )
         return RunOutput(setting, job.label, job.model, stored, cached=True)
     run = FederatedRun(
-        clients=[replace(c, model=job.model) for c in setting.clients], model=job.model,
+        clients=[replace(c, model=job.model) for c in setting.clients],
+        model=job.model,
         strategy=make_strategy(params.strategy, proximal_mu=params.proximal_mu, server_lr=params.server_lr),
-        controller=controller, server_data=setting.server, test_data=setting.test,
-        settings=params.train_settings(job.model.quantum), local_steps=params.local_steps,
+        controller=controller,
+        server_data=setting.server,
+        test_data=setting.test,
+        settings=params.train_settings(job.model.quantum),
+        local_steps=params.local_steps,
         llm_losses={c.id: llm[f"client{c.id}"]["loss"] for c in setting.clients if f"client{c.id}" in llm},
         server_llm_loss=llm["server"]["loss"] if "server" in llm else None,
-        objective_unit=params.objective_unit, seed=params.seed)
+        objective_unit=params.objective_unit,
+        seed=params.seed,
+    )
     result = run.run(params.rounds, fit=fit, on_round=on_round)
     if lost := real_failures(result, [c.id for c in setting.clients], params.seed, params.fail_rate):
-        log(f"WARNING: {setting.name} {job.label}: not stored, {len(lost)} client trainings failed "
-            f"(round, client: {lost}); a re-run trains it again")
+        log(
+            f"WARNING: {setting.name} {job.label}: not stored, {len(lost)} client trainings failed "
+            f"(round, client: {lost}); a re-run trains it again"
+        )
     elif storable:
         store_run(root, key, result)
     return RunOutput(setting, job.label, job.model, result)
@@ -401,6 +527,7 @@ def parties(setting: FederatedSplit) -> list[tuple[str, list[str], np.ndarray]]:
 
 
 # --- results -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RunOutput:
@@ -451,17 +578,25 @@ def summarize(out: RunOutput, target: float) -> dict[str, Any]:
         discarded += r.discarded_evaluations
     total = c["circuit_evaluations"][-1]
     return {
-        "dataset": out.setting.dataset, "partition": out.setting.partition, "run": out.label,
-        "model": out.model.kind, "rounds_run": len(records), "stopped_early": bool(records and records[-1].stop),
-        "final_accuracy": c["accuracy"][-1], "best_accuracy": max(c["accuracy"]), "target": target,
+        "dataset": out.setting.dataset,
+        "partition": out.setting.partition,
+        "run": out.label,
+        "model": out.model.kind,
+        "rounds_run": len(records),
+        "stopped_early": bool(records and records[-1].stop),
+        "final_accuracy": c["accuracy"][-1],
+        "best_accuracy": max(c["accuracy"]),
+        "target": target,
         "mean_steps": float(np.mean([v["steps"] for r in records for v in r.clients.values()] or [0])),
         "rounds_to_target": reach,
         "circuit_evaluations_to_target": None if reach is None else c["circuit_evaluations"][reach],
         "client_seconds_to_target": None if reach is None else c["client_seconds"][reach],
-        "circuit_evaluations": total, "client_seconds": c["client_seconds"][-1],
+        "circuit_evaluations": total,
+        "client_seconds": c["client_seconds"][-1],
         "idle_fraction": idle / busy if busy else 0.0,
         "discarded_fraction": discarded / total if total else 0.0,
-        "bytes_up": sum(r.bytes_up for r in records), "bytes_down": sum(r.bytes_down for r in records),
+        "bytes_up": sum(r.bytes_up for r in records),
+        "bytes_down": sum(r.bytes_down for r in records),
         "clients_failed": sum(k == "failed" for r in records for k in r.failed.values()),
         "clients_timed_out": sum(k == "timed out" for r in records for k in r.failed.values()),
         "fallback_rounds": sum(r.decision == "fallback" for r in records),
@@ -471,9 +606,11 @@ def summarize(out: RunOutput, target: float) -> dict[str, Any]:
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The results table for the terminal and the Prefect artifact."""
-    head = ("| data | partition | run | final acc | best acc | rounds | target | rounds to target | "
-            "circuit evals to target | client s to target | circuit evals | client s | steps / client-round | "
-            "idle | discarded | failed / timed out |")
+    head = (
+        "| data | partition | run | final acc | best acc | rounds | target | rounds to target | "
+        "circuit evals to target | client s to target | circuit evals | client s | steps / client-round | "
+        "idle | discarded | failed / timed out |"
+    )
     lines = [head, "|" + "---|" * 16]
 
     def num(v: Any, fmt: str) -> str:
@@ -488,7 +625,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
             f"{num(r['circuit_evaluations_to_target'], ',.0f')} | {num(r['client_seconds_to_target'], '.1f')} | "
             f"{r['circuit_evaluations']:,.0f} | {r['client_seconds']:.1f} | {r['mean_steps']:.1f} | "
             f"{r['idle_fraction']:.0%} | "
-            f"{r['discarded_fraction']:.0%} | {r['clients_failed']} / {r['clients_timed_out']} |")
+            f"{r['discarded_fraction']:.0%} | {r['clients_failed']} / {r['clients_timed_out']} |"
+        )
     return "\n".join(lines)
 
 
@@ -516,7 +654,7 @@ def accuracy_curves(outputs: Sequence[RunOutput], target: float) -> Figure:
             axes[1].plot(c["circuit_evaluations"], c["accuracy"], **style)
         axes[2].plot(c["client_seconds"], c["accuracy"], **style)
     labels = ("round", "cumulative circuit evaluations (quantum clients)", "cumulative client seconds")
-    for ax, xlabel in zip(axes, labels):
+    for ax, xlabel in zip(axes, labels, strict=False):
         ax.axhline(target, color="grey", linewidth=0.8, linestyle=":")
         ax.set(xlabel=xlabel, ylabel="test accuracy")
     axes[1].xaxis.set_major_formatter(EngFormatter())  # 1.2M, not an offset that overlaps the label
@@ -530,17 +668,26 @@ def _round_metrics(out: RunOutput) -> list[mlflow.entities.Metric]:
     """Every per-round number as an MLflow metric with step = round (round 0: the initial model)."""
     now = int(time.time() * 1000)
     c = curves(out)
-    metrics = [mlflow.entities.Metric("accuracy", out.result.initial_accuracy, now, 0),
-               mlflow.entities.Metric("test_loss", out.result.initial_loss, now, 0)]
+    metrics = [
+        mlflow.entities.Metric("accuracy", out.result.initial_accuracy, now, 0),
+        mlflow.entities.Metric("test_loss", out.result.initial_loss, now, 0),
+    ]
     for i, r in enumerate(out.result.records, start=1):
         values: dict[str, float] = {
-            "accuracy": r.accuracy, "test_loss": r.test_loss, "selected_clients": len(r.selected),
+            "accuracy": r.accuracy,
+            "test_loss": r.test_loss,
+            "selected_clients": len(r.selected),
             "failed_clients": sum(k == "failed" for k in r.failed.values()),
             "timed_out_clients": sum(k == "timed out" for k in r.failed.values()),
-            "bytes_up": r.bytes_up, "bytes_down": r.bytes_down, "circuit_evaluations": r.circuit_evaluations,
-            "cumulative_circuit_evaluations": c["circuit_evaluations"][i], "client_seconds": r.client_seconds,
-            "cumulative_client_seconds": c["client_seconds"][i], "idle_fraction": r.idle_fraction,
-            "idle_seconds_fraction": r.idle_seconds_fraction, "discarded_evaluations": r.discarded_evaluations,
+            "bytes_up": r.bytes_up,
+            "bytes_down": r.bytes_down,
+            "circuit_evaluations": r.circuit_evaluations,
+            "cumulative_circuit_evaluations": c["circuit_evaluations"][i],
+            "client_seconds": r.client_seconds,
+            "cumulative_client_seconds": c["client_seconds"][i],
+            "idle_fraction": r.idle_fraction,
+            "idle_seconds_fraction": r.idle_seconds_fraction,
+            "discarded_evaluations": r.discarded_evaluations,
             "stop": float(r.stop),
         }
         if r.server_loss is not None:
@@ -567,34 +714,61 @@ def save_global_model(out: RunOutput, folder: Path) -> Path:
         folder = model.save(folder)
         (folder / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
         return folder
-    circuits = {"circuit": model.circuit()} if hasattr(model, "circuit") else {}
+    circuits = {"circuit": model.circuit()} if isinstance(model, VQCClassifier) else {}
     return save_module(model, spec, circuits, folder)
 
 
-def log_runs(parent: mlflow.ActiveRun, outputs: Sequence[RunOutput], rows: Sequence[dict[str, Any]],
-             figures: dict[str, Figure], llm: dict[str, Any]) -> None:
+def log_runs(
+    parent: mlflow.ActiveRun,
+    outputs: Sequence[RunOutput],
+    rows: Sequence[dict[str, Any]],
+    figures: dict[str, Figure],
+    llm: dict[str, Any],
+) -> None:
     """On the flow's parent run: the results table, plots and LLM losses, and one child per run
     with its per-round metrics, round records and final model. Only the flow's process writes."""
     client = MlflowClient()
-    for out, row in zip(outputs, rows):
+    for out, row in zip(outputs, rows, strict=True):
         name = f"{out.setting.dataset}/{out.setting.partition}/{out.label}"
-        run_id = tracking.with_retries(lambda: client.create_run(
-            parent.info.experiment_id, run_name=name,
-            tags={"mlflow.parentRunId": parent.info.run_id, "kind": "baseline" if not out.quantum else "quantum",
-                  "controller": out.label}).info.run_id, what="create child run")
-        run_params = [mlflow.entities.Param(k, str(v)) for k, v in
-                      {"dataset": out.setting.dataset, "partition": out.setting.partition,
-                       "controller": out.label, "model": out.model.kind}.items()]
-        summary = [mlflow.entities.Metric(f"summary.{k}", float(v), int(time.time() * 1000), 0)
-                   for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        run_id = tracking.with_retries(
+            lambda: (
+                client.create_run(
+                    parent.info.experiment_id,
+                    run_name=name,
+                    tags={
+                        "mlflow.parentRunId": parent.info.run_id,
+                        "kind": "baseline" if not out.quantum else "quantum",
+                        "controller": out.label,
+                    },
+                ).info.run_id
+            ),
+            what="create child run",
+        )
+        run_params = [
+            mlflow.entities.Param(k, str(v))
+            for k, v in {
+                "dataset": out.setting.dataset,
+                "partition": out.setting.partition,
+                "controller": out.label,
+                "model": out.model.kind,
+            }.items()
+        ]
+        summary = [
+            mlflow.entities.Metric(f"summary.{k}", float(v), int(time.time() * 1000), 0)
+            for k, v in row.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
         metrics = _round_metrics(out) + summary
         for start in range(0, len(metrics), 900):  # MLflow takes at most 1,000 metrics per batch
-            batch = metrics[start:start + 900]
-            tracking.with_retries(lambda: client.log_batch(run_id, metrics=batch,
-                                                           params=run_params if start == 0 else []),
-                                  what="log round metrics")
-        tracking.with_retries(lambda: client.log_dict(
-            run_id, {"records": [r.to_dict() for r in out.result.records]}, "rounds.json"), what="log rounds")
+            batch = metrics[start : start + 900]
+            tracking.with_retries(
+                lambda: client.log_batch(run_id, metrics=batch, params=run_params if start == 0 else []),
+                what="log round metrics",
+            )
+        tracking.with_retries(
+            lambda: client.log_dict(run_id, {"records": [r.to_dict() for r in out.result.records]}, "rounds.json"),
+            what="log rounds",
+        )
         with tempfile.TemporaryDirectory() as tmp:
             folder = save_global_model(out, Path(tmp) / "model")
             tracking.with_retries(lambda: client.log_artifacts(run_id, str(folder), "model"), what="log model")
@@ -606,6 +780,7 @@ def log_runs(parent: mlflow.ActiveRun, outputs: Sequence[RunOutput], rows: Seque
 
 
 # --- the registry's view: LLM-QFL and its classical federated baseline ---------------------------
+
 
 @dataclass(frozen=True)
 class FederatedData:
@@ -624,11 +799,21 @@ class FederatedMethod(Method[FederatedParams, RunJob, FederatedData]):
         preflight(params)
 
     def for_budget(self, budget: Budget, seeds: list[int]) -> list[FederatedParams]:
-        return [FederatedParams(dataset=[budget.dataset], train_size=budget.train_size, test_size=budget.test_size,
-                                split_seed=budget.split_seed, clients=budget.clients, rounds=budget.rounds,
-                                controller=[budget.controller], baseline="logreg", llm_steps=budget.llm_steps,
-                                seed=seed)
-                for seed in seeds]
+        return [
+            FederatedParams(
+                dataset=[budget.dataset],
+                train_size=budget.train_size,
+                test_size=budget.test_size,
+                split_seed=budget.split_seed,
+                clients=budget.clients,
+                rounds=budget.rounds,
+                controller=[budget.controller],
+                baseline="logreg",
+                llm_steps=budget.llm_steps,
+                seed=seed,
+            )
+            for seed in seeds
+        ]
 
     def run(self, job: RunJob, root: str, hooks: Hooks) -> RunOutput:
         rounds = job.params.rounds
@@ -636,11 +821,15 @@ class FederatedMethod(Method[FederatedParams, RunJob, FederatedData]):
         def on_round(r: RoundRecord) -> None:
             dropped = f", dropped {r.failed}" if r.failed else ""
             server = "–" if r.server_loss is None else f"{r.server_loss:.3f}"
-            hooks.log(f"{job.split.name} {job.label} round {r.round}/{rounds}: accuracy {r.accuracy:.4f}, "
-                      f"server loss {server}, aggregated {list(r.selected)}, next steps {r.next_steps}{dropped}"
-                      + (" — stop" if r.stop else ""))
-            hooks.progress(rounds if r.stop else r.round, f"round {r.round}/{rounds}, accuracy {r.accuracy:.4f}"
-                           + (", stopped early" if r.stop else ""))
+            hooks.log(
+                f"{job.split.name} {job.label} round {r.round}/{rounds}: accuracy {r.accuracy:.4f}, "
+                f"server loss {server}, aggregated {list(r.selected)}, next steps {r.next_steps}{dropped}"
+                + (" — stop" if r.stop else "")
+            )
+            hooks.progress(
+                rounds if r.stop else r.round,
+                f"round {r.round}/{rounds}, accuracy {r.accuracy:.4f}" + (", stopped early" if r.stop else ""),
+            )
 
         return run_setting(job, root, fit=hooks.fit or fit_sequentially, on_round=on_round, log=hooks.log)
 
@@ -651,9 +840,15 @@ class FederatedMethod(Method[FederatedParams, RunJob, FederatedData]):
         size = sum(p.numel() for p in build_model(out.model).parameters() if p.requires_grad)
         seconds = c["client_seconds"][-1] + sum(v["seconds"] for v in job.llm.values())
         kind = "quantum" if out.quantum else "baseline"
-        return TrainingResult(self.id, f"{job.name}-s{job.seed}", kind, job.seed,
-                              {"accuracy": c["accuracy"][-1], "train_seconds": seconds},
-                              {"total": size}, cached=out.cached)
+        return TrainingResult(
+            self.id,
+            f"{job.name}-s{job.seed}",
+            kind,
+            job.seed,
+            {"accuracy": c["accuracy"][-1], "train_seconds": seconds},
+            {"total": size},
+            cached=out.cached,
+        )
 
     def train(self, job: RunJob, data: FederatedData, root: str, hooks: Hooks) -> TrainingResult:
         return self.summary(self.run(job, root, hooks), job)

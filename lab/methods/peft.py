@@ -40,7 +40,7 @@ from qcore.adapters.training import Batch, accuracy, perplexity, train_steps
 from ..artifacts import atomic_write_bytes, hash_json, join_url, read_bytes, upload_folder
 from ..corpus import Corpus, load_corpus
 from ..data import DataRequest, Dataset
-from ..params import DataOptions, Options, RunOptions, experiment
+from ..params import Options, RunOptions, experiment
 from ..results import TrainingResult
 from ..teacher import ModelNotFoundError, model_fingerprint, resolve_model
 from .base import Budget, Hooks, Method
@@ -53,23 +53,30 @@ MERGE_TOLERANCE = 1e-4
 
 
 AdapterName = Literal["lora", "qpa", "qtha"]
+ADAPTER_NAMES: tuple[AdapterName, ...] = ("lora", "qpa", "qtha")
+assert ADAPTER_NAMES == ADAPTERS, "qcore's adapters and the flow's choices must agree"
 
 
 class AdapterOptions(Options):
     """The adapter settings ``qllm run peft`` and ``qllm peft count`` share."""
 
-    target: list[str] | None = Field(None, description="modules to adapt, by name or name ending "
-                                                       "(default: peft's usual ones for the model type)")
+    target: list[str] | None = Field(
+        None, description="modules to adapt, by name or name ending (default: peft's usual ones for the model type)"
+    )
     rank: int = Field(4, ge=1, description="rank r of the update")
     alpha: float | None = Field(None, gt=0, description="update scale numerator α (None: 2·rank)")
-    qpa_chunk_size: int = Field(2048, ge=1, description="QPA: numbers per mapping-model output "
-                                                        "(the paper's n_mlp, 2048)")
+    qpa_chunk_size: int = Field(
+        2048, ge=1, description="QPA: numbers per mapping-model output (the paper's n_mlp, 2048)"
+    )
     qpa_depth: int = Field(8, ge=1, le=100, description="QPA: RY + CNOT-chain blocks of the circuit")
-    qpa_hidden: list[int] = Field(list(PUBLISHED_HIDDEN), min_length=1,
-                                  description="QPA: hidden widths of the mapping model (published: "
-                                              + ",".join(map(str, PUBLISHED_HIDDEN)) + ")")
+    qpa_hidden: list[int] = Field(
+        list(PUBLISHED_HIDDEN),
+        min_length=1,
+        description="QPA: hidden widths of the mapping model (published: " + ",".join(map(str, PUBLISHED_HIDDEN)) + ")",
+    )
     qpa_activation: Literal["relu", "gelu", "tanh", "silu"] | None = Field(
-        None, description="QPA: activation between mapping layers (None: linear, as published)")
+        None, description="QPA: activation between mapping layers (None: linear, as published)"
+    )
     qtha_qubits: int = Field(4, ge=1, le=16, description="QTHA: qubits of the QNN")
     qtha_layers: int = Field(2, ge=1, le=50, description="QTHA: hardware-efficient layers of the QNN")
     qtha_bond_dim: int = Field(4, ge=1, description="QTHA: bond dimension of the MPOs")
@@ -77,29 +84,46 @@ class AdapterOptions(Options):
 
     def adapter_fields(self, method: str, targets: list[str], **shared: Any) -> dict[str, Any]:
         """The config fields of ``method``: the shared ones plus its own."""
-        own = {"qpa": {"chunk_size": self.qpa_chunk_size, "depth": self.qpa_depth,
-                       "hidden_sizes": self.qpa_hidden, "activation": self.qpa_activation},
-               "qtha": {"qubits": self.qtha_qubits, "layers": self.qtha_layers,
-                        "bond_dim": self.qtha_bond_dim, "cores": self.qtha_cores}}.get(method, {})
+        per_method: dict[str, dict[str, Any]] = {
+            "qpa": {
+                "chunk_size": self.qpa_chunk_size,
+                "depth": self.qpa_depth,
+                "hidden_sizes": self.qpa_hidden,
+                "activation": self.qpa_activation,
+            },
+            "qtha": {
+                "qubits": self.qtha_qubits,
+                "layers": self.qtha_layers,
+                "bond_dim": self.qtha_bond_dim,
+                "cores": self.qtha_cores,
+            },
+        }
+        own = per_method.get(method, {})
         return {"target_modules": targets, "r": self.rank, "alpha": self.alpha, **shared, **own}
 
 
 class CountParams(AdapterOptions):
     """Parameters of ``qllm peft count``."""
 
-    model: str | None = Field(None, description="model name or folder; a folder holding only "
-                                                "config.json will do (default: the embedded all-MiniLM-L6-v2)")
-    method: list[AdapterName] = Field(list(ADAPTERS), min_length=1, description="methods to count")
+    model: str | None = Field(
+        None,
+        description="model name or folder; a folder holding only "
+        "config.json will do (default: the embedded all-MiniLM-L6-v2)",
+    )
+    method: list[AdapterName] = Field(list(ADAPTER_NAMES), min_length=1, description="methods to count")
 
 
 class PeftFields(Options):
     """The peft flow's own parameters (after the adapter options in the form)."""
 
-    methods: list[AdapterName] = Field(list(ADAPTERS), min_length=1, description="methods to compare")
-    task: Literal["classify", "lm"] = Field("classify", description="classify: sequence classification "
-                                            "(accuracy); lm: causal language modelling (perplexity)")
-    model: str | None = Field(None, description="model name or folder (default: the embedded "
-                                                "all-MiniLM-L6-v2 for classify, gpt2 for lm)")
+    methods: list[AdapterName] = Field(list(ADAPTER_NAMES), min_length=1, description="methods to compare")
+    task: Literal["classify", "lm"] = Field(
+        "classify",
+        description="classify: sequence classification (accuracy); lm: causal language modelling (perplexity)",
+    )
+    model: str | None = Field(
+        None, description="model name or folder (default: the embedded all-MiniLM-L6-v2 for classify, gpt2 for lm)"
+    )
     dataset: str = Field("sst2", description="classify: named set or TSV/CSV/JSONL path or fsspec URL")
     train_size: int | None = Field(4000, ge=2, description="classify: training examples (stratified subsample)")
     test_size: int | None = Field(None, ge=1, description="classify: test examples (None: the whole test split)")
@@ -112,12 +136,20 @@ class PeftFields(Options):
     dropout: float = Field(0.05, ge=0, lt=1, description="input dropout on the adapter path (QPA's 0.05)")
     seed: int = Field(0, ge=0, description="seed of the data order, the adapters and a new head")
     split_seed: int = Field(0, ge=0, description="classify: seed of the split and subsampling")
-    qpa_lr: float | None = Field(None, gt=0, le=1, description="QPA: learning rate of the generator "
-                                 "(None: --lr). At one rate QPA's update moves some 80x faster per step than "
-                                 "LoRA's (MiniLM query/value); the paper trains both at 1e-5")
-    qpa_zero_start: bool = Field(False, description="QPA: subtract the update generated at "
-                                 "initialisation, so training starts at the base model as LoRA's and "
-                                 "QTHA's do (same gradients); off: as published")
+    qpa_lr: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="QPA: learning rate of the generator "
+        "(None: --lr). At one rate QPA's update moves some 80x faster per step than "
+        "LoRA's (MiniLM query/value); the paper trains both at 1e-5",
+    )
+    qpa_zero_start: bool = Field(
+        False,
+        description="QPA: subtract the update generated at "
+        "initialisation, so training starts at the base model as LoRA's and "
+        "QTHA's do (same gradients); off: as published",
+    )
 
 
 class PeftParams(RunOptions, PeftFields, AdapterOptions):
@@ -126,10 +158,14 @@ class PeftParams(RunOptions, PeftFields, AdapterOptions):
     experiment: str = experiment("qllm-peft")
     # Smaller than the paper's QPA settings: those suit GPT-2's 768 → 50,257 lm_head, while the
     # default MiniLM's 384-wide layers have only 3,072 LoRA numbers each.
-    qpa_chunk_size: int = Field(64, ge=1, description="QPA: numbers per mapping-model output "
-                                                      "(the paper: 2048, for GPT-2's lm_head)")
-    qpa_hidden: list[int] = Field([16], min_length=1, description="QPA: hidden widths of the mapping "
-                                  "model (the paper: " + ",".join(map(str, PUBLISHED_HIDDEN)) + ")")
+    qpa_chunk_size: int = Field(
+        64, ge=1, description="QPA: numbers per mapping-model output (the paper: 2048, for GPT-2's lm_head)"
+    )
+    qpa_hidden: list[int] = Field(
+        [16],
+        min_length=1,
+        description="QPA: hidden widths of the mapping model (the paper: " + ",".join(map(str, PUBLISHED_HIDDEN)) + ")",
+    )
 
     def adapter_fields(self, method: str, targets: list[str], **shared: Any) -> dict[str, Any]:
         fields = super().adapter_fields(method, targets, **shared)
@@ -143,6 +179,7 @@ class PeftParams(RunOptions, PeftFields, AdapterOptions):
 
 
 # --- preflight: everything that can be refused before any training -----------------------------
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -160,8 +197,9 @@ class Plan:
 def default_targets(config: transformers.PretrainedConfig) -> list[str]:
     targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(config.model_type)
     if not targets:
-        raise AdapterError(f"there are no default target modules for model type {config.model_type!r}: "
-                           "name them with --target")
+        raise AdapterError(
+            f"there are no default target modules for model type {config.model_type!r}: name them with --target"
+        )
     return list(targets)
 
 
@@ -187,8 +225,10 @@ def preflight(params: PeftParams, data: Dataset | Corpus) -> Plan:
     model = params.model or (None if params.task == "classify" else "gpt2")
     folder, config = model_config(model)
     if not any(folder.glob("*.safetensors")) and not (folder / "pytorch_model.bin").is_file():
-        raise ModelNotFoundError(f"model {model!r} ({folder}) has no weights (*.safetensors or pytorch_model.bin): "
-                                 "`qllm peft count` needs only config.json, fine-tuning needs the weights")
+        raise ModelNotFoundError(
+            f"model {model!r} ({folder}) has no weights (*.safetensors or pytorch_model.bin): "
+            "`qllm peft count` needs only config.json, fine-tuning needs the weights"
+        )
     try:
         transformers.AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:
@@ -201,12 +241,23 @@ def preflight(params: PeftParams, data: Dataset | Corpus) -> Plan:
     shared = {"dropout": params.dropout, "seed": params.seed, "modules_to_save": heads}
     fields = {m: params.adapter_fields(m, targets, **shared) for m in params.methods}
     counts = compare(lambda: skeleton(config, auto), [adapter_config(m, **f) for m, f in fields.items()])
-    jobs = [FinetuneJob(method=m, task=params.task, model=str(folder), adapter=f, steps=params.steps,
-                        batch_size=params.batch_size, lr=params.lr, seed=params.seed,
-                        max_length=params.max_length, eval_blocks=params.eval_blocks,
-                        adapter_lr=params.qpa_lr if m == "qpa" else None)
-            for m, f in fields.items()]
-    return Plan(targets, dict(zip(params.methods, counts)), jobs)
+    jobs = [
+        FinetuneJob(
+            method=m,
+            task=params.task,
+            model=str(folder),
+            adapter=f,
+            steps=params.steps,
+            batch_size=params.batch_size,
+            lr=params.lr,
+            seed=params.seed,
+            max_length=params.max_length,
+            eval_blocks=params.eval_blocks,
+            adapter_lr=params.qpa_lr if m == "qpa" else None,
+        )
+        for m, f in fields.items()
+    ]
+    return Plan(targets, dict(zip(params.methods, counts, strict=True)), jobs)
 
 
 @dataclass(frozen=True)
@@ -238,8 +289,9 @@ class FinetuneJob:
 
 def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks) -> TrainingResult:
     """Train, evaluate, merge and check one method; the result row of the comparison."""
-    key = hash_json({"job": {**asdict(job), "model": model_fingerprint(Path(job.model))},
-                     "data": data.content_hash, "v": 2})
+    key = hash_json(
+        {"job": {**asdict(job), "model": model_fingerprint(Path(job.model))}, "data": data.content_hash, "v": 2}
+    )
     url = join_url(root, "peft", key)
     if (raw := read_bytes(join_url(url, "result.json"))) is not None:
         hooks.log(f"{job.method}: finished before, reusing {key[:12]}")
@@ -251,9 +303,15 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
     head = sum(p.numel() for name in heads for p in getattr(model, name).parameters())
     adapted = adapt(model, adapter_config(job.method, **job.adapter))
     trainable = sum(p.numel() for p in adapted.trainable_parameters().values())
-    lr_of = {} if job.adapter_lr is None else {
-        n: job.adapter_lr for n, p in adapted.named_parameters()
-        if p.requires_grad and not any(f".{h}." in f".{n}" for h in heads)}
+    lr_of = (
+        {}
+        if job.adapter_lr is None
+        else {
+            n: job.adapter_lr
+            for n, p in adapted.named_parameters()
+            if p.requires_grad and not any(f".{h}." in f".{n}" for h in heads)
+        }
+    )
 
     def progress(step: int, loss: float) -> None:
         if (step + 1) % max(1, job.steps // 10) == 0 or step + 1 == job.steps:
@@ -261,28 +319,55 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
             hooks.progress(step + 1, f"step {step + 1}/{job.steps}: loss {loss:.4f}")
 
     t0 = time.perf_counter()
-    trained = train_steps(adapted, train_batches(job, tokenizer, data), steps=job.steps, lr=job.lr,
-                          seed=job.seed, lr_of=lr_of, on_step=progress)
+    trained = train_steps(
+        adapted,
+        train_batches(job, tokenizer, data),
+        steps=job.steps,
+        lr=job.lr,
+        seed=job.seed,
+        lr_of=lr_of,
+        on_step=progress,
+    )
     train_seconds = time.perf_counter() - t0
     evaluation = eval_batches(job, tokenizer, data)
-    metric = {"accuracy": accuracy(adapted, evaluation)} if job.task == "classify" else \
-        {"perplexity": perplexity(adapted, evaluation)}
+    metric = (
+        {"accuracy": accuracy(adapted, evaluation)}
+        if job.task == "classify"
+        else {"perplexity": perplexity(adapted, evaluation)}
+    )
     with tempfile.TemporaryDirectory() as tmp:
         adapted.save_pretrained(Path(tmp) / "adapter")
         difference = check_merged(adapted, tokenizer, evaluation[0], job, Path(tmp) / "merged")
-        tail = trained.losses[-max(1, job.steps // 10):]
+        tail = trained.losses[-max(1, job.steps // 10) :]
         result = TrainingResult(
-            job.method, job.name, "adapter", job.seed,
-            {**metric, "final_train_loss": sum(tail) / len(tail), "trainable_params": trainable,
-             "adapter_params": trainable - head, "seconds_per_step": trained.seconds_per_step,
-             "train_seconds": train_seconds, "peak_memory_mib": trained.peak_memory_bytes / 2**20,
-             "merged_max_abs_diff": difference},
-            {"total": trainable, "adapter": trainable - head, "head": head}, {"train_loss": trained.losses},
-            asdict(job), files={"adapter": upload_folder(Path(tmp) / "adapter", join_url(url, "adapter")),
-                                "merged": upload_folder(Path(tmp) / "merged", join_url(url, "merged"))})
+            job.method,
+            job.name,
+            "adapter",
+            job.seed,
+            {
+                **metric,
+                "final_train_loss": sum(tail) / len(tail),
+                "trainable_params": trainable,
+                "adapter_params": trainable - head,
+                "seconds_per_step": trained.seconds_per_step,
+                "train_seconds": train_seconds,
+                "peak_memory_mib": trained.peak_memory_bytes / 2**20,
+                "merged_max_abs_diff": difference,
+            },
+            {"total": trainable, "adapter": trainable - head, "head": head},
+            {"train_loss": trained.losses},
+            asdict(job),
+            files={
+                "adapter": upload_folder(Path(tmp) / "adapter", join_url(url, "adapter")),
+                "merged": upload_folder(Path(tmp) / "merged", join_url(url, "merged")),
+            },
+        )
     atomic_write_bytes(join_url(url, "result.json"), json.dumps(result.to_json()).encode())
-    hooks.log(f"{job.method}: " + ", ".join(f"{k} {v:.4f}" for k, v in metric.items())
-              + f", merged model checked (max |Δ| {difference:.2e})")
+    hooks.log(
+        f"{job.method}: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in metric.items())
+        + f", merged model checked (max |Δ| {difference:.2e})"
+    )
     return result
 
 
@@ -293,8 +378,11 @@ def load_pretrained(job: FinetuneJob, data: Dataset | Corpus) -> tuple[Any, torc
     auto = getattr(transformers, AUTO_CLASSES[job.task])
     options: dict[str, Any] = {}
     if isinstance(data, Dataset):
-        options = {"num_labels": data.num_classes, "id2label": dict(enumerate(data.label_names)),
-                   "label2id": {n: i for i, n in enumerate(data.label_names)}}
+        options = {
+            "num_labels": data.num_classes,
+            "id2label": dict(enumerate(data.label_names)),
+            "label2id": {n: i for i, n in enumerate(data.label_names)},
+        }
     with seeded(job.seed):
         model = auto.from_pretrained(job.model, **options)
     if tokenizer.pad_token is None:
@@ -314,39 +402,44 @@ def device() -> torch.device:
 
 # --- batches: the same for every method (same data, same seed) ---------------------------------
 
+
 def train_batches(job: FinetuneJob, tokenizer: Any, data: Dataset | Corpus) -> Iterator[Batch]:
     """Endless seeded batches: each epoch a new permutation of the examples (texts or blocks)."""
     if isinstance(data, Dataset):
-        examples = list(zip(data.train_texts, data.train_labels.tolist()))
+        examples = list(zip(data.train_texts, data.train_labels.tolist(), strict=True))
+        count = len(examples)
 
         def make(idx: torch.Tensor) -> Batch:
             return _classify_batch(tokenizer, [examples[i] for i in idx], job.max_length)
     else:
-        examples = blocks = lm_blocks(tokenizer, data.train_text, job.max_length)
+        blocks = lm_blocks(tokenizer, data.train_text, job.max_length)
+        count = len(blocks)
 
         def make(idx: torch.Tensor) -> Batch:
             return {"input_ids": blocks[idx], "labels": blocks[idx]}
-    if len(examples) < job.batch_size:
-        raise ValueError(f"batch_size={job.batch_size} exceeds the {len(examples)} training examples")
+
+    if count < job.batch_size:
+        raise ValueError(f"batch_size={job.batch_size} exceeds the {count} training examples")
     gen = torch.Generator().manual_seed(job.seed)
     while True:
-        order = torch.randperm(len(examples), generator=gen)
+        order = torch.randperm(count, generator=gen)
         for start in range(0, len(order) - job.batch_size + 1, job.batch_size):
-            yield _to_device(make(order[start:start + job.batch_size]))
+            yield _to_device(make(order[start : start + job.batch_size]))
 
 
 def eval_batches(job: FinetuneJob, tokenizer: Any, data: Dataset | Corpus) -> list[Batch]:
     if isinstance(data, Dataset):
-        examples = list(zip(data.test_texts, data.test_labels.tolist()))
-        return [_to_device(_classify_batch(tokenizer, examples[i:i + job.eval_batch_size], job.max_length))
-                for i in range(0, len(examples), job.eval_batch_size)]
+        examples = list(zip(data.test_texts, data.test_labels.tolist(), strict=True))
+        return [
+            _to_device(_classify_batch(tokenizer, examples[i : i + job.eval_batch_size], job.max_length))
+            for i in range(0, len(examples), job.eval_batch_size)
+        ]
     blocks = lm_blocks(tokenizer, data.val_text, job.max_length)[: job.eval_blocks]
     return [_to_device({"input_ids": b, "labels": b}) for b in blocks.split(job.batch_size)]
 
 
 def _classify_batch(tokenizer: Any, examples: list[tuple[str, int]], max_length: int) -> Batch:
-    enc = tokenizer([t for t, _ in examples], padding=True, truncation=True, max_length=max_length,
-                    return_tensors="pt")
+    enc = tokenizer([t for t, _ in examples], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return {**enc, "labels": torch.tensor([y for _, y in examples])}
 
 
@@ -365,6 +458,7 @@ def _to_device(batch: Batch) -> Batch:
 
 # --- quantum-free inference: the merged model, checked ----------------------------------------
 
+
 def check_merged(adapted: Any, tokenizer: Any, probe: Batch, job: FinetuneJob, folder: Path) -> float:
     """Merge the adapter, save a plain Hugging Face folder, load it with ``from_pretrained`` and
     return the largest output difference to the adapted model on ``probe``; refuse a difference
@@ -379,12 +473,15 @@ def check_merged(adapted: Any, tokenizer: Any, probe: Batch, job: FinetuneJob, f
         difference = (reloaded(**inputs).logits - expected).abs().max().item()
     bound = MERGE_TOLERANCE * max(1.0, expected.abs().max().item())
     if difference > bound:
-        raise RuntimeError(f"{job.method}: the merged model's outputs differ from the adapted model's by "
-                           f"{difference:.3g} (> {bound:.3g}): merging is broken for this model")
+        raise RuntimeError(
+            f"{job.method}: the merged model's outputs differ from the adapted model's by "
+            f"{difference:.3g} (> {bound:.3g}): merging is broken for this model"
+        )
     return difference
 
 
 # --- the registry's view: one entry per adapter ------------------------------------------------
+
 
 class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
     """One adapter of the peft comparison; the three share one preflight and one training."""
@@ -397,10 +494,20 @@ class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
 
     def for_budget(self, budget: Budget, seeds: list[int]) -> list[PeftParams]:
         """Every adapter of the comparison in one model per seed (they share the preflight)."""
-        return [PeftParams(methods=[self.id], dataset=budget.dataset, train_size=budget.train_size,
-                           test_size=budget.test_size, split_seed=budget.split_seed, steps=budget.finetune_steps,
-                           batch_size=budget.finetune_batch_size, max_length=budget.max_length, seed=seed)
-                for seed in seeds]
+        return [
+            PeftParams(
+                methods=[self.id],
+                dataset=budget.dataset,
+                train_size=budget.train_size,
+                test_size=budget.test_size,
+                split_seed=budget.split_seed,
+                steps=budget.finetune_steps,
+                batch_size=budget.finetune_batch_size,
+                max_length=budget.max_length,
+                seed=seed,
+            )
+            for seed in seeds
+        ]
 
     def jobs(self, params: PeftParams, data: Dataset | Corpus) -> list[FinetuneJob]:
         return [j for j in preflight(params, data).jobs if j.method == self.id]
@@ -411,6 +518,7 @@ class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
 
 # --- qllm peft count ----------------------------------------------------------------------------
 
+
 def count_report(params: CountParams) -> str:
     """The count table of ``qllm peft count``: trainable parameters and the ratio to LoRA."""
     folder, config = model_config(params.model)
@@ -418,11 +526,17 @@ def count_report(params: CountParams) -> str:
     configs = [adapter_config(m, **params.adapter_fields(m, targets)) for m in params.method]
     counts = compare(lambda: skeleton(config), configs)
     name = type(skeleton(config)).__name__
-    lines = [f"{name} from {folder}, target {','.join(targets)}, rank {params.rank}:", "",
-             "| method | trainable params | circuit params | ratio to LoRA | adapted layers | circuits |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {c.method} | {c.adapter:,} | {c.circuit:,} | {c.ratio_to_lora:.2%} | {c.layers} | "
-              f"{'; '.join(c.details) or '–'} |" for c in counts]
+    lines = [
+        f"{name} from {folder}, target {','.join(targets)}, rank {params.rank}:",
+        "",
+        "| method | trainable params | circuit params | ratio to LoRA | adapted layers | circuits |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c.method} | {c.adapter:,} | {c.circuit:,} | {c.ratio_to_lora:.2%} | {c.layers} | "
+        f"{'; '.join(c.details) or '–'} |"
+        for c in counts
+    ]
     return "\n".join(lines)
 
 

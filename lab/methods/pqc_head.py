@@ -37,26 +37,35 @@ class HeadFields(Options):
     """The head flow's own parameters (between the data and the run groups in the form)."""
 
     per_label: int = Field(256, ge=2, description="few-shot training examples per label")
-    val_fraction: float = Field(0.15, gt=0, lt=1, description="share of the few-shot examples held out "
-                                                             "for early stopping")
-    test_size: int | None = Field(None, ge=1, description="test examples: a stratified sample of the rest "
-                                                          "of the split (None: all of it)")
+    val_fraction: float = Field(
+        0.15, gt=0, lt=1, description="share of the few-shot examples held out for early stopping"
+    )
+    test_size: int | None = Field(
+        None, ge=1, description="test examples: a stratified sample of the rest of the split (None: all of it)"
+    )
     split_seed: int = Field(0, ge=0, description="seed of the few-shot draw and the validation split")
-    encoder: str | None = Field(None, description="sentence encoder: a sentence-transformers or HF encoder "
-                                                  "name or folder (default: the embedded all-MiniLM-L6-v2)")
+    encoder: str | None = Field(
+        None,
+        description="sentence encoder: a sentence-transformers or HF encoder "
+        "name or folder (default: the embedded all-MiniLM-L6-v2)",
+    )
     encoder_batch_size: int = Field(64, ge=1, description="embedding batch size")
-    shard_size: int = Field(4000, ge=1, description="texts per embedding shard: larger sets are split "
-                                                    "across the Dask workers")
+    shard_size: int = Field(
+        4000, ge=1, description="texts per embedding shard: larger sets are split across the Dask workers"
+    )
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="training seeds (one head each)")
     qubits: int = Field(ARCH["qubits"], ge=2, le=MAX_QUBITS, description="module 2 qubits Q")
-    encoders: int = Field(ARCH["encoders"], ge=0, le=MAX_ENCODERS, description="module 1 amplitude-encoded "
-                                                                               "encoders E (0: embeddings "
-                                                                               "straight to module 2)")
-    encoder_layers: int = Field(ARCH["encoder_layers"], ge=1, le=10, description="CNOT-RY layers of each "
-                                                                                 "encoder's PQC")
+    encoders: int = Field(
+        ARCH["encoders"],
+        ge=0,
+        le=MAX_ENCODERS,
+        description="module 1 amplitude-encoded encoders E (0: embeddings straight to module 2)",
+    )
+    encoder_layers: int = Field(ARCH["encoder_layers"], ge=1, le=10, description="CNOT-RY layers of each encoder's PQC")
     layers: int = Field(ARCH["layers"], ge=1, le=20, description="CNOT-RY layers of PQC-1 (offsets 1, 2, …)")
-    reuploads: int = Field(ARCH["reuploads"], ge=1, le=10, description="N: PQC-1 repeats with shared weights "
-                                                                       "(data re-uploading)")
+    reuploads: int = Field(
+        ARCH["reuploads"], ge=1, le=10, description="N: PQC-1 repeats with shared weights (data re-uploading)"
+    )
     final_layers: int = Field(ARCH["final_layers"], ge=1, le=10, description="CNOT-RY layers of PQC-2")
     measured: int = Field(ARCH["measured"], ge=1, le=MAX_QUBITS, description="Q_m: qubits read out in Z")
     epochs: int = Field(30, ge=1, le=1000, description="maximum training epochs")
@@ -65,14 +74,17 @@ class HeadFields(Options):
     lr: float = Field(0.02, gt=0, le=1, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
     noise_shots: list[int] = Field([256, 1024, 4096], description="noise ablation: shot counts (empty: skip)")
-    noise_depolarizing: list[float] = Field([0.001, 0.01, 0.03], description="noise ablation: depolarizing "
-                                                                            "p after every gate (empty: skip)")
-    noise_devices: list[str] = Field(["fake_torino", "fake_brisbane"], description="noise ablation: IBM fake "
-                                                                                   "backends (empty: skip)")
+    noise_depolarizing: list[float] = Field(
+        [0.001, 0.01, 0.03], description="noise ablation: depolarizing p after every gate (empty: skip)"
+    )
+    noise_devices: list[str] = Field(
+        ["fake_torino", "fake_brisbane"], description="noise ablation: IBM fake backends (empty: skip)"
+    )
     device_shots: int = Field(1024, ge=1, description="shots under device noise")
     noise_samples: int = Field(200, ge=1, description="test examples in the noise ablation")
-    noise_finetune_steps: int = Field(0, ge=0, description="optional: mini-batches of parameter-shift "
-                                                          "fine-tuning under each device's noise (0: none)")
+    noise_finetune_steps: int = Field(
+        0, ge=0, description="optional: mini-batches of parameter-shift fine-tuning under each device's noise (0: none)"
+    )
 
 
 # The head's architecture: the PQCHeadConfig fields the flow sets, named once (by the config).
@@ -116,8 +128,12 @@ class HeadParams(RunOptions, HeadFields, DataOptions):
         return self
 
     def head_config(self, data: EmbeddedSplit, seed: int = 0) -> PQCHeadConfig:
-        return PQCHeadConfig(in_features=data.in_features, num_classes=data.num_classes, seed=seed,
-                             **{name: getattr(self, name) for name in ARCH_FIELDS})
+        return PQCHeadConfig(
+            in_features=data.in_features,
+            num_classes=data.num_classes,
+            seed=seed,
+            **{name: getattr(self, name) for name in ARCH_FIELDS},
+        )
 
     def noise_settings(self) -> list[NoiseSetting]:
         return noise_settings(self.noise_shots, self.noise_depolarizing, self.noise_devices, self.device_shots)
@@ -152,15 +168,39 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
     params = HeadParams
     model_tag = "pqc_head"
     shard_field = "shard_size"
-    data_fields = ("dataset", "text_column", "label_column", "per_label", "val_fraction", "test_size", "split_seed",
-                   "encoder")
-    not_axes = ("seeds", "experiment", "dask_address", "encoder_batch_size", "shard_size", "noise_shots",
-                "noise_depolarizing", "noise_devices", "device_shots", "noise_samples", "noise_finetune_steps")
+    data_fields = (
+        "dataset",
+        "text_column",
+        "label_column",
+        "per_label",
+        "val_fraction",
+        "test_size",
+        "split_seed",
+        "encoder",
+    )
+    not_axes = (
+        "seeds",
+        "experiment",
+        "dask_address",
+        "encoder_batch_size",
+        "shard_size",
+        "noise_shots",
+        "noise_depolarizing",
+        "noise_devices",
+        "device_shots",
+        "noise_samples",
+        "noise_finetune_steps",
+    )
 
     def data_request(self, params: HeadParams) -> DataRequest:
-        return DataRequest(params.dataset, test_size=params.test_size, seed=params.split_seed,
-                           text_column=params.text_column, label_column=params.label_column,
-                           per_label=params.per_label)
+        return DataRequest(
+            params.dataset,
+            test_size=params.test_size,
+            seed=params.split_seed,
+            text_column=params.text_column,
+            label_column=params.label_column,
+            per_label=params.per_label,
+        )
 
     def teacher(self, params: HeadParams) -> TeacherSpec:
         return TeacherSpec(kind="probe", model=params.encoder, batch_size=params.encoder_batch_size)
@@ -170,14 +210,33 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
 
     def for_budget(self, budget: Budget, seeds: list[int]) -> list[HeadParams]:
         """The head on the comparison's own split (its validation hold-out carved from it)."""
-        return [HeadParams(seeds=seeds, qubits=budget.head_qubits, encoders=budget.head_encoders,
-                           epochs=budget.epochs, batch_size=budget.batch_size, val_fraction=budget.val_fraction,
-                           split_seed=budget.split_seed, noise_shots=[], noise_depolarizing=[], noise_devices=[])]
+        return [
+            HeadParams(
+                seeds=seeds,
+                qubits=budget.head_qubits,
+                encoders=budget.head_encoders,
+                epochs=budget.epochs,
+                batch_size=budget.batch_size,
+                val_fraction=budget.val_fraction,
+                split_seed=budget.split_seed,
+                noise_shots=[],
+                noise_depolarizing=[],
+                noise_devices=[],
+            )
+        ]
 
     def jobs(self, params: HeadParams, data: EmbeddedSplit) -> list[HeadJob]:
-        return [HeadJob(params.head_config(data, s), epochs=params.epochs, patience=params.patience,
-                        batch_size=params.batch_size, lr=params.lr, weight_decay=params.weight_decay)
-                for s in params.seeds]
+        return [
+            HeadJob(
+                params.head_config(data, s),
+                epochs=params.epochs,
+                patience=params.patience,
+                batch_size=params.batch_size,
+                lr=params.lr,
+                weight_decay=params.weight_decay,
+            )
+            for s in params.seeds
+        ]
 
     def train(self, job: HeadJob, data: EmbeddedSplit, root: str, hooks: Hooks) -> TrainingResult:
         """Train one head with early stopping on validation accuracy; evaluate it on the test split."""
@@ -189,28 +248,64 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
             raise ValueError("a PQC head stops early: its split needs a validation hold-out (with_validation)")
 
         def progress(epoch: int, m: dict[str, float]) -> None:
-            note = (f"epoch {epoch}/{job.epochs}: loss {m['loss']:.4f}, train acc {m['accuracy']:.3f}, "
-                    f"val acc {m['val_accuracy']:.3f}")
+            note = (
+                f"epoch {epoch}/{job.epochs}: loss {m['loss']:.4f}, train acc {m['accuracy']:.3f}, "
+                f"val acc {m['val_accuracy']:.3f}"
+            )
             hooks.log(f"{job.name} {note}")
             hooks.progress(epoch, note)
 
         t0 = time.perf_counter()
         split = {} if hooks.dask_client is None else {"client": hooks.dask_client}
         model = PQCHead(job.model, **job.backend_options, **split)
-        history = train(model, data.train_x, data.train_y, None, epochs=job.epochs, batch_size=job.batch_size,
-                        lr=job.lr, seed=job.seed, alpha=0.0, on_epoch=progress, val=data.validation,
-                        patience=job.patience, weight_decay=job.weight_decay)
+        history = train(
+            model,
+            data.train_x,
+            data.train_y,
+            None,
+            epochs=job.epochs,
+            batch_size=job.batch_size,
+            lr=job.lr,
+            seed=job.seed,
+            alpha=0.0,
+            on_epoch=progress,
+            val=data.validation,
+            patience=job.patience,
+            weight_decay=job.weight_decay,
+        )
         seconds = time.perf_counter() - t0
         hooks.progress(job.epochs, f"done: {len(history)} epochs, best validation epoch {history[-1]['best_epoch']}")
         model = model.with_backend("exact") if job.model.backend != "exact" else model
         metrics = evaluate(model, data.test_x, data.test_y)
         result = TrainingResult(
-            self.id, job.name, "PQC head", job.seed,
-            {**metrics, "train_seconds": seconds, "val_accuracy": max(h["val_accuracy"] for h in history),
-             "epochs_run": len(history), "best_epoch": history[-1]["best_epoch"]},
-            model.parameter_counts(), curves(history), job_record(job), model_predictions(model, data.test_x))
-        stored = store_result(root, key, model, result, {"teacher.json": {  # read by `qllm predict`
-            "teacher": data.teacher, "label_names": list(data.label_names)}})
+            self.id,
+            job.name,
+            "PQC head",
+            job.seed,
+            {
+                **metrics,
+                "train_seconds": seconds,
+                "val_accuracy": max(h["val_accuracy"] for h in history),
+                "epochs_run": len(history),
+                "best_epoch": history[-1]["best_epoch"],
+            },
+            model.parameter_counts(),
+            curves(history),
+            job_record(job),
+            model_predictions(model, data.test_x),
+        )
+        stored = store_result(
+            root,
+            key,
+            model,
+            result,
+            {
+                "teacher.json": {  # read by `qllm predict`
+                    "teacher": data.teacher,
+                    "label_names": list(data.label_names),
+                }
+            },
+        )
         hooks.log(f"{job.name}: test accuracy {metrics['accuracy']:.4f} after {len(history)} epochs")
         return stored
 
@@ -218,16 +313,36 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
         """Logistic regression, a linear SVM and an MLP of about the head's size, on the same
         embeddings; the MLP trains like the head (Adam, early stopping on the same validation set)."""
         target = PQCHead(params.head_config(data)).parameter_counts()["total"]
-        return [linear_baseline("logreg", data, seed, teacher=False), linear_baseline("svm", data, seed, teacher=False),
-                mlp_baseline("mlp-matched", "MLP (size-matched)", data, seed, target_params=target, alpha=0.0,
-                             teacher=False, epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
-                             patience=params.patience)]
+        return [
+            linear_baseline("logreg", data, seed, teacher=False),
+            linear_baseline("svm", data, seed, teacher=False),
+            mlp_baseline(
+                "mlp-matched",
+                "MLP (size-matched)",
+                data,
+                seed,
+                target_params=target,
+                alpha=0.0,
+                teacher=False,
+                epochs=params.epochs,
+                batch_size=params.batch_size,
+                lr=params.lr,
+                patience=params.patience,
+            ),
+        ]
 
 
 # --- the noise ablation's table --------------------------------------------------------------------
 
-def ablation_rows(settings: list[NoiseSetting], trained: list[TrainingResult], merged: dict[tuple[str, str], Any],
-                  finetuned: dict[str, list[int]], test_y: np.ndarray, samples: int) -> list[dict[str, Any]]:
+
+def ablation_rows(
+    settings: list[NoiseSetting],
+    trained: list[TrainingResult],
+    merged: dict[tuple[str, str], Any],
+    finetuned: dict[str, list[int]],
+    test_y: np.ndarray,
+    samples: int,
+) -> list[dict[str, Any]]:
     """One row per noise setting: accuracy (mean ± std over the trained heads) on the same
     ``samples`` test examples, beside their exact accuracy, and after noisy fine-tuning."""
     exact = [merged[(settings[0].label, r.name)]["exact_accuracy_same_samples"] for r in trained]
@@ -235,11 +350,18 @@ def ablation_rows(settings: list[NoiseSetting], trained: list[TrainingResult], m
     for s in settings:
         cells = [merged[(s.label, r.name)] for r in trained]
         accs = [c["accuracy"] for c in cells]
-        row = {"label": s.label, "kind": s.kind, "level": s.level, "samples": samples, "models": len(accs),
-               "accuracy": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
-               "exact_accuracy": float(np.mean(exact)),
-               "agreement_with_exact": float(np.mean([c["agreement_with_exact"] for c in cells])),
-               "seconds": float(sum(c["seconds"] for c in cells))}
+        row = {
+            "label": s.label,
+            "kind": s.kind,
+            "level": s.level,
+            "samples": samples,
+            "models": len(accs),
+            "accuracy": float(np.mean(accs)),
+            "accuracy_std": float(np.std(accs)),
+            "exact_accuracy": float(np.mean(exact)),
+            "agreement_with_exact": float(np.mean([c["agreement_with_exact"] for c in cells])),
+            "seconds": float(sum(c["seconds"] for c in cells)),
+        }
         if s.label in finetuned:
             row["finetuned_accuracy"] = float(np.mean(np.array(finetuned[s.label]) == test_y[:samples]))
         rows.append(row)
@@ -247,24 +369,35 @@ def ablation_rows(settings: list[NoiseSetting], trained: list[TrainingResult], m
 
 
 def noise_markdown(rows: list[dict[str, Any]], devices: list[dict[str, Any]]) -> str:
-    lines = ["Under noise (module 2 only; same test samples; mean ± std over the trained heads):", "",
-             "| setting | samples | accuracy | exact accuracy | agreement with exact | after fine-tuning |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "Under noise (module 2 only; same test samples; mean ± std over the trained heads):",
+        "",
+        "| setting | samples | accuracy | exact accuracy | agreement with exact | after fine-tuning |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         tuned = f"{r['finetuned_accuracy']:.4f}" if "finetuned_accuracy" in r else "–"
-        lines.append(f"| {r['label']} | {r['samples']} | {r['accuracy']:.4f} ± {r['accuracy_std']:.4f} | "
-                     f"{r['exact_accuracy']:.4f} | {r['agreement_with_exact']:.4f} | {tuned} |")
+        lines.append(
+            f"| {r['label']} | {r['samples']} | {r['accuracy']:.4f} ± {r['accuracy_std']:.4f} | "
+            f"{r['exact_accuracy']:.4f} | {r['agreement_with_exact']:.4f} | {tuned} |"
+        )
     if devices:
-        lines += ["", "| device | transpiled depth | two-qubit gates | qubits used | logical depth | logical 2q gates |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {d['device']} | {d['depth']} | {d['two_qubit_gates']} | {d['qubits_used']} | "
-                  f"{d['logical_depth']} | {d['logical_two_qubit_gates']} |" for d in devices]
+        lines += [
+            "",
+            "| device | transpiled depth | two-qubit gates | qubits used | logical depth | logical 2q gates |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {d['device']} | {d['depth']} | {d['two_qubit_gates']} | {d['qubits_used']} | "
+            f"{d['logical_depth']} | {d['logical_two_qubit_gates']} |"
+            for d in devices
+        ]
     return "\n".join(lines)
 
 
-def exact_spread(trained: list[TrainingResult], merged: dict[tuple[str, str], Any],
-                 first_label: str) -> tuple[float, float]:
+def exact_spread(
+    trained: list[TrainingResult], merged: dict[tuple[str, str], Any], first_label: str
+) -> tuple[float, float]:
     """Mean and std of the heads' exact accuracy on the ablation's samples (the plot's reference)."""
     exact = [merged[(first_label, r.name)]["exact_accuracy_same_samples"] for r in trained]
     return float(np.mean(exact)), float(np.std(exact))
-

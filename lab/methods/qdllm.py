@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -40,13 +40,15 @@ class DistillFields(Options):
     test_size: int | None = Field(None, ge=1, description="test examples (None: the whole test split)")
     split_seed: int = Field(0, description="seed of the split and subsampling")
     teacher: Literal["probe", "hf-classifier", "causal-lm"] = Field(
-        "probe", description="teacher kind: probe (frozen MiniLM + logistic regression), "
-                             "hf-classifier or causal-lm")
-    teacher_model: str | None = Field(None, description="teacher model name or folder "
-                                                        "(default: the embedded all-MiniLM-L6-v2)")
+        "probe", description="teacher kind: probe (frozen MiniLM + logistic regression), hf-classifier or causal-lm"
+    )
+    teacher_model: str | None = Field(
+        None, description="teacher model name or folder (default: the embedded all-MiniLM-L6-v2)"
+    )
     teacher_batch_size: int = Field(64, ge=1, description="teacher inference batch size")
-    teacher_shard_size: int = Field(4000, ge=1, description="texts per teacher shard: larger sets are "
-                                                            "split across the Dask workers")
+    teacher_shard_size: int = Field(
+        4000, ge=1, description="texts per teacher shard: larger sets are split across the Dask workers"
+    )
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="training seeds (one student each)")
     qubits: list[int] = Field([11], min_length=1, description=f"student qubits, 2..{MAX_QUBITS} (a list sweeps)")
     blocks: list[int] = Field([2], min_length=1, description="QD-LLM ansatz blocks, 1..20 (a list sweeps)")
@@ -55,15 +57,19 @@ class DistillFields(Options):
     epochs: int = Field(10, ge=1, le=1000, description="training epochs")
     batch_size: int = Field(32, ge=1, description="training batch size")
     lr: float = Field(0.01, gt=0, le=1, description="Adam learning rate")
-    backend: Literal["exact", "aer"] = Field("exact", description="training simulator: exact (autograd) "
-                                                                 "or aer (parameter shift, noise-aware)")
+    backend: Literal["exact", "aer"] = Field(
+        "exact", description="training simulator: exact (autograd) or aer (parameter shift, noise-aware)"
+    )
     shots: int | None = Field(None, ge=1, description="aer training: shots per circuit (None: exact expectations)")
     noise: str | None = Field(None, description="aer training: IBM fake backend whose noise to train under")
     eval_shots: int | None = Field(1024, ge=1, description="noisy evaluation: shots (None: skip)")
     eval_noise: str | None = Field("fake_torino", description="noisy evaluation: IBM fake backend (None: skip)")
     eval_samples: int = Field(200, ge=1, description="test examples in the shots evaluation")
-    noise_samples: int = Field(6, ge=1, description="test examples in the device-noise evaluation "
-                                                   "(about 20 s each at 11 qubits on fake_torino)")
+    noise_samples: int = Field(
+        6,
+        ge=1,
+        description="test examples in the device-noise evaluation (about 20 s each at 11 qubits on fake_torino)",
+    )
 
 
 class DistillParams(RunOptions, DistillFields, DataOptions):
@@ -99,12 +105,22 @@ class DistillParams(RunOptions, DistillFields, DataOptions):
         """The noisy evaluations of the first student, each with its number of test samples."""
         out = []
         if self.eval_shots:
-            out.append((NoiseSetting(f"shots={self.eval_shots}", "shots", {"shots": self.eval_shots},
-                                     self.eval_shots), self.eval_samples))
+            out.append(
+                (
+                    NoiseSetting(f"shots={self.eval_shots}", "shots", {"shots": self.eval_shots}, self.eval_shots),
+                    self.eval_samples,
+                )
+            )
         if self.eval_noise:
             shots = self.eval_shots or 1024
-            out.append((NoiseSetting(f"{self.eval_noise}+shots={shots}", "device",
-                                     {"noise": self.eval_noise, "shots": shots}, 0.0), self.noise_samples))
+            out.append(
+                (
+                    NoiseSetting(
+                        f"{self.eval_noise}+shots={shots}", "device", {"noise": self.eval_noise, "shots": shots}, 0.0
+                    ),
+                    self.noise_samples,
+                )
+            )
         return out
 
 
@@ -135,37 +151,88 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
     label = "QD-LLM student"
     params = DistillParams
     model_tag = "qdllm"
-    baseline_labels = {"logreg": "logistic regression", "mlp": "MLP (QD-LLM size)",
-                       "mlp-distilled": "distilled MLP (QD-LLM size)"}
-    data_fields = ("dataset", "text_column", "label_column", "train_size", "test_size", "split_seed", "teacher",
-                   "teacher_model")
-    not_axes = ("seeds", "experiment", "dask_address", "teacher_batch_size", "teacher_shard_size", "eval_shots",
-                "eval_noise", "eval_samples", "noise_samples")
+    baseline_labels: ClassVar[dict[str, str]] = {
+        "logreg": "logistic regression",
+        "mlp": "MLP (QD-LLM size)",
+        "mlp-distilled": "distilled MLP (QD-LLM size)",
+    }
+    data_fields = (
+        "dataset",
+        "text_column",
+        "label_column",
+        "train_size",
+        "test_size",
+        "split_seed",
+        "teacher",
+        "teacher_model",
+    )
+    not_axes = (
+        "seeds",
+        "experiment",
+        "dask_address",
+        "teacher_batch_size",
+        "teacher_shard_size",
+        "eval_shots",
+        "eval_noise",
+        "eval_samples",
+        "noise_samples",
+    )
 
     def data_request(self, params: DistillParams) -> DataRequest:
-        return DataRequest(params.dataset, params.train_size, params.test_size, params.split_seed,
-                           params.text_column, params.label_column)
+        return DataRequest(
+            params.dataset,
+            params.train_size,
+            params.test_size,
+            params.split_seed,
+            params.text_column,
+            params.label_column,
+        )
 
     def teacher(self, params: DistillParams) -> TeacherSpec:
         return TeacherSpec(kind=params.teacher, model=params.teacher_model, batch_size=params.teacher_batch_size)
 
     def for_budget(self, budget: Budget, seeds: list[int]) -> list[DistillParams]:
-        return [DistillParams(dataset=budget.dataset, text_column=budget.text_column,
-                              label_column=budget.label_column, train_size=budget.train_size,
-                              test_size=budget.test_size, split_seed=budget.split_seed, seeds=seeds,
-                              qubits=[budget.qubits], blocks=[budget.blocks], epochs=budget.epochs,
-                              batch_size=budget.batch_size, eval_shots=None, eval_noise=None)]
+        return [
+            DistillParams(
+                dataset=budget.dataset,
+                text_column=budget.text_column,
+                label_column=budget.label_column,
+                train_size=budget.train_size,
+                test_size=budget.test_size,
+                split_seed=budget.split_seed,
+                seeds=seeds,
+                qubits=[budget.qubits],
+                blocks=[budget.blocks],
+                epochs=budget.epochs,
+                batch_size=budget.batch_size,
+                eval_shots=None,
+                eval_noise=None,
+            )
+        ]
 
     def jobs(self, params: DistillParams, data: EmbeddedSplit) -> list[StudentJob]:
         options: dict[str, Any] = {}
         if params.backend == "aer":
             options = {k: v for k, v in (("shots", params.shots), ("noise", params.noise)) if v is not None}
-        return [StudentJob(QDLLMConfig(in_features=data.in_features, num_classes=data.num_classes, qubits=q,
-                                       blocks=b, backend=params.backend, seed=s),
-                           alpha=a, temperature=params.temperature, epochs=params.epochs,
-                           batch_size=params.batch_size, lr=params.lr,
-                           backend_options={**options, "simulator_seed": s} if options else options)
-                for q, b, a, s in itertools.product(params.qubits, params.blocks, params.alpha, params.seeds)]
+        return [
+            StudentJob(
+                QDLLMConfig(
+                    in_features=data.in_features,
+                    num_classes=data.num_classes,
+                    qubits=q,
+                    blocks=b,
+                    backend=params.backend,
+                    seed=s,
+                ),
+                alpha=a,
+                temperature=params.temperature,
+                epochs=params.epochs,
+                batch_size=params.batch_size,
+                lr=params.lr,
+                backend_options={**options, "simulator_seed": s} if options else options,
+            )
+            for q, b, a, s in itertools.product(params.qubits, params.blocks, params.alpha, params.seeds)
+        ]
 
     def train(self, job: StudentJob, data: EmbeddedSplit, root: str, hooks: Hooks) -> TrainingResult:
         """Train one student with the distillation loss and evaluate it on the test split."""
@@ -182,18 +249,37 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
         t0 = time.perf_counter()
         split = {} if hooks.dask_client is None else {"client": hooks.dask_client}
         model = QDLLMStudent(job.model, **job.backend_options, **split)
-        history = train(model, data.train_x, data.train_y, data.train_teacher, epochs=job.epochs,
-                        batch_size=job.batch_size, lr=job.lr, seed=job.seed, temperature=job.temperature,
-                        alpha=job.alpha, on_epoch=progress)
+        history = train(
+            model,
+            data.train_x,
+            data.train_y,
+            data.train_teacher,
+            epochs=job.epochs,
+            batch_size=job.batch_size,
+            lr=job.lr,
+            seed=job.seed,
+            temperature=job.temperature,
+            alpha=job.alpha,
+            on_epoch=progress,
+        )
         seconds = time.perf_counter() - t0
         model = model.with_backend("exact") if job.model.backend != "exact" else model
         metrics = evaluate(model, data.test_x, data.test_y, data.test_teacher)
-        result = TrainingResult(self.id, job.name, "quantum student", job.seed, {**metrics, "train_seconds": seconds},
-                                model.parameter_counts(), curves(history), job_record(job),
-                                model_predictions(model, data.test_x))
+        result = TrainingResult(
+            self.id,
+            job.name,
+            "quantum student",
+            job.seed,
+            {**metrics, "train_seconds": seconds},
+            model.parameter_counts(),
+            curves(history),
+            job_record(job),
+            model_predictions(model, data.test_x),
+        )
         # teacher.json: what `qllm predict` needs to turn new text into this student's features.
-        stored = store_result(root, key, model, result, {"teacher.json": {
-            "teacher": data.teacher, "label_names": list(data.label_names)}})
+        stored = store_result(
+            root, key, model, result, {"teacher.json": {"teacher": data.teacher, "label_names": list(data.label_names)}}
+        )
         hooks.log(f"{job.name}: test accuracy {metrics['accuracy']:.4f}")
         return stored
 
@@ -206,10 +292,23 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
         """Logistic regression, and MLPs matched to the first student configuration: one trained
         on the labels only, one distilled with the student's loss."""
         target = self.size(data, params.qubits[0], params.blocks[0])
-        fit = {"epochs": params.epochs, "batch_size": params.batch_size, "lr": params.lr,
-               "temperature": params.temperature}
-        return [linear_baseline("logreg", data, seed, teacher=True),
-                mlp_baseline("mlp", "MLP (labels only)", data, seed, target_params=target, alpha=0.0, teacher=True,
-                             **fit),
-                mlp_baseline("mlp-distilled", "classical distilled MLP", data, seed, target_params=target,
-                             alpha=params.alpha[0], teacher=True, **fit)]
+        fit = {
+            "epochs": params.epochs,
+            "batch_size": params.batch_size,
+            "lr": params.lr,
+            "temperature": params.temperature,
+        }
+        return [
+            linear_baseline("logreg", data, seed, teacher=True),
+            mlp_baseline("mlp", "MLP (labels only)", data, seed, target_params=target, alpha=0.0, teacher=True, **fit),
+            mlp_baseline(
+                "mlp-distilled",
+                "classical distilled MLP",
+                data,
+                seed,
+                target_params=target,
+                alpha=params.alpha[0],
+                teacher=True,
+                **fit,
+            ),
+        ]

@@ -10,6 +10,10 @@ plumbing, not a flow)."""
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +118,19 @@ def test_the_rules_catch_what_they_forbid(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text)
     assert [len(layer_violations(tmp_path, layer, forbidden)) for layer, forbidden, _ in RULES] == [1, 1, 1]
     assert flow_violations(tmp_path) == ["flows/a.py:1 imports flows.b"]
+
+
+def test_importing_the_flows_changes_nothing_in_the_process() -> None:
+    """A flow's task runner is built when the flow runs: importing every flow (as a Prefect
+    worker or a notebook does) sets none of the lab's variables (Dask's timeouts, Prefect's or
+    the lab's settings; torch and MLflow set their own at import, which is theirs to do)."""
+    script = (
+        "import os, json; before = dict(os.environ); "
+        "import flows.cli, flows.compare, flows.distill, flows.federated, flows.hardware, flows.head, "
+        "flows.peft, flows.study; "
+        "print(json.dumps(sorted(k for k in os.environ if os.environ[k] != before.get(k) "
+        "and k.startswith(('DASK_', 'PREFECT_', 'QLLM_')))))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

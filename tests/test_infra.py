@@ -111,6 +111,19 @@ def test_dockerfile_installs_the_pinned_project_with_cpu_torch() -> None:
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().split()
 
 
+def test_the_image_holds_every_package_of_the_project() -> None:
+    """Each package `pip install` finds (pyproject's packages.find) is copied by the Dockerfile
+    and let through its .dockerignore: an image without one fails at the first import."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [p.removesuffix("*") for p in include]
+    docker = (INFRA / "Dockerfile").read_text()
+    ignore = (INFRA / "Dockerfile.dockerignore").read_text().split()
+    assert [p for p in packages if f"COPY {p} {p}" not in docker or f"!{p}/" not in ignore] == []
+    assert sorted(packages) == sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))
+
+
 DEPLOYMENTS = {d["name"]: d for d in PREFECT["deployments"]}
 
 

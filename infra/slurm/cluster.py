@@ -31,14 +31,20 @@ def main() -> None:
     args = parser.parse_args()
 
     cluster = SLURMCluster(
-        queue=args.queue, account=args.account, cores=args.cores, processes=args.cores,
-        memory=args.memory, walltime=args.walltime,
+        queue=args.queue,
+        account=args.account,
+        cores=args.cores,
+        processes=args.cores,
+        memory=args.memory,
+        walltime=args.walltime,
         # Slurm passes this shell's variables on unless the site submits with --export=NONE:
         # activate the environment explicitly, and give the workers the flows' patient
         # timeouts (a CPU-starved worker must not be dropped).
-        job_script_prologue=[f"source {args.venv}/bin/activate",
-                             "export DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=300s",
-                             "export DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP=300s"],
+        job_script_prologue=[
+            f"source {args.venv}/bin/activate",
+            "export DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=300s",
+            "export DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP=300s",
+        ],
         scheduler_options={"port": args.port, "dashboard_address": ":8787"},
     )
     cluster.scale(jobs=args.jobs)

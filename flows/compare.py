@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
@@ -42,7 +43,7 @@ from qcore.federated.partition import PartitionError
 from qcore.models.pqc_head import MAX_ENCODERS
 from tasks.federated import federated_run, llm_losses
 from tasks.prepare import embedded_split
-from tasks.train import baselines, train
+from tasks.train import baselines, train_task
 
 from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 
@@ -132,7 +133,7 @@ class CompareParams(RunOptions, CompareFields, DataOptions):
         return [m for m, method in METHODS.items() if m in self.methods and isinstance(method, kind)]
 
     @property
-    def baselines(self) -> list[str]:
+    def trained_baselines(self) -> list[str]:
         """The chosen baseline rows that another method trains (QD-LLM's logistic regression and MLPs)."""
         return [m for m in self.methods if m in BASELINE_OF]
 
@@ -141,10 +142,8 @@ class CompareParams(RunOptions, CompareFields, DataOptions):
         classes or more, the fine-tuned model and its targets, a share for every client):
         bad input is refused here, before any server starts or anything is written."""
         data = SHARED.data_request(SHARED.for_budget(self, self.seeds)[0]).load()
-        if data.num_classes < 2:
-            raise DataError(
-                f"{self.dataset}: the training split holds {data.num_classes} class; a classifier needs two or more"
-            )
+        if (classes := len(np.unique(data.train_labels))) < 2:
+            raise DataError(f"{self.dataset}: the training split holds {classes} class; a classifier needs two or more")
         for m in self.of_kind(FinetuneMethod):
             METHODS[m].jobs(METHODS[m].for_budget(self, self.seeds[:1])[0], data)  # the adapter's preflight
         federated = self.of_kind(fed.FederatedMethod)
@@ -175,9 +174,9 @@ def submit_trainings(
         for p in method.for_budget(params, params.seeds):
             own = method.split(p, split) if isinstance(method, FeatureMethod) else data
             jobs = method.jobs(p, own)
-            pending += [(m, f) for f in train.map(unmapped(m), jobs, unmapped(own), unmapped(root))]
+            pending += [(m, f) for f in train_task(m).map(unmapped(m), jobs, unmapped(own), unmapped(root))]
     classical: list[Any] = []
-    if params.baselines:
+    if params.trained_baselines:
         shared = SHARED.for_budget(params, params.seeds)[0]
         classical = baselines.map(unmapped(SHARED.id), unmapped(shared), unmapped(split), params.seeds)
     return pending, classical
@@ -203,7 +202,7 @@ def federated_rows(params: CompareParams, data: Dataset, split: EmbeddedSplit, r
             )
             llm = llm_losses(fp, [fsplit], root).get(fsplit.name, {}) if m == "llm-qfl" else {}
             for job in method.jobs(fp, fed.FederatedData(fsplit, llm)):
-                out = federated_run(m, job, root)
+                out = federated_run(job, root)
                 if dropped := sum(len(r.failed) for r in out.result.records):
                     get_run_logger().warning("%s seed %d: %d client trainings were dropped", m, fp.seed, dropped)
                 rows.append(board.trained_row(method.summary(out, job)))

@@ -21,7 +21,7 @@ from lab.results import TrainingResult
 from lab.runtime import Runtime
 from qcore.training import classification_metrics
 from tasks.prepare import embedded_split
-from tasks.train import baselines, evaluate_under_noise, train
+from tasks.train import baselines, evaluate_under_noise, train_task
 
 from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 
@@ -40,7 +40,7 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
         data, split = embedded_split(METHOD, params, root)
         tracking.set_tags(parent, {"data_hash": data.content_hash})
         jobs = METHOD.jobs(params, split)
-        students = train.map(unmapped(METHOD.id), jobs, unmapped(split), unmapped(root))
+        students = train_task(METHOD.id).map(unmapped(METHOD.id), jobs, unmapped(split), unmapped(root))
         classical = baselines.map(unmapped(METHOD.id), unmapped(params), unmapped(split), params.seeds)
         student_rows = [f.result() for f in students]
         first = student_rows[0]
@@ -48,7 +48,7 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
             evaluate_under_noise(
                 str(first.model_url), split.test_x, split.test_y, setting, samples, runtime.dask_workers
             )
-            for setting, samples in params.noise_settings()
+            for setting, samples in params.noisy_evaluations()
         ]
         baseline_rows = [r for f in classical for r in f.result()]
         noisy_rows = [merge_noisy([f.result() for f in futures], split.test_y) for futures in noisy_futures]

@@ -55,7 +55,7 @@ def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
             jobs = METHOD.jobs(params, fed.FederatedData(split, llm.get(split.name, {})))
             if params.baseline != "none":
                 jobs.append(fed.baseline_job(params, split))
-            runs = [federated_run(METHOD.id, job, root) for job in jobs]
+            runs = [federated_run(job, root) for job in jobs]
             target = fed.target_for(runs, params.target_accuracy)
             rows += [fed.summarize(r, target) for r in runs]
             plot = re.sub(r"[^A-Za-z0-9._-]+", "_", f"accuracy_{split.dataset}_{split.partition}") + ".png"

@@ -22,7 +22,7 @@ from lab.noise import merge_noisy, transpiled_metrics
 from lab.results import FailedTraining, Outcome, TrainingResult
 from lab.runtime import Runtime
 from tasks.prepare import embedded_split
-from tasks.train import baselines, evaluate_under_noise, noisy_finetune, train
+from tasks.train import baselines, evaluate_under_noise, noisy_finetune, train_task
 
 from .runner import check_dask_address, dask_runner, mlflow_hint, results_or_failures, run_from_cli
 
@@ -41,7 +41,7 @@ def head(params: HeadParams = HeadParams()) -> dict[str, Any]:
         _, split = embedded_split(METHOD, params, root)
         tracking.set_tags(parent, {"data_key": split.key})
         jobs = METHOD.jobs(params, split)
-        heads = train.map(unmapped(METHOD.id), jobs, unmapped(split), unmapped(root))
+        heads = train_task(METHOD.id).map(unmapped(METHOD.id), jobs, unmapped(split), unmapped(root))
         classical = baselines.map(unmapped(METHOD.id), unmapped(params), unmapped(split), params.seeds)
         head_rows = results_or_failures(heads, jobs, METHOD.id)
         trained = [r for r in head_rows if isinstance(r, TrainingResult)]

@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 from mlflow import ActiveRun
 from mlflow.tracking import MlflowClient
-from prefect import flow, task, unmapped
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -29,7 +29,7 @@ from lab.data import Dataset
 from lab.methods.peft import PeftParams, Plan, load_data, preflight
 from lab.results import TrainingResult
 from lab.runtime import Runtime
-from tasks.train import train
+from tasks.train import train_task
 
 from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 
@@ -56,7 +56,8 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
         data = prepare(params)
         tracking.set_tags(parent, {"data_hash": data.content_hash})
         plan = preflight(params, data)
-        futures = train.map([j.method for j in plan.jobs], plan.jobs, unmapped(data), unmapped(runtime.artifact_root))
+        root = runtime.artifact_root
+        futures = [train_task(j.method).submit(j.method, j, data, root) for j in plan.jobs]
         rows = [f.result() for f in futures]
         table = peft_report.table(rows, plan.lora_params)
         md = peft_report.markdown(table)

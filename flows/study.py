@@ -34,7 +34,7 @@ from lab.params import Options, RunOptions, experiment
 from lab.results import Outcome, TrainingResult
 from lab.runtime import Runtime
 from tasks.prepare import embedded_split
-from tasks.train import baselines, train
+from tasks.train import baselines, train_task
 
 from .runner import check_dask_address, dask_runner, mlflow_hint, results_or_failures, run_from_cli
 
@@ -183,7 +183,9 @@ def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
         submitted = []
         for i, p in enumerate(point_params):
             jobs = method.jobs(p, data_of[i])
-            submitted.append((jobs, train.map(unmapped(method.id), jobs, unmapped(data_of[i]), unmapped(root))))
+            submitted.append(
+                (jobs, train_task(method.id).map(unmapped(method.id), jobs, unmapped(data_of[i]), unmapped(root)))
+            )
         trained = [results_or_failures(futures, jobs, method.id) for jobs, futures in submitted]
         baseline_rows = {key: [r for f in fs for r in f.result()] for key, fs in baseline_futures.items()}
 

@@ -10,7 +10,7 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lab.methods import METHODS, Hooks
+from lab.methods import Hooks
 from lab.methods import federated as fed
 from qcore.federated.client import ClientUpdate
 from qcore.federated.server import ClientJob, Fit, Outcome, failure
@@ -94,18 +94,18 @@ def prefect_fit(label: str, *, fail_rate: float, seed: int, wait_seconds: float)
 
 
 @task(name="federated-run", cache_policy=NO_CACHE, task_run_name="{job.name}-s{job.seed}")
-def federated_run(method: str, job: fed.RunJob, root: str) -> fed.RunOutput:
+def federated_run(job: fed.RunJob, root: str) -> fed.RunOutput:
     """One federated run (or its stored result). Called, not submitted: it runs in the flow's
     process and sends each round's client trainings to the Dask workers as tasks."""
     params = job.params
     fit = prefect_fit(
         job.name, fail_rate=params.fail_rate, seed=params.seed, wait_seconds=params.client_timeout + BACKSTOP_SECONDS
     )
+    log = get_run_logger()
     hooks = Hooks(
-        log=get_run_logger().info,
+        log=log.info,
+        warn=log.warning,
         fit=fit,
         progress=progress_artifact(f"federated-{job.name}-s{job.seed}", params.rounds),
     )
-    method_ = METHODS[method]
-    assert isinstance(method_, fed.FederatedMethod), method
-    return method_.run(job, root, hooks)
+    return fed.run_setting(job, root, hooks)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -54,7 +54,8 @@ Progress = Callable[[int, str], None]
 def progress_artifact(name: str, total: int) -> Progress:
     """A Prefect progress artifact for one training, keyed by its name, so the task's page and
     the UI's Artifacts page show how far it is while it runs; returns ``report(done, note)``.
-    A failed update is logged, never raised: watching must not stop a training."""
+    The artifact is made by the first report (a training reused from the store makes none). A
+    failed update is logged, never raised: watching must not stop a training."""
     log = get_run_logger()
 
     def safe(call: Callable[[], Any]) -> Any:
@@ -65,21 +66,20 @@ def progress_artifact(name: str, total: int) -> Progress:
             return None
 
     key = re.sub(r"[^a-z0-9]+", "-", f"progress-{name}".lower()).strip("-")
-    artifact = safe(lambda: create_progress_artifact(0.0, key=key, description=f"{name}: started"))
+    made: list[Any] = []  # the artifact's id, once the first report made it
 
     def report(done: int, note: str) -> None:
-        if artifact is not None:
-            safe(
-                lambda: update_progress_artifact(
-                    artifact, 100.0 * min(done, total) / total, description=f"{name}: {note}"
-                )
-            )
+        percent, description = 100.0 * min(done, total) / total, f"{name}: {note}"
+        if not made:
+            made.append(safe(lambda: create_progress_artifact(percent, key=key, description=description)))
+        elif made[0] is not None:
+            safe(lambda: update_progress_artifact(made[0], percent, description=description))
 
     return report
 
 
 def _total(job: Job) -> int:
-    """What a job's progress counts to: its epochs, steps or rounds."""
+    """What a job's progress counts to: its epochs or steps."""
     for attr in ("epochs", "steps"):
         if hasattr(job, attr):
             return int(getattr(job, attr))
@@ -89,18 +89,26 @@ def _total(job: Job) -> int:
 @task(name="train", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="{job.name}")
 def train(method: str, job: Job, data: Any, root: str) -> TrainingResult:
     """Train and evaluate one job of ``method`` (a registry id), or read it back if it finished
-    before; a progress artifact shows its epochs or steps."""
+    before; a progress artifact shows its epochs or steps. Submit it through :func:`train_task`,
+    which gives it the method's retries."""
     one_thread_per_task()
-    backend = getattr(getattr(job, "model", None), "backend", "exact")
-    with dask_client_for(backend) as client:
+    with dask_client_for(getattr(job, "backend", "exact")) as client:
         if client is not None:
             get_run_logger().info(
                 "%s: parameter-shift batches split across %d Dask workers",
                 job.name,
                 len(client.scheduler_info()["workers"]),
             )
-        hooks = Hooks(log=get_run_logger().info, progress=progress_artifact(job.name, _total(job)), dask_client=client)
+        log = get_run_logger()
+        hooks = Hooks(
+            log=log.info, warn=log.warning, progress=progress_artifact(job.name, _total(job)), dask_client=client
+        )
         return METHODS[method].train(job, data, root, hooks)
+
+
+def train_task(method: str) -> Task[..., TrainingResult]:
+    """The :func:`train` task with ``method``'s retries (a fine-tune that failed fails alike)."""
+    return train.with_options(retries=METHODS[method].retries)
 
 
 @task(name="classical-baselines", retries=1, cache_policy=NO_CACHE, task_run_name="{method}-baselines-s{seed}")

@@ -290,7 +290,7 @@ def test_runs_complete_on_the_external_dask_workers(stack: Stack, runs: list[Any
         keys = client.run(lambda dask_worker: sorted({e[0] for e in dask_worker.state.log if isinstance(e[0], str)}))
     ran = {worker: {k.rsplit("-", 1)[0] for k in worker_keys} for worker, worker_keys in keys.items()}
     assert len(ran) == 2
-    assert {"train_student", "classical_baselines"} <= set().union(*ran.values()), ran
+    assert {"train", "baselines"} <= set().union(*ran.values()), ran
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
 

@@ -1,5 +1,5 @@
 """The lab's methods, one module each behind the interface of :mod:`lab.methods.base`, and the
-registry that the compare, study (and tuning) flows look them up in by id.
+registry that the compare and study flows look them up in by id.
 
 Adding a method: write its module (parameters, job, training, baselines, ``for_budget``) and add
 one entry to :data:`METHODS`.

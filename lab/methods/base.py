@@ -6,11 +6,12 @@ point), how it trains and evaluates one job, and the classical baselines it is c
 the same data. The flows and tasks above this layer only orchestrate: they never know what a
 method computes. :mod:`lab.methods` holds the registry, keyed by method id.
 
-    params = QDLLM.params(qubits=[8], seeds=[0, 1])
-    QDLLM.check(params)                          # bad input refused in seconds, before any work
+    method = QDLLM()
+    params = method.params(qubits=[8], seeds=[0, 1])
+    method.check(params)                         # bad input refused in seconds, before any work
     data = ...                                   # the split the method reads (see FeatureMethod)
-    for job in QDLLM.jobs(params, data):
-        result = QDLLM.train(job, data, root, Hooks())   # a TrainingResult
+    for job in method.jobs(params, data):
+        result = method.train(job, data, root, Hooks())   # a TrainingResult
 """
 
 from __future__ import annotations
@@ -75,12 +76,14 @@ def _no_progress(done: int, note: str) -> None:
 
 @dataclass(frozen=True)
 class Hooks:
-    """What the orchestration lends a training: where it logs, where it shows how far it is
-    (``progress(done, note)``, ``done`` out of the job's total epochs, steps or rounds), a Dask
+    """What the orchestration lends a training: where it logs (``log``, and ``warn`` for what a
+    user must see), where it shows how far it is (``progress(done, note)``, ``done`` out of the
+    job's total epochs, steps or rounds; a training reports 0 once it is sure to run), a Dask
     client over which Aer's parameter-shift batches may spread, and (federated) the executor of
     a round's client trainings. ``None``: in this process, one after another."""
 
     log: Callable[[str], None] = _quiet
+    warn: Callable[[str], None] = _quiet
     progress: Callable[[int, str], None] = _no_progress
     dask_client: Any = None
     fit: Callable[[list[Any]], list[Any]] | None = None
@@ -94,8 +97,9 @@ D = TypeVar("D")
 class Method(ABC, Generic[P, J, D]):
     """A method: its parameter model, its jobs, one training, its baselines.
 
-    ``id`` is the registry key (``qllm run compare --methods``); ``reports`` names every row it
-    can put on a leaderboard, its own and its baselines', id → label. ``data_fields`` are the
+    ``id`` is the registry key (``qllm run compare --methods``), ``label`` its leaderboard row;
+    ``baseline_labels`` names the rows of the baselines it trains for a leaderboard (id → label).
+    ``data_fields`` are the
     parameters that shape its data (study points that agree on them share one preparation);
     ``not_axes`` those a study may not sweep.
     """
@@ -104,14 +108,11 @@ class Method(ABC, Generic[P, J, D]):
     label: ClassVar[str]
     params: type[P]
     is_baseline: ClassVar[bool] = False  # a classical reference rather than a method under study
+    retries: ClassVar[int] = 2  # of its training task: a lost worker is worth a retry
     model_tag: ClassVar[str] = ""  # MLflow tag of a trained model, for `qllm predict` and hardware
     baseline_labels: ClassVar[dict[str, str]] = {}  # id → label of each baseline it trains
     data_fields: ClassVar[tuple[str, ...]] = ()
     not_axes: ClassVar[tuple[str, ...]] = ()
-
-    @property
-    def reports(self) -> dict[str, str]:
-        return {self.id: self.label, **self.baseline_labels}
 
     @abstractmethod
     def check(self, params: P) -> None:

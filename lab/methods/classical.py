@@ -16,9 +16,10 @@ from ..embedded import EmbeddedSplit
 from ..results import TrainingResult
 
 Linear = Callable[..., torch.Tensor]
-LINEAR: dict[str, tuple[str, Linear]] = {  # method id → (row kind, fit-and-predict)
-    "logreg": ("logistic regression", logistic_regression),
-    "svm": ("linear SVM", linear_svm),
+LINEAR: dict[str, tuple[str, Linear]] = {  # baseline id → (row kind, fit-and-predict)
+    "logreg": ("logistic regression", logistic_regression),  # QD-LLM's, on the whole training split
+    "head-logreg": ("logistic regression", logistic_regression),  # the PQC head's, without its hold-out
+    "head-svm": ("linear SVM", linear_svm),
 }
 
 

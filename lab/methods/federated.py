@@ -2,8 +2,7 @@
 
 - :class:`FederatedParams`: the flow's parameters, and the run's parts they make (model spec,
   clients' optimiser, controller, LLM fine-tune settings);
-
-- :func:`build_setting`: one (data set, partition) — the server's own data, the clients'
+- :func:`build_split`: one (data set, partition) — the server's own data, the clients'
   partitions, the PCA projection fitted on the server's data;
 - :func:`llm_finetune`: a client's (or the server's) LoRA fine-tune, cached by content in the
   artifact store, so a re-run never repeats one;
@@ -41,7 +40,7 @@ from qcore.federated.controller import RULES, Controller, make_controller
 from qcore.federated.features import Projection
 from qcore.federated.llm import LLMSpec, finetune
 from qcore.federated.partition import PartitionError, PartitionSpec
-from qcore.federated.server import FederatedRun, Fit, RoundRecord, RunResult, fit_sequentially
+from qcore.federated.server import FederatedRun, RoundRecord, RunResult, fit_sequentially
 from qcore.federated.strategy import make_strategy
 from qcore.federated.vqc import VQCClassifier
 from qcore.models.base import QuantumModel, save_module
@@ -446,10 +445,6 @@ NOT_IN_RUN_KEY = {
 }
 
 
-def _quiet(message: str) -> None:
-    return None
-
-
 @dataclass(frozen=True)
 class RunJob:
     """One federated run: a controller (or a classical baseline, ``label`` "baseline-<model>")
@@ -471,15 +466,10 @@ class RunJob:
         return self.params.seed
 
 
-def run_setting(
-    job: RunJob,
-    root: str,
-    *,
-    fit: Fit = fit_sequentially,
-    on_round: Callable[[RoundRecord], None] | None = None,
-    log: Callable[[str], None] = _quiet,
-) -> RunOutput:
-    """One federated run, its rounds' client trainings sent to ``fit``.
+def run_setting(job: RunJob, root: str, hooks: Hooks) -> RunOutput:
+    """One federated run, each round's client trainings sent to ``hooks.fit`` (the Dask workers,
+    through :func:`tasks.federated.federated_run`; without it, one after another here), each
+    round in ``hooks.log`` and ``hooks.progress``.
 
     A finished run is stored under ``<root>/federated/runs/``; the same run again is read back
     instead of trained. Not stored: runs of a generative controller (its answers come from code
@@ -490,11 +480,12 @@ def run_setting(
     key = run_key(setting, job.model, job.controller, params.model_dump(exclude=NOT_IN_RUN_KEY), losses)
     storable = not job.controller.startswith("generative:")
     if storable and (stored := load_run(root, key)) is not None:
-        log(
+        hooks.log(
             f"{setting.name} {job.label}: {len(stored.records)} rounds reused from an earlier run "
             f"(final accuracy {stored.records[-1].accuracy:.4f})"
         )
         return RunOutput(setting, job.label, job.model, stored, cached=True)
+    hooks.progress(0, "started")
     run = FederatedRun(
         clients=[replace(c, model=job.model) for c in setting.clients],
         model=job.model,
@@ -509,15 +500,35 @@ def run_setting(
         objective_unit=params.objective_unit,
         seed=params.seed,
     )
-    result = run.run(params.rounds, fit=fit, on_round=on_round)
+    result = run.run(params.rounds, fit=hooks.fit or fit_sequentially, on_round=round_reporter(job, hooks))
     if lost := real_failures(result, [c.id for c in setting.clients], params.seed, params.fail_rate):
-        log(
-            f"WARNING: {setting.name} {job.label}: not stored, {len(lost)} client trainings failed "
+        hooks.warn(
+            f"{setting.name} {job.label}: not stored, {len(lost)} client trainings failed "
             f"(round, client: {lost}); a re-run trains it again"
         )
     elif storable:
         store_run(root, key, result)
     return RunOutput(setting, job.label, job.model, result)
+
+
+def round_reporter(job: RunJob, hooks: Hooks) -> Callable[[RoundRecord], None]:
+    """Each round in the log and as progress (``rounds`` in all, or stopped early)."""
+    rounds = job.params.rounds
+
+    def report(r: RoundRecord) -> None:
+        dropped = f", dropped {r.failed}" if r.failed else ""
+        server = "–" if r.server_loss is None else f"{r.server_loss:.3f}"
+        hooks.log(
+            f"{job.split.name} {job.label} round {r.round}/{rounds}: accuracy {r.accuracy:.4f}, "
+            f"server loss {server}, aggregated {list(r.selected)}, next steps {r.next_steps}{dropped}"
+            + (" — stop" if r.stop else "")
+        )
+        hooks.progress(
+            rounds if r.stop else r.round,
+            f"round {r.round}/{rounds}, accuracy {r.accuracy:.4f}" + (", stopped early" if r.stop else ""),
+        )
+
+    return report
 
 
 def parties(setting: FederatedSplit) -> list[tuple[str, list[str], np.ndarray]]:
@@ -815,24 +826,6 @@ class FederatedMethod(Method[FederatedParams, RunJob, FederatedData]):
             for seed in seeds
         ]
 
-    def run(self, job: RunJob, root: str, hooks: Hooks) -> RunOutput:
-        rounds = job.params.rounds
-
-        def on_round(r: RoundRecord) -> None:
-            dropped = f", dropped {r.failed}" if r.failed else ""
-            server = "–" if r.server_loss is None else f"{r.server_loss:.3f}"
-            hooks.log(
-                f"{job.split.name} {job.label} round {r.round}/{rounds}: accuracy {r.accuracy:.4f}, "
-                f"server loss {server}, aggregated {list(r.selected)}, next steps {r.next_steps}{dropped}"
-                + (" — stop" if r.stop else "")
-            )
-            hooks.progress(
-                rounds if r.stop else r.round,
-                f"round {r.round}/{rounds}, accuracy {r.accuracy:.4f}" + (", stopped early" if r.stop else ""),
-            )
-
-        return run_setting(job, root, fit=hooks.fit or fit_sequentially, on_round=on_round, log=hooks.log)
-
     def summary(self, out: RunOutput, job: RunJob) -> TrainingResult:
         """The run as a leaderboard row: final accuracy, the global model's size, and the clients'
         seconds plus the parties' LLM fine-tunes."""
@@ -851,7 +844,8 @@ class FederatedMethod(Method[FederatedParams, RunJob, FederatedData]):
         )
 
     def train(self, job: RunJob, data: FederatedData, root: str, hooks: Hooks) -> TrainingResult:
-        return self.summary(self.run(job, root, hooks), job)
+        """The run's leaderboard row (the job carries its split; ``data`` is what made the job)."""
+        return self.summary(run_setting(job, root, hooks), job)
 
 
 class LLMQFL(FederatedMethod):

@@ -296,6 +296,7 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
     if (raw := read_bytes(join_url(url, "result.json"))) is not None:
         hooks.log(f"{job.method}: finished before, reusing {key[:12]}")
         return TrainingResult.from_json(json.loads(raw), cached=True)
+    hooks.progress(0, "started")
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     tokenizer, model = load_pretrained(job, data)
@@ -488,12 +489,13 @@ class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
 
     params = PeftParams
     model_tag = "adapter"
+    retries = 1  # a fine-tune that failed (its merge check, say) fails the same way again
 
     def check(self, params: PeftParams) -> None:
         preflight(params, load_data(params))
 
     def for_budget(self, budget: Budget, seeds: list[int]) -> list[PeftParams]:
-        """Every adapter of the comparison in one model per seed (they share the preflight)."""
+        """This adapter under the comparison's budget, one parameter set per seed."""
         return [
             PeftParams(
                 methods=[self.id],

@@ -157,6 +157,10 @@ class HeadJob:
         return self.model.seed
 
     @property
+    def backend(self) -> str:
+        return self.model.backend
+
+    @property
     def name(self) -> str:
         m = self.model
         return f"head-q{m.qubits}-e{m.encoders}-l{m.layers}-r{m.reuploads}-m{m.measured}-s{m.seed}"
@@ -209,9 +213,13 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
         return embedded.with_validation(params.val_fraction, params.split_seed)
 
     def for_budget(self, budget: Budget, seeds: list[int]) -> list[HeadParams]:
-        """The head on the comparison's own split (its validation hold-out carved from it)."""
+        """The head on the comparison's own split (its validation hold-out carved from it by
+        :meth:`split`); ``per_label`` keeps its default, since compare reads no few-shot draw."""
         return [
             HeadParams(
+                dataset=budget.dataset,
+                text_column=budget.text_column,
+                label_column=budget.label_column,
                 seeds=seeds,
                 qubits=budget.head_qubits,
                 encoders=budget.head_encoders,
@@ -244,6 +252,7 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
         if (cached := cached_result(root, key)) is not None:
             hooks.log(f"{job.name}: finished before, reusing {key[:12]}")
             return cached
+        hooks.progress(0, "started")
         if data.validation is None:
             raise ValueError("a PQC head stops early: its split needs a validation hold-out (with_validation)")
 
@@ -256,8 +265,8 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
             hooks.progress(epoch, note)
 
         t0 = time.perf_counter()
-        split = {} if hooks.dask_client is None else {"client": hooks.dask_client}
-        model = PQCHead(job.model, **job.backend_options, **split)
+        spread = {} if hooks.dask_client is None else {"client": hooks.dask_client}
+        model = PQCHead(job.model, **job.backend_options, **spread)
         history = train(
             model,
             data.train_x,
@@ -314,10 +323,10 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
         embeddings; the MLP trains like the head (Adam, early stopping on the same validation set)."""
         target = PQCHead(params.head_config(data)).parameter_counts()["total"]
         return [
-            linear_baseline("logreg", data, seed, teacher=False),
-            linear_baseline("svm", data, seed, teacher=False),
+            linear_baseline("head-logreg", data, seed, teacher=False),
+            linear_baseline("head-svm", data, seed, teacher=False),
             mlp_baseline(
-                "mlp-matched",
+                "head-mlp",
                 "MLP (size-matched)",
                 data,
                 seed,

@@ -101,7 +101,7 @@ class DistillParams(RunOptions, DistillFields, DataOptions):
                 raise ValueError(f"{name} has {size} qubits; a {max(self.qubits)}-qubit student does not fit")
         return self
 
-    def noise_settings(self) -> list[tuple[NoiseSetting, int]]:
+    def noisy_evaluations(self) -> list[tuple[NoiseSetting, int]]:
         """The noisy evaluations of the first student, each with its number of test samples."""
         out = []
         if self.eval_shots:
@@ -140,6 +140,10 @@ class StudentJob:
     @property
     def seed(self) -> int:
         return self.model.seed
+
+    @property
+    def backend(self) -> str:
+        return self.model.backend
 
     @property
     def name(self) -> str:
@@ -240,6 +244,7 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
         if (cached := cached_result(root, key)) is not None:
             hooks.log(f"{job.name}: finished before, reusing {key[:12]}")
             return cached
+        hooks.progress(0, "started")
 
         def progress(epoch: int, m: dict[str, float]) -> None:
             note = f"epoch {epoch}/{job.epochs}: loss {m['loss']:.4f}, train acc {m['accuracy']:.3f}"
@@ -247,8 +252,8 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
             hooks.progress(epoch, note)
 
         t0 = time.perf_counter()
-        split = {} if hooks.dask_client is None else {"client": hooks.dask_client}
-        model = QDLLMStudent(job.model, **job.backend_options, **split)
+        spread = {} if hooks.dask_client is None else {"client": hooks.dask_client}
+        model = QDLLMStudent(job.model, **job.backend_options, **spread)
         history = train(
             model,
             data.train_x,

@@ -19,7 +19,6 @@ from lab.methods.qdllm import QDLLM, DistillParams
 from lab.noise import merge_noisy
 from lab.results import TrainingResult
 from lab.runtime import Runtime
-from qcore.training import classification_metrics
 from tasks.prepare import embedded_split
 from tasks.train import baselines, evaluate_under_noise, train_task
 
@@ -53,7 +52,7 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
         baseline_rows = [r for f in classical for r in f.result()]
         noisy_rows = [merge_noisy([f.result() for f in futures], split.test_y) for futures in noisy_futures]
 
-        table = reporting.summarize([teacher_row(split), *baseline_rows, *student_rows])
+        table = reporting.summarize([METHOD.teacher_row(split), *baseline_rows, *student_rows])
         md = reporting.markdown(table) + noisy_markdown(first, noisy_rows)
         log_mlflow(parent, split, student_rows, baseline_rows, noisy_rows, table)
         run_id = parent.info.run_id
@@ -66,12 +65,6 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
         "mlflow_run_id": run_id,
         "students": [{"name": r.name, "cached": r.cached} for r in student_rows],
     }
-
-
-def teacher_row(split: EmbeddedSplit) -> TrainingResult:
-    """The teacher's own test scores, as the table's first row."""
-    metrics = classification_metrics(split.test_teacher.argmax(-1), split.test_y, split.test_teacher)
-    return TrainingResult("teacher", "teacher", "teacher", 0, metrics, {})
 
 
 def noisy_markdown(student: TrainingResult, rows: list[dict[str, Any]]) -> str:

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 from qcore.simulators.aer import fake_backend_names, fake_backend_qubits
-from qcore.training import evaluate, train
+from qcore.training import classification_metrics, evaluate, train
 
 from ..artifacts import hash_json
 from ..data import DataRequest
@@ -287,6 +287,11 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
         )
         hooks.log(f"{job.name}: test accuracy {metrics['accuracy']:.4f}")
         return stored
+
+    def teacher_row(self, data: EmbeddedSplit) -> TrainingResult:
+        """The teacher's own test scores: the first row of the distill table."""
+        metrics = classification_metrics(data.test_teacher.argmax(-1), data.test_y, data.test_teacher)
+        return TrainingResult("teacher", "teacher", "teacher", 0, metrics, {})
 
     def size(self, data: EmbeddedSplit, qubits: int, blocks: int) -> int:
         """Trainable parameters of a student: the size its MLP competitors are matched to."""

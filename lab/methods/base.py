@@ -66,6 +66,20 @@ class Budget(Protocol):
     llm_steps: int
 
 
+class ModelJob:
+    """Base of the jobs that train one ``qcore`` model: its seed and simulator are its config's."""
+
+    model: Any
+
+    @property
+    def seed(self) -> int:
+        return int(self.model.seed)
+
+    @property
+    def backend(self) -> str:
+        return str(self.model.backend)
+
+
 def _quiet(message: str) -> None:
     return None
 

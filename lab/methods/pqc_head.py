@@ -26,7 +26,7 @@ from ..params import DataOptions, Options, RunOptions, config_defaults, experime
 from ..results import TrainingResult, job_record
 from ..store import cached_result, model_predictions, store_result
 from ..teacher import TeacherSpec
-from .base import Budget, FeatureMethod, Hooks
+from .base import Budget, FeatureMethod, Hooks, ModelJob
 from .classical import curves, linear_baseline, mlp_baseline
 
 MAX_QUBITS = 16
@@ -140,7 +140,7 @@ class HeadParams(RunOptions, HeadFields, DataOptions):
 
 
 @dataclass(frozen=True)
-class HeadJob:
+class HeadJob(ModelJob):
     """One head: its full model config (which holds its seed), the training settings, and the
     simulator's options."""
 
@@ -151,14 +151,6 @@ class HeadJob:
     lr: float = 0.02
     weight_decay: float = 0.0
     backend_options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def seed(self) -> int:
-        return self.model.seed
-
-    @property
-    def backend(self) -> str:
-        return self.model.backend
 
     @property
     def name(self) -> str:

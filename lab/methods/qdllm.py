@@ -27,7 +27,7 @@ from ..params import DataOptions, Options, RunOptions, experiment
 from ..results import TrainingResult, job_record
 from ..store import cached_result, model_predictions, store_result
 from ..teacher import TeacherSpec
-from .base import Budget, FeatureMethod, Hooks
+from .base import Budget, FeatureMethod, Hooks, ModelJob
 from .classical import curves, linear_baseline, mlp_baseline
 
 MAX_QUBITS = 20
@@ -125,7 +125,7 @@ class DistillParams(RunOptions, DistillFields, DataOptions):
 
 
 @dataclass(frozen=True)
-class StudentJob:
+class StudentJob(ModelJob):
     """One student: its full model config (which holds its seed and simulator), the training
     settings, and the simulator's options."""
 
@@ -136,14 +136,6 @@ class StudentJob:
     batch_size: int
     lr: float
     backend_options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def seed(self) -> int:
-        return self.model.seed
-
-    @property
-    def backend(self) -> str:
-        return self.model.backend
 
     @property
     def name(self) -> str:

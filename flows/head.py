@@ -108,8 +108,9 @@ def noise_ablation(
     devices = [transpiled_metrics(module2, d) for d in params.noise_devices]
     merged = {key: merge_noisy([f.result() for f in fs], split.test_y) for key, fs in futures.items()}
     finetuned = {label: f.result()["predictions"] for label, f in finetunes.items()}
-    rows = ablation_rows(settings, trained, merged, finetuned, split.test_y, samples)
-    return {"rows": rows, "devices": devices, "exact": exact_spread(trained, merged, settings[0].label)}
+    exact = exact_spread(trained, merged, settings[0].label)
+    rows = ablation_rows(settings, trained, merged, finetuned, split.test_y, samples, exact[0])
+    return {"rows": rows, "devices": devices, "exact": exact}
 
 
 def log_mlflow(

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from qcore.models.base import QuantumModel
 from qcore.training import model_size_bytes
 
 from .artifacts import atomic_write_bytes, join_url, read_bytes, upload_folder
+from .embedded import EmbeddedSplit
 from .results import TrainingResult
 
 
@@ -31,23 +31,24 @@ def cached_result(root: str, key: str) -> TrainingResult | None:
 
 
 def store_result(
-    root: str, key: str, model: QuantumModel, result: TrainingResult, extra_files: dict[str, Any] | None = None
+    root: str, key: str, model: QuantumModel, result: TrainingResult, data: EmbeddedSplit
 ) -> TrainingResult:
-    """Save the model (plus ``extra_files``, name → JSON) to ``<root>/students/<key>/model/``,
-    then commit the training by writing ``result.json`` beside it; return the result as JSON
+    """Save the model to ``<root>/students/<key>/model/`` with ``teacher.json`` beside it (what
+    ``qllm predict`` needs to turn new text into the model's features: ``data``'s teacher and
+    labels), then commit the training by writing ``result.json``; return the result as JSON
     gives it back, so a fresh result has the same form as a cached one."""
     url = join_url(root, "students", key)
     with tempfile.TemporaryDirectory() as tmp:
         folder = model.save(Path(tmp) / "model")
-        for name, content in (extra_files or {}).items():
-            (folder / name).write_text(json.dumps(content, indent=2))
+        meta = {"teacher": data.teacher, "label_names": list(data.label_names)}
+        (folder / "teacher.json").write_text(json.dumps(meta, indent=2))
         result = dataclasses.replace(
             result, model_url=join_url(url, "model"), metrics={**result.metrics, "size_bytes": model_size_bytes(folder)}
         )
         upload_folder(folder, join_url(url, "model"))
-    stored = json.loads(json.dumps(result.to_json()))
-    atomic_write_bytes(join_url(url, "result.json"), json.dumps(stored).encode())
-    return TrainingResult.from_json(stored, cached=False)
+    text = json.dumps(result.to_json())
+    atomic_write_bytes(join_url(url, "result.json"), text.encode())
+    return TrainingResult.from_json(json.loads(text), cached=False)
 
 
 def model_predictions(model: torch.nn.Module, x: np.ndarray) -> list[int]:

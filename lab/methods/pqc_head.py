@@ -295,18 +295,7 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
             job_record(job),
             model_predictions(model, data.test_x),
         )
-        stored = store_result(
-            root,
-            key,
-            model,
-            result,
-            {
-                "teacher.json": {  # read by `qllm predict`
-                    "teacher": data.teacher,
-                    "label_names": list(data.label_names),
-                }
-            },
-        )
+        stored = store_result(root, key, model, result, data)
         hooks.log(f"{job.name}: test accuracy {metrics['accuracy']:.4f} after {len(history)} epochs")
         return stored
 
@@ -343,10 +332,11 @@ def ablation_rows(
     finetuned: dict[str, list[int]],
     test_y: np.ndarray,
     samples: int,
+    exact_accuracy: float,
 ) -> list[dict[str, Any]]:
     """One row per noise setting: accuracy (mean ± std over the trained heads) on the same
-    ``samples`` test examples, beside their exact accuracy, and after noisy fine-tuning."""
-    exact = [merged[(settings[0].label, r.name)]["exact_accuracy_same_samples"] for r in trained]
+    ``samples`` test examples, beside their mean exact accuracy (:func:`exact_spread`), and
+    after noisy fine-tuning."""
     rows = []
     for s in settings:
         cells = [merged[(s.label, r.name)] for r in trained]
@@ -359,7 +349,7 @@ def ablation_rows(
             "models": len(accs),
             "accuracy": float(np.mean(accs)),
             "accuracy_std": float(np.std(accs)),
-            "exact_accuracy": float(np.mean(exact)),
+            "exact_accuracy": exact_accuracy,
             "agreement_with_exact": float(np.mean([c["agreement_with_exact"] for c in cells])),
             "seconds": float(sum(c["seconds"] for c in cells)),
         }

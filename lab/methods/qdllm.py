@@ -273,10 +273,7 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
             job_record(job),
             model_predictions(model, data.test_x),
         )
-        # teacher.json: what `qllm predict` needs to turn new text into this student's features.
-        stored = store_result(
-            root, key, model, result, {"teacher.json": {"teacher": data.teacher, "label_names": list(data.label_names)}}
-        )
+        stored = store_result(root, key, model, result, data)
         hooks.log(f"{job.name}: test accuracy {metrics['accuracy']:.4f}")
         return stored
 

@@ -113,9 +113,8 @@ class Method(ABC, Generic[P, J, D]):
 
     ``id`` is the registry key (``qllm run compare --methods``), ``label`` its leaderboard row;
     ``baseline_labels`` names the rows of the baselines it trains for a leaderboard (id → label).
-    ``data_fields`` are the
-    parameters that shape its data (study points that agree on them share one preparation);
-    ``not_axes`` those a study may not sweep.
+    ``data_fields`` are the parameters that shape its data (study points that agree on them share
+    one preparation); ``not_axes`` those a study may not sweep.
     """
 
     id: ClassVar[str]

@@ -23,6 +23,7 @@ from lab.corpus import load_corpus
 from lab.data import DataError
 from lab.methods.peft import PeftParams
 from lab.runtime import Runtime
+from lab.sentence_classifier import PooledClassifier, load_classifier
 from lab.teacher import ModelNotFoundError
 from qcore.adapters import AdapterError
 from tests.stack import shared_lab
@@ -86,12 +87,21 @@ def test_classify_compares_the_three_methods(classify: dict) -> None:
     assert "| lora | 36,864 | 100.00% |" in classify["markdown"]
 
 
-def test_merged_classifier_is_a_plain_hugging_face_folder(classify: dict) -> None:
-    tokenizer = transformers.AutoTokenizer.from_pretrained(classify["merged"]["qpa"])
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(classify["merged"]["qpa"]).eval()
+def test_merged_classifier_is_a_hugging_face_encoder_and_its_head(classify: dict) -> None:
+    """On a sentence transformer the head reads the encoder's own (mean, unit-length) pooling."""
+    folder = Path(classify["merged"]["qpa"])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = load_classifier(folder).eval()
+    encoder = transformers.AutoModel.from_pretrained(folder).eval()  # the merged body, plain
+    inputs = tokenizer(["a gorgeous, witty film", "a dull one"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        logits = model(**tokenizer(["a gorgeous, witty film"], return_tensors="pt")).logits
-    assert logits.shape == (1, 2) and model.config.id2label == {0: "negative", 1: "positive"}
+        logits = model(**inputs).logits
+        hidden = encoder(**inputs).last_hidden_state
+    mask = inputs["attention_mask"].unsqueeze(-1)
+    pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    assert isinstance(model, PooledClassifier) and (model.pooling, model.normalize) == ("mean", True)
+    torch.testing.assert_close(logits, model.classifier(pooled))
+    assert logits.shape == (2, 2) and encoder.config.id2label == {0: "negative", 1: "positive"}
 
 
 def test_mlflow_has_parent_children_curves_and_adapters(classify: dict) -> None:
@@ -180,7 +190,10 @@ def test_bad_input_is_refused_before_any_work(
     "fields,message",
     [
         ({"methods": ["lora", "lora"]}, "repeat a method"),
-        ({"methods": ["dora"]}, "Input should be 'lora', 'qpa' or 'qtha'"),
+        ({"methods": ["dora"]}, "Input should be 'lora', 'qpa', 'qpa-published' or 'qtha'"),
+        ({"adapter_lr": "lora=2"}, r"lora=2 is not a learning rate in \(0, 1\]"),
+        ({"adapter_lr": "lora"}, "'lora' is not method=rate"),
+        ({"circuit_lr": {"dora": 1e-3}}, "Input should be 'lora', 'qpa', 'qpa-published' or 'qtha'"),
         ({"steps": 1}, "greater than or equal to 2"),
         ({"qpa_activation": "swish"}, "Input should be 'relu', 'gelu', 'tanh' or 'silu'"),
     ],

@@ -1,0 +1,79 @@
+"""How the lab sets the fine-tuning methods up, checked on the embedded MiniLM without a flow:
+the classifier reads the sentence transformer's own pooling, QPA starts from a zero update (its
+published start kept as a labelled variant), and every parameter group has its own learning rate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from lab.data import Dataset
+from lab.methods import LEADERBOARD
+from lab.methods.peft import FinetuneJob, PeftParams, head_names, load_pretrained, preflight
+from lab.sentence_classifier import PooledClassifier, sentence_pooling
+from lab.teacher import resolve_model
+from qcore.adapters import adapt, adapter_config
+
+
+def tiny_data() -> Dataset:
+    texts = ["a gorgeous film", "a dull mess", "witty and warm", "tedious and long"] * 4
+    labels = np.array([1, 0, 1, 0] * 4)
+    return Dataset("tiny", "test", ("negative", "positive"), texts, labels, texts[:4], labels[:4], {})
+
+
+@pytest.fixture(scope="module")
+def plan() -> list[FinetuneJob]:
+    params = PeftParams(methods=["lora", "qpa", "qpa-published", "qtha"], steps=2, batch_size=4)
+    return preflight(params, tiny_data()).jobs
+
+
+def test_minilm_is_read_through_its_own_mean_pooling() -> None:
+    assert sentence_pooling(resolve_model(None)) == ("mean", True)
+    assert sentence_pooling(Path("/nonexistent")) is None  # any other model keeps Hugging Face's head
+
+
+def test_the_classifier_gives_the_sentence_transformers_embedding(plan: list[FinetuneJob]) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    _, model = load_pretrained(plan[0], tiny_data())
+    assert isinstance(model, PooledClassifier)
+    texts = ["a gorgeous, witty film", "tedious"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(resolve_model(None))
+    with torch.no_grad():
+        ours = model.eval().embed(**tokenizer(texts, padding=True, return_tensors="pt"))
+    theirs = SentenceTransformer(str(resolve_model(None)), device="cpu").encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_qpa_starts_at_the_base_model_and_the_published_variant_does_not(plan: list[FinetuneJob]) -> None:
+    jobs = {j.method: j for j in plan}
+    assert jobs["qpa"].adapter["zero_start"] and not jobs["qpa-published"].adapter["zero_start"]
+    assert jobs["qpa-published"].adapter_method == "qpa" and "qpa-published" in LEADERBOARD
+    shifts = {}
+    for method in ("qpa", "qpa-published"):
+        _, model = load_pretrained(jobs[method], tiny_data())
+        base = model.body.encoder.layer[0].attention.self.query.weight.detach().clone()
+        adapted = adapt(model, adapter_config("qpa", **jobs[method].adapter))
+        merged = adapted.merge_and_unload().body.encoder.layer[0].attention.self.query.weight
+        shifts[method] = ((merged - base).norm() / base.norm()).item()
+    assert shifts["qpa"] < 1e-6 < 0.1 < shifts["qpa-published"]  # the paper's start rewrites the weights
+
+
+def test_every_parameter_group_trains_at_its_own_rate() -> None:
+    params = PeftParams(
+        methods=["qtha", "lora"], head_lr=0.05, adapter_lr="qtha=0.002", circuit_lr={"qtha": 0.03}, steps=2
+    )
+    jobs = {j.method: j for j in preflight(params, tiny_data()).jobs}
+    assert (jobs["lora"].adapter_lr, jobs["lora"].circuit_lr) == (3e-3, 3e-3)  # LoRA's own default
+    _, model = load_pretrained(jobs["qtha"], tiny_data())
+    adapted = adapt(model, adapter_config("qtha", **jobs["qtha"].adapter))
+    rates = jobs["qtha"].learning_rates(adapted, head_names(model))
+    groups = {rate: sorted({n.split(".")[-2] for n in rates if rates[n] == rate}) for rate in set(rates.values())}
+    assert {n.removeprefix("model.") for n in rates} == set(adapted.trainable_parameters())
+    assert groups[0.05] == ["classifier"]
+    assert all(".circuit." in n for n in rates if rates[n] == 0.03) and groups[0.03]
+    assert {"down", "up"} & {n.split(".")[-3] for n in rates if rates[n] == 0.002}

@@ -72,6 +72,22 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.label_names)
 
+    def tuning_view(self, fraction: float, seed: int) -> Dataset:
+        """What hyper-parameter tuning reads: a stratified hold-out of the training texts in the
+        place of the test split, which tuning never sees."""
+        is_val = hold_out(self.train_labels, fraction, seed, salt=7)
+        kept, held = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+        return Dataset(
+            self.name,
+            self.source,
+            self.label_names,
+            [self.train_texts[i] for i in kept],
+            self.train_labels[kept],
+            [self.train_texts[i] for i in held],
+            self.train_labels[held],
+            {**self.split, "tuning_view": {"fraction": fraction, "seed": seed}},
+        )
+
 
 # --- named sets: where each file comes from, pinned by sha256 ------------------------------
 
@@ -430,6 +446,22 @@ def stratified_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> 
         rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, take, strict=True)
     ]
     return np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
+
+
+def hold_out(labels: np.ndarray, fraction: float, seed: int, salt: int = 5) -> np.ndarray:
+    """A stratified, seeded mask of ``fraction`` of ``labels`` (at least one per class); refuses a
+    fraction that would leave a class without a training example."""
+    classes, counts = np.unique(labels, return_counts=True)
+    n_val = max(len(classes), round(len(labels) * fraction))
+    if counts.min() < 2 or n_val > len(labels) - len(classes):
+        per_class = dict(zip(classes.tolist(), counts.tolist(), strict=True))
+        raise DataError(
+            f"a hold-out of {fraction:g} of {len(labels)} training examples ({per_class} per class) leaves "
+            "a class without a training or a held-out example: give more examples or another fraction"
+        )
+    is_val = np.zeros(len(labels), dtype=bool)
+    is_val[stratified_indices(labels, n_val, np.random.default_rng([seed, salt]))] = True
+    return is_val
 
 
 def _check_size(name: str, value: int | None) -> None:

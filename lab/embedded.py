@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import hash_json
-from .data import Dataset, stratified_indices
+from .data import Dataset, hold_out
 from .teacher import TeacherOutputs, TeacherSpec
 
 
@@ -68,9 +68,7 @@ class EmbeddedSplit:
 
     def with_validation(self, fraction: float, seed: int) -> EmbeddedSplit:
         """Hold out a stratified, seeded ``fraction`` of the training examples for early stopping."""
-        n_val = max(self.num_classes, round(len(self.train_y) * fraction))
-        is_val = np.zeros(len(self.train_y), dtype=bool)
-        is_val[stratified_indices(self.train_y, n_val, np.random.default_rng([seed, 5]))] = True
+        is_val = hold_out(self.train_y, fraction, seed)
         return dataclasses.replace(
             self,
             train_x=self.train_x[~is_val],
@@ -79,4 +77,22 @@ class EmbeddedSplit:
             val_x=self.train_x[is_val],
             val_y=self.train_y[is_val],
             key=hash_json({"embeddings": self.key, "val_fraction": fraction, "seed": seed}),
+        )
+
+    def tuning_view(self, fraction: float, seed: int) -> EmbeddedSplit:
+        """What hyper-parameter tuning reads: a stratified hold-out of the training examples in
+        the place of the test split, which tuning never sees (a method's own early-stopping
+        hold-out is then carved from the rest)."""
+        is_val = hold_out(self.train_y, fraction, seed, salt=7)
+        return dataclasses.replace(
+            self,
+            train_x=self.train_x[~is_val],
+            train_y=self.train_y[~is_val],
+            train_teacher=self.train_teacher[~is_val],
+            test_x=self.train_x[is_val],
+            test_y=self.train_y[is_val],
+            test_teacher=self.train_teacher[is_val],
+            val_x=None,
+            val_y=None,
+            key=hash_json({"embeddings": self.key, "tuning_fraction": fraction, "seed": seed}),
         )

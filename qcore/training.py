@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
 
+from qcore.layer import QuantumLayer
 from qcore.losses import distillation_loss
 
 ArrayLike: TypeAlias = torch.Tensor | np.ndarray
@@ -53,6 +54,7 @@ def train(
     val: tuple[ArrayLike, ArrayLike] | None = None,
     patience: int | None = None,
     weight_decay: float = 0.0,
+    circuit_lr: float | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place with Adam on the distillation loss; return one dict per epoch.
 
@@ -65,6 +67,10 @@ def train(
     improved for ``patience`` epochs, and the weights of the best epoch (the earliest of equals)
     are put back; every dict then also holds ``best_epoch``. ``teacher_logits=None`` needs ``alpha=0`` (plain
     cross-entropy, for baselines trained on labels only).
+
+    Learning rates: every parameter trains at ``lr``, but a circuit's angles (the parameters of
+    its :class:`~qcore.layer.QuantumLayer` modules) at ``circuit_lr`` when given: angles live on
+    a scale of π, the classical weights around them on their own.
 
     Batches: the paper's code uses batch 1 and lr 0.06. Batch 32 vectorises each step and takes
     32x fewer of them, which is what makes a run of minutes possible on a CPU. At batch 32, lr
@@ -92,7 +98,7 @@ def train(
         raise ValueError(f"patience={patience} needs val=(x, y) and must be at least 1")
     torch.manual_seed(seed)
     order_rng = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.Adam(parameter_groups(model, lr, circuit_lr), lr=lr, weight_decay=weight_decay)
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     for epoch in range(1, epochs + 1):
@@ -132,6 +138,16 @@ def train(
         for h in history:
             h["best_epoch"] = best[1]
     return history
+
+
+def parameter_groups(model: nn.Module, lr: float, circuit_lr: float | None) -> list[dict[str, object]]:
+    """Optimiser groups: the circuits' parameters at ``circuit_lr`` (if given), the rest at ``lr``."""
+    circuit = {id(p) for m in model.modules() if isinstance(m, QuantumLayer) for p in m.parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in circuit], "lr": lr},
+        {"params": [p for p in model.parameters() if id(p) in circuit], "lr": lr if circuit_lr is None else circuit_lr},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def classification_metrics(pred: ArrayLike, y: ArrayLike, teacher_logits: ArrayLike | None = None) -> dict[str, float]:

@@ -19,13 +19,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel
 
 from ..data import DataRequest
 from ..embedded import EmbeddedSplit
 from ..results import TrainingResult
+from ..search_space import Dimension
 from ..teacher import TeacherSpec
 
 
@@ -94,13 +95,18 @@ class Hooks:
     user must see), where it shows how far it is (``progress(done, note)``, ``done`` out of the
     job's total epochs, steps or rounds; a training reports 0 once it is sure to run), a Dask
     client over which Aer's parameter-shift batches may spread, and (federated) the executor of
-    a round's client trainings. ``None``: in this process, one after another."""
+    a round's client trainings. ``None``: in this process, one after another.
+
+    ``report(step, accuracy)``, set by a tuning trial (:mod:`lab.tuning`), asks a training for
+    its accuracy on the held-out split as it goes (each epoch, or a few times over the steps);
+    it raises to stop a trial the pruner gives up on."""
 
     log: Callable[[str], None] = _quiet
     warn: Callable[[str], None] = _quiet
     progress: Callable[[int, str], None] = _no_progress
     dask_client: Any = None
     fit: Callable[[list[Any]], list[Any]] | None = None
+    report: Callable[[int, float], None] | None = None
 
 
 P = TypeVar("P", bound=BaseModel)
@@ -147,6 +153,21 @@ class Method(ABC, Generic[P, J, D]):
     def for_budget(self, budget: Budget, seeds: list[int]) -> list[P]:
         """This method's parameters under a comparison's shared budget, covering ``seeds``."""
 
+    # --- tuning (lab.tuning): what a trial may change, and what it reads ---
+
+    search_space: ClassVar[dict[str, Dimension]] = {}  # parameter → its range; {}: nothing to tune
+
+    def tuning_view(self, data: D, fraction: float, seed: int) -> D:
+        """The data a trial reads: a hold-out of the training split as its test split."""
+        raise NotImplementedError(f"{self.id} cannot be tuned")
+
+    def for_trial(self, params: P, values: dict[str, Any]) -> P:
+        """``params`` with a trial's values (a list field takes the value as its one entry),
+        validated again: a value outside the field's range is refused, naming it."""
+        fields = type(params).model_fields
+        update = {k: [v] if _is_list(fields[k].annotation) else v for k, v in values.items()}
+        return type(params).model_validate({**params.model_dump(), **update})
+
 
 class FeatureMethod(Method[P, J, EmbeddedSplit]):
     """A method that learns from teacher features: the data set, split and teacher are named by
@@ -173,3 +194,10 @@ class FeatureMethod(Method[P, J, EmbeddedSplit]):
     def check(self, params: P) -> None:
         """Read and split the data set: bad names, paths, columns or sizes fail here."""
         self.data_request(params).load()
+
+    def tuning_view(self, data: EmbeddedSplit, fraction: float, seed: int) -> EmbeddedSplit:
+        return data.tuning_view(fraction, seed)
+
+
+def _is_list(annotation: Any) -> bool:
+    return get_origin(annotation) is list or any(get_origin(a) is list for a in get_args(annotation))

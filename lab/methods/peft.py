@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import transformers
@@ -42,6 +42,7 @@ from ..corpus import Corpus, load_corpus
 from ..data import DataRequest, Dataset
 from ..params import Options, RunOptions, experiment
 from ..results import TrainingResult
+from ..search_space import Dimension, Float
 from ..sentence_classifier import build_classifier, load_classifier
 from ..teacher import ModelNotFoundError, model_fingerprint, resolve_model
 from .base import Budget, Hooks, Method
@@ -366,10 +367,17 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
     adapted = adapt(model, adapter_config(job.adapter_method, **job.adapter))
     trainable = sum(p.numel() for p in adapted.trainable_parameters().values())
 
+    evaluation = eval_batches(job, tokenizer, data)
+
     def progress(step: int, loss: float) -> None:
         if (step + 1) % max(1, job.steps // 10) == 0 or step + 1 == job.steps:
             hooks.log(f"{job.method} step {step + 1}/{job.steps}: loss {loss:.4f}")
             hooks.progress(step + 1, f"step {step + 1}/{job.steps}: loss {loss:.4f}")
+        # a tuning trial's test split is its held-out view: its accuracy four times over the steps
+        if hooks.report is not None and job.task == "classify" and (step + 1) % max(1, job.steps // 4) == 0:
+            value = accuracy(adapted, evaluation)
+            adapted.train()
+            hooks.report(step + 1, value)
 
     t0 = time.perf_counter()
     trained = train_steps(
@@ -382,7 +390,6 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
         on_step=progress,
     )
     train_seconds = time.perf_counter() - t0
-    evaluation = eval_batches(job, tokenizer, data)
     metric = (
         {"accuracy": accuracy(adapted, evaluation)}
         if job.task == "classify"
@@ -568,6 +575,16 @@ class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
             for seed in seeds
         ]
 
+    def tuning_view(self, data: Dataset | Corpus, fraction: float, seed: int) -> Dataset | Corpus:
+        if not isinstance(data, Dataset):
+            raise ValueError("tuning reads a classification data set; causal-LM fine-tuning is not tuned")
+        return data.tuning_view(fraction, seed)
+
+    def for_trial(self, params: PeftParams, values: dict[str, Any]) -> PeftParams:
+        """A trial's values; a learning rate of the adapter or circuit is this method's own."""
+        own = {k: {self.id: v} if k in ("adapter_lr", "circuit_lr") else v for k, v in values.items()}
+        return super().for_trial(params, own)
+
     def jobs(self, params: PeftParams, data: Dataset | Corpus) -> list[FinetuneJob]:
         return [j for j in preflight(params, data).jobs if j.method == self.id]
 
@@ -599,17 +616,30 @@ def count_report(params: CountParams) -> str:
     return "\n".join(lines)
 
 
+# What tuning may change: the learning rate of each parameter group (the new head's, the
+# adapter's, the circuit's), around the rates swept by hand (see ADAPTER_LRS).
+HEAD_LR = Float(3e-3, 0.3, log=True)
+ADAPTER_LR = Float(1e-5, 3e-2, log=True)
+CIRCUIT_LR = Float(1e-5, 0.1, log=True)
+
+
 class LoRA(FinetuneMethod):
     id = "lora"
     label = "LoRA fine-tuning"
+    search_space: ClassVar[dict[str, Dimension]] = {"head_lr": HEAD_LR, "adapter_lr": ADAPTER_LR}
 
 
 class QPA(FinetuneMethod):
     id = "qpa"
     label = "QPA fine-tuning"
+    search_space: ClassVar[dict[str, Dimension]] = {
+        "head_lr": HEAD_LR,
+        "adapter_lr": ADAPTER_LR,
+        "circuit_lr": CIRCUIT_LR,
+    }
 
 
-class QPAPublished(FinetuneMethod):
+class QPAPublished(QPA):
     id = "qpa-published"
     label = "QPA fine-tuning (as published)"
 
@@ -617,3 +647,8 @@ class QPAPublished(FinetuneMethod):
 class QTHA(FinetuneMethod):
     id = "qtha"
     label = "QTHA fine-tuning"
+    search_space: ClassVar[dict[str, Dimension]] = {
+        "head_lr": HEAD_LR,
+        "adapter_lr": ADAPTER_LR,
+        "circuit_lr": CIRCUIT_LR,
+    }

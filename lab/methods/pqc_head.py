@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -24,6 +24,7 @@ from ..embedded import EmbeddedSplit
 from ..noise import NoiseSetting, noise_settings
 from ..params import DataOptions, Options, RunOptions, config_defaults, experiment
 from ..results import TrainingResult, job_record
+from ..search_space import Dimension, Float, Int
 from ..store import cached_result, model_predictions, store_result
 from ..teacher import TeacherSpec
 from .base import Budget, FeatureMethod, Hooks, ModelJob
@@ -71,7 +72,15 @@ class HeadFields(Options):
     epochs: int = Field(30, ge=1, le=1000, description="maximum training epochs")
     patience: int = Field(6, ge=1, description="early stopping: epochs without a better validation accuracy")
     batch_size: int = Field(32, ge=1, description="training batch size")
-    lr: float = Field(0.02, gt=0, le=1, description="Adam learning rate")
+    lr: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="Adam learning rate (the classical layers', and the circuit's unless circuit_lr is given)",
+    )
+    circuit_lr: float | None = Field(
+        None, gt=0, le=1, description="Adam learning rate of the circuit's angles (None: lr)"
+    )
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
     noise_shots: list[int] = Field([256, 1024, 4096], description="noise ablation: shot counts (empty: skip)")
     noise_depolarizing: list[float] = Field(
@@ -149,6 +158,7 @@ class HeadJob(ModelJob):
     patience: int = 6
     batch_size: int = 32
     lr: float = 0.02
+    circuit_lr: float | None = None
     weight_decay: float = 0.0
     backend_options: dict[str, Any] = field(default_factory=dict)
 
@@ -187,6 +197,13 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
         "noise_samples",
         "noise_finetune_steps",
     )
+
+    search_space: ClassVar[dict[str, Dimension]] = {
+        "lr": Float(3e-3, 0.1, log=True),
+        "circuit_lr": Float(3e-3, 0.3, log=True),
+        "layers": Int(1, 3),
+        "reuploads": Int(1, 3),
+    }
 
     def data_request(self, params: HeadParams) -> DataRequest:
         return DataRequest(
@@ -233,6 +250,7 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
                 patience=params.patience,
                 batch_size=params.batch_size,
                 lr=params.lr,
+                circuit_lr=params.circuit_lr,
                 weight_decay=params.weight_decay,
             )
             for s in params.seeds
@@ -255,6 +273,8 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
             )
             hooks.log(f"{job.name} {note}")
             hooks.progress(epoch, note)
+            if hooks.report is not None:
+                hooks.report(epoch, m["val_accuracy"])
 
         t0 = time.perf_counter()
         spread = {} if hooks.dask_client is None else {"client": hooks.dask_client}
@@ -267,6 +287,7 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
             epochs=job.epochs,
             batch_size=job.batch_size,
             lr=job.lr,
+            circuit_lr=job.circuit_lr,
             seed=job.seed,
             alpha=0.0,
             on_epoch=progress,

@@ -25,6 +25,7 @@ from ..embedded import EmbeddedSplit
 from ..noise import NoiseSetting
 from ..params import DataOptions, Options, RunOptions, experiment
 from ..results import TrainingResult, job_record
+from ..search_space import Dimension, Float, Int
 from ..store import cached_result, model_predictions, store_result
 from ..teacher import TeacherSpec
 from .base import Budget, FeatureMethod, Hooks, ModelJob
@@ -56,7 +57,15 @@ class DistillFields(Options):
     temperature: float = Field(2.0, gt=0, description="distillation temperature T")
     epochs: int = Field(10, ge=1, le=1000, description="training epochs")
     batch_size: int = Field(32, ge=1, description="training batch size")
-    lr: float = Field(0.01, gt=0, le=1, description="Adam learning rate")
+    lr: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="Adam learning rate (the classical layers', and the circuit's unless circuit_lr is given)",
+    )
+    circuit_lr: float | None = Field(
+        None, gt=0, le=1, description="Adam learning rate of the circuit's angles (None: lr)"
+    )
     backend: Literal["exact", "aer"] = Field(
         "exact", description="training simulator: exact (autograd) or aer (parameter shift, noise-aware)"
     )
@@ -135,6 +144,7 @@ class StudentJob(ModelJob):
     epochs: int
     batch_size: int
     lr: float
+    circuit_lr: float | None = None
     backend_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -173,6 +183,14 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
         "eval_samples",
         "noise_samples",
     )
+
+    search_space: ClassVar[dict[str, Dimension]] = {
+        "lr": Float(1e-3, 0.1, log=True),
+        "circuit_lr": Float(1e-3, 0.3, log=True),
+        "alpha": Float(0.0, 1.0),
+        "temperature": Float(1.0, 8.0),
+        "blocks": Int(1, 4),
+    }
 
     def data_request(self, params: DistillParams) -> DataRequest:
         return DataRequest(
@@ -225,6 +243,7 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
                 epochs=params.epochs,
                 batch_size=params.batch_size,
                 lr=params.lr,
+                circuit_lr=params.circuit_lr,
                 backend_options={**options, "simulator_seed": s} if options else options,
             )
             for q, b, a, s in itertools.product(params.qubits, params.blocks, params.alpha, params.seeds)
@@ -243,6 +262,11 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
             hooks.log(f"{job.name} {note}")
             hooks.progress(epoch, note)
 
+        def report(epoch: int, m: dict[str, float]) -> None:
+            progress(epoch, m)
+            if hooks.report is not None:
+                hooks.report(epoch, m["val_accuracy"])
+
         t0 = time.perf_counter()
         spread = {} if hooks.dask_client is None else {"client": hooks.dask_client}
         model = QDLLMStudent(job.model, **job.backend_options, **spread)
@@ -254,10 +278,13 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
             epochs=job.epochs,
             batch_size=job.batch_size,
             lr=job.lr,
+            circuit_lr=job.circuit_lr,
             seed=job.seed,
             temperature=job.temperature,
             alpha=job.alpha,
-            on_epoch=progress,
+            on_epoch=report,
+            # a tuning trial's test split is its held-out view: it reports each epoch's accuracy
+            val=None if hooks.report is None else (data.test_x, data.test_y),
         )
         seconds = time.perf_counter() - t0
         model = model.with_backend("exact") if job.model.backend != "exact" else model

@@ -36,6 +36,7 @@ def _flows() -> dict[str, FlowEntry]:
     from .head import run_head
     from .peft import run_peft
     from .study import StudyParams, run_study
+    from .tune import TuneParams, run_tune
 
     return {
         "distill": (DistillParams, run_distill, "QD-LLM: distil a teacher LLM into quantum students"),
@@ -56,6 +57,12 @@ def _flows() -> dict[str, FlowEntry]:
             run_study,
             "a grid of configurations x seeds of one method on the Dask "
             "cluster, with a plot of the metric against the grid axis",
+        ),
+        "tune": (
+            TuneParams,
+            run_tune,
+            "hyper-parameter search for one method (Optuna TPE, median pruning) on a training hold-out, "
+            "trials on the Dask cluster; the best trained per seed and scored on test",
         ),
         "federated": (
             FederatedParams,

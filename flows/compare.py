@@ -22,33 +22,48 @@ import numpy as np
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from lab import leaderboard as board
 from lab import reporting, tracking
 from lab.data import DataError, Dataset
 from lab.embedded import EmbeddedSplit
-from lab.methods import BASELINE_OF, LEADERBOARD, METHODS, FeatureMethod
+from lab.methods import BASELINE_OF, LEADERBOARD, METHODS, FeatureMethod, Method
 from lab.methods import federated as fed
 from lab.methods.peft import FinetuneMethod
 from lab.methods.pqc_head import MAX_QUBITS as HEAD_MAX_QUBITS
 from lab.methods.qdllm import MAX_QUBITS as STUDENT_MAX_QUBITS
 from lab.methods.qdllm import QDLLM
-from lab.params import DataOptions, Options, RunOptions, experiment
+from lab.params import DataOptions, Options, RunOptions, experiment, parse_values
 from lab.results import TrainingResult
 from lab.runtime import Runtime
 from lab.teacher import resolve_model
+from lab.tuning import TuningOptions
 from qcore.federated.controller import RULES
 from qcore.federated.partition import PartitionError
 from qcore.models.pqc_head import MAX_ENCODERS
 from tasks.federated import federated_run, llm_losses
 from tasks.prepare import embedded_split
 from tasks.train import baselines, train_task
+from tasks.tune import tuned
 
 from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 
 MethodName = Literal[tuple(LEADERBOARD)]  # type: ignore[valid-type]
 SHARED = QDLLM()  # the shared split and features are the distill flow's, under the budget
+# The classical rows a quantum method's paired test may be against.
+CLASSICAL = tuple(m for m in LEADERBOARD if m in BASELINE_OF or (m in METHODS and METHODS[m].is_baseline))
+# `--quick`: a first look on 2 cores in minutes (the default budget is the real comparison).
+QUICK: dict[str, Any] = {
+    "train_size": 600,
+    "test_size": 400,
+    "trials": 4,
+    "epochs": 5,
+    "finetune_steps": 40,
+    "rounds": 4,
+    "llm_steps": 10,
+    "methods": [m for m in LEADERBOARD if m != "qpa-published"],
+}
 
 
 class CompareFields(Options):
@@ -61,7 +76,9 @@ class CompareFields(Options):
         None, ge=1, description="test examples every method is scored on (None: the whole test split)"
     )
     split_seed: int = Field(0, ge=0, description="seed of the split and subsampling")
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="training seeds: every method trains once per seed")
+    seeds: list[int] = Field(
+        [0, 1, 2, 3, 4], min_length=1, description="training seeds: every method trains once per seed"
+    )
     methods: list[MethodName] = Field(  # type: ignore[valid-type]  # the registry's ids, as an enum in the form
         list(LEADERBOARD), min_length=1, description="methods on the leaderboard: " + ", ".join(LEADERBOARD)
     )
@@ -94,9 +111,20 @@ class CompareFields(Options):
         description="LLM-QFL controller: a step rule (" + ", ".join(RULES) + ") or none (plain quantum FedAvg)",
     )
     llm_steps: int = Field(20, ge=1, description="LLM-QFL: LoRA steps of each party's LLM fine-tune")
+    overrides: dict[str, Any] = Field(
+        {},
+        description="any method's own parameters, e.g. per-group learning rates: "
+        '"qtha.adapter_lr=1e-2;qpa.circuit_lr=1e-3;lora.head_lr=0.03;qdllm.circuit_lr=0.05" (tuning starts from them)',
+    )
+    quick: bool = Field(
+        False,
+        description="a first look in minutes on 2 cores: "
+        + ", ".join(f"{k}={v}" for k, v in QUICK.items())
+        + " (options given explicitly win)",
+    )
 
 
-class CompareParams(RunOptions, CompareFields, DataOptions):
+class CompareParams(RunOptions, TuningOptions, CompareFields, DataOptions):
     """Parameters of the compare flow (the CLI options, the Prefect UI form, prefect.yaml).
 
     The budget, and what it means to each method (:meth:`lab.methods.Method.for_budget`):
@@ -113,6 +141,21 @@ class CompareParams(RunOptions, CompareFields, DataOptions):
 
     experiment: str = experiment("qllm-compare")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _quick_preset(cls, values: Any) -> Any:
+        """``quick``: the preset's values for every option not given."""
+        if isinstance(values, dict) and str(values.get("quick", False)).lower() in ("true", "1"):
+            return {**QUICK, **values}
+        return values
+
+    @field_validator("overrides", mode="before")
+    @classmethod
+    def _parse_overrides(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        return parse_values(v, "overrides")
+
     @model_validator(mode="after")
     def _consistent(self) -> CompareParams:
         if len(set(self.methods)) != len(self.methods):
@@ -121,12 +164,35 @@ class CompareParams(RunOptions, CompareFields, DataOptions):
             raise ValueError(f"seeds {self.seeds} repeat a seed")
         if self.controller != "none" and self.controller not in RULES:
             raise ValueError(f"controller {self.controller!r} is unknown; allowed: none, {', '.join(RULES)}")
+        for key in self.overrides:
+            m, _, name = key.partition(".")
+            if m not in METHODS or m not in self.methods:
+                raise ValueError(f"override {key!r} names no chosen method; chosen: {', '.join(self.methods)}")
+            if name not in METHODS[m].params.model_fields:
+                raise ValueError(f"override {key!r}: {name!r} is not a parameter of {m}")
+        for m in self.methods:
+            if m in METHODS:
+                self.params_of(m)  # every override validates, naming the field and value
         if self.of_kind(fed.FederatedMethod):
             try:  # clients against train_size, refused in the federated flow's words
                 fed.LLMQFL().for_budget(self, self.seeds[:1])
             except ValidationError as exc:
                 raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
         return self
+
+    def params_of(self, m: str) -> list[BaseModel]:
+        """Method ``m``'s parameters under the budget (one per seed, or one for all), with its
+        overrides."""
+        method = METHODS[m]
+        own = {k.partition(".")[2]: v for k, v in self.overrides.items() if k.partition(".")[0] == m}
+        try:
+            return [method.for_trial(p, own) if own else p for p in method.for_budget(self, self.seeds)]
+        except ValidationError as exc:
+            raise ValueError(
+                "; ".join(
+                    f"{m}.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+                )
+            ) from None
 
     def of_kind(self, kind: type) -> list[str]:
         """The chosen methods (registry ids) that are of ``kind``, in registry order."""
@@ -158,45 +224,77 @@ class CompareParams(RunOptions, CompareFields, DataOptions):
 
 # --- the flow -----------------------------------------------------------------------------------
 
-Pending = list[tuple[str, PrefectFuture[TrainingResult]]]  # (method id, future of the training's result)
+
+def own_data(method: Method[Any, Any, Any], data: Dataset, split: EmbeddedSplit) -> Any:
+    """What a method trains on: the shared embedded split (feature methods) or the texts."""
+    return split if isinstance(method, FeatureMethod) else data
 
 
-def submit_trainings(
-    params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str
-) -> tuple[Pending, list[Any]]:
+def untuned(params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str) -> list[board.Group]:
     """Every per-seed training but the federated ones, submitted to the Dask cluster at once:
     each feature method on the shared split (in its own view, e.g. the PQC head's validation
-    hold-out) and each adapter on the texts, one task per job; and the QD-LLM baselines, one
-    task per seed."""
-    pending: Pending = []
+    hold-out) and each adapter on the texts, one task per job."""
+    pending: list[tuple[str, PrefectFuture[TrainingResult]]] = []
     for m in params.of_kind(FeatureMethod) + params.of_kind(FinetuneMethod):
         method = METHODS[m]
-        for p in method.for_budget(params, params.seeds):
-            own = method.split(p, split) if isinstance(method, FeatureMethod) else data
+        for p in params.params_of(m):
+            own = method.split(p, own_data(method, data, split))
             jobs = method.jobs(p, own)
             pending += [(m, f) for f in train_task(m).map(unmapped(m), jobs, unmapped(own), unmapped(root))]
-    classical: list[Any] = []
-    if params.trained_baselines:
-        shared = SHARED.for_budget(params, params.seeds)[0]
-        classical = baselines.map(unmapped(SHARED.id), unmapped(shared), unmapped(split), params.seeds)
-    return pending, classical
+    results = [(m, f.result()) for m, f in pending]
+    return [board.Group(m, [r for k, r in results if k == m]) for m in dict.fromkeys(k for k, _ in results)]
 
 
-def gather(params: CompareParams, pending: Pending, classical: list[Any]) -> list[dict[str, Any]]:
-    """Per-seed rows of the submitted trainings, in the form :mod:`lab.leaderboard` pools."""
-    rows = [board.trained_row(f.result()) for _, f in pending]
-    return rows + [board.trained_row(r) for f in classical for r in f.result() if r.method in params.methods]
+def tuned_methods(params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str) -> list[board.Group]:
+    """Each tunable method tuned under the same trial budget on a hold-out of the training split,
+    its best values then trained once per seed and scored on test (see :func:`tasks.tune.tuned`)."""
+    groups = []
+    for m in params.of_kind(FeatureMethod) + params.of_kind(FinetuneMethod):
+        method = METHODS[m]
+        base = method.seeded(params.params_of(m)[0], params.seeds[0])
+        t = tuned(
+            method,
+            base,
+            own_data(method, data, split),
+            root,
+            options=params,
+            space=method.search_space,
+            seeds=params.seeds,
+        )
+        if t.study is not None:
+            get_run_logger().info(
+                "%s tuned: held-out %.4f with %s", m, t.study.best_value or float("nan"), t.study.best_values
+            )
+        groups.append(board.Group(m, t.results, t.study.best_values if t.study else {}))
+    return groups
 
 
-def federated_rows(params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str) -> list[dict[str, Any]]:
+def classical_baselines(params: CompareParams, split: EmbeddedSplit, groups: list[board.Group]) -> list[board.Group]:
+    """The QD-LLM student's classical rows (logistic regression and the size-matched MLPs), one
+    task per seed, trained with the student's parameters (its tuned ones when it was tuned)."""
+    if not params.trained_baselines:
+        return []
+    student = next((g for g in groups if g.method == SHARED.id), None)
+    shared: Any = params.params_of(SHARED.id)[0]
+    if student is not None and student.best:
+        shared = SHARED.for_trial(shared, student.best)
+    futures = baselines.map(unmapped(SHARED.id), unmapped(shared), unmapped(split), params.seeds)
+    results = [r for f in futures for r in f.result() if r.method in params.methods]
+    return [board.Group(m, [r for r in results if r.method == m]) for m in params.trained_baselines]
+
+
+def federated(params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str) -> list[board.Group]:
     """LLM-QFL and FedAvg logistic regression, one run per seed on the shared features (IID
     clients). The rounds run here and send each client's training to the cluster; LLM-QFL's
-    training time counts its clients' seconds and the parties' LLM fine-tunes."""
-    rows = []
+    training time counts its clients' seconds and the parties' LLM fine-tunes. They have no
+    search space: tuned or not, they keep their own flow's settings."""
+    groups = []
     for m in params.of_kind(fed.FederatedMethod):
         method = METHODS[m]
         assert isinstance(method, fed.FederatedMethod)
-        for fp in method.for_budget(params, params.seeds):
+        results = []
+        for fp in params.params_of(m):
+            assert isinstance(fp, fed.FederatedParams)
             fsplit = fed.build_split(
                 data, split, "iid", fp.clients, fp.model_spec(data.num_classes), fp.server_fraction, fp.seed
             )
@@ -205,13 +303,15 @@ def federated_rows(params: CompareParams, data: Dataset, split: EmbeddedSplit, r
                 out = federated_run(job, root)
                 if dropped := sum(len(r.failed) for r in out.result.records):
                     get_run_logger().warning("%s seed %d: %d client trainings were dropped", m, fp.seed, dropped)
-                rows.append(board.trained_row(method.summary(out, job)))
-    return rows
+                results.append(method.summary(out, job))
+        groups.append(board.Group(m, results))
+    return groups
 
 
 @flow(name="compare", task_runner=dask_runner(), log_prints=True)
 def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
-    """Every method on one data set, budget and seed set: a leaderboard of accuracy against
+    """Every method on one data set, budget and seed set (each tuned under the same trial
+    budget, or untuned with ``trials`` 0): a leaderboard of accuracy with 95 % intervals against
     trainable parameters and training time."""
     check_dask_address(params.dask_address)
     runtime = Runtime()
@@ -219,19 +319,23 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
     with tracking.parent_run(
         runtime, params.experiment, "compare", params.model_dump(), tags={"flow": "compare"}, system_metrics=True
     ) as parent:
-        data, split = embedded_split(SHARED, SHARED.for_budget(params, params.seeds)[0], root)
+        data, split = embedded_split(SHARED, params.params_of(SHARED.id)[0], root)
         tracking.set_tags(parent, {"data_hash": data.content_hash})
-        rows = gather(params, *submit_trainings(params, data, split, root))
+        groups = (tuned_methods if params.trials else untuned)(params, data, split, root)
+        groups += classical_baselines(params, split, groups)
         # Only now: a federated round waits on its clients with a deadline (the federated flow's
         # client timeout), which clients queued behind these trainings could miss.
-        rows += federated_rows(params, data, split, root)
-        table = board.leaderboard(rows, {m: LEADERBOARD[m] for m in params.methods})
+        groups += federated(params, data, split, root)
+        labels = {m: LEADERBOARD[m] for m in params.methods}
+        rows = [board.trained_row(r) for g in groups for r in g.results]
+        table = board.leaderboard(rows, labels)
+        intervals = board.tuned_rows(groups, labels, split.test_y, classical=CLASSICAL)
         title = f"{data.name}: {len(split.train_y)} training / {len(split.test_y)} test examples, seeds {params.seeds}"
-        figure = reporting.leaderboard_plot(table, title)
-        board.log_leaderboard(parent, table, rows, figure)
+        figure = reporting.leaderboard_plot(intervals, title)
+        board.log_leaderboard(parent, table, rows, figure, intervals)
         run_id = parent.info.run_id
-    md = board.markdown(table)
-    create_table_artifact(key="compare-leaderboard", table=table, description=f"leaderboard: {title}")
+    md = report(params, intervals, groups)
+    create_table_artifact(key="compare-leaderboard", table=intervals, description=f"leaderboard: {title}")
     create_markdown_artifact(
         key="compare-report",
         markdown=md
@@ -239,7 +343,26 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
         + reporting.figure_markdown(figure, "accuracy against trainable parameters and training time"),
     )
     reporting.close(figure)
-    return {"table": table, "rows": rows, "markdown": md, "mlflow_run_id": run_id}
+    return {"table": table, "rows": rows, "intervals": intervals, "markdown": md, "mlflow_run_id": run_id}
+
+
+def report(params: CompareParams, intervals: list[dict[str, Any]], groups: list[board.Group]) -> str:
+    """The leaderboard, and how each method was set up (tuned with which values, or not)."""
+    lines = [board.tuned_markdown(intervals), ""]
+    if not params.trials:
+        return "\n".join([*lines, "Untuned (trials 0): every method with its own flow's defaults."])
+    lines.append(
+        f"Tuned: {params.trials} trials per method on a {params.tune_fraction:g} hold-out of the training split."
+    )
+    for g in groups:
+        if g.best:
+            values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in g.best.items())
+            lines.append(f"- {LEADERBOARD[g.method]}: {values}")
+    if fixed := [LEADERBOARD[g.method] for g in groups if g.method in METHODS and not METHODS[g.method].search_space]:
+        lines.append(f"- not tuned (no search space): {', '.join(fixed)}")
+    if params.trained_baselines:
+        lines.append("- the QD-LLM baselines train with the student's tuned learning rate and loss, not tuned apart")
+    return "\n".join(lines)
 
 
 def run_compare(params: CompareParams) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from lab import reporting, tracking
 from lab.embedded import EmbeddedSplit
 from lab.methods import METHODS, FeatureMethod
-from lab.params import Options, RunOptions, experiment
+from lab.params import Options, RunOptions, experiment, parse_assignments, parse_values
 from lab.results import Outcome, TrainingResult
 from lab.runtime import Runtime
 from tasks.prepare import embedded_split
@@ -45,17 +45,6 @@ def study_method(name: str) -> FeatureMethod[Any, Any]:
     method = METHODS[STUDY_METHODS[name]]
     assert isinstance(method, FeatureMethod), name
     return method
-
-
-def parse_assignments(text: str, what: str) -> dict[str, list[str]]:
-    """``"a=1,2;b=3"`` (``;`` or spaces between axes) → ``{"a": ["1", "2"], "b": ["3"]}``."""
-    out: dict[str, list[str]] = {}
-    for part in text.replace(";", " ").split():
-        name, sep, values = part.partition("=")
-        if not sep or not name or not values:
-            raise ValueError(f"{what} entry {part!r} is not name=value[,value...]")
-        out[name.strip().replace("-", "_")] = [v for v in values.split(",") if v]
-    return out
 
 
 class StudyFields(Options):
@@ -91,7 +80,7 @@ class StudyParams(RunOptions, StudyFields):
     def _parse_fixed(cls, v: Any) -> Any:
         if not isinstance(v, str):
             return v
-        return {k: vals if len(vals) > 1 else vals[0] for k, vals in parse_assignments(v, "fixed").items()}
+        return parse_values(v, "fixed")
 
     @model_validator(mode="after")
     def _points_valid(self) -> StudyParams:

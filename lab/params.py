@@ -60,3 +60,19 @@ def experiment(name: str) -> Any:
 def config_defaults(config: type) -> dict[str, Any]:
     """The defaults of a ``qcore`` config dataclass, so a flow's fields take them from there."""
     return {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+
+
+def parse_assignments(text: str, what: str) -> dict[str, list[str]]:
+    """``"a=1,2;b=3"`` (``;`` or spaces between axes) → ``{"a": ["1", "2"], "b": ["3"]}``."""
+    out: dict[str, list[str]] = {}
+    for part in text.replace(";", " ").split():
+        name, sep, values = part.partition("=")
+        if not sep or not name or not values:
+            raise ValueError(f"{what} entry {part!r} is not name=value[,value...]")
+        out[name.strip().replace("-", "_")] = [v for v in values.split(",") if v]
+    return out
+
+
+def parse_values(text: str, what: str) -> dict[str, Any]:
+    """``"a=1;b=2,3"`` → ``{"a": "1", "b": ["2", "3"]}``: one value as itself, several as a list."""
+    return {k: vals if len(vals) > 1 else vals[0] for k, vals in parse_assignments(text, what).items()}

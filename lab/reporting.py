@@ -168,21 +168,20 @@ def figure_markdown(fig: Figure, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
 
 
-def leaderboard_plot(table: Sequence[dict[str, Any]], title: str) -> Figure:
-    """Accuracy (mean ± std over seeds) against trainable parameters and against training
-    seconds, both on log axes, one labelled point per method of the compare leaderboard."""
+def leaderboard_plot(rows: Sequence[dict[str, Any]], title: str) -> Figure:
+    """Accuracy (mean and 95 % interval, :func:`lab.leaderboard.tuned_rows`) against trainable
+    parameters and against training seconds, both on log axes, one labelled point per method,
+    and the majority-class rate as a dashed line: a point whose bar reaches it has learnt nothing
+    a constant answer would not."""
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.4))
-    panels = (
-        ("trainable_params", None, "trainable parameters"),
-        ("train_seconds", "train_seconds_std", "training seconds per seed (mean)"),
-    )
-    for ax, (x, xerr, xlabel) in zip(axes, panels, strict=False):
-        for i, r in enumerate(table):
+    panels = (("trainable_params", "trainable parameters"), ("train_seconds", "training seconds per seed (mean)"))
+    for ax, (x, xlabel) in zip(axes, panels, strict=False):
+        for i, r in enumerate(rows):
+            low, high = r["accuracy"] - r["accuracy_low"], r["accuracy_high"] - r["accuracy"]
             ax.errorbar(
                 max(r[x], 1e-3),
                 r["accuracy"],
-                yerr=r["accuracy_std"],
-                xerr=r[xerr] if xerr else None,
+                yerr=[[low], [high]],
                 fmt="o",
                 capsize=4,
                 color=f"C{i}",
@@ -191,8 +190,10 @@ def leaderboard_plot(table: Sequence[dict[str, Any]], title: str) -> Figure:
             ax.annotate(
                 r["label"], (max(r[x], 1e-3), r["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=7
             )
+        if rows:
+            ax.axhline(rows[0]["majority"], color="grey", linestyle="--", linewidth=1, label="majority class")
         ax.set_xscale("log")
-        ax.set(xlabel=xlabel, ylabel="test accuracy")
+        ax.set(xlabel=xlabel, ylabel="test accuracy (95 % interval)")
     fig.suptitle(title)
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside, not over, the points
     fig.tight_layout()

@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from .artifacts import hash_json, join_url, read_bytes
+from .data import Dataset
 from .methods import METHODS, Hooks, Method
+from .params import Options
 from .runtime import Runtime
 from .search_space import Dimension
 
@@ -55,6 +57,25 @@ class Pruning:
         import optuna
 
         return optuna.pruners.MedianPruner(n_startup_trials=self.startup, n_warmup_steps=self.warmup)
+
+
+class TuningOptions(Options):
+    """The tuning budget and its settings, the same for every method tuned under it."""
+
+    trials: int = Field(
+        8, ge=0, le=1000, description="trials of the search per method (0: no search, the method's defaults)"
+    )
+    tune_fraction: float = Field(
+        0.2, gt=0, lt=1, description="share of the training examples held out as the trials' test split"
+    )
+    parallel_trials: int = Field(2, ge=1, le=64, description="trials running at once (one per Dask worker suits)")
+    sampler_seed: int = Field(0, ge=0, description="seed of the TPE sampler and of the held-out split")
+    startup_trials: int = Field(3, ge=0, description="median pruning: finished trials before any is pruned")
+    warmup_reports: int = Field(1, ge=0, description="median pruning: reports of a trial before it may be pruned")
+
+    @property
+    def pruning(self) -> Pruning:
+        return Pruning(self.startup_trials, self.warmup_reports)
 
 
 @dataclass(frozen=True)
@@ -147,6 +168,11 @@ def run_trial(task: TrialTask, data: Any, root: str, hooks: Hooks | None = None)
 
 
 # --- the study ------------------------------------------------------------------------------------
+
+
+def data_key(data: Any) -> str:
+    """The content key of a method's data: a data set's hash, an embedded split's key."""
+    return data.content_hash if isinstance(data, Dataset) else str(data.key)
 
 
 def study_key(method: str, base: BaseModel, space: Mapping[str, Dimension], data_key: str, seed: int) -> str:

@@ -68,10 +68,16 @@ def teacher_outputs(data: Dataset, spec: TeacherSpec, cache_root: str, shard_siz
     return out
 
 
-def embedded_split(method: FeatureMethod[Any, Any], params: Any, root: str) -> tuple[Dataset, EmbeddedSplit]:
-    """A feature method's data: the split (a task), the teacher's outputs (cached, sharded over
-    the workers) and the method's own view of them (e.g. a validation hold-out)."""
+def embeddings(method: FeatureMethod[Any, Any], params: Any, root: str) -> tuple[Dataset, EmbeddedSplit]:
+    """A feature method's data: the split (a task) and the teacher's outputs (cached, sharded
+    over the workers)."""
     data = prepare_data(method.data_request(params))
     spec = method.teacher(params)
     outputs = teacher_outputs(data, spec, root, method.shard_size(params))
-    return data, method.split(params, EmbeddedSplit.of(data, outputs, spec))
+    return data, EmbeddedSplit.of(data, outputs, spec)
+
+
+def embedded_split(method: FeatureMethod[Any, Any], params: Any, root: str) -> tuple[Dataset, EmbeddedSplit]:
+    """:func:`embeddings` in the method's own view (e.g. with a validation hold-out)."""
+    data, embedded = embeddings(method, params, root)
+    return data, method.split(params, embedded)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from ..data import DataRequest
 from ..embedded import EmbeddedSplit
@@ -99,7 +100,8 @@ class Hooks:
 
     ``report(step, accuracy)``, set by a tuning trial (:mod:`lab.tuning`), asks a training for
     its accuracy on the held-out split as it goes (each epoch, or a few times over the steps);
-    it raises to stop a trial the pruner gives up on."""
+    it raises to stop a trial the pruner gives up on; ``save_models=False`` (a trial's) skips
+    what only a model someone loads needs (a fine-tune's merged folder and its check)."""
 
     log: Callable[[str], None] = _quiet
     warn: Callable[[str], None] = _quiet
@@ -107,6 +109,7 @@ class Hooks:
     dask_client: Any = None
     fit: Callable[[list[Any]], list[Any]] | None = None
     report: Callable[[int, float], None] | None = None
+    save_models: bool = True
 
 
 P = TypeVar("P", bound=BaseModel)
@@ -145,6 +148,15 @@ class Method(ABC, Generic[P, J, D]):
     def train(self, job: J, data: D, root: str, hooks: Hooks) -> TrainingResult:
         """Train and evaluate one job (reusing a finished one stored under ``root``)."""
 
+    def split(self, params: P, data: D) -> D:
+        """The method's own view of its data (e.g. a validation hold-out to stop early on)."""
+        return data
+
+    def seeded(self, params: P, seed: int) -> P:
+        """``params`` for one training seed (the seed list, or the seed, of its model)."""
+        update = {"seeds": [seed]} if "seeds" in type(params).model_fields else {"seed": seed}
+        return type(params).model_validate({**params.model_dump(), **update})
+
     def baselines(self, params: P, data: D, seed: int) -> list[TrainingResult]:
         """The classical models this method is compared with on the same data, for one seed."""
         return []
@@ -165,7 +177,7 @@ class Method(ABC, Generic[P, J, D]):
         """``params`` with a trial's values (a list field takes the value as its one entry),
         validated again: a value outside the field's range is refused, naming it."""
         fields = type(params).model_fields
-        update = {k: [v] if _is_list(fields[k].annotation) else v for k, v in values.items()}
+        update = {k: [v] if is_list_field(fields[k]) else v for k, v in values.items()}
         return type(params).model_validate({**params.model_dump(), **update})
 
 
@@ -187,10 +199,6 @@ class FeatureMethod(Method[P, J, EmbeddedSplit]):
         """Texts per teacher shard: larger sets are split across the Dask workers."""
         return int(getattr(params, self.shard_field))
 
-    def split(self, params: P, embedded: EmbeddedSplit) -> EmbeddedSplit:
-        """The method's own view of the embedded split (e.g. a validation hold-out)."""
-        return embedded
-
     def check(self, params: P) -> None:
         """Read and split the data set: bad names, paths, columns or sizes fail here."""
         self.data_request(params).load()
@@ -199,5 +207,7 @@ class FeatureMethod(Method[P, J, EmbeddedSplit]):
         return data.tuning_view(fraction, seed)
 
 
-def _is_list(annotation: Any) -> bool:
+def is_list_field(field: FieldInfo) -> bool:
+    """A parameter that holds a list (a sweep in the method's own flow, e.g. QD-LLM's qubits)."""
+    annotation = field.annotation
     return get_origin(annotation) is list or any(get_origin(a) is list for a in get_args(annotation))

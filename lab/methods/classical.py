@@ -14,6 +14,7 @@ from qcore.training import classification_metrics, evaluate, train
 
 from ..embedded import EmbeddedSplit
 from ..results import TrainingResult
+from ..store import model_predictions
 
 Linear = Callable[..., torch.Tensor]
 LINEAR: dict[str, tuple[str, Linear]] = {  # baseline id → (row kind, fit-and-predict)
@@ -42,6 +43,7 @@ def linear_baseline(method: str, data: EmbeddedSplit, seed: int, *, teacher: boo
         seed,
         {**metrics, "train_seconds": time.perf_counter() - t0},
         {"circuit": 0, "classical": size, "total": size},
+        test_predictions=logits.argmax(-1).tolist(),
     )
 
 
@@ -80,4 +82,5 @@ def mlp_baseline(
         {**metrics, "train_seconds": time.perf_counter() - t0},
         mlp.parameter_counts(),
         curves(history),
+        test_predictions=model_predictions(mlp, data.test_x),
     )

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 import transformers
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
@@ -352,7 +353,12 @@ class FinetuneJob:
 def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks) -> TrainingResult:
     """Train, evaluate, merge and check one method; the result row of the comparison."""
     key = hash_json(
-        {"job": {**asdict(job), "model": model_fingerprint(Path(job.model))}, "data": data.content_hash, "v": 2}
+        {
+            "job": {**asdict(job), "model": model_fingerprint(Path(job.model))},
+            "data": data.content_hash,
+            "models": hooks.save_models,
+            "v": 3,
+        }
     )
     url = join_url(root, "peft", key)
     if (raw := read_bytes(join_url(url, "result.json"))) is not None:
@@ -390,44 +396,46 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
         on_step=progress,
     )
     train_seconds = time.perf_counter() - t0
+    predicted = test_predictions(adapted, evaluation) if job.task == "classify" else None
     metric = (
-        {"accuracy": accuracy(adapted, evaluation)}
-        if job.task == "classify"
+        {"accuracy": float(np.mean(np.array(predicted) == np.asarray(data.test_labels)))}
+        if isinstance(data, Dataset) and predicted is not None
         else {"perplexity": perplexity(adapted, evaluation)}
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        adapted.save_pretrained(Path(tmp) / "adapter")
-        difference = check_merged(adapted, tokenizer, evaluation[0], job, Path(tmp) / "merged")
-        tail = trained.losses[-max(1, job.steps // 10) :]
-        result = TrainingResult(
-            job.method,
-            job.name,
-            "adapter",
-            job.seed,
-            {
-                **metric,
-                "final_train_loss": sum(tail) / len(tail),
-                "trainable_params": trainable,
-                "adapter_params": trainable - head,
-                "seconds_per_step": trained.seconds_per_step,
-                "train_seconds": train_seconds,
-                "peak_memory_mib": trained.peak_memory_bytes / 2**20,
-                "merged_max_abs_diff": difference,
-            },
-            {"total": trainable, "adapter": trainable - head, "head": head},
-            {"train_loss": trained.losses},
-            asdict(job),
-            files={
+    tail = trained.losses[-max(1, job.steps // 10) :]
+    metrics = {
+        **metric,
+        "final_train_loss": sum(tail) / len(tail),
+        "trainable_params": trainable,
+        "adapter_params": trainable - head,
+        "seconds_per_step": trained.seconds_per_step,
+        "train_seconds": train_seconds,
+        "peak_memory_mib": trained.peak_memory_bytes / 2**20,
+    }
+    files: dict[str, str] = {}
+    if hooks.save_models:  # a tuning trial's model is never loaded: neither merged nor stored
+        with tempfile.TemporaryDirectory() as tmp:
+            adapted.save_pretrained(Path(tmp) / "adapter")
+            metrics["merged_max_abs_diff"] = check_merged(adapted, tokenizer, evaluation[0], job, Path(tmp) / "merged")
+            files = {
                 "adapter": upload_folder(Path(tmp) / "adapter", join_url(url, "adapter")),
                 "merged": upload_folder(Path(tmp) / "merged", join_url(url, "merged")),
-            },
-        )
-    atomic_write_bytes(join_url(url, "result.json"), json.dumps(result.to_json()).encode())
-    hooks.log(
-        f"{job.method}: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in metric.items())
-        + f", merged model checked (max |Δ| {difference:.2e})"
+            }
+    result = TrainingResult(
+        job.method,
+        job.name,
+        "adapter",
+        job.seed,
+        metrics,
+        {"total": trainable, "adapter": trainable - head, "head": head},
+        {"train_loss": trained.losses},
+        asdict(job),
+        test_predictions=predicted,
+        files=files,
     )
+    atomic_write_bytes(join_url(url, "result.json"), json.dumps(result.to_json()).encode())
+    merged = f", merged model checked (max |Δ| {metrics['merged_max_abs_diff']:.2e})" if files else ""
+    hooks.log(f"{job.method}: " + ", ".join(f"{k} {v:.4f}" for k, v in metric.items()) + merged)
     return result
 
 
@@ -496,6 +504,13 @@ def eval_batches(job: FinetuneJob, tokenizer: Any, data: Dataset | Corpus) -> li
         ]
     blocks = lm_blocks(tokenizer, data.val_text, job.max_length)[: job.eval_blocks]
     return [_to_device({"input_ids": b, "labels": b}) for b in blocks.split(job.batch_size)]
+
+
+@torch.no_grad()
+def test_predictions(model: torch.nn.Module, batches: list[Batch]) -> list[int]:
+    """The predicted class of every test text, in order (the paired tests compare these)."""
+    model.eval()
+    return [int(c) for b in batches for c in model(**{k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1)]
 
 
 def _classify_batch(tokenizer: Any, examples: list[tuple[str, int]], max_length: int) -> Batch:

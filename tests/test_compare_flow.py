@@ -41,6 +41,7 @@ TINY = dict(
     clients=2,
     rounds=2,
     llm_steps=2,
+    trials=0,
     experiment="test-compare",
 )
 
@@ -134,10 +135,40 @@ def test_rerun_reuses_every_cached_training(run: dict) -> None:
     assert {m: r["accuracy"] for m, r in ((r["method"], r) for r in again["table"])} == first
 
 
+def test_intervals_and_paired_tests_against_the_classical_rows(run: dict) -> None:
+    rows = {r["method"]: r for r in run["intervals"]}
+    assert set(rows) == set(LEADERBOARD) and all(r["seeds"] == 2 for r in rows.values())
+    for r in rows.values():
+        assert r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"] and r["majority"] == 0.525
+        assert r["vs_majority"] in ("indistinguishable", "below", "above")
+    for m in ("qdllm", "pqc-head", "lora", "qtha"):  # per-example predictions: a paired test
+        assert rows[m]["vs"] in {LEADERBOARD[c] for c in ("logreg", "mlp", "mlp-distilled", "fed-logreg")}
+        assert 0 <= rows[m]["p_value"] <= 1 and rows[m]["difference_low"] <= rows[m]["difference_high"]
+    assert "vs" not in rows["logreg"] and "Untuned (trials 0)" in run["markdown"]
+
+
+def test_a_tuned_compare_tunes_each_method_under_one_budget(api: tuple[Path, str]) -> None:
+    params = CompareParams(
+        **{**TINY, "methods": ["qdllm", "lora", "logreg", "fed-logreg"], "trials": 2, "experiment": "test-tuned"}
+    )
+    result = run_compare(params)
+    assert "Tuned: 2 trials per method" in result["markdown"] and "not tuned (no search space): FedAvg" in result["markdown"]
+    for method in ("qdllm", "lora"):
+        assert f"- {LEADERBOARD[method]}: " in result["markdown"]
+    studies = list((api[0] / "tuning").glob("*.db"))
+    assert len(studies) == 2  # one study per tuned method, under the artifact root
+    rows = {r["method"]: r for r in result["intervals"]}
+    assert rows["lora"]["vs"] and rows["qdllm"]["seeds"] == 2
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
         (["--methods", "qdllm,nope"], "--methods.1"),
+        (["--overrides", "qtha.adapter_lr=2"], "qtha.adapter_lr: Value error, qtha=2 is not a learning rate"),
+        (["--overrides", "qtha.rank_x=2"], "'rank_x' is not a parameter of qtha"),
+        (["--methods", "qdllm", "--overrides", "lora.head_lr=0.1"], "override 'lora.head_lr' names no chosen method"),
+        (["--trials", "-1"], "--trials: Input should be greater than or equal to 0"),
         (["--methods", "qdllm,qdllm"], "repeat a method"),
         (["--controller", "bogus"], "controller 'bogus' is unknown"),
         (["--train-size", "40", "--clients", "50"], "clients=50 exceeds"),

@@ -139,7 +139,7 @@ class QuantumModel(nn.Module):
         folder = Path(directory)
         raw = json.loads((folder / CONFIG_FILE).read_text())
         raw.pop("model_type", None)
-        model = cls(cls.config_type(**raw), **backend_options)
+        model = cls(cls.saved_config(raw), **backend_options)
         for stem, circuit in model.circuits().items():
             if (folder / f"{stem}.qasm").read_text() != qasm3.dumps(circuit):
                 raise ValueError(
@@ -148,6 +148,12 @@ class QuantumModel(nn.Module):
                 )
         model.load_parameters(load_file(folder / WEIGHTS_FILE))
         return model
+
+    @classmethod
+    def saved_config(cls, raw: dict[str, Any]) -> Any:
+        """The config a saved ``config.json`` (without ``model_type``) describes; a model whose
+        config gained a field overrides this to read older folders as they were trained."""
+        return cls.config_type(**raw)
 
     def load_parameters(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy every trainable tensor in by name; refuse missing, extra or misshapen entries."""

@@ -19,6 +19,14 @@ Choices the paper leaves open, and ours:
   linear layer maps them to module 2's ``qubits`` angles, squashed by ``π·tanh`` so an angle
   cannot wrap around. With ``encoders=0`` that linear layer reads the embedding directly (module
   2 alone, an ablation).
+- *How module 2 starts* (``readout_scale``): ⟨Z⟩ of a spread-out state in ``2^q`` dimensions is
+  ``O(2^(-q/2))``. By default (``"none"``) the readouts are used as they are and the fusion
+  layer is drawn so that module 2's angles start spread by about ``INIT_SPREAD`` = 0.1 rad
+  across unit-norm inputs, around 0: module 2 starts as a smooth, nearly constant function and
+  training bends it. ``"sqrt_dim"``, the previous default, multiplies the readouts by
+  ``2^(q/2)`` and keeps PyTorch's default fusion initialisation; its angles start spread by
+  about 1.8 rad, a strongly oscillating random function that often failed to train (train
+  accuracy 0.5 for the first epochs; on SetFit-tuned MiniLM two of three seeds did not train).
 - *The width of the final layer*: ``Linear(measured → num_classes)``, with a bias; the paper
   measures ``Q_m = 1`` qubit, the default here.
 - *Which qubits are measured*: qubits ``0 … measured-1``.
@@ -28,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +48,8 @@ from qcore.layer import QuantumLayer, z_observables
 from qcore.models.base import DTYPES, QuantumModel, real_dtype, register_model
 
 MAX_ENCODERS = 2
+READOUT_SCALES = ("none", "sqrt_dim")
+INIT_SPREAD = 0.1  # rad: the std across samples of module 2's initial angles (readout_scale="none")
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,8 @@ class PQCHeadConfig:
     """Everything that rebuilds a head (its weights aside); stored as ``config.json``.
 
     ``offsets``: PQC-1's connectivity offset per layer (default 1, 2, …: ever longer links);
+    ``readout_scale``: how module 2 starts (module docstring; ``"sqrt_dim"`` was the default
+    before ``"none"``, and a saved head without the field loads as ``"sqrt_dim"``);
     ``backend``: module 2's simulator (module 1 is always ``exact``); ``seed`` fixes every
     initial weight.
     """
@@ -61,6 +73,7 @@ class PQCHeadConfig:
     final_layers: int = 1
     measured: int = 1
     offsets: tuple[int, ...] | None = None
+    readout_scale: Literal["none", "sqrt_dim"] = "none"
     backend: str = "exact"
     dtype: str = "complex64"
     seed: int = 0
@@ -86,6 +99,8 @@ class PQCHeadConfig:
                     f"offsets={list(self.offsets)} must give one offset per layer "
                     f"({self.layers}), none a multiple of qubits={self.qubits}"
                 )
+        if self.readout_scale not in READOUT_SCALES:
+            raise ValueError(f"readout_scale={self.readout_scale!r} is unknown; choose one of {list(READOUT_SCALES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
@@ -108,6 +123,20 @@ class PQCHeadConfig:
             repeats=self.reuploads,
             head=cnot_ry_blocks(self.qubits, self.final_layers, params="φ"),
         )
+
+
+def small_start(fusion: nn.Linear, dim: int) -> None:
+    """Draw ``fusion`` so module 2's angles start near 0, spread by ``INIT_SPREAD`` across inputs.
+
+    The encoders' state is real (amplitude encoding, CNOT and RY), so each ⟨Z_i⟩ of a random
+    unit-norm input has variance ``2/(dim + 2)``; weights of std ``σ`` then give ``w·z`` a std of
+    ``σ·sqrt(2·fan_in/(dim + 2))``, and near 0 the angle ``π·tanh(w·z)`` is ``π`` times that.
+    The bias starts at 0 so that the angles' centre is 0 rather than a random offset.
+    """
+    fan_in = fusion.in_features
+    with torch.no_grad():
+        fusion.weight.normal_(0.0, INIT_SPREAD / math.pi * math.sqrt((dim + 2) / (2 * fan_in)))
+        fusion.bias.zero_()
 
 
 @register_model
@@ -137,6 +166,8 @@ class PQCHead(QuantumModel):
             torch.manual_seed(config.seed)
             self.fusion = nn.Linear(fused, config.qubits, dtype=real)
             self.head = nn.Linear(config.measured, config.num_classes, dtype=real)
+            if config.encoders and config.readout_scale == "none":
+                small_start(self.fusion, 2**config.encoder_qubits)
         self.module2 = QuantumLayer(
             m2.circuit,
             inputs=m2.inputs,
@@ -148,18 +179,21 @@ class PQCHead(QuantumModel):
             **backend_options,
         )
 
+    @classmethod
+    def saved_config(cls, raw: dict[str, Any]) -> PQCHeadConfig:
+        """Heads saved before ``readout_scale`` existed were trained with the ``"sqrt_dim"`` rescale."""
+        return PQCHeadConfig(**{"readout_scale": "sqrt_dim", **raw})
+
     def module1(self, features: torch.Tensor) -> torch.Tensor:
-        """``(batch, E·q)`` ⟨Z⟩ readouts of the amplitude-encoded encoders, times ``2^(q/2)`` (or
-        the features themselves when E=0)."""
+        """``(batch, E·q)`` ⟨Z⟩ readouts of the amplitude-encoded encoders, times ``2^(q/2)`` with
+        ``readout_scale="sqrt_dim"`` (or the features themselves when E=0)."""
         x = features.to(self.fusion.weight.dtype)
         if not self.config.encoders:
             return x
         dim = 2**self.config.encoder_qubits
         state = F.normalize(F.pad(x, (0, dim - x.shape[-1])), dim=-1)
         z = torch.cat([torch.real(enc(initial_state=state)) for enc in self.encoders], dim=-1)
-        # ⟨Z⟩ of a spread-out state in 2^q dimensions is O(2^(-q/2)) (0.07 for MiniLM at q = 9):
-        # rescaled, the fusion layer starts with angles of order one instead of near zero.
-        return z * math.sqrt(dim)
+        return z * math.sqrt(dim) if self.config.readout_scale == "sqrt_dim" else z
 
     def angles(self, features: torch.Tensor) -> torch.Tensor:
         """Module 2's RY angles, in ``(-π, π)``."""

@@ -23,6 +23,7 @@ import torch
 from qiskit import QuantumCircuit
 from torch import nn
 
+from qcore.ablation import constant_output
 from qcore.circuits import ModelCircuit, compose, real_amplitudes, zz_feature_inputs, zz_feature_map
 from qcore.layer import QuantumLayer
 
@@ -86,6 +87,7 @@ class VQCClassifier(nn.Module):
     """
 
     state_class: torch.Tensor  # buffer: the class of each basis state
+    frozen_circuit: torch.Tensor | None = None  # set by qcore.ablation: the probabilities
 
     def __init__(self, config: VQCConfig, **backend_options: Any):
         super().__init__()
@@ -106,9 +108,19 @@ class VQCClassifier(nn.Module):
                 self.quantum.weights.fill_(config.init_angle)
         self.register_buffer("state_class", config.class_of_state(), persistent=False)
 
+    def circuit_output(self, inputs: torch.Tensor | None) -> torch.Tensor:
+        """``(batch, 2**qubits)`` basis-state probabilities (a :class:`~qcore.ablation.CircuitSite`)."""
+        if inputs is None:
+            raise ValueError("the VQC's circuit reads the data: give the inputs to average over")
+        return torch.real(self.quantum(zz_feature_inputs(inputs.to(self.quantum.weights.dtype))))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = features.to(self.quantum.weights.dtype)
-        probs = torch.real(self.quantum(zz_feature_inputs(x)))
+        if self.frozen_circuit is None:
+            probs = self.circuit_output(features)
+        else:
+            probs = constant_output(
+                self.frozen_circuit, len(features), 2**self.config.qubits, dtype=self.quantum.weights.dtype
+            )
         per_class = probs.new_zeros(len(probs), self.config.num_classes).index_add(1, self.state_class, probs)
         return torch.log(per_class.clamp_min(_PROB_FLOOR))
 

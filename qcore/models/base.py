@@ -23,6 +23,7 @@ from qiskit import QuantumCircuit, qasm3
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from qcore.ablation import constant_output
 from qcore.layer import QuantumLayer
 
 DTYPES = {"complex64": torch.complex64, "complex128": torch.complex128}
@@ -94,6 +95,7 @@ class QuantumModel(nn.Module):
     config_type: ClassVar[type]  # the config dataclass
     config: Any
     head: nn.Linear  # the classical output layer, set by each model's __init__
+    frozen_circuit: torch.Tensor | None = None  # set by qcore.ablation: the hardware layer's output
 
     def circuits(self) -> dict[str, QuantumCircuit]:
         """File stem → parametrised circuit, as the config builds it."""
@@ -114,8 +116,19 @@ class QuantumModel(nn.Module):
         # Backends may answer in another precision (aer computes in float64): match the head.
         return self.head(torch.real(z).to(self.head.weight.dtype))
 
+    def circuit_output(self, inputs: torch.Tensor | None) -> torch.Tensor:
+        """The hardware layer's output, a row per sample (a :class:`~qcore.ablation.CircuitSite`)."""
+        if inputs is None:
+            raise ValueError(f"{type(self).__name__}'s circuit reads the data: give the inputs to average over")
+        return self.hardware_layer(self.angles(inputs))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.hardware_layer(self.angles(features)))
+        if self.frozen_circuit is None:
+            return self.readout(self.circuit_output(features))
+        z = constant_output(
+            self.frozen_circuit, len(features), len(self.hardware_layer.observables), dtype=self.head.weight.dtype
+        )
+        return self.readout(z)
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable numbers: circuit angles apart from the classical layers."""

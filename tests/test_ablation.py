@@ -1,0 +1,158 @@
+"""The quantum-contribution ablation (``qcore.ablation``) over every model with a circuit: inside
+``circuit_replaced`` the circuits' parameters no longer matter, on exit the model is exactly as
+before, and ``circuit_mean`` is the mean of each circuit's output over the given inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from qcore.ablation import circuit_mean, circuit_replaced, circuit_sites
+from qcore.adapters.qpa import QPAConfig, QPAModel
+from qcore.adapters.qtha import QTHAConfig, QTHAModel
+from qcore.circuits import zz_feature_inputs
+from qcore.federated import VQCClassifier, VQCConfig
+from qcore.layer import QuantumLayer
+from qcore.models import PQCHead, PQCHeadConfig, QDLLMConfig, QDLLMStudent
+
+
+def _x(n: int, d: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@dataclass
+class Case:
+    model: nn.Module
+    inputs: torch.Tensor | None  # what circuit_mean averages over (None: the circuit reads no data)
+    evaluate: torch.Tensor  # what the model is run on
+    means: Callable[[], dict[str, torch.Tensor]]  # the expected means, computed by hand
+
+
+def qdllm() -> Case:
+    model = QDLLMStudent(QDLLMConfig(in_features=6, num_classes=3, qubits=3, blocks=1, dtype="complex128", seed=1))
+    x = _x(20, 6, 0)
+    return Case(model, x, _x(5, 6, 1), lambda: {"": model.quantum(model.angles(x)).mean(0)})
+
+
+def pqc_head() -> Case:
+    model = PQCHead(PQCHeadConfig(in_features=6, num_classes=2, qubits=3, dtype="complex128", seed=1))
+    x = _x(20, 6, 0)
+    return Case(model, x, _x(5, 6, 1), lambda: {"": model.module2(model.angles(x)).mean(0)})
+
+
+def vqc() -> Case:
+    model = VQCClassifier(VQCConfig(qubits=3, dtype="complex128", init_angle=None, seed=1))
+    x = _x(20, 3, 0)
+    return Case(model, x, _x(5, 3, 1), lambda: {"": torch.real(model.quantum(zz_feature_inputs(x))).mean(0)})
+
+
+def _linear() -> nn.Sequential:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 6))
+
+
+def qpa() -> Case:
+    torch.manual_seed(0)
+    config = QPAConfig(target_modules=["0"], r=2, chunk_size=4, hidden_sizes=[8], dropout=0.0)
+    model = QPAModel(_linear(), config)  # 6·2 + 2·8 = 28 numbers: 7 chunks on 3 qubits
+    gen = model.model[0].generator
+    return Case(model, None, _x(5, 8, 1, torch.float32), lambda: {"model.0.generator": gen.circuit()[0].mean(0)[None]})
+
+
+def qtha() -> Case:
+    torch.manual_seed(0)
+    config = QTHAConfig(target_modules=["0"], r=2, qubits=2, layers=1, bond_dim=2, cores=2, dropout=0.0)
+    model = QTHAModel(_linear(), config)
+    layer = model.model[0]
+    with torch.no_grad():
+        layer.up.cores[-1].normal_()  # A starts at zero, which would hide B and the QNN entirely
+
+    def means() -> dict[str, torch.Tensor]:
+        b = layer.down.matrix()
+        q = layer.qnn(torch.cat([b.T / layer.tau, torch.zeros(1, 2)]))
+        return {"model.0": (q[:-1] - q[-1]).mean(0)}
+
+    return Case(model, None, _x(5, 8, 1, torch.float32), means)
+
+
+CASES = {"qdllm": qdllm, "pqc-head": pqc_head, "vqc": vqc, "qpa": qpa, "qtha": qtha}
+
+
+def _circuit_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weights for m in model.modules() if isinstance(m, QuantumLayer)]
+
+
+def _perturb(model: nn.Module) -> list[torch.Tensor]:
+    """Shift every circuit angle; returns the previous angles."""
+    weights = _circuit_weights(model)
+    saved = [w.clone() for w in weights]
+    with torch.no_grad():
+        for w in weights:
+            w.add_(0.7)
+    return saved
+
+
+def _restore(model: nn.Module, saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for w, s in zip(_circuit_weights(model), saved, strict=True):
+            w.copy_(s)
+
+
+@pytest.mark.parametrize("name", CASES)
+@torch.no_grad()
+def test_replaced_circuits_do_not_matter_and_the_model_is_restored(name: str) -> None:
+    case = CASES[name]()
+    before = case.model(case.evaluate)
+    means = circuit_mean(case.model, case.inputs)
+    with circuit_replaced(case.model, means):
+        ablated = case.model(case.evaluate)
+        assert not torch.allclose(ablated, before)  # the circuit did matter
+        saved = _perturb(case.model)
+        assert torch.equal(case.model(case.evaluate), ablated)
+        _restore(case.model, saved)
+    assert torch.equal(case.model(case.evaluate), before)
+    assert all(site.frozen_circuit is None for site in circuit_sites(case.model).values())
+    _perturb(case.model)
+    assert not torch.allclose(case.model(case.evaluate), before)  # the circuit is live again
+
+
+@pytest.mark.parametrize("name", CASES)
+@torch.no_grad()
+def test_circuit_mean_is_the_mean_over_the_inputs(name: str) -> None:
+    case = CASES[name]()
+    got = circuit_mean(case.model, case.inputs, batch_size=7)  # uneven batches: 7, 7, 6
+    want = case.means()
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-12)
+
+
+def test_qpa_mean_is_the_uniform_entry() -> None:
+    (mean,) = circuit_mean(qpa().model).values()
+    torch.testing.assert_close(mean, torch.tensor([1 / 8]))
+
+
+@torch.no_grad()
+def test_qtha_with_the_qnn_removed_is_its_mpo_path() -> None:
+    model = qtha().model
+    layer = model.model[0]
+    with circuit_replaced(model, 0.0):
+        a, b = layer.factors()
+    assert torch.equal(a, layer.up.matrix()) and torch.equal(b, layer.down.matrix())
+    assert not torch.equal(layer.factors()[1], b)  # outside, the QNN corrects B
+
+
+def test_bad_ablations_are_refused() -> None:
+    case = qdllm()
+    with pytest.raises(ValueError, match="give the inputs to average over"):
+        circuit_mean(case.model)
+    bad = circuit_replaced(case.model, {"quantum": torch.zeros(3)})
+    with pytest.raises(ValueError, match=r"\['quantum'\] are not circuit sites of QDLLMStudent"):
+        bad.__enter__()
+    with pytest.raises(ValueError, match="Linear has no circuit site"):
+        circuit_mean(nn.Linear(2, 2), torch.zeros(1, 2))

@@ -17,6 +17,14 @@ the base weight (the paper runs its QNN at inference, on a QPU):
   MPO core is zero), so, like LoRA, the adapted model starts as the base model.
 
 All ``in + 1`` QNN inputs go through the circuit as one batch per step.
+
+What the quantum part is, and is not: the QNN *reparametrises ``B``*, the low-rank factor.
+Its inputs are ``B``'s columns, never the layer's activations or the data, and its output only
+changes ``B`` into ``B'``; ``A`` is classical throughout. It is a trainable non-linear map on
+the adapter's own weights, evaluated once per step for the whole layer, not a quantum feature
+map of the input, and it does not run at inference: ``ΔW`` merges into the base weight.
+``qcore.ablation`` replaces its features by their mean over ``B``'s columns, or removes them
+(``B' = B``), to measure what it adds over the MPO path alone.
 """
 
 from __future__ import annotations

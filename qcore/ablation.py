@@ -25,16 +25,26 @@ with several adapted layers has one site per layer. What each site's constant re
 
 A site's circuit inputs come from the data for the first two kinds (``circuit_mean`` needs the
 inputs) and from the model's own weights for the adapters (``inputs=None``).
+
+The other ablation trains a classical network in the circuit's place: ``circuit="classical"``
+in the config of the QD-LLM student, the PQC head (module 2) and the federated VQC builds
+:func:`classical_standin`, an MLP with the circuit's input and output widths and about its
+number of trainable angles, trained by the same code. Its output activation keeps the circuit's
+range: ``tanh`` for ⟨Z⟩ readouts, ``softmax`` for the VQC's class probabilities.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+CIRCUITS = ("quantum", "classical")  # a config's ``circuit``: the circuit, or its classical stand-in
+STANDIN_TOLERANCE = 0.1  # how far a stand-in's parameter count may miss the circuit's
 
 
 @runtime_checkable
@@ -98,3 +108,39 @@ def circuit_replaced(model: nn.Module, values: Mapping[str, torch.Tensor] | floa
     finally:
         for name, before in previous.items():
             sites[name].frozen_circuit = before
+
+
+def mlp_size(widths: tuple[int, ...]) -> int:
+    """Weights and biases of a chain of ``nn.Linear`` layers through ``widths``."""
+    return sum((a + 1) * b for a, b in itertools.pairwise(widths))
+
+
+def standin_widths(inputs: int, outputs: int, params: int) -> tuple[int, ...]:
+    """The widths ``inputs → hidden… → outputs`` (one or two hidden layers) of the stand-in for a
+    circuit of ``params`` angles.
+
+    Among the networks within ``STANDIN_TOLERANCE`` of ``params``, the one whose narrowest
+    hidden layer is widest (then fewer layers, then the closest count), so that matching the
+    count does not squeeze the network through one unit; if none is that close, the closest.
+    Two hidden layers make the count adjustable in finer steps than one.
+    """
+    # Each hidden unit adds at least inputs + 1 (first) or outputs + 1 (last) numbers: wider only overshoots.
+    h1s, h2s = range(1, params // (inputs + 1) + 2), range(1, params // (outputs + 1) + 2)
+    candidates = [(inputs, h, outputs) for h in h1s] + [(inputs, a, b, outputs) for a in h1s for b in h2s]
+
+    def miss(w: tuple[int, ...]) -> int:
+        return abs(mlp_size(w) - params)
+
+    close = [w for w in candidates if miss(w) <= STANDIN_TOLERANCE * params]
+    if not close:
+        return min(candidates, key=miss)
+    return min(close, key=lambda w: (-min(w[1:-1]), len(w), miss(w)))
+
+
+def classical_standin(inputs: int, outputs: int, params: int, last: nn.Module, dtype: torch.dtype) -> nn.Sequential:
+    """The circuit's classical stand-in: a ``tanh`` MLP sized by :func:`standin_widths`, then ``last``."""
+    widths = standin_widths(inputs, outputs, params)
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(widths):
+        layers += [nn.Linear(a, b, dtype=dtype), nn.Tanh()]
+    return nn.Sequential(*layers[:-1], last)

@@ -17,7 +17,8 @@ from qcore.adapters.qtha import QTHAConfig, QTHAModel
 from qcore.circuits import zz_feature_inputs
 from qcore.federated import VQCClassifier, VQCConfig
 from qcore.layer import QuantumLayer
-from qcore.models import PQCHead, PQCHeadConfig, QDLLMConfig, QDLLMStudent
+from qcore.models import PQCHead, PQCHeadConfig, QDLLMConfig, QDLLMStudent, load_model
+from qcore.training import train
 
 
 def _x(n: int, d: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -47,7 +48,12 @@ def pqc_head() -> Case:
 def vqc() -> Case:
     model = VQCClassifier(VQCConfig(qubits=3, dtype="complex128", init_angle=None, seed=1))
     x = _x(20, 3, 0)
-    return Case(model, x, _x(5, 3, 1), lambda: {"": torch.real(model.quantum(zz_feature_inputs(x))).mean(0)})
+
+    def means() -> dict[str, torch.Tensor]:
+        probs = torch.real(model.quantum(zz_feature_inputs(x))).mean(0)  # 8 basis states, class = state mod 2
+        return {"": torch.stack([probs[0::2].sum(), probs[1::2].sum()])}
+
+    return Case(model, x, _x(5, 3, 1), means)
 
 
 def _linear() -> nn.Sequential:
@@ -156,3 +162,73 @@ def test_bad_ablations_are_refused() -> None:
         bad.__enter__()
     with pytest.raises(ValueError, match="Linear has no circuit site"):
         circuit_mean(nn.Linear(2, 2), torch.zeros(1, 2))
+
+
+# --- the classical stand-in (circuit="classical") ---------------------------------------------
+
+
+def _twins(name: str, **kw: object) -> tuple[nn.Module, nn.Module]:
+    """The model with its circuit and with the classical stand-in, from the same config."""
+    build = {
+        "qdllm": lambda c: QDLLMStudent(QDLLMConfig(in_features=6, num_classes=2, circuit=c, **kw)),
+        "pqc-head": lambda c: PQCHead(PQCHeadConfig(in_features=20, num_classes=2, circuit=c, **kw)),
+        "vqc": lambda c: VQCClassifier(VQCConfig(circuit=c, **kw)),
+    }[name]
+    return build("quantum"), build("classical")
+
+
+def _size(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("qdllm", {}),  # the paper's 11 qubits, 2 blocks: 144 angles
+        ("qdllm", {"qubits": 4, "blocks": 1}),
+        ("qdllm", {"qubits": 6, "blocks": 3}),
+        ("pqc-head", {}),  # 8 qubits, PQC-1 2 layers + PQC-2 1 layer: 24 angles, 1 measured
+        ("pqc-head", {"qubits": 4, "measured": 2}),
+        ("pqc-head", {"qubits": 10, "layers": 4, "final_layers": 2}),
+        ("vqc", {}),  # the paper's 4 qubits, reps 3: 16 angles
+        ("vqc", {"qubits": 3, "num_classes": 3}),  # 12 angles
+    ],
+)
+def test_the_standin_has_about_the_circuits_parameter_count(name: str, kw: dict) -> None:
+    quantum, classical = _twins(name, **kw)
+    hardware = quantum.module2 if name == "pqc-head" else quantum.quantum
+    angles, standin = hardware.weights.numel(), _size(classical.standin)
+    assert abs(standin - angles) <= 0.1 * angles, (standin, angles)
+    assert _size(classical) - standin == _size(quantum) - angles  # everything else is the same
+    assert not any(isinstance(m, QuantumLayer) for m in classical.standin.modules())
+
+
+def _separable(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two noisy directions (module 1 of the PQC head reads directions, not signs)."""
+    y = torch.arange(n) % 2
+    x = 0.2 * _x(n, d, seed)
+    x[torch.arange(n), y] += 1.0
+    return x, y
+
+
+@pytest.mark.parametrize("name,features", [("qdllm", 6), ("pqc-head", 20), ("vqc", 4)])
+def test_the_standin_trains_the_same_way(name: str, features: int) -> None:
+    _, model = _twins(name, seed=1)
+    x, y = _separable(96, features, seed=0)
+    history = train(model, x, y, None, epochs=15, batch_size=16, lr=0.05, alpha=0.0)
+    assert history[-1]["accuracy"] >= 0.9, [round(h["accuracy"], 2) for h in history]
+    means = circuit_mean(model, x)  # the mean ablation applies to the stand-in too
+    with circuit_replaced(model, means), torch.no_grad():
+        assert len(set(model(x).argmax(-1).tolist())) == 1
+
+
+def test_a_classical_student_saves_no_circuit_and_has_no_hardware_layer(tmp_path) -> None:
+    _, model = _twins("qdllm", qubits=3, blocks=1)
+    folder = model.save(tmp_path / "student")
+    assert not list(folder.glob("*.qasm"))
+    loaded = load_model(folder)
+    x = _x(4, 6, 0)
+    assert torch.equal(loaded(x), model(x))
+    assert model.parameter_counts()["circuit"] == 0
+    with pytest.raises(ValueError, match="classical stand-in for its circuit"):
+        model.hardware_layer  # noqa: B018

@@ -88,13 +88,16 @@ class QuantumModel(nn.Module):
     (taking backend options as keywords) and name their circuits in :meth:`circuits`.
 
     ``config`` is a frozen dataclass with a ``backend`` field: the simulator of the circuits
-    meant for a quantum computer (the ones :meth:`with_backend` swaps).
+    meant for a quantum computer (the ones :meth:`with_backend` swaps), and a ``circuit`` field:
+    ``"classical"`` trains :func:`~qcore.ablation.classical_standin` in that circuit's place.
     """
 
     model_type: ClassVar[str]  # the name in config.json that load_model dispatches on
     config_type: ClassVar[type]  # the config dataclass
     config: Any
+    hardware_name: ClassVar[str]  # the attribute holding the hardware layer
     head: nn.Linear  # the classical output layer, set by each model's __init__
+    standin: nn.Sequential  # with config.circuit == "classical", in place of the hardware layer
     frozen_circuit: torch.Tensor | None = None  # set by qcore.ablation: the hardware layer's output
 
     def circuits(self) -> dict[str, QuantumCircuit]:
@@ -109,7 +112,16 @@ class QuantumModel(nn.Module):
     @property
     def hardware_layer(self) -> QuantumLayer:
         """The layer whose circuit is meant for a quantum computer (the one ``with_backend`` swaps)."""
-        raise NotImplementedError
+        if self.config.circuit == "classical":
+            raise ValueError(f"{type(self).__name__} has a classical stand-in for its circuit (circuit='classical')")
+        layer = getattr(self, self.hardware_name)
+        assert isinstance(layer, QuantumLayer)
+        return layer
+
+    @property
+    def circuit_module(self) -> nn.Module:
+        """What maps the angles to the readouts: the hardware layer, or its classical stand-in."""
+        return self.standin if self.config.circuit == "classical" else self.hardware_layer
 
     def readout(self, z: torch.Tensor) -> torch.Tensor:
         """Logits from the hardware layer's expectation values."""
@@ -120,14 +132,12 @@ class QuantumModel(nn.Module):
         """The hardware layer's output, a row per sample (a :class:`~qcore.ablation.CircuitSite`)."""
         if inputs is None:
             raise ValueError(f"{type(self).__name__}'s circuit reads the data: give the inputs to average over")
-        return self.hardware_layer(self.angles(inputs))
+        return self.circuit_module(self.angles(inputs))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.frozen_circuit is None:
             return self.readout(self.circuit_output(features))
-        z = constant_output(
-            self.frozen_circuit, len(features), len(self.hardware_layer.observables), dtype=self.head.weight.dtype
-        )
+        z = constant_output(self.frozen_circuit, len(features), self.head.in_features, dtype=self.head.weight.dtype)
         return self.readout(z)
 
     def parameter_counts(self) -> dict[str, int]:

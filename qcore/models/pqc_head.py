@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from qiskit import QuantumCircuit
 from torch import nn
 
+from qcore.ablation import CIRCUITS, classical_standin
 from qcore.circuits import ModelCircuit, angle_encoding, cnot_ry_blocks, data_reuploading, default_offsets
 from qcore.layer import QuantumLayer, z_observables
 from qcore.models.base import DTYPES, QuantumModel, real_dtype, register_model
@@ -59,6 +60,8 @@ class PQCHeadConfig:
     ``offsets``: PQC-1's connectivity offset per layer (default 1, 2, …: ever longer links);
     ``readout_scale``: how module 2 starts (module docstring; ``"sqrt_dim"`` was the default
     before ``"none"``, and a saved head without the field loads as ``"sqrt_dim"``);
+    ``circuit="classical"``: module 2 replaced by an MLP of about as many parameters
+    (:func:`~qcore.ablation.classical_standin`, ``tanh`` output like ⟨Z⟩), an ablation;
     ``backend``: module 2's simulator (module 1 is always ``exact``); ``seed`` fixes every
     initial weight.
     """
@@ -74,6 +77,7 @@ class PQCHeadConfig:
     measured: int = 1
     offsets: tuple[int, ...] | None = None
     readout_scale: Literal["none", "sqrt_dim"] = "none"
+    circuit: Literal["quantum", "classical"] = "quantum"
     backend: str = "exact"
     dtype: str = "complex64"
     seed: int = 0
@@ -101,6 +105,8 @@ class PQCHeadConfig:
                 )
         if self.readout_scale not in READOUT_SCALES:
             raise ValueError(f"readout_scale={self.readout_scale!r} is unknown; choose one of {list(READOUT_SCALES)}")
+        if self.circuit not in CIRCUITS:
+            raise ValueError(f"circuit={self.circuit!r} is unknown; choose one of {list(CIRCUITS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
@@ -148,6 +154,7 @@ class PQCHead(QuantumModel):
 
     model_type = "pqc_head"
     config_type = PQCHeadConfig
+    hardware_name = "module2"
 
     def __init__(self, config: PQCHeadConfig, **backend_options: Any):
         super().__init__()
@@ -168,6 +175,10 @@ class PQCHead(QuantumModel):
             self.head = nn.Linear(config.measured, config.num_classes, dtype=real)
             if config.encoders and config.readout_scale == "none":
                 small_start(self.fusion, 2**config.encoder_qubits)
+            if config.circuit == "classical":
+                q, params = config.qubits, len(m2.weights)
+                self.standin = classical_standin(q, config.measured, params, nn.Tanh(), dtype=real)
+                return
         self.module2 = QuantumLayer(
             m2.circuit,
             inputs=m2.inputs,
@@ -199,12 +210,8 @@ class PQCHead(QuantumModel):
         """Module 2's RY angles, in ``(-π, π)``."""
         return math.pi * torch.tanh(self.fusion(self.module1(features).to(self.fusion.weight.dtype)))
 
-    @property
-    def hardware_layer(self) -> QuantumLayer:
-        return self.module2
-
     def circuits(self) -> dict[str, QuantumCircuit]:
-        out = {"module2": self.config.module2_circuit().circuit}
+        out = {"module2": self.config.module2_circuit().circuit} if self.config.circuit == "quantum" else {}
         if self.config.encoders:
             out["encoder"] = self.config.encoder_circuit().circuit
         return out

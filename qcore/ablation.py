@@ -15,7 +15,8 @@ with several adapted layers has one site per layer. What each site's constant re
 - QD-LLM student, PQC head (:class:`~qcore.models.base.QuantumModel`): the hardware layer's
   ⟨Z⟩ readouts, averaged over the samples (for the head, module 2's output, so module 1 is
   bypassed too); the logits become the same for every input.
-- Federated VQC: the ``2ⁿ`` basis-state probabilities, averaged over the samples.
+- Federated VQC: the class probabilities (sums of basis-state probabilities), averaged over
+  the samples: the same as averaging the ``2ⁿ`` probabilities, since summing is linear.
 - QPA (each layer's :class:`~qcore.adapters.qpa.QPAGenerator`): its circuit has no inputs, so
   the constant is the probability vector's mean entry, ``2⁻ⁿ``, in every entry.
 - QTHA (each :class:`~qcore.adapters.qtha.QTHALayer`): the QNN's output relative to the zero
@@ -23,8 +24,8 @@ with several adapted layers has one site per layer. What each site's constant re
   ``B`` is then the same vector in every column. ``circuit_replaced(model, 0.0)`` removes the
   correction (``B' = B``).
 
-A site's circuit inputs come from the data for the first two kinds (``circuit_mean`` needs the
-inputs) and from the model's own weights for the adapters (``inputs=None``).
+The circuits of the QD-LLM student, the PQC head and the VQC read the data (``circuit_mean``
+needs the training inputs); the adapters' read the adapter's own weights (``inputs=None``).
 
 The other ablation trains a classical network in the circuit's place: ``circuit="classical"``
 in the config of the QD-LLM student, the PQC head (module 2) and the federated VQC builds

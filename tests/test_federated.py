@@ -216,6 +216,16 @@ def test_classical_clients_cost_no_circuit_evaluations_and_learn() -> None:
     assert update.circuit_evaluations == 0 and update.loss < 0.5
 
 
+def test_a_vqc_with_a_classical_standin_costs_no_circuit_evaluations() -> None:
+    x, y = _blobs(100, seed=2)
+    x = np.hstack([x, x]).astype(np.float32)  # 4 features, one per qubit
+    spec = ModelSpec("vqc", 4, 2, options={"circuit": "classical"})
+    start = get_weights(build_model(spec))
+    assert sum(w.size for w in start.values()) == 16  # the 16 angles' worth: 4 → 2 → 2
+    update = Client(0, x, y, spec).fit(start, steps=60, settings=LocalTraining(lr=0.1), config={}, seed=0)
+    assert update.circuit_evaluations == 0 and update.loss < 0.5
+
+
 # --- the controller -------------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from qiskit import QuantumCircuit, qasm3
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from qcore.ablation import constant_output
 from qcore.layer import QuantumLayer
 
 DTYPES = {"complex64": torch.complex64, "complex128": torch.complex128}
@@ -87,13 +88,17 @@ class QuantumModel(nn.Module):
     (taking backend options as keywords) and name their circuits in :meth:`circuits`.
 
     ``config`` is a frozen dataclass with a ``backend`` field: the simulator of the circuits
-    meant for a quantum computer (the ones :meth:`with_backend` swaps).
+    meant for a quantum computer (the ones :meth:`with_backend` swaps), and a ``circuit`` field:
+    ``"classical"`` trains :func:`~qcore.ablation.classical_standin` in that circuit's place.
     """
 
     model_type: ClassVar[str]  # the name in config.json that load_model dispatches on
     config_type: ClassVar[type]  # the config dataclass
     config: Any
+    hardware_name: ClassVar[str]  # the attribute holding the hardware layer
     head: nn.Linear  # the classical output layer, set by each model's __init__
+    standin: nn.Sequential  # with config.circuit == "classical", in place of the hardware layer
+    frozen_circuit: torch.Tensor | None = None  # set by qcore.ablation: the hardware layer's output
 
     def circuits(self) -> dict[str, QuantumCircuit]:
         """File stem → parametrised circuit, as the config builds it."""
@@ -107,15 +112,33 @@ class QuantumModel(nn.Module):
     @property
     def hardware_layer(self) -> QuantumLayer:
         """The layer whose circuit is meant for a quantum computer (the one ``with_backend`` swaps)."""
-        raise NotImplementedError
+        if self.config.circuit == "classical":
+            raise ValueError(f"{type(self).__name__} has a classical stand-in for its circuit (circuit='classical')")
+        layer = getattr(self, self.hardware_name)
+        assert isinstance(layer, QuantumLayer)
+        return layer
+
+    @property
+    def circuit_module(self) -> nn.Module:
+        """What maps the angles to the readouts: the hardware layer, or its classical stand-in."""
+        return self.standin if self.config.circuit == "classical" else self.hardware_layer
 
     def readout(self, z: torch.Tensor) -> torch.Tensor:
         """Logits from the hardware layer's expectation values."""
         # Backends may answer in another precision (aer computes in float64): match the head.
         return self.head(torch.real(z).to(self.head.weight.dtype))
 
+    def circuit_output(self, inputs: torch.Tensor | None) -> torch.Tensor:
+        """The hardware layer's output, a row per sample (a :class:`~qcore.ablation.CircuitSite`)."""
+        if inputs is None:
+            raise ValueError(f"{type(self).__name__}'s circuit reads the data: give the inputs to average over")
+        return self.circuit_module(self.angles(inputs))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.hardware_layer(self.angles(features)))
+        if self.frozen_circuit is None:
+            return self.readout(self.circuit_output(features))
+        z = constant_output(self.frozen_circuit, len(features), self.head.in_features, dtype=self.head.weight.dtype)
+        return self.readout(z)
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable numbers: circuit angles apart from the classical layers."""
@@ -139,7 +162,7 @@ class QuantumModel(nn.Module):
         folder = Path(directory)
         raw = json.loads((folder / CONFIG_FILE).read_text())
         raw.pop("model_type", None)
-        model = cls(cls.config_type(**raw), **backend_options)
+        model = cls(cls.saved_config(raw), **backend_options)
         for stem, circuit in model.circuits().items():
             if (folder / f"{stem}.qasm").read_text() != qasm3.dumps(circuit):
                 raise ValueError(
@@ -148,6 +171,12 @@ class QuantumModel(nn.Module):
                 )
         model.load_parameters(load_file(folder / WEIGHTS_FILE))
         return model
+
+    @classmethod
+    def saved_config(cls, raw: dict[str, Any]) -> Any:
+        """The config a saved ``config.json`` (without ``model_type``) describes; a model whose
+        config gained a field overrides this to read older folders as they were trained."""
+        return cls.config_type(**raw)
 
     def load_parameters(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy every trainable tensor in by name; refuse missing, extra or misshapen entries."""

@@ -19,6 +19,14 @@ Choices the paper leaves open, and ours:
   linear layer maps them to module 2's ``qubits`` angles, squashed by ``π·tanh`` so an angle
   cannot wrap around. With ``encoders=0`` that linear layer reads the embedding directly (module
   2 alone, an ablation).
+- *How module 2 starts* (``readout_scale``): ⟨Z⟩ of a spread-out state in ``2^q`` dimensions is
+  ``O(2^(-q/2))``. By default (``"none"``) the readouts are used as they are and the fusion
+  layer is drawn so that module 2's angles start spread by about ``INIT_SPREAD`` = 0.1 rad
+  across unit-norm inputs, around 0: module 2 starts as a smooth, nearly constant function and
+  training bends it. ``"sqrt_dim"``, the previous default, multiplies the readouts by
+  ``2^(q/2)`` and keeps PyTorch's default fusion initialisation; its angles start spread by
+  about 1.8 rad, a strongly oscillating random function that often failed to train (train
+  accuracy 0.5 for the first epochs; on SetFit-tuned MiniLM two of three seeds did not train).
 - *The width of the final layer*: ``Linear(measured → num_classes)``, with a bias; the paper
   measures ``Q_m = 1`` qubit, the default here.
 - *Which qubits are measured*: qubits ``0 … measured-1``.
@@ -28,18 +36,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from qiskit import QuantumCircuit
 from torch import nn
 
+from qcore.ablation import CIRCUITS, classical_standin
 from qcore.circuits import ModelCircuit, angle_encoding, cnot_ry_blocks, data_reuploading, default_offsets
 from qcore.layer import QuantumLayer, z_observables
 from qcore.models.base import DTYPES, QuantumModel, real_dtype, register_model
 
 MAX_ENCODERS = 2
+READOUT_SCALES = ("none", "sqrt_dim")
+INIT_SPREAD = 0.1  # rad: the std across samples of module 2's initial angles (readout_scale="none")
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,10 @@ class PQCHeadConfig:
     """Everything that rebuilds a head (its weights aside); stored as ``config.json``.
 
     ``offsets``: PQC-1's connectivity offset per layer (default 1, 2, …: ever longer links);
+    ``readout_scale``: how module 2 starts (module docstring; ``"sqrt_dim"`` was the default
+    before ``"none"``, and a saved head without the field loads as ``"sqrt_dim"``);
+    ``circuit="classical"``: module 2 replaced by an MLP of about as many parameters
+    (:func:`~qcore.ablation.classical_standin`, ``tanh`` output like ⟨Z⟩), an ablation;
     ``backend``: module 2's simulator (module 1 is always ``exact``); ``seed`` fixes every
     initial weight.
     """
@@ -61,6 +76,8 @@ class PQCHeadConfig:
     final_layers: int = 1
     measured: int = 1
     offsets: tuple[int, ...] | None = None
+    readout_scale: Literal["none", "sqrt_dim"] = "none"
+    circuit: Literal["quantum", "classical"] = "quantum"
     backend: str = "exact"
     dtype: str = "complex64"
     seed: int = 0
@@ -86,6 +103,10 @@ class PQCHeadConfig:
                     f"offsets={list(self.offsets)} must give one offset per layer "
                     f"({self.layers}), none a multiple of qubits={self.qubits}"
                 )
+        if self.readout_scale not in READOUT_SCALES:
+            raise ValueError(f"readout_scale={self.readout_scale!r} is unknown; choose one of {list(READOUT_SCALES)}")
+        if self.circuit not in CIRCUITS:
+            raise ValueError(f"circuit={self.circuit!r} is unknown; choose one of {list(CIRCUITS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
@@ -110,6 +131,20 @@ class PQCHeadConfig:
         )
 
 
+def small_start(fusion: nn.Linear, dim: int) -> None:
+    """Draw ``fusion`` so module 2's angles start near 0, spread by ``INIT_SPREAD`` across inputs.
+
+    The encoders' state is real (amplitude encoding, CNOT and RY), so each ⟨Z_i⟩ of a random
+    unit-norm input has variance ``2/(dim + 2)``; weights of std ``σ`` then give ``w·z`` a std of
+    ``σ·sqrt(2·fan_in/(dim + 2))``, and near 0 the angle ``π·tanh(w·z)`` is ``π`` times that.
+    The bias starts at 0 so that the angles' centre is 0 rather than a random offset.
+    """
+    fan_in = fusion.in_features
+    with torch.no_grad():
+        fusion.weight.normal_(0.0, INIT_SPREAD / math.pi * math.sqrt((dim + 2) / (2 * fan_in)))
+        fusion.bias.zero_()
+
+
 @register_model
 class PQCHead(QuantumModel):
     """``forward`` maps ``(batch, in_features)`` embeddings to ``(batch, num_classes)`` logits.
@@ -119,6 +154,7 @@ class PQCHead(QuantumModel):
 
     model_type = "pqc_head"
     config_type = PQCHeadConfig
+    hardware_name = "module2"
 
     def __init__(self, config: PQCHeadConfig, **backend_options: Any):
         super().__init__()
@@ -137,6 +173,12 @@ class PQCHead(QuantumModel):
             torch.manual_seed(config.seed)
             self.fusion = nn.Linear(fused, config.qubits, dtype=real)
             self.head = nn.Linear(config.measured, config.num_classes, dtype=real)
+            if config.encoders and config.readout_scale == "none":
+                small_start(self.fusion, 2**config.encoder_qubits)
+            if config.circuit == "classical":
+                q, params = config.qubits, len(m2.weights)
+                self.standin = classical_standin(q, config.measured, params, nn.Tanh(), dtype=real)
+                return
         self.module2 = QuantumLayer(
             m2.circuit,
             inputs=m2.inputs,
@@ -148,29 +190,28 @@ class PQCHead(QuantumModel):
             **backend_options,
         )
 
+    @classmethod
+    def saved_config(cls, raw: dict[str, Any]) -> PQCHeadConfig:
+        """Heads saved before ``readout_scale`` existed were trained with the ``"sqrt_dim"`` rescale."""
+        return PQCHeadConfig(**{"readout_scale": "sqrt_dim", **raw})
+
     def module1(self, features: torch.Tensor) -> torch.Tensor:
-        """``(batch, E·q)`` ⟨Z⟩ readouts of the amplitude-encoded encoders, times ``2^(q/2)`` (or
-        the features themselves when E=0)."""
+        """``(batch, E·q)`` ⟨Z⟩ readouts of the amplitude-encoded encoders, times ``2^(q/2)`` with
+        ``readout_scale="sqrt_dim"`` (or the features themselves when E=0)."""
         x = features.to(self.fusion.weight.dtype)
         if not self.config.encoders:
             return x
         dim = 2**self.config.encoder_qubits
         state = F.normalize(F.pad(x, (0, dim - x.shape[-1])), dim=-1)
         z = torch.cat([torch.real(enc(initial_state=state)) for enc in self.encoders], dim=-1)
-        # ⟨Z⟩ of a spread-out state in 2^q dimensions is O(2^(-q/2)) (0.07 for MiniLM at q = 9):
-        # rescaled, the fusion layer starts with angles of order one instead of near zero.
-        return z * math.sqrt(dim)
+        return z * math.sqrt(dim) if self.config.readout_scale == "sqrt_dim" else z
 
     def angles(self, features: torch.Tensor) -> torch.Tensor:
         """Module 2's RY angles, in ``(-π, π)``."""
         return math.pi * torch.tanh(self.fusion(self.module1(features).to(self.fusion.weight.dtype)))
 
-    @property
-    def hardware_layer(self) -> QuantumLayer:
-        return self.module2
-
     def circuits(self) -> dict[str, QuantumCircuit]:
-        out = {"module2": self.config.module2_circuit().circuit}
+        out = {"module2": self.config.module2_circuit().circuit} if self.config.circuit == "quantum" else {}
         if self.config.encoders:
             out["encoder"] = self.config.encoder_circuit().circuit
         return out

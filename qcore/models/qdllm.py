@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from qiskit import QuantumCircuit
 from torch import nn
 
+from qcore.ablation import CIRCUITS, classical_standin
 from qcore.circuits import ModelCircuit, angle_encoding, compose, qdllm_ansatz
 from qcore.layer import QuantumLayer, z_observables
 from qcore.models.base import DTYPES, QuantumModel, real_dtype, register_model
@@ -31,6 +32,8 @@ class QDLLMConfig:
     ``angle_range``: each sample's ``qubits`` pre-activations are min-max scaled to
     ``[0, angle_range]`` (the paper's ``[0, 10]``) before they become RX angles; ``scale_eps``
     is the smallest max − min divided by, so a sample whose values are all equal gets angles 0.
+    ``circuit="classical"`` replaces the circuit by an MLP of about as many parameters
+    (:func:`~qcore.ablation.classical_standin`, ``tanh`` output like ⟨Z⟩), an ablation.
     ``backend`` names the simulator the quantum layer runs on (``exact`` for training);
     ``dtype`` its precision; ``seed`` fixes the initial weights of all three layers.
     """
@@ -42,6 +45,7 @@ class QDLLMConfig:
     angle_range: float = 10.0
     scale_eps: float = 1e-6
     entanglement: str = "ring"
+    circuit: Literal["quantum", "classical"] = "quantum"
     backend: str = "exact"
     dtype: str = "complex64"
     seed: int = 0
@@ -55,6 +59,8 @@ class QDLLMConfig:
             raise ValueError(f"need qubits >= 2 and blocks >= 1, got {self.qubits} and {self.blocks}")
         if not self.angle_range > 0 or not self.scale_eps > 0:
             raise ValueError(f"angle_range and scale_eps must be positive, got {self.angle_range} and {self.scale_eps}")
+        if self.circuit not in CIRCUITS:
+            raise ValueError(f"circuit={self.circuit!r} is unknown; choose one of {list(CIRCUITS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
@@ -84,6 +90,7 @@ class QDLLMStudent(QuantumModel):
 
     model_type = "qdllm"
     config_type = QDLLMConfig
+    hardware_name = "quantum"
 
     def __init__(self, config: QDLLMConfig, **backend_options: Any):
         super().__init__()
@@ -96,6 +103,10 @@ class QDLLMStudent(QuantumModel):
             torch.manual_seed(config.seed)
             self.encoder = nn.Linear(config.in_features, config.qubits, dtype=real)
             self.head = nn.Linear(config.qubits, config.num_classes, dtype=real)
+            if config.circuit == "classical":
+                n = config.qubits
+                self.standin = classical_standin(n, n, len(circuit.weights), nn.Tanh(), dtype=real)
+                return
         self.quantum = QuantumLayer(
             circuit.circuit,
             inputs=circuit.inputs,
@@ -120,9 +131,5 @@ class QDLLMStudent(QuantumModel):
         hi = a.max(dim=-1, keepdim=True).values
         return self.config.angle_range * (a - lo) / (hi - lo).clamp_min(self.config.scale_eps)
 
-    @property
-    def hardware_layer(self) -> QuantumLayer:
-        return self.quantum
-
     def circuits(self) -> dict[str, QuantumCircuit]:
-        return {"circuit": self.config.model_circuit().circuit}
+        return {"circuit": self.config.model_circuit().circuit} if self.config.circuit == "quantum" else {}

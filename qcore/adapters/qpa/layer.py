@@ -27,6 +27,7 @@ import math
 import torch
 from torch import nn
 
+from qcore.ablation import constant_output
 from qcore.adapters.base import AdapterError, AdapterLayer, TargetLayer
 from qcore.adapters.qpa.config import MAX_QUBITS, QPAConfig
 from qcore.circuits import qpa_chain
@@ -71,6 +72,7 @@ class QPAGenerator(nn.Module):
     """Generates the ``size`` numbers of one layer's LoRA vector (steps 1–5 of the module doc)."""
 
     states: torch.Tensor  # buffer
+    frozen_circuit: torch.Tensor | None = None  # set by qcore.ablation: the probabilities
 
     def __init__(self, size: int, config: QPAConfig, *, name: str) -> None:
         super().__init__()
@@ -94,8 +96,22 @@ class QPAGenerator(nn.Module):
         self.register_buffer("states", basis_states(self.num_qubits, self.chunks), persistent=False)
         self.mapping = mapping_model(self.num_qubits + 1, config.hidden_sizes, config.chunk_size, config.activation)
 
+    def circuit_output(self, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """``(2ⁿ, 1)``: the probabilities, a row per basis state (a :class:`~qcore.ablation.CircuitSite`).
+
+        The circuit reads no data (``inputs`` is ignored), so the mean ablation replaces the
+        vector by its mean entry, ``2⁻ⁿ``. After the published mean-centring (step 2) any
+        constant vector becomes 0: every chunk's row keeps only its basis-state bits, and the
+        generated weights are the mapping model's reading of the bit strings alone.
+        """
+        return self.circuit()[0][:, None]
+
     def forward(self) -> torch.Tensor:
-        p = transform_probabilities(self.circuit()[0], self.num_qubits)  # one circuit run per call
+        if self.frozen_circuit is None:
+            probs = self.circuit()[0]  # one circuit run per call
+        else:
+            probs = constant_output(self.frozen_circuit, 2**self.num_qubits, dtype=self.circuit.weights.dtype)
+        p = transform_probabilities(probs, self.num_qubits)
         rows = torch.cat([self.states, p[: self.chunks, None]], dim=1)
         out = self.mapping(rows).reshape(-1)[: self.size]
         return out - out.mean()

@@ -16,7 +16,8 @@ MAX_QUBITS = 16
 
 @dataclass
 class QTHAConfig(AdapterConfig):
-    """QTHA: an MPO low-rank path and a QNN on its low-rank features, fused linearly.
+    """QTHA: an MPO low-rank path and a QNN on its low-rank features, fused linearly: the QNN
+    reparametrises the MPO factor ``B`` (it reads ``B``'s columns, not the data).
 
     ``qubits`` and ``layers`` size the QNN (RY encoding, then ``layers`` × (RY, RZ on every qubit,
     CNOT ring)); ``bond_dim`` and ``cores`` size the two MPOs (``A`` and ``B``).

@@ -17,6 +17,14 @@ the base weight (the paper runs its QNN at inference, on a QPU):
   MPO core is zero), so, like LoRA, the adapted model starts as the base model.
 
 All ``in + 1`` QNN inputs go through the circuit as one batch per step.
+
+What the quantum part is, and is not: the QNN *reparametrises ``B``*, the low-rank factor.
+Its inputs are ``B``'s columns, never the layer's activations or the data, and its output only
+changes ``B`` into ``B'``; ``A`` is classical throughout. It is a trainable non-linear map on
+the adapter's own weights, evaluated once per step for the whole layer, not a quantum feature
+map of the input, and it does not run at inference: ``ΔW`` merges into the base weight.
+``qcore.ablation`` replaces its features by their mean over ``B``'s columns, or removes them
+(``B' = B``), to measure what it adds over the MPO path alone.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import math
 import torch
 from torch import nn
 
+from qcore.ablation import constant_output
 from qcore.adapters.base import AdapterLayer, TargetLayer
 from qcore.adapters.qtha.config import QTHAConfig
 from qcore.adapters.qtha.mpo import MPO
@@ -53,6 +62,8 @@ class LowRankQNN(nn.Module):
 class QTHALayer(AdapterLayer):
     """A Linear/Conv1D layer plus QTHA's fused MPO + QNN low-rank update."""
 
+    frozen_circuit: torch.Tensor | None = None  # set by qcore.ablation: the QNN's features
+
     def __init__(self, base_layer: TargetLayer, config: QTHAConfig, *, name: str) -> None:
         super().__init__(base_layer, config, name=name)
         self.tau = 1 / math.sqrt(3 * self.in_features)  # LoRA's initial std of its down-projection
@@ -64,11 +75,23 @@ class QTHALayer(AdapterLayer):
         self.fusion = nn.Parameter(torch.empty(self.r, config.qubits).uniform_(-bound, bound))
         self.qubits, self.layers, self.bond_dim = config.qubits, config.layers, config.bond_dim
 
+    def qnn_features(self, b: torch.Tensor) -> torch.Tensor:
+        """``(in, qubits)``: ``Q(B_j) − Q(0)`` for every column ``B_j`` of ``b`` (one circuit batch)."""
+        q = self.qnn(torch.cat([b.T / self.tau, b.new_zeros(1, self.r)]))  # every e_j, then 0
+        return q[:-1] - q[-1]
+
+    def circuit_output(self, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """The QNN's features of the current ``B`` (a :class:`~qcore.ablation.CircuitSite`; its
+        inputs are ``B``'s columns, not data, so ``inputs`` is ignored)."""
+        return self.qnn_features(self.down.matrix())
+
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.down.matrix()
-        features = torch.cat([b.T / self.tau, b.new_zeros(1, self.r)])  # every e_j, then 0
-        q = self.qnn(features)
-        correction = (q[:-1] - q[-1]) @ self.fusion.T  # (in, r)
+        if self.frozen_circuit is None:
+            features = self.qnn_features(b)
+        else:
+            features = constant_output(self.frozen_circuit, self.in_features, self.qubits, dtype=b.dtype)
+        correction = features @ self.fusion.T  # (in, r)
         return self.up.matrix(), b + self.tau * correction.T
 
     def describe(self) -> str:

@@ -16,7 +16,9 @@ from typing import Any
 class TrainingResult:
     """One finished training of one method and seed.
 
-    ``params`` counts trainable numbers (``circuit``, ``classical``, ``total``); ``model_url``
+    ``params`` counts trainable numbers (``circuit``, ``classical``, ``total``);
+    ``ablated_predictions`` are the test predictions with every circuit's output replaced by its
+    mean over the training inputs (:mod:`qcore.ablation`; ``None`` without a circuit); ``model_url``
     is the saved quantum model (QD-LLM student, PQC head); ``files`` other stored folders by
     name (a fine-tune's ``adapter`` and ``merged`` model); ``cached`` says it was read back
     from an earlier run instead of trained.
@@ -31,6 +33,7 @@ class TrainingResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     job: dict[str, Any] = field(default_factory=dict)
     test_predictions: list[int] | None = None
+    ablated_predictions: list[int] | None = None
     model_url: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     cached: bool = False

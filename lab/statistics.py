@@ -55,11 +55,9 @@ def accuracy_interval(predictions: Sequence[Sequence[int]], labels: np.ndarray, 
     right = correct(predictions, labels)
     rng = np.random.default_rng(seed)
     seeds, n = right.shape
-    draws = np.empty(BOOTSTRAP)
-    for b in range(BOOTSTRAP):
-        rows = rng.integers(0, seeds, seeds)
-        cols = rng.integers(0, n, n)
-        draws[b] = right[np.ix_(rows, cols)].mean()
+    rows = rng.integers(0, seeds, (BOOTSTRAP, seeds, 1))
+    cols = rng.integers(0, n, (BOOTSTRAP, 1, n))
+    draws = right[rows, cols].mean(axis=(1, 2))
     return _interval(float(right.mean()), draws)
 
 
@@ -79,7 +77,7 @@ def paired_difference(
     ra, rb = correct(a, labels).mean(axis=0), correct(b, labels).mean(axis=0)  # per-example accuracy
     rng = np.random.default_rng(seed)
     n = len(labels)
-    draws = np.array([(ra[idx] - rb[idx]).mean() for idx in (rng.integers(0, n, n) for _ in range(BOOTSTRAP))])
+    draws = (ra - rb)[rng.integers(0, n, (BOOTSTRAP, n))].mean(axis=1)
     observed = float((ra - rb).mean())
     # two-sided: how often the resampled difference lands on the other side of zero
     p = min(1.0, 2 * min((draws <= 0).mean(), (draws >= 0).mean())) if observed else 1.0

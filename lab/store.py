@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qcore.ablation import CircuitSite, circuit_mean, circuit_replaced
 from qcore.models.base import QuantumModel
 from qcore.training import model_size_bytes
 
@@ -54,3 +55,14 @@ def store_result(
 def model_predictions(model: torch.nn.Module, x: np.ndarray) -> list[int]:
     with torch.inference_mode():
         return model(torch.as_tensor(x, dtype=torch.float32)).argmax(-1).tolist()
+
+
+def ablated_predictions(model: torch.nn.Module, train_x: np.ndarray, test_x: np.ndarray) -> list[int] | None:
+    """Test predictions with every circuit's output replaced by its mean over the training
+    inputs: what the model knows without its circuit. ``None`` for a model with no circuit."""
+    if not any(isinstance(m, CircuitSite) for m in model.modules()):
+        return None
+    with torch.inference_mode():
+        means = circuit_mean(model, torch.as_tensor(train_x, dtype=torch.float32))
+    with circuit_replaced(model, means):
+        return model_predictions(model, test_x)

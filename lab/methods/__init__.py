@@ -12,11 +12,23 @@ from typing import Any
 from .base import Budget, FeatureMethod, Hooks, Method
 from .federated import LLMQFL, FedLogreg
 from .peft import QPA, QTHA, LoRA, QPAPublished
-from .pqc_head import PQCHeadMethod
-from .qdllm import QDLLM
+from .pqc_head import PQCHeadClassical, PQCHeadMethod
+from .qdllm import QDLLM, QDLLMClassical
 
 METHODS: dict[str, Method[Any, Any, Any]] = {
-    m.id: m for m in (QDLLM(), PQCHeadMethod(), LoRA(), QPA(), QPAPublished(), QTHA(), LLMQFL(), FedLogreg())
+    m.id: m
+    for m in (
+        QDLLM(),
+        QDLLMClassical(),
+        PQCHeadMethod(),
+        PQCHeadClassical(),
+        LoRA(),
+        QPA(),
+        QPAPublished(),
+        QTHA(),
+        LLMQFL(),
+        FedLogreg(),
+    )
 }
 # Every row a leaderboard can show, id → label: the methods under study, then the baselines
 # they train, then the baselines that are methods of their own.

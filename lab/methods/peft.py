@@ -31,6 +31,7 @@ import transformers
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from pydantic import Field, field_validator, model_validator
 
+from qcore.ablation import CircuitSite, circuit_mean, circuit_replaced
 from qcore.adapters import METHODS as ADAPTERS
 from qcore.adapters import AdapterError, adapt, adapter_config
 from qcore.adapters.base import seeded
@@ -397,6 +398,10 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
     )
     train_seconds = time.perf_counter() - t0
     predicted = test_predictions(adapted, evaluation) if job.task == "classify" else None
+    ablated = None
+    if predicted is not None and hooks.save_models and any(isinstance(m, CircuitSite) for m in adapted.modules()):
+        with circuit_replaced(adapted, circuit_mean(adapted)):  # the circuits' output set to its mean
+            ablated = test_predictions(adapted, evaluation)
     metric = (
         {"accuracy": float(np.mean(np.array(predicted) == np.asarray(data.test_labels)))}
         if isinstance(data, Dataset) and predicted is not None
@@ -431,6 +436,7 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
         {"train_loss": trained.losses},
         asdict(job),
         test_predictions=predicted,
+        ablated_predictions=ablated,
         files=files,
     )
     atomic_write_bytes(join_url(url, "result.json"), json.dumps(result.to_json()).encode())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -25,7 +25,7 @@ from ..noise import NoiseSetting, noise_settings
 from ..params import DataOptions, Options, RunOptions, config_defaults, experiment
 from ..results import TrainingResult, job_record
 from ..search_space import Dimension, Float, Int
-from ..store import cached_result, model_predictions, store_result
+from ..store import ablated_predictions, cached_result, model_predictions, store_result
 from ..teacher import TeacherSpec
 from .base import Budget, FeatureMethod, Hooks, ModelJob
 from .classical import curves, linear_baseline, mlp_baseline
@@ -69,6 +69,15 @@ class HeadFields(Options):
     )
     final_layers: int = Field(ARCH["final_layers"], ge=1, le=10, description="CNOT-RY layers of PQC-2")
     measured: int = Field(ARCH["measured"], ge=1, le=MAX_QUBITS, description="Q_m: qubits read out in Z")
+    readout_scale: Literal["none", "sqrt_dim"] = Field(
+        ARCH["readout_scale"],
+        description="how module 2 starts: none (small angles, about 0.1 rad across samples) or sqrt_dim "
+        "(module 1's readouts scaled by 2^(q/2), the earlier default: angles spread ~1.8 rad, often stuck at 0.5)",
+    )
+    circuit: Literal["quantum", "classical"] = Field(
+        ARCH["circuit"],
+        description="module 2: the circuit, or a classical MLP of as many parameters in its place (the ablation)",
+    )
     epochs: int = Field(30, ge=1, le=1000, description="maximum training epochs")
     patience: int = Field(6, ge=1, description="early stopping: epochs without a better validation accuracy")
     batch_size: int = Field(32, ge=1, description="training batch size")
@@ -315,6 +324,7 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
             curves(history),
             job_record(job),
             model_predictions(model, data.test_x),
+            ablated_predictions=ablated_predictions(model, data.train_x, data.test_x) if hooks.save_models else None,
         )
         stored = store_result(root, key, model, result, data)
         hooks.log(f"{job.name}: test accuracy {metrics['accuracy']:.4f} after {len(history)} epochs")
@@ -413,3 +423,16 @@ def exact_spread(
     """Mean and std of the heads' exact accuracy on the ablation's samples (the plot's reference)."""
     exact = [merged[(first_label, r.name)]["exact_accuracy_same_samples"] for r in trained]
     return float(np.mean(exact)), float(np.std(exact))
+
+
+class PQCHeadClassical(PQCHeadMethod):
+    """The PQC head with a classical MLP of module 2's size in the circuit's place, trained and
+    tuned the same way: what the circuit adds over a network as small (the ablation)."""
+
+    id = "pqc-head-classical"
+    label = "PQC head, classical stand-in for module 2"
+    baseline_labels: ClassVar[dict[str, str]] = {}
+    is_baseline = True
+
+    def for_budget(self, budget: Budget, seeds: list[int]) -> list[HeadParams]:
+        return [self.for_trial(p, {"circuit": "classical"}) for p in super().for_budget(budget, seeds)]

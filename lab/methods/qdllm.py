@@ -26,7 +26,7 @@ from ..noise import NoiseSetting
 from ..params import DataOptions, Options, RunOptions, experiment
 from ..results import TrainingResult, job_record
 from ..search_space import Dimension, Float, Int
-from ..store import cached_result, model_predictions, store_result
+from ..store import ablated_predictions, cached_result, model_predictions, store_result
 from ..teacher import TeacherSpec
 from .base import Budget, FeatureMethod, Hooks, ModelJob
 from .classical import curves, linear_baseline, mlp_baseline
@@ -53,6 +53,9 @@ class DistillFields(Options):
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="training seeds (one student each)")
     qubits: list[int] = Field([11], min_length=1, description=f"student qubits, 2..{MAX_QUBITS} (a list sweeps)")
     blocks: list[int] = Field([2], min_length=1, description="QD-LLM ansatz blocks, 1..20 (a list sweeps)")
+    circuit: Literal["quantum", "classical"] = Field(
+        "quantum", description="the circuit, or a classical MLP of as many parameters in its place (the ablation)"
+    )
     alpha: list[float] = Field([0.5], min_length=1, description="distillation weight α in [0, 1] (a list sweeps)")
     temperature: float = Field(2.0, gt=0, description="distillation temperature T")
     epochs: int = Field(10, ge=1, le=1000, description="training epochs")
@@ -236,6 +239,7 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
                     qubits=q,
                     blocks=b,
                     backend=params.backend,
+                    circuit=params.circuit,
                     seed=s,
                 ),
                 alpha=a,
@@ -299,6 +303,7 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
             curves(history),
             job_record(job),
             model_predictions(model, data.test_x),
+            ablated_predictions=ablated_predictions(model, data.train_x, data.test_x) if hooks.save_models else None,
         )
         stored = store_result(root, key, model, result, data)
         hooks.log(f"{job.name}: test accuracy {metrics['accuracy']:.4f}")
@@ -338,3 +343,16 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
                 **fit,
             ),
         ]
+
+
+class QDLLMClassical(QDLLM):
+    """The QD-LLM student with a classical MLP of the circuit's size in its place, trained and
+    tuned the same way: what the circuit adds over a network as small (the ablation)."""
+
+    id = "qdllm-classical"
+    label = "QD-LLM student, classical stand-in"
+    baseline_labels: ClassVar[dict[str, str]] = {}
+    is_baseline = True
+
+    def for_budget(self, budget: Budget, seeds: list[int]) -> list[DistillParams]:
+        return [self.for_trial(p, {"circuit": "classical"}) for p in super().for_budget(budget, seeds)]

@@ -38,7 +38,7 @@ from lab.params import DataOptions, Options, RunOptions, experiment, parse_value
 from lab.results import TrainingResult
 from lab.runtime import Runtime
 from lab.teacher import resolve_model
-from lab.tuning import TuningOptions
+from lab.tuning import TuningOptions, check_fit
 from qcore.federated.controller import RULES
 from qcore.federated.partition import PartitionError
 from qcore.models.pqc_head import MAX_ENCODERS
@@ -55,13 +55,14 @@ SHARED = QDLLM()  # the shared split and features are the distill flow's, under 
 CLASSICAL = tuple(m for m in LEADERBOARD if m in BASELINE_OF or (m in METHODS and METHODS[m].is_baseline))
 # `--quick`: a first look on 2 cores in minutes (the default budget is the real comparison).
 QUICK: dict[str, Any] = {
-    "train_size": 600,
-    "test_size": 400,
+    "train_size": 500,
+    "test_size": 300,
     "trials": 4,
     "epochs": 5,
-    "finetune_steps": 40,
-    "rounds": 4,
-    "llm_steps": 10,
+    "finetune_steps": 30,
+    "max_length": 32,
+    "rounds": 3,
+    "llm_steps": 5,
     "methods": [m for m in LEADERBOARD if m != "qpa-published"],  # its row is the published failure
 }
 
@@ -210,6 +211,8 @@ class CompareParams(RunOptions, TuningOptions, CompareFields, DataOptions):
         data = SHARED.data_request(SHARED.for_budget(self, self.seeds)[0]).load()
         if (classes := len(np.unique(data.train_labels))) < 2:
             raise DataError(f"{self.dataset}: the training split holds {classes} class; a classifier needs two or more")
+        if self.trials:
+            check_fit(data.train_labels, self.tune_fraction, self.sampler_seed)
         for m in self.of_kind(FinetuneMethod):
             METHODS[m].jobs(METHODS[m].for_budget(self, self.seeds[:1])[0], data)  # the adapter's preflight
         federated = self.of_kind(fed.FederatedMethod)

@@ -29,7 +29,7 @@ from lab.methods.peft import FinetuneMethod, load_data
 from lab.params import Options, RunOptions, experiment, parse_assignments, parse_values
 from lab.runtime import Runtime
 from lab.search_space import Dimension, parse_dimension
-from lab.tuning import TrialOutcome, TuneError, TuningOptions, check_space
+from lab.tuning import TrialOutcome, TuneError, TuningOptions, check_fit, check_space
 from tasks.prepare import embeddings
 from tasks.tune import Tuned, tuned
 
@@ -231,8 +231,11 @@ def run_tune(params: TuneParams) -> dict[str, Any]:
     """Run the flow from the command line and print the trials, the final rows and where they are.
     The parameters and the space were checked when ``params`` was built; the data is read here,
     before any server starts."""
-    method = params.tuned_method
-    method.check(params.base())
+    method, base = params.tuned_method, params.base()
+    method.check(base)
+    if params.trials:
+        data: Any = method.data_request(base).load() if isinstance(method, FeatureMethod) else load_data(base)  # type: ignore[arg-type]
+        check_fit(data.train_labels, params.tune_fraction, params.sampler_seed)
     result = run_from_cli(tune, params)
     print(result["markdown"])
     print(mlflow_hint(result["mlflow_run_id"]))

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from .artifacts import hash_json, join_url, read_bytes
-from .data import Dataset
+from .data import Dataset, hold_out
 from .methods import METHODS, Hooks, Method
 from .params import Options
 from .runtime import Runtime
@@ -128,9 +129,9 @@ def check_space(method: Method[Any, Any, Any], base: BaseModel, space: Mapping[s
                 raise TuneError(f"{method.id}: search bound {name}={bound!r} is not allowed ({why})") from None
 
 
-def merge_space(method: Method[Any, Any, Any], overrides: Mapping[str, Dimension]) -> dict[str, Dimension]:
-    """The method's declared space with the given dimensions replaced or added."""
-    return {**method.search_space, **overrides}
+def check_fit(labels: Any, fraction: float, seed: int) -> None:
+    """Refuse, before any work, a hold-out the training split cannot give (naming the sizes)."""
+    hold_out(np.asarray(labels), fraction, seed, salt=7)
 
 
 def run_trial(task: TrialTask, data: Any, root: str, hooks: Hooks | None = None) -> TrialOutcome:
@@ -140,6 +141,7 @@ def run_trial(task: TrialTask, data: Any, root: str, hooks: Hooks | None = None)
 
     method = METHODS[task.method]
     curve: list[tuple[int, float]] = []
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per private study
     shadow = optuna.create_study(direction="maximize", pruner=task.pruning.pruner())
     shadow.add_trials(task.finished)
     probe = shadow.ask()

@@ -184,6 +184,7 @@ DEPLOYMENTS = [
     "study/study",
     "federated/federated",
     "hardware/hardware",
+    "tune/tune",
     "compare/nightly",
 ]
 

@@ -62,7 +62,10 @@ def test_a_repeated_tune_resumes_and_a_larger_budget_runs_only_the_missing_trial
     "args,message",
     [
         (["--method", "llm-qfl"], "--method: Input should be 'qdllm', 'qdllm-classical', 'pqc-head'"),
-        (["--space", "lr=1e-3:2"], "qdllm: search bound lr=2.0 is not allowed (Input should be less than or equal to 1)"),
+        (
+            ["--space", "lr=1e-3:2"],
+            "qdllm: search bound lr=2.0 is not allowed (Input should be less than or equal to 1)",
+        ),
         (["--space", "qubitz=2:4"], "'qubitz' is not a parameter of qdllm"),
         (["--trials", "-1"], "--trials: Input should be greater than or equal to 0"),
         (["--fixed", "qubit=3"], "fixed ['qubit'] are not parameters of qdllm"),

@@ -67,10 +67,9 @@ class EmbeddedSplit:
         return None if self.val_x is None or self.val_y is None else (self.val_x, self.val_y)
 
     def with_validation(self, fraction: float, seed: int) -> EmbeddedSplit:
-        """Hold out a stratified, seeded ``fraction`` of the training examples for early stopping."""
-        n_val = max(self.num_classes, round(len(self.train_y) * fraction))
-        is_val = np.zeros(len(self.train_y), dtype=bool)
-        is_val[stratified_indices(self.train_y, n_val, np.random.default_rng([seed, 5]))] = True
+        """Hold out a stratified, seeded ``fraction`` of the training examples for early stopping
+        (the examples :func:`validation_mask` marks)."""
+        is_val = validation_mask(self.train_y, fraction, seed, self.num_classes)
         return dataclasses.replace(
             self,
             train_x=self.train_x[~is_val],
@@ -80,3 +79,14 @@ class EmbeddedSplit:
             val_y=self.train_y[is_val],
             key=hash_json({"embeddings": self.key, "val_fraction": fraction, "seed": seed}),
         )
+
+
+def validation_mask(labels: np.ndarray, fraction: float, seed: int, num_classes: int) -> np.ndarray:
+    """Which training examples :meth:`EmbeddedSplit.with_validation` holds out: a stratified,
+    seeded ``fraction`` (at least one per class), chosen from the labels alone, so it is known
+    before any text is embedded (a SetFit body trains on the rest, :mod:`lab.setfit_body`)."""
+    labels = np.asarray(labels)
+    n_val = max(num_classes, round(len(labels) * fraction))
+    is_val = np.zeros(len(labels), dtype=bool)
+    is_val[stratified_indices(labels, n_val, np.random.default_rng([seed, 5]))] = True
+    return is_val

@@ -23,9 +23,10 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from ..data import DataRequest
+from ..data import DataRequest, Dataset
 from ..embedded import EmbeddedSplit
 from ..results import TrainingResult
+from ..setfit_body import BodyJob
 from ..teacher import TeacherSpec
 
 
@@ -165,6 +166,11 @@ class FeatureMethod(Method[P, J, EmbeddedSplit]):
     def shard_size(self, params: P) -> int:
         """Texts per teacher shard: larger sets are split across the Dask workers."""
         return int(getattr(params, self.shard_field))
+
+    def body_job(self, params: P, data: Dataset) -> BodyJob | None:
+        """A fine-tune of the sentence encoder on ``data``'s training texts that the teacher then
+        reads instead of the encoder itself (:mod:`lab.setfit_body`); ``None``: the encoder as is."""
+        return None
 
     def split(self, params: P, embedded: EmbeddedSplit) -> EmbeddedSplit:
         """The method's own view of the embedded split (e.g. a validation hold-out)."""

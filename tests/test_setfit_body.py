@@ -172,3 +172,18 @@ def test_bad_training_sets_and_parameters_are_refused() -> None:
         HeadParams(body_lr=0.5)
     with pytest.raises(ValidationError, match="body_iterations"):
         HeadParams(body_iterations=101)
+
+
+def test_a_sentence_transformers_6_folder_takes_the_tokenizer_limit(tmp_path: Path) -> None:
+    """sentence-transformers 6 (which saves the SetFit body) writes no max_seq_length into
+    sentence_bert_config.json; the encoder's limit is then the tokenizer's."""
+    from types import SimpleNamespace
+
+    from lab.teacher import TeacherSpec, _max_length
+
+    (tmp_path / "sentence_bert_config.json").write_text('{"transformer_task": "feature-extraction"}')
+    tokenizer = SimpleNamespace(model_max_length=256)
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
+    assert _max_length(TeacherSpec(), tokenizer, model, tmp_path) == 256
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 128}')
+    assert _max_length(TeacherSpec(), tokenizer, model, tmp_path) == 128

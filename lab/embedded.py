@@ -67,7 +67,9 @@ class EmbeddedSplit:
         return None if self.val_x is None or self.val_y is None else (self.val_x, self.val_y)
 
     def with_validation(self, fraction: float, seed: int) -> EmbeddedSplit:
-        """Hold out a stratified, seeded ``fraction`` of the training examples for early stopping."""
+        """Hold out a stratified, seeded ``fraction`` of the training examples for early stopping
+        (chosen from the labels alone, :func:`lab.data.hold_out`: known before any text is embedded,
+        so a SetFit body can train on the rest)."""
         is_val = hold_out(self.train_y, fraction, seed)
         return dataclasses.replace(
             self,

@@ -153,8 +153,10 @@ def _max_length(spec: TeacherSpec, tokenizer: Any, model: Any, folder: Path) -> 
     if spec.max_length is not None:
         return spec.max_length
     st_config = folder / "sentence_bert_config.json"  # sentence-transformers' own limit (256 for MiniLM)
-    if spec.kind == "probe" and st_config.is_file():
-        return int(json.loads(st_config.read_text())["max_seq_length"])
+    if spec.kind == "probe" and st_config.is_file() and "max_seq_length" in (st := json.loads(st_config.read_text())):
+        return int(st["max_seq_length"])
+    # sentence-transformers >= 6 saves no max_seq_length there: its limit is the tokenizer's
+    # model_max_length, the first of the limits below.
     limits = [tokenizer.model_max_length]
     limits += [
         getattr(model.config, a)

@@ -3,6 +3,7 @@ features and soft labels (one :class:`~lab.embedded.EmbeddedSplit`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from lab.data import DataRequest, Dataset
 from lab.embedded import EmbeddedSplit
 from lab.methods import FeatureMethod
+from lab.setfit_body import BodyJob, fine_tuned_body
 from lab.teacher import TeacherOutput, TeacherOutputs, TeacherSpec, cached_teacher_outputs, unfitted_outputs
 
 
@@ -68,11 +70,22 @@ def teacher_outputs(data: Dataset, spec: TeacherSpec, cache_root: str, shard_siz
     return out
 
 
+@task(name="setfit-body", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def setfit_body(job: BodyJob, root: str) -> str:
+    """The sentence encoder fine-tuned contrastively on the job's training texts (SetFit's body
+    phase), stored by content under the artifact root; the folder the teacher then reads."""
+    log = get_run_logger()
+    return str(fine_tuned_body(job, root, log=log.info))
+
+
 def embeddings(method: FeatureMethod[Any, Any], params: Any, root: str) -> tuple[Dataset, EmbeddedSplit]:
-    """A feature method's data: the split (a task) and the teacher's outputs (cached, sharded
-    over the workers)."""
+    """A feature method's data: the split (a task), the encoder's SetFit body when the method
+    asks for one (a task, cached by content) and the teacher's outputs (cached, sharded over the
+    workers)."""
     data = prepare_data(method.data_request(params))
     spec = method.teacher(params)
+    if (body := method.body_job(params, data)) is not None:  # a fine-tuned encoder replaces the frozen one
+        spec = dataclasses.replace(spec, model=setfit_body(body, root))
     outputs = teacher_outputs(data, spec, root, method.shard_size(params))
     return data, EmbeddedSplit.of(data, outputs, spec)
 

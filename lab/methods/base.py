@@ -24,10 +24,11 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_orig
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from ..data import DataRequest
+from ..data import DataRequest, Dataset
 from ..embedded import EmbeddedSplit
 from ..results import TrainingResult
 from ..search_space import Dimension
+from ..setfit_body import BodyJob
 from ..teacher import TeacherSpec
 
 
@@ -198,6 +199,11 @@ class FeatureMethod(Method[P, J, EmbeddedSplit]):
     def shard_size(self, params: P) -> int:
         """Texts per teacher shard: larger sets are split across the Dask workers."""
         return int(getattr(params, self.shard_field))
+
+    def body_job(self, params: P, data: Dataset) -> BodyJob | None:
+        """A fine-tune of the sentence encoder on ``data``'s training texts that the teacher then
+        reads instead of the encoder itself (:mod:`lab.setfit_body`); ``None``: the encoder as is."""
+        return None
 
     def check(self, params: P) -> None:
         """Read and split the data set: bad names, paths, columns or sizes fail here."""

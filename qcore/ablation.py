@@ -138,10 +138,15 @@ def standin_widths(inputs: int, outputs: int, params: int) -> tuple[int, ...]:
     return min(close, key=lambda w: (-min(w[1:-1]), len(w), miss(w)))
 
 
-def classical_standin(inputs: int, outputs: int, params: int, last: nn.Module, dtype: torch.dtype) -> nn.Sequential:
+class ClassicalStandin(nn.Sequential):
+    """An MLP in a circuit's place; training gives its parameters the circuit's learning rate
+    (:func:`qcore.training.parameter_groups`), so the ablation is trained as the circuit is."""
+
+
+def classical_standin(inputs: int, outputs: int, params: int, last: nn.Module, dtype: torch.dtype) -> ClassicalStandin:
     """The circuit's classical stand-in: a ``tanh`` MLP sized by :func:`standin_widths`, then ``last``."""
     widths = standin_widths(inputs, outputs, params)
     layers: list[nn.Module] = []
     for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b, dtype=dtype), nn.Tanh()]
-    return nn.Sequential(*layers[:-1], last)
+    return ClassicalStandin(*layers[:-1], last)

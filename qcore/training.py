@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
 
+from qcore.ablation import ClassicalStandin
 from qcore.layer import QuantumLayer
 from qcore.losses import distillation_loss
 
@@ -69,8 +70,9 @@ def train(
     cross-entropy, for baselines trained on labels only).
 
     Learning rates: every parameter trains at ``lr``, but a circuit's angles (the parameters of
-    its :class:`~qcore.layer.QuantumLayer` modules) at ``circuit_lr`` when given: angles live on
-    a scale of π, the classical weights around them on their own.
+    its :class:`~qcore.layer.QuantumLayer` modules, or of a classical stand-in in its place) at
+    ``circuit_lr`` when given: angles live on a scale of π, the classical weights around them on
+    their own.
 
     Batches: the paper's code uses batch 1 and lr 0.06. Batch 32 vectorises each step and takes
     32x fewer of them, which is what makes a run of minutes possible on a CPU. At batch 32, lr
@@ -141,8 +143,9 @@ def train(
 
 
 def parameter_groups(model: nn.Module, lr: float, circuit_lr: float | None) -> list[dict[str, object]]:
-    """Optimiser groups: the circuits' parameters at ``circuit_lr`` (if given), the rest at ``lr``."""
-    circuit = {id(p) for m in model.modules() if isinstance(m, QuantumLayer) for p in m.parameters()}
+    """Optimiser groups: the circuits' parameters (or their classical stand-ins') at
+    ``circuit_lr`` (if given), the rest at ``lr``."""
+    circuit = {id(p) for m in model.modules() if isinstance(m, QuantumLayer | ClassicalStandin) for p in m.parameters()}
     groups = [
         {"params": [p for p in model.parameters() if id(p) not in circuit], "lr": lr},
         {"params": [p for p in model.parameters() if id(p) in circuit], "lr": lr if circuit_lr is None else circuit_lr},

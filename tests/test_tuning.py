@@ -121,3 +121,14 @@ def test_space_overrides_parse_as_the_declared_kind() -> None:
     assert parse_dimension("blocks", "1:6", Int(1, 4)) == Int(1, 6)
     with pytest.raises(ValueError, match="low < high"):
         parse_dimension("lr", "0.3:1e-4", None)
+
+
+@pytest.mark.parametrize("circuit,in_circuit_group", [("quantum", 1), ("classical", 4)])
+def test_the_circuit_learning_rate_reaches_the_circuit_or_its_stand_in(circuit: str, in_circuit_group: int) -> None:
+    from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
+    from qcore.training import parameter_groups
+
+    student = QDLLMStudent(QDLLMConfig(in_features=8, num_classes=2, qubits=3, blocks=1, circuit=circuit))
+    groups = {g["lr"]: len(g["params"]) for g in parameter_groups(student, 0.01, 0.1)}
+    assert groups == {0.01: 4, 0.1: in_circuit_group}  # the dense layers; the angles or the stand-in MLP
+    assert [g["lr"] for g in parameter_groups(student, 0.01, None)] == [0.01, 0.01]

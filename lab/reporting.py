@@ -59,10 +59,10 @@ def markdown(table: Sequence[dict[str, Any]]) -> str:
 
 def training_curves(history: dict[str, list[float]], title: str) -> Figure:
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    ax[0].plot(epochs, history["loss"], marker="o")
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    ax[0].plot(epochs, history["train_loss"], marker="o")
     ax[0].set(xlabel="epoch", ylabel="training loss", title=title)
-    for key in ("accuracy", "val_accuracy"):
+    for key in ("train_accuracy", "val_accuracy"):
         if key in history:
             ax[1].plot(epochs, history[key], marker="o", label="validation" if key == "val_accuracy" else "train")
     ax[1].set(xlabel="epoch", ylabel="accuracy")

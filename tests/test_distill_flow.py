@@ -77,7 +77,11 @@ def test_mlflow_has_parent_children_and_model(first_run: dict, root: Path) -> No
     assert len(students) == 2 and len(children) == 2 + 3 * 2  # 3 baselines per seed
     files = {f.path for f in client.list_artifacts(students[0].info.run_id, "model")}
     assert {"model/weights.safetensors", "model/circuit.qasm", "model/config.json", "model/teacher.json"} <= files
-    assert len(client.get_metric_history(students[0].info.run_id, "loss")) == 2  # one per epoch
+    assert len(client.get_metric_history(students[0].info.run_id, "train_loss")) == 2  # one per epoch
+    # a child's accuracy is its test accuracy (the table pools them), not its last epoch's training accuracy
+    pooled = next(r for r in first_run["table"] if r["model"] == "quantum student")["accuracy"]
+    assert sum(s.data.metrics["accuracy"] for s in students) / 2 == pytest.approx(pooled)
+    assert len(client.get_metric_history(students[0].info.run_id, "accuracy")) == 1
     plots = {f.path for f in client.list_artifacts(students[0].info.run_id)}
     assert {"training_curves.png", "confusion_matrix.png"} <= plots
 

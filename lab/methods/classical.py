@@ -24,9 +24,15 @@ LINEAR: dict[str, tuple[str, Linear]] = {  # baseline id → (row kind, fit-and-
 }
 
 
+# Per-epoch names that would collide with a result's final test metrics: MLflow's latest value
+# of a metric is the one at the highest step, so an epoch curve named "accuracy" would stand in
+# for the test accuracy of the run.
+TRAINING_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy"}
+
+
 def curves(history: list[dict[str, float]]) -> dict[str, list[float]]:
-    """Per-epoch dicts as one list per metric."""
-    return {k: [h[k] for h in history] for k in history[0]}
+    """Per-epoch dicts as one list per metric, the training loss and accuracy named as such."""
+    return {TRAINING_NAMES.get(k, k): [h[k] for h in history] for k in history[0]}
 
 
 def linear_baseline(method: str, data: EmbeddedSplit, seed: int, *, teacher: bool) -> TrainingResult:

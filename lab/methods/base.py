@@ -182,6 +182,19 @@ class Method(ABC, Generic[P, J, D]):
         return type(params).model_validate({**params.model_dump(), **update})
 
 
+class ClassicalStandin(Method[Any, Any, Any]):
+    """Mixed in before a method with a circuit: the same method with a classical MLP of the
+    circuit's size in the circuit's place (``circuit="classical"``), trained and tuned the same
+    way, a classical row of the leaderboard (the ablation of what the circuit adds)."""
+
+    baseline_labels: ClassVar[dict[str, str]] = {}  # the method's own baselines train once, with it
+    is_baseline = True
+
+    def for_budget(self, budget: Budget, seeds: list[int]) -> list[Any]:
+        own = super().for_budget(budget, seeds)  # type: ignore[safe-super]  # the method mixed into defines it
+        return [self.for_trial(p, {"circuit": "classical"}) for p in own]
+
+
 class FeatureMethod(Method[P, J, EmbeddedSplit]):
     """A method that learns from teacher features: the data set, split and teacher are named by
     its parameters, and every such method reads the same :class:`EmbeddedSplit` shape."""

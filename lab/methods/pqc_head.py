@@ -28,7 +28,7 @@ from ..results import TrainingResult, job_record
 from ..search_space import Dimension, Float, Int
 from ..store import ablated_predictions, cached_result, model_predictions, store_result
 from ..teacher import TeacherSpec
-from .base import Budget, FeatureMethod, Hooks, ModelJob
+from .base import Budget, ClassicalStandin, FeatureMethod, Hooks, ModelJob
 from .classical import curves, linear_baseline, mlp_baseline
 
 MAX_QUBITS = 16
@@ -490,14 +490,9 @@ def exact_spread(
     return float(np.mean(exact)), float(np.std(exact))
 
 
-class PQCHeadClassical(PQCHeadMethod):
+class PQCHeadClassical(ClassicalStandin, PQCHeadMethod):
     """The PQC head with a classical MLP of module 2's size in the circuit's place, trained and
     tuned the same way: what the circuit adds over a network as small (the ablation)."""
 
     id = "pqc-head-classical"
     label = "PQC head, classical stand-in for module 2"
-    baseline_labels: ClassVar[dict[str, str]] = {}
-    is_baseline = True
-
-    def for_budget(self, budget: Budget, seeds: list[int]) -> list[HeadParams]:
-        return [self.for_trial(p, {"circuit": "classical"}) for p in super().for_budget(budget, seeds)]

@@ -28,7 +28,7 @@ from ..results import TrainingResult, job_record
 from ..search_space import Dimension, Float, Int
 from ..store import ablated_predictions, cached_result, model_predictions, store_result
 from ..teacher import TeacherSpec
-from .base import Budget, FeatureMethod, Hooks, ModelJob
+from .base import Budget, ClassicalStandin, FeatureMethod, Hooks, ModelJob
 from .classical import curves, linear_baseline, mlp_baseline
 
 MAX_QUBITS = 20
@@ -345,14 +345,9 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
         ]
 
 
-class QDLLMClassical(QDLLM):
+class QDLLMClassical(ClassicalStandin, QDLLM):
     """The QD-LLM student with a classical MLP of the circuit's size in its place, trained and
     tuned the same way: what the circuit adds over a network as small (the ablation)."""
 
     id = "qdllm-classical"
     label = "QD-LLM student, classical stand-in"
-    baseline_labels: ClassVar[dict[str, str]] = {}
-    is_baseline = True
-
-    def for_budget(self, budget: Budget, seeds: list[int]) -> list[DistillParams]:
-        return [self.for_trial(p, {"circuit": "classical"}) for p in super().for_budget(budget, seeds)]

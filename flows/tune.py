@@ -85,7 +85,6 @@ class TuneParams(RunOptions, TuningOptions, TuneFields):
         if bad := sorted(set(self.fixed) & {"seed", "seeds"}):
             raise ValueError(f"fixed {bad}: the seeds of the final trainings are --seeds")
         try:
-            self.base()
             check_space(method, self.base(), self.search_space())
         except TuneError as exc:
             raise ValueError(str(exc)) from None

@@ -75,7 +75,7 @@ class Dataset:
     def tuning_view(self, fraction: float, seed: int) -> Dataset:
         """What hyper-parameter tuning reads: a stratified hold-out of the training texts in the
         place of the test split, which tuning never sees."""
-        is_val = hold_out(self.train_labels, fraction, seed, salt=7)
+        is_val = tuning_mask(self.train_labels, fraction, seed)
         kept, held = np.flatnonzero(~is_val), np.flatnonzero(is_val)
         return Dataset(
             self.name,
@@ -462,6 +462,12 @@ def hold_out(labels: np.ndarray, fraction: float, seed: int, salt: int = 5) -> n
     is_val = np.zeros(len(labels), dtype=bool)
     is_val[stratified_indices(labels, n_val, np.random.default_rng([seed, salt]))] = True
     return is_val
+
+
+def tuning_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The training examples tuning holds out as its trials' test split (:func:`hold_out`, drawn
+    apart from the early-stopping hold-out of the same seed)."""
+    return hold_out(labels, fraction, seed, salt=7)
 
 
 def _check_size(name: str, value: int | None) -> None:

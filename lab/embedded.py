@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import hash_json
-from .data import Dataset, hold_out
+from .data import Dataset, hold_out, tuning_mask
 from .teacher import TeacherOutputs, TeacherSpec
 
 
@@ -85,7 +85,7 @@ class EmbeddedSplit:
         """What hyper-parameter tuning reads: a stratified hold-out of the training examples in
         the place of the test split, which tuning never sees (a method's own early-stopping
         hold-out is then carved from the rest)."""
-        is_val = hold_out(self.train_y, fraction, seed, salt=7)
+        is_val = tuning_mask(self.train_y, fraction, seed)
         return dataclasses.replace(
             self,
             train_x=self.train_x[~is_val],

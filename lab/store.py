@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +58,21 @@ def model_predictions(model: torch.nn.Module, x: np.ndarray) -> list[int]:
         return model(torch.as_tensor(x, dtype=torch.float32)).argmax(-1).tolist()
 
 
-def ablated_predictions(model: torch.nn.Module, train_x: np.ndarray, test_x: np.ndarray) -> list[int] | None:
-    """Test predictions with every circuit's output replaced by its mean over the training
-    inputs: what the model knows without its circuit. ``None`` for a model with no circuit."""
+def ablated_predictions(
+    model: torch.nn.Module, predict: Callable[[], list[int]], inputs: torch.Tensor | None = None
+) -> list[int] | None:
+    """``predict()`` with every circuit's output replaced by its mean over ``inputs`` (the
+    training inputs; ``None`` for adapters, whose circuits read no data): what the model knows
+    without its circuit. ``None`` for a model with no circuit."""
     if not any(isinstance(m, CircuitSite) for m in model.modules()):
         return None
     with torch.inference_mode():
-        means = circuit_mean(model, torch.as_tensor(train_x, dtype=torch.float32))
+        means = circuit_mean(model, inputs)
     with circuit_replaced(model, means):
-        return model_predictions(model, test_x)
+        return predict()
+
+
+def feature_ablation(model: torch.nn.Module, train_x: np.ndarray, test_x: np.ndarray) -> list[int] | None:
+    """:func:`ablated_predictions` of a model on features: the mean over ``train_x``."""
+    inputs = torch.as_tensor(train_x, dtype=torch.float32)
+    return ablated_predictions(model, lambda: model_predictions(model, test_x), inputs)

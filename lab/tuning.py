@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from .artifacts import hash_json, join_url, read_bytes
-from .data import Dataset, hold_out
+from .data import Dataset, tuning_mask
 from .methods import METHODS, Hooks, Method
 from .params import Options
 from .runtime import Runtime
@@ -131,7 +131,7 @@ def check_space(method: Method[Any, Any, Any], base: BaseModel, space: Mapping[s
 
 def check_fit(labels: Any, fraction: float, seed: int) -> None:
     """Refuse, before any work, a hold-out the training split cannot give (naming the sizes)."""
-    hold_out(np.asarray(labels), fraction, seed, salt=7)
+    tuning_mask(np.asarray(labels), fraction, seed)
 
 
 def run_trial(task: TrialTask, data: Any, root: str, hooks: Hooks | None = None) -> TrialOutcome:

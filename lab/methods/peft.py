@@ -31,7 +31,6 @@ import transformers
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from pydantic import Field, field_validator, model_validator
 
-from qcore.ablation import CircuitSite, circuit_mean, circuit_replaced
 from qcore.adapters import METHODS as ADAPTERS
 from qcore.adapters import AdapterError, adapt, adapter_config
 from qcore.adapters.base import seeded
@@ -46,6 +45,7 @@ from ..params import Options, RunOptions, experiment
 from ..results import TrainingResult
 from ..search_space import Dimension, Float
 from ..sentence_classifier import build_classifier, load_classifier
+from ..store import ablated_predictions
 from ..teacher import ModelNotFoundError, model_fingerprint, resolve_model
 from .base import Budget, Hooks, Method
 
@@ -398,10 +398,11 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
     )
     train_seconds = time.perf_counter() - t0
     predicted = test_predictions(adapted, evaluation) if job.task == "classify" else None
-    ablated = None
-    if predicted is not None and hooks.save_models and any(isinstance(m, CircuitSite) for m in adapted.modules()):
-        with circuit_replaced(adapted, circuit_mean(adapted)):  # the circuits' output set to its mean
-            ablated = test_predictions(adapted, evaluation)
+    ablated = (
+        ablated_predictions(adapted, lambda: test_predictions(adapted, evaluation))
+        if predicted is not None and hooks.save_models
+        else None
+    )
     metric = (
         {"accuracy": float(np.mean(np.array(predicted) == np.asarray(data.test_labels)))}
         if isinstance(data, Dataset) and predicted is not None

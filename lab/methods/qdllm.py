@@ -26,7 +26,7 @@ from ..noise import NoiseSetting
 from ..params import DataOptions, Options, RunOptions, experiment
 from ..results import TrainingResult, job_record
 from ..search_space import Dimension, Float, Int
-from ..store import ablated_predictions, cached_result, model_predictions, store_result
+from ..store import cached_result, feature_ablation, model_predictions, store_result
 from ..teacher import TeacherSpec
 from .base import Budget, ClassicalStandin, FeatureMethod, Hooks, ModelJob
 from .classical import curves, linear_baseline, mlp_baseline
@@ -303,7 +303,7 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
             curves(history),
             job_record(job),
             model_predictions(model, data.test_x),
-            ablated_predictions=ablated_predictions(model, data.train_x, data.test_x) if hooks.save_models else None,
+            ablated_predictions=feature_ablation(model, data.train_x, data.test_x) if hooks.save_models else None,
         )
         stored = store_result(root, key, model, result, data)
         hooks.log(f"{job.name}: test accuracy {metrics['accuracy']:.4f}")

@@ -208,15 +208,17 @@ class CompareParams(RunOptions, TuningOptions, CompareFields, DataOptions):
         """Read and split the data set and check that every chosen method can use it (two
         classes or more, the fine-tuned model and its targets, a share for every client):
         bad input is refused here, before any server starts or anything is written."""
-        data = SHARED.data_request(SHARED.for_budget(self, self.seeds)[0]).load()
+        shared: Any = self.params_of(SHARED.id)[0]
+        data = SHARED.data_request(shared).load()  # as the flow reads it
         if (classes := len(np.unique(data.train_labels))) < 2:
             raise DataError(f"{self.dataset}: the training split holds {classes} class; a classifier needs two or more")
         if self.trials:
             check_fit(data.train_labels, self.tune_fraction, self.sampler_seed)
         for m in self.of_kind(FinetuneMethod):
-            METHODS[m].jobs(METHODS[m].for_budget(self, self.seeds[:1])[0], data)  # the adapter's preflight
+            METHODS[m].jobs(self.params_of(m)[0], data)  # the adapter's preflight, with its overrides
         federated = self.of_kind(fed.FederatedMethod)
-        for fp in fed.LLMQFL().for_budget(self, self.seeds) if federated else []:
+        for fp in (p for m in federated for p in self.params_of(m)):
+            assert isinstance(fp, fed.FederatedParams)
             try:
                 fed.plan_split(data.train_labels, "iid", fp.clients, fp.server_fraction, fp.seed)
             except PartitionError as exc:

@@ -173,6 +173,7 @@ def test_a_tuned_compare_tunes_each_method_under_one_budget(api: tuple[Path, str
         (["--methods", "qdllm,nope"], "--methods.1"),
         (["--overrides", "qtha.adapter_lr=2"], "qtha.adapter_lr: Value error, qtha=2 is not a learning rate"),
         (["--overrides", "qtha.rank_x=2"], "'rank_x' is not a parameter of qtha"),
+        (["--overrides", "qtha.rank=1000"], "rank r=1000 exceeds layer"),  # the adapter's preflight
         (["--methods", "qdllm", "--overrides", "lora.head_lr=0.1"], "override 'lora.head_lr' names no chosen method"),
         (["--trials", "-1"], "--trials: Input should be greater than or equal to 0"),
         (["--methods", "qdllm,qdllm"], "repeat a method"),

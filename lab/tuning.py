@@ -38,7 +38,7 @@ from .params import Options
 from .runtime import Runtime
 from .search_space import Dimension
 
-STUDY_VERSION = 1
+STUDY_VERSION = 2  # 2: each method's sampler draws from its own seed (sampler_seed_of)
 
 
 class TuneError(ValueError):
@@ -70,7 +70,11 @@ class TuningOptions(Options):
         0.2, gt=0, lt=1, description="share of the training examples held out as the trials' test split"
     )
     parallel_trials: int = Field(2, ge=1, le=64, description="trials running at once (one per Dask worker suits)")
-    sampler_seed: int = Field(0, ge=0, description="seed of the TPE sampler and of the held-out split")
+    sampler_seed: int = Field(
+        0,
+        ge=0,
+        description="seed of the held-out split and of the TPE samplers (each method draws from its own seed derived from it)",
+    )
     startup_trials: int = Field(3, ge=0, description="median pruning: finished trials before any is pruned")
     warmup_reports: int = Field(1, ge=0, description="median pruning: reports of a trial before it may be pruned")
 
@@ -228,9 +232,17 @@ class StudyFile:
         snapshot.unlink()
 
 
+def sampler_seed_of(method: str, seed: int) -> int:
+    """The TPE sampler's seed for ``method``'s study under ``sampler_seed`` ``seed``: one per
+    method, so that methods whose spaces share a dimension's name (``adapter_lr``) do not draw
+    the same values in the same order, which over a few trials ties them to one random grid."""
+    return int(hash_json({"method": method, "sampler_seed": seed})[:8], 16)
+
+
 def open_study(file: StudyFile, key: str, seed: int, pruning: Pruning) -> Any:
-    """The study (created, or loaded to resume); trials a killed run left running are marked
-    failed and queued again with the same values, so the budget is spent in full."""
+    """The study (created, or loaded to resume) with its sampler seeded by ``seed``; trials a
+    killed run left running are marked failed and queued again with the same values, so the
+    budget is spent in full."""
     import optuna
     from optuna.trial import TrialState
 
@@ -290,7 +302,7 @@ def tune(
 
     key = study_key(method.id, base, space, data_key, seed)
     file = StudyFile.at(root, key)
-    study = open_study(file, key, seed, pruning)
+    study = open_study(file, key, sampler_seed_of(method.id, seed), pruning)
     distributions = {name: dim.distribution() for name, dim in space.items()}
     outcomes = [_outcome_of(t) for t in study.get_trials(deepcopy=False) if _counts(t)]
     resumed = len(outcomes)

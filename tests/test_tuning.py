@@ -16,7 +16,7 @@ from lab.data import DataError
 from lab.embedded import EmbeddedSplit
 from lab.methods import METHODS
 from lab.search_space import Float, Int, parse_dimension
-from lab.tuning import Pruning, TrialTask, TuneError, check_space, run_trial, tune
+from lab.tuning import Pruning, TrialOutcome, TrialTask, TuneError, check_space, run_trial, tune
 
 QDLLM = METHODS["qdllm"]
 SPACE = {"lr": Float(1e-3, 0.1, log=True), "blocks": Int(1, 2)}
@@ -84,6 +84,30 @@ def test_a_study_runs_stores_and_resumes(split: EmbeddedSplit, tmp_path: Path) -
     with sqlite3.connect(database) as db:
         states = dict(db.execute("select state, count(*) from trials group by state").fetchall())
     assert states.pop("FAIL") == 1 and set(states) <= {"COMPLETE", "PRUNED"} and sum(states.values()) == 5
+
+
+def test_two_methods_studies_draw_their_own_values(tmp_path: Path) -> None:
+    """Same space, same ``sampler_seed``: QD-LLM and its stand-in must not draw one grid."""
+    drawn: dict[str, list[float]] = {}
+
+    def record(tasks: list[TrialTask]) -> list:
+        drawn.setdefault(tasks[0].method, []).extend(t.values["lr"] for t in tasks)
+        return [TrialOutcome(t.number, t.values, "complete", 0.5, [], 0.0) for t in tasks]
+
+    for m in ("qdllm", "qdllm-classical"):
+        method = METHODS[m]
+        tune(
+            method,
+            method.for_trial(base(), {}),
+            SPACE,
+            data_key="k",
+            root=str(tmp_path),
+            trials=3,
+            parallel=1,
+            seed=0,
+            execute=record,
+        )
+    assert len(drawn["qdllm"]) == 3 and not set(drawn["qdllm"]) & set(drawn["qdllm-classical"])
 
 
 def test_a_trial_below_the_median_is_pruned(split: EmbeddedSplit, tmp_path: Path) -> None:

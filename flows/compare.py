@@ -16,6 +16,8 @@ clients share the rest) and the same test examples.
 
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -252,9 +254,13 @@ def untuned(params: CompareParams, data: Dataset, split: EmbeddedSplit, root: st
 
 def tuned_methods(params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str) -> list[board.Group]:
     """Each tunable method tuned under the same trial budget on a hold-out of the training split,
-    its best values then trained once per seed and scored on test (see :func:`tasks.tune.tuned`)."""
-    groups = []
-    for m in params.of_kind(FeatureMethod) + params.of_kind(FinetuneMethod):
+    its best values then trained once per seed and scored on test (see :func:`tasks.tune.tuned`).
+
+    The methods' studies run at once, each in a thread of this flow: a study waits for each batch
+    of its trials before it asks for the next, so one study at a time leaves workers idle behind
+    its slowest trial; several keep the cluster's queue full."""
+
+    def tune_one(m: str) -> board.Group:
         method = METHODS[m]
         base = method.seeded(params.params_of(m)[0], params.seeds[0])
         t = tuned(
@@ -270,8 +276,13 @@ def tuned_methods(params: CompareParams, data: Dataset, split: EmbeddedSplit, ro
             get_run_logger().info(
                 "%s tuned: held-out %.4f with %s", m, t.study.best_value or float("nan"), t.study.best_values
             )
-        groups.append(board.Group(m, t.results, t.study.best_values if t.study else {}))
-    return groups
+        return board.Group(m, t.results, t.study.best_values if t.study else {})
+
+    chosen = params.of_kind(FeatureMethod) + params.of_kind(FinetuneMethod)
+    with ThreadPoolExecutor(max_workers=len(chosen) or 1, thread_name_prefix="study") as pool:
+        # each thread gets a copy of this one's context: the flow run and its task runner
+        futures = [pool.submit(contextvars.copy_context().run, tune_one, m) for m in chosen]
+        return [f.result() for f in futures]
 
 
 def classical_baselines(params: CompareParams, split: EmbeddedSplit, groups: list[board.Group]) -> list[board.Group]:

@@ -30,7 +30,7 @@ from lab import leaderboard as board
 from lab import reporting, tracking
 from lab.data import DataError, Dataset
 from lab.embedded import EmbeddedSplit
-from lab.methods import BASELINE_OF, LEADERBOARD, METHODS, FeatureMethod, Method
+from lab.methods import LEADERBOARD, METHODS, FeatureMethod, Method
 from lab.methods import federated as fed
 from lab.methods.peft import FinetuneMethod
 from lab.methods.pqc_head import MAX_QUBITS as HEAD_MAX_QUBITS
@@ -46,7 +46,7 @@ from qcore.federated.partition import PartitionError
 from qcore.models.pqc_head import MAX_ENCODERS
 from tasks.federated import federated_run, llm_losses
 from tasks.prepare import embedded_split
-from tasks.train import baselines, train_task
+from tasks.train import train_task
 from tasks.tune import tuned
 
 from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
@@ -54,7 +54,7 @@ from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 MethodName = Literal[tuple(LEADERBOARD)]  # type: ignore[valid-type]
 SHARED = QDLLM()  # the shared split and features are the distill flow's, under the budget
 # The classical rows a quantum method's paired test may be against.
-CLASSICAL = tuple(m for m in LEADERBOARD if m in BASELINE_OF or (m in METHODS and METHODS[m].is_baseline))
+CLASSICAL = tuple(m for m in LEADERBOARD if METHODS[m].is_baseline)
 # `--quick`: a first look on 2 cores in minutes (the default budget is the real comparison).
 QUICK: dict[str, Any] = {
     "train_size": 500,
@@ -169,13 +169,12 @@ class CompareParams(RunOptions, TuningOptions, CompareFields, DataOptions):
             raise ValueError(f"controller {self.controller!r} is unknown; allowed: none, {', '.join(RULES)}")
         for key in self.overrides:
             m, _, name = key.partition(".")
-            if m not in METHODS or m not in self.methods:
+            if m not in self.methods:
                 raise ValueError(f"override {key!r} names no chosen method; chosen: {', '.join(self.methods)}")
             if name not in METHODS[m].params.model_fields:
                 raise ValueError(f"override {key!r}: {name!r} is not a parameter of {m}")
         for m in self.methods:
-            if m in METHODS:
-                self.params_of(m)  # every override validates, naming the field and value
+            self.params_of(m)  # every override validates, naming the field and value
         if self.of_kind(fed.FederatedMethod):
             try:  # clients against train_size, refused in the federated flow's words
                 fed.LLMQFL().for_budget(self, self.seeds[:1])
@@ -200,11 +199,6 @@ class CompareParams(RunOptions, TuningOptions, CompareFields, DataOptions):
     def of_kind(self, kind: type) -> list[str]:
         """The chosen methods (registry ids) that are of ``kind``, in registry order."""
         return [m for m, method in METHODS.items() if m in self.methods and isinstance(method, kind)]
-
-    @property
-    def trained_baselines(self) -> list[str]:
-        """The chosen baseline rows that another method trains (QD-LLM's logistic regression and MLPs)."""
-        return [m for m in self.methods if m in BASELINE_OF]
 
     def check_data(self) -> None:
         """Read and split the data set and check that every chosen method can use it (two
@@ -285,20 +279,6 @@ def tuned_methods(params: CompareParams, data: Dataset, split: EmbeddedSplit, ro
         return [f.result() for f in futures]
 
 
-def classical_baselines(params: CompareParams, split: EmbeddedSplit, groups: list[board.Group]) -> list[board.Group]:
-    """The QD-LLM student's classical rows (logistic regression and the size-matched MLPs), one
-    task per seed, trained with the student's parameters (its tuned ones when it was tuned)."""
-    if not params.trained_baselines:
-        return []
-    student = next((g for g in groups if g.method == SHARED.id), None)
-    shared: Any = params.params_of(SHARED.id)[0]
-    if student is not None and student.best:
-        shared = SHARED.for_trial(shared, student.best)
-    futures = baselines.map(unmapped(SHARED.id), unmapped(shared), unmapped(split), params.seeds)
-    results = [r for f in futures for r in f.result() if r.method in params.methods]
-    return [board.Group(m, [r for r in results if r.method == m]) for m in params.trained_baselines]
-
-
 def federated(params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str) -> list[board.Group]:
     """LLM-QFL and FedAvg logistic regression, one run per seed on the shared features (IID
     clients). The rounds run here and send each client's training to the cluster; LLM-QFL's
@@ -338,7 +318,6 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
         data, split = embedded_split(SHARED, params.params_of(SHARED.id)[0], root)
         tracking.set_tags(parent, {"data_hash": data.content_hash})
         groups = (tuned_methods if params.trials else untuned)(params, data, split, root)
-        groups += classical_baselines(params, split, groups)
         # Only now: a federated round waits on its clients with a deadline (the federated flow's
         # client timeout), which clients queued behind these trainings could miss.
         groups += federated(params, data, split, root)
@@ -374,10 +353,8 @@ def report(params: CompareParams, intervals: list[dict[str, Any]], groups: list[
         if g.best:
             values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in g.best.items())
             lines.append(f"- {LEADERBOARD[g.method]}: {values}")
-    if fixed := [LEADERBOARD[g.method] for g in groups if g.method in METHODS and not METHODS[g.method].search_space]:
+    if fixed := [LEADERBOARD[g.method] for g in groups if not METHODS[g.method].search_space]:
         lines.append(f"- not tuned (no search space): {', '.join(fixed)}")
-    if params.trained_baselines:
-        lines.append("- the QD-LLM baselines train with the student's tuned learning rate and loss, not tuned apart")
     return "\n".join(lines)
 
 

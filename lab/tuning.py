@@ -73,7 +73,7 @@ class TuningOptions(Options):
     sampler_seed: int = Field(
         0,
         ge=0,
-        description="seed of the held-out split and of the TPE samplers (each method draws from its own seed derived from it)",
+        description="seed of the held-out split and of the TPE samplers (each method draws from its own derived seed)",
     )
     startup_trials: int = Field(3, ge=0, description="median pruning: finished trials before any is pruned")
     warmup_reports: int = Field(1, ge=0, description="median pruning: reports of a trial before it may be pruned")

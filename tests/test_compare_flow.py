@@ -159,10 +159,11 @@ def test_a_tuned_compare_tunes_each_method_under_one_budget(api: tuple[Path, str
     result = run_compare(params)
     assert "Tuned: 2 trials per method" in result["markdown"]
     assert "not tuned (no search space): FedAvg" in result["markdown"]
-    for method in ("qdllm", "lora"):
+    for method in ("qdllm", "lora", "logreg"):  # the classical rival is tuned on its own, under the same budget
         assert f"- {LEADERBOARD[method]}: " in result["markdown"]
+    assert "logreg_c=" in result["markdown"]
     studies = list((api[0] / "tuning").glob("*.db"))
-    assert len(studies) == 2  # one study per tuned method, under the artifact root
+    assert len(studies) == 3  # one study per tuned method, under the artifact root
     rows = {r["method"]: r for r in result["intervals"]}
     assert rows["lora"]["vs"] and rows["qdllm"]["seeds"] == 2
 

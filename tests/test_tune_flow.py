@@ -61,7 +61,7 @@ def test_a_repeated_tune_resumes_and_a_larger_budget_runs_only_the_missing_trial
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--method", "llm-qfl"], "--method: Input should be 'qdllm', 'qdllm-classical', 'pqc-head'"),
+        (["--method", "nope"], "--method: Input should be 'qdllm', 'qdllm-classical', 'logreg'"),
         (
             ["--space", "lr=1e-3:2"],
             "qdllm: search bound lr=2.0 is not allowed (Input should be less than or equal to 1)",

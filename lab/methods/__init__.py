@@ -13,31 +13,27 @@ from .base import Budget, FeatureMethod, Hooks, Method
 from .federated import LLMQFL, FedLogreg
 from .peft import QPA, QTHA, LoRA, QPAPublished
 from .pqc_head import PQCHeadClassical, PQCHeadMethod
+from .qdllm import BASELINES as QDLLM_BASELINES
 from .qdllm import QDLLM, QDLLMClassical
 
-METHODS: dict[str, Method[Any, Any, Any]] = {
-    m.id: m
-    for m in (
-        QDLLM(),
-        QDLLMClassical(),
-        PQCHeadMethod(),
-        PQCHeadClassical(),
-        LoRA(),
-        QPA(),
-        QPAPublished(),
-        QTHA(),
-        LLMQFL(),
-        FedLogreg(),
-    )
-}
-# Every row a leaderboard can show, id → label: the methods under study, then the baselines
-# they train, then the baselines that are methods of their own.
+ALL: tuple[Method[Any, Any, Any], ...] = (
+    QDLLM(),
+    QDLLMClassical(),
+    *QDLLM_BASELINES,
+    PQCHeadMethod(),
+    PQCHeadClassical(),
+    LoRA(),
+    QPA(),
+    QPAPublished(),
+    QTHA(),
+    LLMQFL(),
+    FedLogreg(),
+)
+METHODS: dict[str, Method[Any, Any, Any]] = {m.id: m for m in ALL}
+# Every row a leaderboard can show, id → label: the methods under study, then the classical ones.
 LEADERBOARD: dict[str, str] = {
     **{m.id: m.label for m in METHODS.values() if not m.is_baseline},
-    **{k: v for m in METHODS.values() for k, v in m.baseline_labels.items()},
     **{m.id: m.label for m in METHODS.values() if m.is_baseline},
 }
-# Which method trains a baseline row (the QD-LLM student's size-matched MLPs, say).
-BASELINE_OF: dict[str, str] = {b: m.id for m in METHODS.values() for b in m.baseline_labels}
 
-__all__ = ["BASELINE_OF", "LEADERBOARD", "METHODS", "Budget", "FeatureMethod", "Hooks", "Method"]
+__all__ = ["LEADERBOARD", "METHODS", "Budget", "FeatureMethod", "Hooks", "Method"]

@@ -122,7 +122,8 @@ class Method(ABC, Generic[P, J, D]):
     """A method: its parameter model, its jobs, one training, its baselines.
 
     ``id`` is the registry key (``qllm run compare --methods``), ``label`` its leaderboard row;
-    ``baseline_labels`` names the rows of the baselines it trains for a leaderboard (id → label).
+    ``baselines`` are the classical models its own flow trains beside it (a leaderboard has them
+    as methods of their own, tuned apart).
     ``data_fields`` are the parameters that shape its data (study points that agree on them share
     one preparation); ``not_axes`` those a study may not sweep.
     """
@@ -133,7 +134,6 @@ class Method(ABC, Generic[P, J, D]):
     is_baseline: ClassVar[bool] = False  # a classical reference rather than a method under study
     retries: ClassVar[int] = 2  # of its training task: a lost worker is worth a retry
     model_tag: ClassVar[str] = ""  # MLflow tag of a trained model, for `qllm predict` and hardware
-    baseline_labels: ClassVar[dict[str, str]] = {}  # id → label of each baseline it trains
     data_fields: ClassVar[tuple[str, ...]] = ()
     not_axes: ClassVar[tuple[str, ...]] = ()
 
@@ -187,7 +187,6 @@ class ClassicalStandin(Method[Any, Any, Any]):
     circuit's size in the circuit's place (``circuit="classical"``), trained and tuned the same
     way, a classical row of the leaderboard (the ablation of what the circuit adds)."""
 
-    baseline_labels: ClassVar[dict[str, str]] = {}  # the method's own baselines train once, with it
     is_baseline = True
 
     def for_budget(self, budget: Budget, seeds: list[int]) -> list[Any]:

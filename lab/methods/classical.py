@@ -35,11 +35,12 @@ def curves(history: list[dict[str, float]]) -> dict[str, list[float]]:
     return {TRAINING_NAMES.get(k, k): [h[k] for h in history] for k in history[0]}
 
 
-def linear_baseline(method: str, data: EmbeddedSplit, seed: int, *, teacher: bool) -> TrainingResult:
-    """A linear model on the features; ``teacher``: also its agreement with the teacher."""
+def linear_baseline(method: str, data: EmbeddedSplit, seed: int, *, teacher: bool, c: float = 1.0) -> TrainingResult:
+    """A linear model on the features (inverse regularisation ``c``); ``teacher``: also its
+    agreement with the teacher."""
     kind, fit = LINEAR[method]
     t0 = time.perf_counter()
-    logits = fit(data.train_x, data.train_y, data.test_x, seed=seed)
+    logits = fit(data.train_x, data.train_y, data.test_x, seed=seed, c=c)
     metrics = classification_metrics(logits.argmax(-1).numpy(), data.test_y, data.test_teacher if teacher else None)
     size = linear_size(data.in_features, data.num_classes)
     return TrainingResult(

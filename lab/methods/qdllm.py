@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from abc import abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -58,6 +59,9 @@ class DistillFields(Options):
     )
     alpha: list[float] = Field([0.5], min_length=1, description="distillation weight α in [0, 1] (a list sweeps)")
     temperature: float = Field(2.0, gt=0, description="distillation temperature T")
+    logreg_c: float = Field(
+        1.0, gt=0, le=1e4, description="the logistic-regression baseline's inverse L2 regularisation C"
+    )
     epochs: int = Field(10, ge=1, le=1000, description="training epochs")
     batch_size: int = Field(32, ge=1, description="training batch size")
     lr: float = Field(
@@ -160,11 +164,6 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
     label = "QD-LLM student"
     params = DistillParams
     model_tag = "qdllm"
-    baseline_labels: ClassVar[dict[str, str]] = {
-        "logreg": "logistic regression",
-        "mlp": "MLP (QD-LLM size)",
-        "mlp-distilled": "distilled MLP (QD-LLM size)",
-    }
     data_fields = (
         "dataset",
         "text_column",
@@ -321,28 +320,93 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
 
     def baselines(self, params: DistillParams, data: EmbeddedSplit, seed: int) -> list[TrainingResult]:
         """Logistic regression, and MLPs matched to the first student configuration: one trained
-        on the labels only, one distilled with the student's loss."""
-        target = self.size(data, params.qubits[0], params.blocks[0])
-        fit = {
-            "epochs": params.epochs,
-            "batch_size": params.batch_size,
-            "lr": params.lr,
-            "temperature": params.temperature,
-        }
-        return [
-            linear_baseline("logreg", data, seed, teacher=True),
-            mlp_baseline("mlp", "MLP (labels only)", data, seed, target_params=target, alpha=0.0, teacher=True, **fit),
-            mlp_baseline(
-                "mlp-distilled",
-                "classical distilled MLP",
-                data,
-                seed,
-                target_params=target,
-                alpha=params.alpha[0],
-                teacher=True,
-                **fit,
-            ),
-        ]
+        on the labels only, one distilled with the student's loss (the rows of :data:`BASELINES`,
+        here with the student's own settings)."""
+        return [b.fit(params, data, seed) for b in BASELINES]
+
+
+@dataclass(frozen=True)
+class BaselineJob:
+    """One seed of a QD-LLM baseline: its parameters (those of the student it is matched to)."""
+
+    method: str
+    params: DistillParams
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-s{self.seed}"
+
+    @property
+    def seed(self) -> int:
+        return self.params.seeds[0]
+
+
+class QDLLMBaseline(QDLLM):
+    """A classical row of the QD-LLM comparison, on the student's features and split: a method of
+    its own, so a tuned compare tunes it under the same budget as the student (its own learning
+    rate, distillation weight or regularisation), not with the student's values."""
+
+    is_baseline = True
+
+    def jobs(self, params: DistillParams, data: EmbeddedSplit) -> list[BaselineJob]:  # type: ignore[override]
+        return [BaselineJob(self.id, self.seeded(params, s)) for s in params.seeds]
+
+    def train(self, job: BaselineJob, data: EmbeddedSplit, root: str, hooks: Hooks) -> TrainingResult:  # type: ignore[override]
+        """Fit and score one seed (in seconds: nothing is stored)."""
+        result = self.fit(job.params, data, job.seed)
+        hooks.log(f"{job.name}: test accuracy {result.accuracy:.4f}")
+        return result
+
+    @abstractmethod
+    def fit(self, params: DistillParams, data: EmbeddedSplit, seed: int) -> TrainingResult:
+        """One seed of this baseline, with ``params``' settings."""
+
+
+class LogisticRegression(QDLLMBaseline):
+    id = "logreg"
+    label = "logistic regression"
+    search_space: ClassVar[dict[str, Dimension]] = {"logreg_c": Float(1e-2, 1e3, log=True)}
+
+    def fit(self, params: DistillParams, data: EmbeddedSplit, seed: int) -> TrainingResult:
+        return linear_baseline(self.id, data, seed, teacher=True, c=params.logreg_c)
+
+
+class SizeMatchedMLP(QDLLMBaseline):
+    """An MLP of the first student configuration's size; ``distilled``: with the student's loss."""
+
+    id = "mlp"
+    label = "MLP (QD-LLM size)"
+    distilled = False
+    search_space: ClassVar[dict[str, Dimension]] = {"lr": Float(1e-3, 0.1, log=True)}
+
+    def fit(self, params: DistillParams, data: EmbeddedSplit, seed: int) -> TrainingResult:
+        return mlp_baseline(
+            self.id,
+            "classical distilled MLP" if self.distilled else "MLP (labels only)",
+            data,
+            seed,
+            target_params=self.size(data, params.qubits[0], params.blocks[0]),
+            alpha=params.alpha[0] if self.distilled else 0.0,
+            teacher=True,
+            epochs=params.epochs,
+            batch_size=params.batch_size,
+            lr=params.lr,
+            temperature=params.temperature,
+        )
+
+
+class DistilledMLP(SizeMatchedMLP):
+    id = "mlp-distilled"
+    label = "distilled MLP (QD-LLM size)"
+    distilled = True
+    search_space: ClassVar[dict[str, Dimension]] = {
+        "lr": Float(1e-3, 0.1, log=True),
+        "alpha": Float(0.0, 1.0),
+        "temperature": Float(1.0, 8.0),
+    }
+
+
+BASELINES: tuple[QDLLMBaseline, ...] = (LogisticRegression(), SizeMatchedMLP(), DistilledMLP())
 
 
 class QDLLMClassical(ClassicalStandin, QDLLM):

@@ -27,14 +27,17 @@ def linear_size(features: int, classes: int) -> int:
     return (features + 1) * (classes if classes > 2 else 1)
 
 
-def logistic_regression(train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, seed: int = 0) -> torch.Tensor:
-    """Fit on ``(train_x, train_y)``; return ``(len(test_x), classes)`` logits for ``test_x``.
+def logistic_regression(
+    train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, seed: int = 0, c: float = 1.0
+) -> torch.Tensor:
+    """Fit on ``(train_x, train_y)`` (L2, inverse regularisation ``c``); return
+    ``(len(test_x), classes)`` logits for ``test_x``.
 
     ``softmax`` of the logits is the probe's ``predict_proba``. They come from the decision
     function, not ``predict_log_proba``, which gives ``-inf`` where a confident probe rounds a
     probability to 0 and would make a distillation loss on them NaN.
     """
-    probe = LogisticRegression(max_iter=1000, random_state=seed)
+    probe = LogisticRegression(C=c, max_iter=1000, random_state=seed)
     probe.fit(np.asarray(train_x), np.asarray(train_y))
     scores = probe.decision_function(np.asarray(test_x))
     if scores.ndim == 1:  # binary: one score d = log(p1 / p0), so the logits are (0, d)
@@ -42,12 +45,14 @@ def logistic_regression(train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLik
     return torch.as_tensor(scores, dtype=torch.float32)
 
 
-def linear_svm(train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, seed: int = 0) -> torch.Tensor:
-    """A linear SVM (squared hinge, L2, C=1); ``(len(test_x), classes)`` decision scores as logits
-    (binary: ``(0, score)``, so the argmax is the SVM's prediction)."""
+def linear_svm(
+    train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, seed: int = 0, c: float = 1.0
+) -> torch.Tensor:
+    """A linear SVM (squared hinge, L2, inverse regularisation ``c``); ``(len(test_x), classes)``
+    decision scores as logits (binary: ``(0, score)``, so the argmax is the SVM's prediction)."""
     from sklearn.svm import LinearSVC
 
-    svm = LinearSVC(random_state=seed).fit(np.asarray(train_x), np.asarray(train_y))
+    svm = LinearSVC(C=c, random_state=seed).fit(np.asarray(train_x), np.asarray(train_y))
     scores = svm.decision_function(np.asarray(test_x))
     if scores.ndim == 1:
         scores = np.stack([np.zeros_like(scores), scores], axis=1)

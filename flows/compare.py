@@ -4,14 +4,15 @@ one seed set, as a leaderboard: accuracy against trainable parameters and traini
     data → MiniLM features and the probe teacher's soft labels (cached, shared by every method)
     → QD-LLM students, PQC heads, LoRA/QPA/QTHA fine-tunes and classical baselines, one Prefect
       task per method and seed on the Dask cluster (each cached by content)
-    → LLM-QFL federated runs and a FedAvg logistic regression, rounds on the same cluster (each
-      finished run stored by content)
+    → LLM-QFL federated runs, their classical stand-in and a FedAvg logistic regression, rounds
+      on the same cluster (each finished run stored by content)
     → one MLflow parent run (system metrics while it trains) with a child per method, a Prefect
       table artifact, and ``leaderboard.png``
 
 Every method reads the same split: the same ``train_size`` training examples (the PQC head
 holds ``val_fraction`` of them out for early stopping, the federated server keeps 10 % and the
-clients share the rest) and the same test examples.
+clients share the rest) and the same test examples. Tuned (``trials`` > 0), every method is
+tuned under the same trial budget on a hold-out of the training split, never the test split.
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ from lab.params import DataOptions, Options, RunOptions, experiment, parse_value
 from lab.results import TrainingResult
 from lab.runtime import Runtime
 from lab.teacher import resolve_model
-from lab.tuning import TuningOptions, check_fit
+from lab.tuning import TuneOutcome, TuningOptions, check_fit
 from qcore.federated.controller import RULES
 from qcore.federated.partition import PartitionError
 from qcore.models.pqc_head import MAX_ENCODERS
-from tasks.federated import federated_run, llm_losses
+from tasks.federated import federated_data, federated_run
 from tasks.prepare import embedded_split
 from tasks.train import train_task
-from tasks.tune import tuned
+from tasks.tune import search, tuned
 
 from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 
@@ -137,7 +138,8 @@ class CompareParams(RunOptions, TuningOptions, CompareFields, DataOptions):
     - ``finetune_steps`` AdamW steps of ``finetune_batch_size`` texts for LoRA, QPA and QTHA
       (a transformer step costs some 100x a student's epoch of a batch, so they get steps);
     - ``rounds`` federated rounds of ``clients`` clients for LLM-QFL and FedAvg (each client's
-      local steps are set by the LLM-QFL controller, starting from the federated flow's 10);
+      local steps are set by the LLM-QFL controller, starting from the federated flow's 10 or,
+      tuned, the trials' choice);
     - every method keeps its own flow's learning rate and architecture defaults, but for the
       sizes below. Each method trains once per seed in ``seeds``.
     """
@@ -212,15 +214,22 @@ class CompareParams(RunOptions, TuningOptions, CompareFields, DataOptions):
             check_fit(data.train_labels, self.tune_fraction, self.sampler_seed)
         for m in self.of_kind(FinetuneMethod):
             METHODS[m].jobs(self.params_of(m)[0], data)  # the adapter's preflight, with its overrides
-        federated = self.of_kind(fed.FederatedMethod)
-        for fp in (p for m in federated for p in self.params_of(m)):
-            assert isinstance(fp, fed.FederatedParams)
-            try:
-                fed.plan_split(data.train_labels, "iid", fp.clients, fp.server_fraction, fp.seed)
-            except PartitionError as exc:
-                raise DataError(f"{self.dataset}: {exc}") from None
-            if "llm-qfl" in federated and fp.uses_llm:
-                resolve_model(fp.llm_model)
+        for m in self.of_kind(fed.FederatedMethod):
+            method = METHODS[m]
+            assert isinstance(method, fed.FederatedMethod)
+            for fp in self.params_of(m):
+                assert isinstance(fp, fed.FederatedParams)
+                # the clients share what the server leaves; tuned, what the trials' hold-out leaves
+                labels = [data.train_labels]
+                if self.trials:
+                    labels.append(data.tuning_view(self.tune_fraction, self.sampler_seed).train_labels)
+                try:
+                    for y in labels:
+                        fed.plan_split(y, "iid", fp.clients, fp.server_fraction, fp.seed)
+                except PartitionError as exc:
+                    raise DataError(f"{self.dataset}: {exc}") from None
+                if method.reads_llm and fp.uses_llm:
+                    resolve_model(fp.llm_model)
 
 
 # --- the flow -----------------------------------------------------------------------------------
@@ -247,8 +256,9 @@ def untuned(params: CompareParams, data: Dataset, split: EmbeddedSplit, root: st
 
 
 def tuned_methods(params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str) -> list[board.Group]:
-    """Each tunable method tuned under the same trial budget on a hold-out of the training split,
-    its best values then trained once per seed and scored on test (see :func:`tasks.tune.tuned`).
+    """Each feature method and adapter tuned under the same trial budget on a hold-out of the
+    training split, its best values then trained once per seed and scored on test (see
+    :func:`tasks.tune.tuned`); the federated methods are tuned alike by :func:`federated`.
 
     The methods' studies run at once, each in a thread of this flow: a study waits for each batch
     of its trials before it asks for the next, so one study at a time leaves workers idle behind
@@ -266,10 +276,7 @@ def tuned_methods(params: CompareParams, data: Dataset, split: EmbeddedSplit, ro
             space=method.search_space,
             seeds=params.seeds,
         )
-        if t.study is not None:
-            get_run_logger().info(
-                "%s tuned: held-out %.4f with %s", m, t.study.best_value or float("nan"), t.study.best_values
-            )
+        log_study(m, t.study)
         return board.Group(m, t.results, t.study.best_values if t.study else {})
 
     chosen = params.of_kind(FeatureMethod) + params.of_kind(FinetuneMethod)
@@ -279,28 +286,44 @@ def tuned_methods(params: CompareParams, data: Dataset, split: EmbeddedSplit, ro
         return [f.result() for f in futures]
 
 
+def log_study(m: str, study: TuneOutcome | None) -> None:
+    """What a method's study chose, in the flow's log (the report lists it again)."""
+    if study is not None:
+        get_run_logger().info("%s tuned: held-out %.4f with %s", m, study.best_value or float("nan"), study.best_values)
+
+
 def federated(params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str) -> list[board.Group]:
-    """LLM-QFL and FedAvg logistic regression, one run per seed on the shared features (IID
-    clients). The rounds run here and send each client's training to the cluster; LLM-QFL's
-    training time counts its clients' seconds and the parties' LLM fine-tunes. They have no
-    search space: tuned or not, they keep their own flow's settings."""
+    """LLM-QFL, its classical stand-in and FedAvg logistic regression, one run per seed on the
+    shared features (IID clients). With ``trials``, each is first tuned under the same trial
+    budget by the same study as the other methods (:func:`tasks.tune.search`) on its hold-out
+    view: each trial a task on a worker that runs the view's rounds with its clients in its own
+    process (sent to the cluster, a trial's clients would queue behind the other trials against
+    their round's deadline, while their trial holds a worker). The final rounds run here and send
+    each client's training to the cluster; LLM-QFL's training time counts its clients' seconds
+    and the parties' LLM fine-tunes."""
     groups = []
     for m in params.of_kind(fed.FederatedMethod):
         method = METHODS[m]
         assert isinstance(method, fed.FederatedMethod)
+        first = params.params_of(m)[0]
+        assert isinstance(first, fed.FederatedParams)
+        base = method.seeded(first, params.seeds[0])
+        study, best = None, base
+        if params.trials:
+            prepared = federated_data(method, base, data, split, root, (params.tune_fraction, params.sampler_seed))
+            study, chosen = search(method, base, prepared, root, options=params, space=method.search_space)
+            assert isinstance(chosen, fed.FederatedParams)
+            best = chosen
+            log_study(m, study)
         results = []
-        for fp in params.params_of(m):
-            assert isinstance(fp, fed.FederatedParams)
-            fsplit = fed.build_split(
-                data, split, "iid", fp.clients, fp.model_spec(data.num_classes), fp.server_fraction, fp.seed
-            )
-            llm = llm_losses(fp, [fsplit], root).get(fsplit.name, {}) if m == "llm-qfl" else {}
-            for job in method.jobs(fp, fed.FederatedData(fsplit, llm)):
+        for seed in params.seeds:
+            fp = method.seeded(best, seed)
+            for job in method.jobs(fp, federated_data(method, fp, data, split, root)):
                 out = federated_run(job, root)
                 if dropped := sum(len(r.failed) for r in out.result.records):
-                    get_run_logger().warning("%s seed %d: %d client trainings were dropped", m, fp.seed, dropped)
+                    get_run_logger().warning("%s seed %d: %d client trainings were dropped", m, seed, dropped)
                 results.append(method.summary(out, job))
-        groups.append(board.Group(m, results))
+        groups.append(board.Group(m, results, study.best_values if study else {}))
     return groups
 
 
@@ -319,7 +342,8 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
         tracking.set_tags(parent, {"data_hash": data.content_hash})
         groups = (tuned_methods if params.trials else untuned)(params, data, split, root)
         # Only now: a federated round waits on its clients with a deadline (the federated flow's
-        # client timeout), which clients queued behind these trainings could miss.
+        # client timeout), which clients queued behind these trainings could miss. (A federated
+        # trial's clients train inside the trial's task: no deadline waits on the queue.)
         groups += federated(params, data, split, root)
         labels = {m: LEADERBOARD[m] for m in params.methods}
         rows = [board.trained_row(r) for g in groups for r in g.results]
@@ -353,8 +377,6 @@ def report(params: CompareParams, intervals: list[dict[str, Any]], groups: list[
         if g.best:
             values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in g.best.items())
             lines.append(f"- {LEADERBOARD[g.method]}: {values}")
-    if fixed := [LEADERBOARD[g.method] for g in groups if not METHODS[g.method].search_space]:
-        lines.append(f"- not tuned (no search space): {', '.join(fixed)}")
     return "\n".join(lines)
 
 

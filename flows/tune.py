@@ -35,7 +35,11 @@ from tasks.tune import Tuned, tuned
 
 from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 
-TUNABLE = tuple(m for m, method in METHODS.items() if method.search_space)
+# The methods whose data this flow prepares and whose final trainings are tasks; the federated
+# methods are tuned by `qllm run compare`, whose flow runs their final rounds.
+TUNABLE = tuple(
+    m for m, method in METHODS.items() if method.search_space and isinstance(method, (FeatureMethod, FinetuneMethod))
+)
 TunableName = Literal[TUNABLE]  # type: ignore[valid-type]
 
 

@@ -10,6 +10,8 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from lab.data import Dataset
+from lab.embedded import EmbeddedSplit
 from lab.methods import Hooks
 from lab.methods import federated as fed
 from qcore.federated.client import ClientUpdate
@@ -59,6 +61,26 @@ def llm_losses(params: fed.FederatedParams, splits: list[fed.FederatedSplit], ro
                 "%s: the LLM fine-tune of %s failed (%s); its steps will not be rescaled", name, who, exc
             )
     return out
+
+
+def federated_data(
+    method: fed.FederatedMethod,
+    params: fed.FederatedParams,
+    data: Dataset,
+    embedded: EmbeddedSplit,
+    root: str,
+    tuning: tuple[float, int] | None = None,
+) -> fed.FederatedData:
+    """``method``'s comparison split of ``params``' seed, with its parties' LLM losses when its
+    controller reads them; with ``tuning`` (fraction, seed), also its trials' view
+    (:meth:`~lab.methods.federated.FederatedMethod.tuning_split`) with LLM fine-tunes of its own
+    parties, all fine-tunes at once on the workers."""
+    split = method.compare_split(params, data, embedded)
+    views = {} if tuning is None else {tuning: method.tuning_split(params, data, embedded, *tuning)}
+    llm = llm_losses(params, [split, *views.values()], root) if method.reads_llm else {}
+    return fed.FederatedData(
+        split, llm.get(split.name, {}), {k: fed.FederatedData(v, llm.get(v.name, {})) for k, v in views.items()}
+    )
 
 
 @task(name="federated-client", cache_policy=NO_CACHE, task_run_name="{label}-r{job.round}-client{job.client.id}")

@@ -1,6 +1,7 @@
 """The Prefect task of one tuning trial, the executor that sends a batch of trials to the Dask
-cluster (thin wrappers around :mod:`lab.tuning`), and :func:`tuned`, which tunes one method and
-submits its final trainings: what ``qllm run tune`` and a tuned ``compare`` share."""
+cluster (thin wrappers around :mod:`lab.tuning`), :func:`search`, the study of one method, and
+:func:`tuned`, which then submits its final trainings: what ``qllm run tune`` and a tuned
+``compare`` share."""
 
 from __future__ import annotations
 
@@ -54,6 +55,39 @@ class Tuned:
     results: list[TrainingResult]
 
 
+def search(
+    method: Method[Any, Any, Any],
+    base: BaseModel,
+    data: Any,
+    root: str,
+    *,
+    options: tuning.TuningOptions,
+    space: dict[str, Dimension],
+    on_trial: Callable[[tuning.TrialOutcome], None] | None = None,
+) -> tuple[tuning.TuneOutcome | None, BaseModel]:
+    """The study of ``method`` on a hold-out of ``data``'s training split (``options.trials``
+    trials on the cluster) over ``space``, and the parameters it chose (``base`` with
+    ``trials`` 0): what the final trainings use, whoever runs them (a comparison runs its
+    federated rounds in the flow)."""
+    if options.trials == 0:
+        return None, base
+    view = method.split(base, method.tuning_view(data, options.tune_fraction, options.sampler_seed))
+    study = tuning.tune(
+        method,
+        base,
+        space,
+        data_key=tuning.data_key(view),
+        root=root,
+        trials=options.trials,
+        parallel=options.parallel_trials,
+        seed=options.sampler_seed,
+        execute=on_cluster(view, root),
+        pruning=options.pruning,
+        on_trial=on_trial,
+    )
+    return study, method.for_trial(base, study.best_values)
+
+
 def tuned(
     method: Method[Any, Any, Any],
     base: BaseModel,
@@ -65,27 +99,9 @@ def tuned(
     seeds: list[int],
     on_trial: Callable[[tuning.TrialOutcome], None] | None = None,
 ) -> Tuned:
-    """Tune ``method`` on a hold-out of ``data``'s training split (``options.trials`` trials on
-    the cluster) over ``space``, then train its best parameters once per seed on the whole split and score them
-    on the test split: the only time the test split is read."""
-    study = None
-    best = base
-    if options.trials > 0:
-        view = method.split(base, method.tuning_view(data, options.tune_fraction, options.sampler_seed))
-        study = tuning.tune(
-            method,
-            base,
-            space,
-            data_key=tuning.data_key(view),
-            root=root,
-            trials=options.trials,
-            parallel=options.parallel_trials,
-            seed=options.sampler_seed,
-            execute=on_cluster(view, root),
-            pruning=options.pruning,
-            on_trial=on_trial,
-        )
-        best = method.for_trial(base, study.best_values)
+    """Tune ``method`` (:func:`search`), then train its best parameters once per seed on the
+    whole split and score them on the test split: the only time the test split is read."""
+    study, best = search(method, base, data, root, options=options, space=space, on_trial=on_trial)
     own = method.split(best, data)
     jobs = [job for s in seeds for job in method.jobs(method.seeded(best, s), own)]
     futures = train_task(method.id).map(unmapped(method.id), jobs, unmapped(own), unmapped(root))

@@ -5,10 +5,12 @@ reuses the cached trainings; bad input is refused before anything is written."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -77,6 +79,10 @@ def test_every_method_on_the_leaderboard_with_its_own_parameter_count(run: dict)
         "llm-qfl": sum(
             p.numel() for p in build_model(METHODS["llm-qfl"].for_budget(params, [0])[0].model_spec(2)).parameters()
         ),
+        "llm-qfl-classical": sum(
+            p.numel()
+            for p in build_model(METHODS["llm-qfl-classical"].for_budget(params, [0])[0].model_spec(2)).parameters()
+        ),
         "fed-logreg": (4 + 1) * 2,
     }
     data = load_dataset("sst2", train_size=60, test_size=40, seed=0)
@@ -85,6 +91,7 @@ def test_every_method_on_the_leaderboard_with_its_own_parameter_count(run: dict)
         expected[m] = plan.counts[m].trainable
     assert {m: table[m]["trainable_params"] for m in expected} == expected
     assert expected["llm-qfl"] == 16  # the paper's VQC: 4 qubits, RealAmplitudes reps 3
+    assert 0.9 * 16 <= expected["llm-qfl-classical"] <= 1.1 * 16  # its stand-in: an MLP of about its size
     assert table["mlp"]["trainable_params"] == table["mlp-distilled"]["trainable_params"]
 
 
@@ -130,7 +137,8 @@ def test_prefect_has_the_table_and_progress_of_every_training(run: dict, api: tu
 def test_rerun_reuses_every_cached_training(run: dict) -> None:
     again = run_compare(CompareParams(**TINY))
     cached = {r["method"]: r["cached"] for r in again["table"]}
-    assert all(cached[m] == 2 for m in ("qdllm", "pqc-head", "lora", "qpa", "qtha", "llm-qfl", "fed-logreg"))
+    federated = ("llm-qfl", "llm-qfl-classical", "fed-logreg")
+    assert all(cached[m] == 2 for m in ("qdllm", "pqc-head", "lora", "qpa", "qtha", *federated))
     first = {r["method"]: r["accuracy"] for r in run["table"]}
     assert {m: r["accuracy"] for m, r in ((r["method"], r) for r in again["table"])} == first
 
@@ -141,31 +149,50 @@ def test_intervals_and_paired_tests_against_the_classical_rows(run: dict) -> Non
     for r in rows.values():
         assert r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"] and r["majority"] == 0.5
         assert r["vs_majority"] in ("indistinguishable", "below", "above")
-    for m in ("qdllm", "pqc-head", "lora", "qtha"):  # per-example predictions: a paired test
+    for m in ("qdllm", "pqc-head", "lora", "qtha", "llm-qfl"):  # per-example predictions: a paired test
         assert rows[m]["vs"] in {LEADERBOARD[c] for c in CLASSICAL}  # the baselines and the classical stand-ins
         assert 0 <= rows[m]["p_value"] <= 1 and rows[m]["difference_low"] <= rows[m]["difference_high"]
     assert "vs" not in rows["logreg"] and "Untuned (trials 0)" in run["markdown"]
-    assert set(CLASSICAL) == {"logreg", "mlp", "mlp-distilled", "fed-logreg", "qdllm-classical", "pqc-head-classical"}
+    assert set(CLASSICAL) == {
+        "logreg",
+        "mlp",
+        "mlp-distilled",
+        "fed-logreg",
+        "qdllm-classical",
+        "pqc-head-classical",
+        "llm-qfl-classical",
+    }
+    # the final global model's predictions: an interval over seeds and test examples, a paired test
+    assert rows["fed-logreg"]["accuracy_low"] < rows["fed-logreg"]["accuracy_high"]
     # the accuracy lost at the circuits' (a stand-in's: its MLP's) mean output; LoRA has no circuit
-    for m in ("qdllm", "pqc-head", "qpa", "qtha", "qdllm-classical", "pqc-head-classical"):
+    circuits = ("qdllm", "pqc-head", "qpa", "qtha", "llm-qfl")
+    for m in (*circuits, "qdllm-classical", "pqc-head-classical", "llm-qfl-classical"):
         assert rows[m]["contribution_low"] <= rows[m]["contribution"] <= rows[m]["contribution_high"]
-    assert "contribution" not in rows["lora"]
+    assert "contribution" not in rows["lora"] and "contribution" not in rows["fed-logreg"]
 
 
 def test_a_tuned_compare_tunes_each_method_under_one_budget(api: tuple[Path, str]) -> None:
-    params = CompareParams(
-        **{**TINY, "methods": ["qdllm", "lora", "logreg", "fed-logreg"], "trials": 2, "experiment": "test-tuned"}
-    )
-    result = run_compare(params)
+    methods = ["qdllm", "lora", "logreg", "llm-qfl", "fed-logreg"]
+    runs = api[0] / "federated" / "runs"
+    before = set(runs.glob("*.npz"))
+    result = run_compare(CompareParams(**{**TINY, "methods": methods, "trials": 2, "experiment": "test-tuned"}))
     assert "Tuned: 2 trials per method" in result["markdown"]
-    assert "not tuned (no search space): FedAvg" in result["markdown"]
-    for method in ("qdllm", "lora", "logreg"):  # the classical rival is tuned on its own, under the same budget
+    for method in ("qdllm", "lora", "logreg", "llm-qfl", "fed-logreg"):  # classical rivals too, each on its own
         assert f"- {LEADERBOARD[method]}: " in result["markdown"]
     assert "logreg_c=" in result["markdown"]
     studies = list((api[0] / "tuning").glob("*.db"))
-    assert len(studies) == 3  # one study per tuned method, under the artifact root
+    assert len(studies) == 5  # one study per tuned method, under the artifact root
     rows = {r["method"]: r for r in result["intervals"]}
     assert rows["lora"]["vs"] and rows["qdllm"]["seeds"] == 2
+    assert rows["llm-qfl"]["vs"] and "contribution" in rows["llm-qfl"]  # tuned, still from its predictions
+    # The federated trials trained on what the hold-out leaves of the training split (60 - 12),
+    # less the server's share: their stored runs' clients hold 43 examples, the final runs' 54.
+    clients = set()
+    for path in set(runs.glob("*.npz")) - before:
+        with np.load(path) as npz:
+            first = json.loads(str(npz["meta"]))["records"][0]
+        clients.add(sum(c["examples"] for c in first["clients"].values()))
+    assert clients == {43, 54}
 
 
 @pytest.mark.parametrize(

@@ -526,3 +526,106 @@ def test_the_final_global_model_is_saved_with_its_circuit(tmp_path, kind: str, q
         back = load_model(folder)
         assert all(np.allclose(p.detach().numpy(), weights[name]) for name, p in back.named_parameters())
         assert "spec.json" in files
+
+
+# --- the registry's view: leaderboard rows, the classical stand-in, tuning -----------------------
+
+
+def _shared(train: int = 80, test: int = 20, poisoned: bool = False):
+    """A tiny data set and its "embeddings" (8 features), as the compare flow shares them;
+    ``poisoned``: the test split's features are NaN, so whatever reads them shows it."""
+    from lab.data import Dataset
+    from lab.embedded import EmbeddedSplit
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * ((train + test) // 2))
+    x = (y[:, None] + 0.5 * rng.standard_normal((len(y), 8))).astype(np.float32)
+    test_x = np.full((test, 8), np.nan, np.float32) if poisoned else x[train:]
+    texts = [f"text {i}" for i in range(len(y))]
+    data = Dataset("blobs", "memory", ("a", "b"), texts[:train], y[:train], texts[train:], y[train:], {})
+    teacher = np.zeros((len(y), 2), np.float32)
+    embedded = EmbeddedSplit(
+        x[:train], y[:train], teacher[:train], test_x, y[train:], teacher[train:], ("a", "b"), "blobs", {}
+    )
+    return data, embedded
+
+
+def _params(**kw):
+    from lab.methods.federated import FederatedParams
+
+    values = dict(clients=2, rounds=2, local_steps=2, controller=["adaptive"], baseline="logreg", server_fraction=0.2)
+    return FederatedParams(**{**values, **kw})
+
+
+@pytest.mark.parametrize("method", ["llm-qfl", "llm-qfl-classical", "fed-logreg"])
+def test_a_federated_row_has_the_global_models_predictions_and_a_stored_run_gives_them_again(
+    tmp_path, method: str
+) -> None:
+    from lab.methods import METHODS
+    from lab.methods.base import Hooks
+    from lab.methods.federated import FederatedData
+
+    m = METHODS[method]
+    params = m.for_trial(_params(), {"circuit": "classical"}) if method.endswith("classical") else _params()
+    data, embedded = _shared()
+    fdata = FederatedData(m.compare_split(params, data, embedded), {})
+    (job,) = m.jobs(params, fdata)
+    row = m.train(job, fdata, str(tmp_path), Hooks())
+    test_y = fdata.split.test[1]
+    assert len(row.test_predictions) == len(test_y)
+    assert np.mean(np.array(row.test_predictions) == test_y) == pytest.approx(row.accuracy)  # the final model's
+    if method == "fed-logreg":
+        assert row.ablated_predictions is None and row.kind == "baseline"  # no circuit
+    else:  # the circuit (the stand-in's MLP) at its mean over the clients' inputs: one class for every example
+        assert len(set(row.ablated_predictions)) == 1
+    again = m.train(job, fdata, str(tmp_path), Hooks())
+    assert again.cached and again.test_predictions == row.test_predictions
+    assert again.ablated_predictions == row.ablated_predictions
+
+
+def test_the_classical_standin_of_llm_qfl_is_a_classical_row_of_the_vqcs_size() -> None:
+    from lab.methods import METHODS
+    from qcore.ablation import STANDIN_TOLERANCE
+
+    class Budget:
+        dataset, text_column, label_column, train_size, test_size, split_seed = "sst2", None, None, 200, 50, 0
+        clients, rounds, controller, llm_steps = 2, 2, "adaptive", 2
+
+    standin, vqc = METHODS["llm-qfl-classical"], METHODS["llm-qfl"]
+    (params,) = standin.for_budget(Budget(), [0])
+    assert params.circuit == "classical" and standin.is_baseline and not vqc.is_baseline
+    assert standin.search_space == vqc.search_space
+    spec, quantum_spec = params.model_spec(2), vqc.for_budget(Budget(), [0])[0].model_spec(2)
+    assert quantum_spec.options == {"readout": "mod"}  # a quantum run's spec (and stored key) as before
+    model = build_model(spec)
+    size = sum(p.numel() for p in model.parameters())
+    assert not hasattr(model, "quantum") and abs(size - 16) <= STANDIN_TOLERANCE * 16
+
+
+def test_a_federated_trial_reads_a_training_hold_out_never_the_test_split(tmp_path) -> None:
+    """The trial's split is built from the training split alone (the test features are NaN
+    here); its clients train in the trial's process, and it reports each round's held-out
+    accuracy to the pruner."""
+    from lab.data import tuning_mask
+    from lab.methods import METHODS
+    from lab.methods.federated import FederatedData
+    from lab.tuning import TrialTask, run_trial
+
+    m = METHODS["llm-qfl"]
+    params = _params()
+    data, embedded = _shared(poisoned=True)
+    view = m.tuning_split(params, data, embedded, 0.25, 0)
+    held = tuning_mask(data.train_labels, 0.25, 0)
+    arrays = [view.test[0], view.server[0], *(c.x for c in view.clients)]
+    assert all(np.isfinite(a).all() for a in arrays)
+    assert np.array_equal(np.sort(view.test[1]), np.sort(data.train_labels[held]))
+    assert len(view.server[1]) + sum(c.num_examples for c in view.clients) == (~held).sum()
+    assert view.name == "blobs-tuning iid"  # its parties' LLM fine-tunes apart from the real split's
+    fdata = FederatedData(m.compare_split(params, data, embedded), {}, {(0.25, 0): FederatedData(view, {})})
+    assert m.tuning_view(fdata, 0.25, 0).split is view
+    with pytest.raises(ValueError, match=r"no tuning view of fraction 0\.2 and seed 0"):
+        m.tuning_view(fdata, 0.2, 0)
+    trial = TrialTask("llm-qfl", 0, {"lr": 0.2}, m.for_trial(params, {"lr": 0.2}).model_dump())
+    outcome = run_trial(trial, m.tuning_view(fdata, 0.25, 0), str(tmp_path))
+    assert outcome.state == "complete" and 0 <= outcome.value <= 1
+    assert [step for step, _ in outcome.curve] == [1, 2] and outcome.curve[-1][1] == outcome.value

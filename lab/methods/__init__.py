@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Budget, FeatureMethod, Hooks, Method
-from .federated import LLMQFL, FedLogreg
+from .federated import LLMQFL, FedLogreg, LLMQFLClassical
 from .peft import QPA, QTHA, LoRA, QPAPublished
 from .pqc_head import PQCHeadClassical, PQCHeadMethod
 from .qdllm import BASELINES as QDLLM_BASELINES
@@ -27,6 +27,7 @@ ALL: tuple[Method[Any, Any, Any], ...] = (
     QPAPublished(),
     QTHA(),
     LLMQFL(),
+    LLMQFLClassical(),
     FedLogreg(),
 )
 METHODS: dict[str, Method[Any, Any, Any]] = {m.id: m for m in ALL}

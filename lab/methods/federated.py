@@ -12,6 +12,9 @@
   re-run with the same data and settings repeats no round;
 - :func:`summarize`, :func:`accuracy_curves`, :func:`log_runs`: the results table, the plots and
   the MLflow record (per-round metrics with step = round).
+- :class:`LLMQFL`, :class:`LLMQFLClassical`, :class:`FedLogreg`: the registry's view, a
+  leaderboard row per run from its final global model, each with its search space and the
+  tuning view its trials read.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import mlflow
 import numpy as np
@@ -33,6 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 from mlflow.tracking import MlflowClient
 from pydantic import Field, field_validator, model_validator
+from torch import nn
 
 from qcore.federated.client import Client, LocalTraining
 from qcore.federated.client_models import ModelSpec, build_model, set_weights
@@ -51,8 +55,10 @@ from ..data import DataError, DataRequest, Dataset, stratified_indices
 from ..embedded import EmbeddedSplit
 from ..params import Options, RunOptions, experiment
 from ..results import TrainingResult
+from ..search_space import Dimension, Float, Int
+from ..store import feature_ablation, model_predictions
 from ..teacher import ModelNotFoundError, model_fingerprint, resolve_model
-from .base import Budget, Hooks, Method
+from .base import Budget, ClassicalStandin, Hooks, Method
 
 
 class FederatedFields(Options):
@@ -101,6 +107,9 @@ class FederatedFields(Options):
         "adaptive", description="rule used when a generative controller's answer is invalid"
     )
     model: Literal["vqc", "qdllm"] = Field("vqc", description="client model: the paper's VQC or the QD-LLM student")
+    circuit: Literal["quantum", "classical"] = Field(
+        "quantum", description="the client model's circuit, or a classical MLP of about its size in its place"
+    )
     qubits: int = Field(4, ge=2, le=12, description="qubits = PCA components of the embeddings")
     readout: Literal["mod", "parity"] = Field(
         "mod", description="vqc: class of basis state i is i mod C (Qiskit-ML's VQC) or popcount(i) mod C"
@@ -171,7 +180,9 @@ class FederatedParams(RunOptions, FederatedFields):
 
     # -- what the run is made of
     def model_spec(self, num_classes: int) -> ModelSpec:
-        options = {"readout": self.readout} if self.model == "vqc" else {}
+        options: dict[str, Any] = {"readout": self.readout} if self.model == "vqc" else {}
+        if self.circuit == "classical":  # only then: a quantum model's spec (its stored runs' key) stays as it was
+            options["circuit"] = self.circuit
         backend_options = {"shots": self.shots} if self.shots is not None else {}
         return ModelSpec(
             self.model,
@@ -432,6 +443,7 @@ NOT_IN_RUN_KEY = {
     "server_fraction",
     "controller",
     "baseline",
+    "circuit",  # in the model spec
     "llm_model",
     "llm_steps",
     "llm_batch_size",
@@ -527,6 +539,8 @@ def round_reporter(job: RunJob, hooks: Hooks) -> Callable[[RoundRecord], None]:
             rounds if r.stop else r.round,
             f"round {r.round}/{rounds}, accuracy {r.accuracy:.4f}" + (", stopped early" if r.stop else ""),
         )
+        if hooks.report is not None:  # a tuning trial: its split's test is a training hold-out
+            hooks.report(r.round, r.accuracy)
 
     return report
 
@@ -714,12 +728,19 @@ def _round_metrics(out: RunOutput) -> list[mlflow.entities.Metric]:
     return metrics
 
 
+def global_model(out: RunOutput) -> nn.Module:
+    """The run's final global model on the exact simulator, whatever the clients trained on (as
+    the server evaluates it each round)."""
+    model = build_model(replace(out.model, backend="exact", backend_options={}))
+    set_weights(model, out.result.weights)
+    return model
+
+
 def save_global_model(out: RunOutput, folder: Path) -> Path:
     """The final global model, written atomically: weights, ``config.json`` and each circuit as
     OpenQASM 3. A quantum model saves itself (a QD-LLM student as ``load_model`` reads it back)
     with its spec beside it in ``spec.json``; a VQC or classical model's config is its spec."""
-    model = build_model(replace(out.model, backend="exact", backend_options={}))
-    set_weights(model, out.result.weights)
+    model = global_model(out)
     spec = asdict(out.model)
     if isinstance(model, QuantumModel):
         folder = model.save(folder)
@@ -790,21 +811,35 @@ def log_runs(
     tracking.with_retries(lambda: client.log_dict(parent.info.run_id, llm, "llm_losses.json"), what="log LLM")
 
 
-# --- the registry's view: LLM-QFL and its classical federated baseline ---------------------------
+# --- the registry's view: LLM-QFL, its classical stand-in and its classical federated baseline ----
 
 
 @dataclass(frozen=True)
 class FederatedData:
-    """What a federated method's runs read: one split, and its parties' LLM losses."""
+    """What a federated method's runs read: one split, its parties' LLM losses, and the tuning
+    views prepared with it, by (fraction, seed) (:meth:`FederatedMethod.tuning_view`)."""
 
     split: FederatedSplit
     llm: dict[str, Any]
+    views: dict[tuple[float, int], FederatedData] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """What a run reads, by content: a study's data key."""
+        losses = {who: v["loss"] for who, v in sorted(self.llm.items())}
+        return hash_json({"split": split_fingerprint(self.split), "llm": losses})
+
+
+# What tuning may change in every federated run: the clients' optimiser and how long they train
+# in a round (the rounds are the comparison's budget).
+LOCAL_TRAINING: dict[str, Dimension] = {"lr": Float(0.01, 1.0, log=True), "local_steps": Int(1, 30)}
 
 
 class FederatedMethod(Method[FederatedParams, RunJob, FederatedData]):
     """Federated runs on one split; the leaderboard counts the final global model."""
 
     params = FederatedParams
+    reads_llm: ClassVar[bool] = True  # its controller compares the clients with their parties' LLM losses
 
     def check(self, params: FederatedParams) -> None:
         preflight(params)
@@ -826,13 +861,44 @@ class FederatedMethod(Method[FederatedParams, RunJob, FederatedData]):
             for seed in seeds
         ]
 
+    def compare_split(self, params: FederatedParams, data: Dataset, embedded: EmbeddedSplit) -> FederatedSplit:
+        """A comparison's split of the shared features: IID clients beside the server's share."""
+        spec = params.model_spec(data.num_classes)
+        return build_split(data, embedded, "iid", params.clients, spec, params.server_fraction, params.seed)
+
+    def tuning_split(
+        self, params: FederatedParams, data: Dataset, embedded: EmbeddedSplit, fraction: float, seed: int
+    ) -> FederatedSplit:
+        """What a trial reads: :meth:`compare_split` of what a stratified hold-out of the training
+        split leaves, the hold-out its test split (the test split is never read). Named
+        ``<data set>-tuning``, so its parties' LLM fine-tunes are told apart from the real ones."""
+        split = self.compare_split(params, data.tuning_view(fraction, seed), embedded.tuning_view(fraction, seed))
+        return replace(split, dataset=f"{data.name}-tuning")
+
+    def tuning_view(self, data: FederatedData, fraction: float, seed: int) -> FederatedData:
+        """The view prepared with ``data`` (by :func:`tasks.federated.federated_data`: its
+        parties' LLM fine-tunes run as tasks, which this layer cannot start)."""
+        if (view := data.views.get((fraction, seed))) is None:
+            raise ValueError(
+                f"{self.id}: no tuning view of fraction {fraction:g} and seed {seed} was prepared with its data "
+                f"(prepared: {sorted(data.views)})"
+            )
+        return view
+
     def summary(self, out: RunOutput, job: RunJob) -> TrainingResult:
-        """The run as a leaderboard row: final accuracy, the global model's size, and the clients'
-        seconds plus the parties' LLM fine-tunes."""
+        """The run as a leaderboard row: final accuracy, the final global model's test predictions
+        (for the bootstrap interval and the paired tests) and, with a circuit, its predictions
+        with the circuit's output at its mean over the clients' training inputs; its size, and
+        the clients' seconds plus the parties' LLM fine-tunes. All read from the final weights,
+        so a stored run gives them too."""
         c = curves(out)
-        size = sum(p.numel() for p in build_model(out.model).parameters() if p.requires_grad)
+        model = global_model(out)
+        size = sum(p.numel() for p in model.parameters() if p.requires_grad)
         seconds = c["client_seconds"][-1] + sum(v["seconds"] for v in job.llm.values())
-        kind = "quantum" if out.quantum else "baseline"
+        standin = out.model.options.get("circuit") == "classical"
+        kind = "classical stand-in" if standin else "quantum" if out.quantum else "baseline"
+        test_x = out.setting.test[0]
+        train_x = np.concatenate([client.x for client in out.setting.clients])
         return TrainingResult(
             self.id,
             f"{job.name}-s{job.seed}",
@@ -840,27 +906,43 @@ class FederatedMethod(Method[FederatedParams, RunJob, FederatedData]):
             job.seed,
             {"accuracy": c["accuracy"][-1], "train_seconds": seconds},
             {"total": size},
+            test_predictions=model_predictions(model, test_x),
+            ablated_predictions=feature_ablation(model, train_x, test_x),
             cached=out.cached,
         )
 
     def train(self, job: RunJob, data: FederatedData, root: str, hooks: Hooks) -> TrainingResult:
-        """The run's leaderboard row (the job carries its split; ``data`` is what made the job)."""
+        """The run's leaderboard row (the job carries its split; ``data`` is what made the job).
+        Without ``hooks.fit`` (a tuning trial on a Dask worker) its clients train here, one
+        after another."""
         return self.summary(run_setting(job, root, hooks), job)
 
 
 class LLMQFL(FederatedMethod):
     id = "llm-qfl"
     label = "LLM-QFL federated VQC"
+    search_space: ClassVar[dict[str, Dimension]] = {**LOCAL_TRAINING, "select_fraction": Float(0.1, 1.0)}
 
     def jobs(self, params: FederatedParams, data: FederatedData) -> list[RunJob]:
         spec = params.model_spec(data.split.num_classes)
-        return [RunJob(params, data.split, c, spec, c, data.llm) for c in params.controller]
+        tail = "" if params.circuit == "quantum" else "-classical"  # its own task, progress and row names
+        return [RunJob(params, data.split, c + tail, spec, c, data.llm) for c in params.controller]
+
+
+class LLMQFLClassical(ClassicalStandin, LLMQFL):
+    """LLM-QFL with a classical MLP of the VQC's size in the circuit's place on every client,
+    steered, federated and tuned the same way: what the circuit adds (the ablation)."""
+
+    id = "llm-qfl-classical"
+    label = "LLM-QFL federated VQC, classical stand-in"
 
 
 class FedLogreg(FederatedMethod):
     id = "fed-logreg"
     label = "FedAvg logistic regression"
     is_baseline = True
+    reads_llm = False  # its runs have no controller
+    search_space: ClassVar[dict[str, Dimension]] = LOCAL_TRAINING
 
     def jobs(self, params: FederatedParams, data: FederatedData) -> list[RunJob]:
         return [baseline_job(params, data.split)]

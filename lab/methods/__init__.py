@@ -11,7 +11,7 @@ from typing import Any
 
 from .base import Budget, FeatureMethod, Hooks, Method
 from .federated import LLMQFL, FedLogreg
-from .peft import QPA, QTHA, LoRA, QPAPublished
+from .peft import QPA, QTHA, LoRA, QPAClassical, QPAPublished, QTHAClassical
 from .pqc_head import PQCHeadClassical, PQCHeadMethod
 from .qdllm import QDLLM, QDLLMClassical
 
@@ -25,7 +25,9 @@ METHODS: dict[str, Method[Any, Any, Any]] = {
         LoRA(),
         QPA(),
         QPAPublished(),
+        QPAClassical(),
         QTHA(),
+        QTHAClassical(),
         LLMQFL(),
         FedLogreg(),
     )

@@ -592,7 +592,7 @@ def check_merged(adapted: Any, tokenizer: Any, probe: Batch, job: FinetuneJob, f
 
 
 class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
-    """One adapter of the peft comparison; the three share one preflight and one training."""
+    """One method of the peft comparison; they all share one preflight and one training."""
 
     params = PeftParams
     model_tag = "adapter"

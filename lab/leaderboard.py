@@ -239,8 +239,8 @@ def tuned_markdown(rows: Sequence[dict[str, Any]]) -> str:
         "the accuracy lost when every circuit's output is replaced by its mean over the training inputs (the "
         "same trained model; paired over the test examples). In the QD-LLM student and the PQC head the circuit "
         "is the only path from the input to the output, so this is all they learnt; the classical stand-in rows "
-        "(an MLP of the circuit's size in its place, tuned alike; its contribution is its MLP's) say what a "
-        "classical part as small achieves."
+        "(a classical module of the circuit's size in its place, tuned alike; its contribution is that "
+        "module's) say what a classical part as small achieves."
     )
 
 

@@ -27,16 +27,21 @@ with several adapted layers has one site per layer. What each site's constant re
 The circuits of the QD-LLM student, the PQC head and the VQC read the data (``circuit_mean``
 needs the training inputs); the adapters' read the adapter's own weights (``inputs=None``).
 
-The other ablation trains a classical network in the circuit's place: ``circuit="classical"``
-in the config of the QD-LLM student, the PQC head (module 2) and the federated VQC builds
-:func:`classical_standin`, an MLP with the circuit's input and output widths and about its
-number of trainable angles, trained by the same code. Its output activation keeps the circuit's
-range: ``tanh`` for ⟨Z⟩ readouts, ``softmax`` for the VQC's class probabilities.
+The other ablation trains a classical module in the circuit's place: ``circuit="classical"``
+in the config of the QD-LLM student, the PQC head (module 2), the federated VQC and QTHA (its
+QNN) builds :func:`classical_standin`, an MLP with the circuit's input and output widths and
+about its number of trainable angles, trained by the same code. Its output activation keeps the
+circuit's range: ``tanh`` for ⟨Z⟩ readouts, ``softmax`` for the VQC's class probabilities.
+QPA's circuit reads nothing and emits ``2ⁿ`` probabilities from fewer angles than that, which no
+MLP of as many parameters can: :func:`probability_standin` keeps the count exactly instead (see
+there). A stand-in is a site too: the mean ablation replaces its output as it does a circuit's.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
@@ -150,3 +155,38 @@ def classical_standin(inputs: int, outputs: int, params: int, last: nn.Module, d
     for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b, dtype=dtype), nn.Tanh()]
     return ClassicalStandin(*layers[:-1], last)
+
+
+class FixedMap(nn.Module):
+    """``x ↦ x·Wᵀ`` with a random ``W`` (``outputs × inputs``, entries of variance ``1/inputs``)
+    drawn once and never trained: a buffer, as a circuit's gates are fixed."""
+
+    weight: torch.Tensor  # buffer
+
+    def __init__(self, inputs: int, outputs: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.randn(outputs, inputs, dtype=dtype) / math.sqrt(inputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T
+
+
+def probability_standin(states: int, params: int, dtype: torch.dtype) -> ClassicalStandin:
+    """The stand-in for a circuit with no inputs whose ``params`` angles give ``states``
+    basis-state probabilities (QPA's): ``params`` trainable numbers (a bias-free ``Linear``
+    read at the constant input 1), a :class:`FixedMap` to ``states`` logits, a softmax.
+
+    "Of equal parameter count" here means exactly ``params`` trained numbers, like the circuit's
+    angles; the fixed map is structure, like the circuit's gates. An MLP cannot hold the count:
+    from a constant input it computes a constant, so its hidden layers only reparametrise one
+    vector, and its last layer alone has at least ``2·states`` numbers, more than QPA's
+    ``n·depth`` angles whenever ``2ⁿ⁺¹ > n·depth`` (every QPA layer in practice: 6 qubits ×
+    depth 8 are 48 angles for 64 states). Both reach a ``params``-dimensional family of
+    probability vectors; which family is what the ablation compares.
+    """
+    layers = {
+        "angles": nn.Linear(1, params, bias=False, dtype=dtype),
+        "map": FixedMap(params, states, dtype),
+        "softmax": nn.Softmax(-1),
+    }
+    return ClassicalStandin(OrderedDict(layers))

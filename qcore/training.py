@@ -142,10 +142,16 @@ def train(
     return history
 
 
+def circuit_parameters(model: nn.Module) -> set[int]:
+    """The ids of the circuits' parameters and of their classical stand-ins': the group that
+    trains at the circuit's learning rate."""
+    return {id(p) for m in model.modules() if isinstance(m, QuantumLayer | ClassicalStandin) for p in m.parameters()}
+
+
 def parameter_groups(model: nn.Module, lr: float, circuit_lr: float | None) -> list[dict[str, object]]:
     """Optimiser groups: the circuits' parameters (or their classical stand-ins') at
     ``circuit_lr`` (if given), the rest at ``lr``."""
-    circuit = {id(p) for m in model.modules() if isinstance(m, QuantumLayer | ClassicalStandin) for p in m.parameters()}
+    circuit = circuit_parameters(model)
     groups = [
         {"params": [p for p in model.parameters() if id(p) not in circuit], "lr": lr},
         {"params": [p for p in model.parameters() if id(p) in circuit], "lr": lr if circuit_lr is None else circuit_lr},

@@ -11,7 +11,18 @@ import pytest
 import torch
 from torch import nn
 
-from qcore.ablation import circuit_mean, circuit_replaced, circuit_sites
+from qcore.ablation import (
+    CIRCUITS,
+    STANDIN_TOLERANCE,
+    ClassicalStandin,
+    FixedMap,
+    circuit_mean,
+    circuit_replaced,
+    circuit_sites,
+)
+from qcore.adapters import adapt, load_adapter
+from qcore.adapters.base import AdapterConfig
+from qcore.adapters.counting import compare
 from qcore.adapters.qpa import QPAConfig, QPAModel
 from qcore.adapters.qtha import QTHAConfig, QTHAModel
 from qcore.circuits import zz_feature_inputs
@@ -62,17 +73,20 @@ def _linear() -> nn.Sequential:
         return nn.Sequential(nn.Linear(8, 6))
 
 
-def qpa() -> Case:
+def qpa(circuit: str = "quantum") -> Case:
     torch.manual_seed(0)
-    config = QPAConfig(target_modules=["0"], r=2, chunk_size=4, hidden_sizes=[8], dropout=0.0)
+    config = QPAConfig(target_modules=["0"], r=2, chunk_size=4, hidden_sizes=[8], dropout=0.0, circuit=circuit)
     model = QPAModel(_linear(), config)  # 6·2 + 2·8 = 28 numbers: 7 chunks on 3 qubits
     gen = model.model[0].generator
-    return Case(model, None, _x(5, 8, 1, torch.float32), lambda: {"model.0.generator": gen.circuit()[0].mean(0)[None]})
+    probs = (lambda: gen.standin(torch.ones(1, 1))) if circuit == "classical" else gen.circuit
+    return Case(model, None, _x(5, 8, 1, torch.float32), lambda: {"model.0.generator": probs()[0].mean(0)[None]})
 
 
-def qtha() -> Case:
+def qtha(circuit: str = "quantum") -> Case:
     torch.manual_seed(0)
-    config = QTHAConfig(target_modules=["0"], r=2, qubits=2, layers=1, bond_dim=2, cores=2, dropout=0.0)
+    config = QTHAConfig(
+        target_modules=["0"], r=2, qubits=2, layers=1, bond_dim=2, cores=2, dropout=0.0, circuit=circuit
+    )
     model = QTHAModel(_linear(), config)
     layer = model.model[0]
     with torch.no_grad():
@@ -86,15 +100,24 @@ def qtha() -> Case:
     return Case(model, None, _x(5, 8, 1, torch.float32), means)
 
 
-CASES = {"qdllm": qdllm, "pqc-head": pqc_head, "vqc": vqc, "qpa": qpa, "qtha": qtha}
+CASES = {
+    "qdllm": qdllm,
+    "pqc-head": pqc_head,
+    "vqc": vqc,
+    "qpa": qpa,
+    "qtha": qtha,
+    "qpa-classical": lambda: qpa("classical"),  # the adapters' stand-ins are sites too
+    "qtha-classical": lambda: qtha("classical"),
+}
 
 
 def _circuit_weights(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weights for m in model.modules() if isinstance(m, QuantumLayer)]
+    """The circuits' angles, or their classical stand-ins' parameters."""
+    return [p for m in model.modules() if isinstance(m, QuantumLayer | ClassicalStandin) for p in m.parameters()]
 
 
 def _perturb(model: nn.Module) -> list[torch.Tensor]:
-    """Shift every circuit angle; returns the previous angles."""
+    """Shift every circuit angle (every stand-in parameter); returns the previous values."""
     weights = _circuit_weights(model)
     saved = [w.clone() for w in weights]
     with torch.no_grad():
@@ -138,14 +161,16 @@ def test_circuit_mean_is_the_mean_over_the_inputs(name: str) -> None:
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-12)
 
 
-def test_qpa_mean_is_the_uniform_entry() -> None:
-    (mean,) = circuit_mean(qpa().model).values()
+@pytest.mark.parametrize("circuit", CIRCUITS)
+def test_qpa_mean_is_the_uniform_entry(circuit: str) -> None:
+    (mean,) = circuit_mean(qpa(circuit).model).values()
     torch.testing.assert_close(mean, torch.tensor([1 / 8]))
 
 
+@pytest.mark.parametrize("circuit", CIRCUITS)
 @torch.no_grad()
-def test_qtha_with_the_qnn_removed_is_its_mpo_path() -> None:
-    model = qtha().model
+def test_qtha_with_the_qnn_removed_is_its_mpo_path(circuit: str) -> None:
+    model = qtha(circuit).model
     layer = model.model[0]
     with circuit_replaced(model, 0.0):
         a, b = layer.factors()
@@ -232,3 +257,81 @@ def test_a_classical_student_saves_no_circuit_and_has_no_hardware_layer(tmp_path
     assert model.parameter_counts()["circuit"] == 0
     with pytest.raises(ValueError, match="classical stand-in for its circuit"):
         model.hardware_layer  # noqa: B018
+
+
+# --- the adapters' stand-ins: QPA's probabilities, QTHA's QNN ----------------------------------
+
+
+def _adapter(circuit: str, method: str, **kw: object) -> AdapterConfig:
+    config = QPAConfig if method == "qpa" else QTHAConfig
+    return config(**{"target_modules": ["0"], "r": 2, "dropout": 0.0, "circuit": circuit, **kw})
+
+
+def _layer(width: int = 64) -> nn.Sequential:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(width, width))
+
+
+@pytest.mark.parametrize(
+    "method,kw,angles",
+    [
+        ("qpa", {"chunk_size": 8}, 40),  # 256 numbers: 32 chunks, 5 qubits × depth 8 for 32 states
+        ("qpa", {"chunk_size": 64, "depth": 3}, 6),  # 4 chunks: 2 qubits × 3
+        ("qtha", {}, 16),  # 4 qubits × 2 layers of RY, RZ
+        ("qtha", {"qubits": 4, "layers": 3}, 24),
+        ("qtha", {"qubits": 3, "layers": 2}, 12),
+    ],
+)
+def test_an_adapters_standin_has_the_circuits_parameter_count(method: str, kw: dict, angles: int) -> None:
+    models = [adapt(_layer(), _adapter(c, method, **kw)) for c in CIRCUITS]
+    quantum, classical = models
+    standins = [m for m in classical.modules() if isinstance(m, ClassicalStandin)]
+    assert len(standins) == 1 and not any(isinstance(m, QuantumLayer) for m in classical.modules())
+    (circuit,) = _circuit_weights(quantum)
+    standin = _size(standins[0])
+    assert circuit.numel() == angles
+    if method == "qpa":  # exactly the angles, and a fixed map (a buffer, saved) to the 2ⁿ logits
+        assert standin == angles and isinstance(standins[0].map, FixedMap)
+        assert any(n.endswith("standin.map.weight") for n in classical.adapter_tensors())
+    else:
+        assert abs(standin - angles) <= STANDIN_TOLERANCE * angles, (standin, angles)
+    trainable = {
+        c: sum(p.numel() for p in m.trainable_parameters().values()) for c, m in zip(CIRCUITS, models, strict=True)
+    }
+    assert trainable["classical"] - standin == trainable["quantum"] - angles  # everything else is the same
+    counts = compare(_layer, [_adapter(c, method, **kw) for c in CIRCUITS])
+    assert [c.circuit for c in counts] == [angles, 0]  # a stand-in has no circuit angles
+    assert [c.adapter for c in counts] == list(trainable.values())
+
+
+@pytest.mark.parametrize("method", ["qpa", "qtha"])
+def test_an_adapters_standin_trains_merges_and_is_ablated(method: str, tmp_path) -> None:
+    kw = {"chunk_size": 8, "zero_start": True} if method == "qpa" else {"qubits": 3, "layers": 1}
+    torch.manual_seed(0)
+    model = adapt(_layer(16), _adapter("classical", method, **kw))  # QPA: 64 numbers, 8 chunks on 3 qubits
+    layer = model.model[0]
+    standin = next(m for m in model.modules() if isinstance(m, ClassicalStandin))
+    before = {n: p.detach().clone() for n, p in standin.named_parameters()}
+    x, target = _x(32, 16, 0, torch.float32), _x(32, 16, 1, torch.float32)
+    optimizer = torch.optim.Adam(model.trainable_parameters().values(), lr=3e-2)
+    for _ in range(5):
+        (model(x) - target).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(not torch.equal(p, before[n]) for n, p in standin.named_parameters())  # it trained
+    with torch.no_grad():
+        expected = model(x)
+        assert layer.delta_weight().abs().max() > 1e-3
+        means = circuit_mean(model)
+        with circuit_replaced(model, means):
+            ablated = model(x)
+        assert not torch.allclose(ablated, expected, atol=1e-5)  # the stand-in mattered
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)  # and is live again
+        folder = model.save_pretrained(tmp_path / "adapter")
+        torch.testing.assert_close(load_adapter(_layer(16), folder)(x), expected, rtol=0, atol=0)
+        model.merge()
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5)  # merged: the same outputs
+        plain = model.merge_and_unload()
+        assert isinstance(plain[0], nn.Linear)
+        torch.testing.assert_close(plain(x), expected, rtol=0, atol=1e-5)

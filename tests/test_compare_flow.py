@@ -86,7 +86,7 @@ def test_every_method_on_the_leaderboard_with_its_own_parameter_count(run: dict)
         "fed-logreg": (4 + 1) * 2,
     }
     data = load_dataset("sst2", train_size=60, test_size=40, seed=0)
-    for m in ("lora", "qpa", "qtha"):
+    for m in ("lora", "qpa", "qtha", "qpa-classical", "qtha-classical"):
         plan = peft_preflight(METHODS[m].for_budget(params, [0])[0], data)
         expected[m] = plan.counts[m].trainable
     assert {m: table[m]["trainable_params"] for m in expected} == expected
@@ -153,20 +153,12 @@ def test_intervals_and_paired_tests_against_the_classical_rows(run: dict) -> Non
         assert rows[m]["vs"] in {LEADERBOARD[c] for c in CLASSICAL}  # the baselines and the classical stand-ins
         assert 0 <= rows[m]["p_value"] <= 1 and rows[m]["difference_low"] <= rows[m]["difference_high"]
     assert "vs" not in rows["logreg"] and "Untuned (trials 0)" in run["markdown"]
-    assert set(CLASSICAL) == {
-        "logreg",
-        "mlp",
-        "mlp-distilled",
-        "fed-logreg",
-        "qdllm-classical",
-        "pqc-head-classical",
-        "llm-qfl-classical",
-    }
+    standins = {"qdllm-classical", "pqc-head-classical", "qpa-classical", "qtha-classical", "llm-qfl-classical"}
+    assert set(CLASSICAL) == {"logreg", "mlp", "mlp-distilled", "fed-logreg", *standins}
     # the final global model's predictions: an interval over seeds and test examples, a paired test
     assert rows["fed-logreg"]["accuracy_low"] < rows["fed-logreg"]["accuracy_high"]
-    # the accuracy lost at the circuits' (a stand-in's: its MLP's) mean output; LoRA has no circuit
-    circuits = ("qdllm", "pqc-head", "qpa", "qtha", "llm-qfl")
-    for m in (*circuits, "qdllm-classical", "pqc-head-classical", "llm-qfl-classical"):
+    # the accuracy lost at the circuits' (a stand-in's: its own) mean output; LoRA has no circuit
+    for m in ("qdllm", "pqc-head", "qpa", "qtha", "llm-qfl", *standins):
         assert rows[m]["contribution_low"] <= rows[m]["contribution"] <= rows[m]["contribution_high"]
     assert "contribution" not in rows["lora"] and "contribution" not in rows["fed-logreg"]
 

@@ -1,6 +1,7 @@
 """How the lab sets the fine-tuning methods up, checked on the embedded MiniLM without a flow:
 the classifier reads the sentence transformer's own pooling, QPA starts from a zero update (its
-published start kept as a labelled variant), and every parameter group has its own learning rate."""
+published start kept as a labelled variant), every parameter group has its own learning rate,
+and the classical stand-ins are their quantum method with the circuit replaced."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import pytest
 import torch
 import transformers
 
+from flows.compare import CompareParams
 from lab.data import Dataset
-from lab.methods import LEADERBOARD
-from lab.methods.peft import FinetuneJob, PeftParams, head_names, load_pretrained, preflight
+from lab.methods import LEADERBOARD, METHODS
+from lab.methods.peft import ADAPTER_LRS, FinetuneJob, PeftParams, head_names, load_pretrained, preflight
 from lab.sentence_classifier import PooledClassifier, sentence_pooling
 from lab.teacher import resolve_model
+from qcore.ablation import ClassicalStandin
 from qcore.adapters import adapt, adapter_config
+from qcore.layer import QuantumLayer
 
 
 def tiny_data() -> Dataset:
@@ -77,3 +81,28 @@ def test_every_parameter_group_trains_at_its_own_rate() -> None:
     assert groups[0.05] == ["classifier"]
     assert all(".circuit." in n for n in rates if rates[n] == 0.03) and groups[0.03]
     assert {"down", "up"} & {n.split(".")[-3] for n in rates if rates[n] == 0.002}
+
+
+@pytest.mark.parametrize("quantum", ["qpa", "qtha"])
+def test_a_standin_is_its_quantum_method_with_a_classical_module_in_the_circuits_place(quantum: str) -> None:
+    standin = f"{quantum}-classical"
+    method = METHODS[standin]
+    assert method.is_baseline and method.search_space == METHODS[quantum].search_space
+    assert ADAPTER_LRS[standin] == ADAPTER_LRS[quantum]  # trained at its quantum method's rates
+    params = PeftParams(methods=[quantum, standin], circuit_lr={standin: 0.021}, steps=2, batch_size=4)
+    plan = preflight(params, tiny_data())
+    jobs = {j.method: j for j in plan.jobs}
+    assert jobs[standin].adapter == {**jobs[quantum].adapter, "circuit": "classical"}
+    assert "circuit" not in jobs[quantum].adapter  # the quantum jobs (and their cached results) are as they were
+    assert jobs[standin].adapter_method == quantum and plan.counts[standin].circuit == 0 < plan.counts[quantum].circuit
+    _, model = load_pretrained(jobs[standin], tiny_data())
+    adapted = adapt(model, adapter_config(quantum, **jobs[standin].adapter))
+    assert not any(isinstance(m, QuantumLayer) for m in adapted.modules())
+    standins = {id(p) for m in adapted.modules() if isinstance(m, ClassicalStandin) for p in m.parameters()}
+    rates = jobs[standin].learning_rates(adapted, head_names(model))
+    params_by_name = dict(adapted.named_parameters())
+    at_circuit_rate = {id(params_by_name[n]) for n, r in rates.items() if r == 0.021}
+    assert standins
+    assert at_circuit_rate == standins  # the stand-in trains at the circuit's rate, nothing else does
+    (budgeted,) = method.for_budget(CompareParams(), [0])  # the compare flow's row trains the stand-in
+    assert budgeted.methods == [standin]

@@ -190,10 +190,16 @@ def test_bad_input_is_refused_before_any_work(
     "fields,message",
     [
         ({"methods": ["lora", "lora"]}, "repeat a method"),
-        ({"methods": ["dora"]}, "Input should be 'lora', 'qpa', 'qpa-published' or 'qtha'"),
+        (
+            {"methods": ["dora"]},
+            "Input should be 'lora', 'qpa', 'qpa-published', 'qpa-classical', 'qtha' or 'qtha-classical'",
+        ),
         ({"adapter_lr": "lora=2"}, r"lora=2 is not a learning rate in \(0, 1\]"),
         ({"adapter_lr": "lora"}, "'lora' is not method=rate"),
-        ({"circuit_lr": {"dora": 1e-3}}, "Input should be 'lora', 'qpa', 'qpa-published' or 'qtha'"),
+        (
+            {"circuit_lr": {"dora": 1e-3}},
+            "Input should be 'lora', 'qpa', 'qpa-published', 'qpa-classical', 'qtha' or 'qtha-classical'",
+        ),
         ({"steps": 1}, "greater than or equal to 2"),
         ({"qpa_activation": "swish"}, "Input should be 'relu', 'gelu', 'tanh' or 'silu'"),
     ],

@@ -11,7 +11,7 @@ from typing import Any
 
 from .base import Budget, FeatureMethod, Hooks, Method
 from .federated import LLMQFL, FedLogreg, LLMQFLClassical
-from .peft import QPA, QTHA, LoRA, QPAPublished
+from .peft import QPA, QTHA, LoRA, QPAClassical, QPAPublished, QTHAClassical
 from .pqc_head import PQCHeadClassical, PQCHeadMethod
 from .qdllm import BASELINES as QDLLM_BASELINES
 from .qdllm import QDLLM, QDLLMClassical
@@ -26,6 +26,8 @@ ALL: tuple[Method[Any, Any, Any], ...] = (
     QPA(),
     QPAPublished(),
     QTHA(),
+    QPAClassical(),
+    QTHAClassical(),
     LLMQFL(),
     LLMQFLClassical(),
     FedLogreg(),

@@ -183,15 +183,17 @@ class Method(ABC, Generic[P, J, D]):
 
 
 class ClassicalStandin(Method[Any, Any, Any]):
-    """Mixed in before a method with a circuit: the same method with a classical MLP of the
+    """Mixed in before a method with a circuit: the same method with a classical module of the
     circuit's size in the circuit's place (``circuit="classical"``), trained and tuned the same
-    way, a classical row of the leaderboard (the ablation of what the circuit adds)."""
+    way, a classical row of the leaderboard (the ablation of what the circuit adds).
+    ``standin_values`` are what turn the method's parameters into the stand-in's."""
 
     is_baseline = True
+    standin_values: ClassVar[dict[str, Any]] = {"circuit": "classical"}
 
     def for_budget(self, budget: Budget, seeds: list[int]) -> list[Any]:
         own = super().for_budget(budget, seeds)  # type: ignore[safe-super]  # the method mixed into defines it
-        return [self.for_trial(p, {"circuit": "classical"}) for p in own]
+        return [self.for_trial(p, self.standin_values) for p in own]
 
 
 class FeatureMethod(Method[P, J, EmbeddedSplit]):

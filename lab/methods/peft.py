@@ -37,6 +37,7 @@ from qcore.adapters.base import seeded
 from qcore.adapters.counting import Count, compare, skeleton
 from qcore.adapters.qpa import PUBLISHED_HIDDEN
 from qcore.adapters.training import Batch, accuracy, perplexity, train_steps
+from qcore.training import circuit_parameters
 
 from ..artifacts import atomic_write_bytes, hash_json, join_url, read_bytes, upload_folder
 from ..corpus import Corpus, load_corpus
@@ -47,7 +48,7 @@ from ..search_space import Dimension, Float
 from ..sentence_classifier import build_classifier, load_classifier
 from ..store import ablated_predictions
 from ..teacher import ModelNotFoundError, model_fingerprint, resolve_model
-from .base import Budget, Hooks, Method
+from .base import Budget, ClassicalStandin, Hooks, Method
 
 AUTO_CLASSES = {"classify": "AutoModelForSequenceClassification", "lm": "AutoModelForCausalLM"}
 # Merged vs adapted outputs, relative to the outputs' scale (at least 1). float32 rounding alone
@@ -59,14 +60,25 @@ MERGE_TOLERANCE = 1e-4
 AdapterName = Literal["lora", "qpa", "qtha"]
 ADAPTER_NAMES: tuple[AdapterName, ...] = ("lora", "qpa", "qtha")
 assert ADAPTER_NAMES == ADAPTERS, "qcore's adapters and the flow's choices must agree"
-# The fine-tuning methods: the adapters, and QPA as published (its generated update at
+# The fine-tuning methods: the adapters, QPA as published (its generated update at
 # initialisation left in; `qpa` subtracts it so training starts at the base model as LoRA's and
-# QTHA's do). A variant trains its adapter's layers.
-FinetuneName = Literal["lora", "qpa", "qpa-published", "qtha"]
-VARIANTS: dict[str, AdapterName] = {"qpa-published": "qpa"}
+# QTHA's do), and the quantum adapters with a classical stand-in in their circuit's place
+# (`circuit="classical"`, the ablation; QPA's from a zero update, as `qpa`). A variant trains
+# its adapter's layers.
+FinetuneName = Literal["lora", "qpa", "qpa-published", "qpa-classical", "qtha", "qtha-classical"]
+STANDINS: dict[str, AdapterName] = {"qpa-classical": "qpa", "qtha-classical": "qtha"}
+VARIANTS: dict[str, AdapterName] = {"qpa-published": "qpa", **STANDINS}
 # Adapter learning rates swept on MiniLM, SST-2, 200 steps of 16 (issue 14's table): one rate for
-# all moves QPA's update 87× faster per step than LoRA's and QTHA's 1.4×.
-ADAPTER_LRS: dict[FinetuneName, float] = {"lora": 3e-3, "qpa": 3e-4, "qpa-published": 1e-4, "qtha": 1e-2}
+# all moves QPA's update 87× faster per step than LoRA's and QTHA's 1.4×. A stand-in trains at
+# its quantum method's rates.
+ADAPTER_LRS: dict[FinetuneName, float] = {
+    "lora": 3e-3,
+    "qpa": 3e-4,
+    "qpa-published": 1e-4,
+    "qpa-classical": 3e-4,
+    "qtha": 1e-2,
+    "qtha-classical": 1e-2,
+}
 
 
 class AdapterOptions(Options):
@@ -131,7 +143,8 @@ class PeftFields(Options):
     methods: list[FinetuneName] = Field(
         list(ADAPTER_NAMES),
         min_length=1,
-        description="methods to compare: lora, qpa (from a zero update), qpa-published (the paper's start), qtha",
+        description="methods to compare: lora, qpa (from a zero update), qpa-published (the paper's start), "
+        "qtha, and qpa-classical, qtha-classical (a classical stand-in of the circuit's size in its place)",
     )
     task: Literal["classify", "lm"] = Field(
         "classify",
@@ -163,8 +176,8 @@ class PeftFields(Options):
     )
     circuit_lr: dict[FinetuneName, float] = Field(
         {},
-        description="each quantum method's learning rate of its circuit's angles (QPA's, QTHA's QNN), "
-        "e.g. qpa=1e-3; a method not named trains them at its adapter_lr",
+        description="each quantum method's learning rate of its circuit's angles (QPA's, QTHA's QNN; a "
+        "stand-in's parameters), e.g. qpa=1e-3; a method not named trains them at its adapter_lr",
     )
     dropout: float = Field(0.05, ge=0, lt=1, description="input dropout on the adapter path (QPA's 0.05)")
     seed: int = Field(0, ge=0, description="seed of the data order, the adapters and a new head")
@@ -213,9 +226,15 @@ class PeftParams(RunOptions, PeftFields, AdapterOptions):
 
     def adapter_fields(self, method: str, targets: list[str], **shared: Any) -> dict[str, Any]:
         """QPA starts from the base model (its update at initialisation subtracted); the
-        ``qpa-published`` variant starts where the paper's does (see :data:`VARIANTS`)."""
-        fields = super().adapter_fields(VARIANTS.get(method, method), targets, **shared)
-        return {**fields, "zero_start": method == "qpa"} if method in ("qpa", "qpa-published") else fields
+        ``qpa-published`` variant starts where the paper's does, a stand-in puts a classical
+        module in the circuit's place (see :data:`VARIANTS`)."""
+        adapter = VARIANTS.get(method, method)
+        fields = super().adapter_fields(adapter, targets, **shared)
+        if adapter == "qpa":
+            fields["zero_start"] = method != "qpa-published"
+        if method in STANDINS:  # only there: the quantum methods' jobs, and their stored results, stay as they were
+            fields["circuit"] = "classical"
+        return fields
 
     @model_validator(mode="after")
     def _distinct_methods(self) -> PeftParams:
@@ -325,7 +344,7 @@ class FinetuneJob:
     batch_size: int
     head_lr: float  # a new classification head's
     adapter_lr: float  # the adapter's classical parameters'
-    circuit_lr: float  # its circuit's angles' (parameters under a ``circuit`` module)
+    circuit_lr: float  # its circuit's angles' (or its classical stand-in's parameters)
     seed: int
     max_length: int
     eval_batch_size: int = 64
@@ -341,14 +360,16 @@ class FinetuneJob:
         return VARIANTS.get(self.method, self.method)
 
     def learning_rates(self, model: torch.nn.Module, heads: list[str]) -> dict[str, float]:
-        """The learning rate of every trainable parameter, by its group: head, circuit, adapter."""
+        """The learning rate of every trainable parameter, by its group: head, circuit (or its
+        stand-in, as :func:`qcore.training.parameter_groups` groups them), adapter."""
+        circuit = circuit_parameters(model)
 
-        def rate(name: str) -> float:
+        def rate(name: str, p: torch.nn.Parameter) -> float:
             if any(f".{h}." in f".{name}" for h in heads):
                 return self.head_lr
-            return self.circuit_lr if ".circuit." in f".{name}" else self.adapter_lr
+            return self.circuit_lr if id(p) in circuit else self.adapter_lr
 
-        return {n: rate(n) for n, p in model.named_parameters() if p.requires_grad}
+        return {n: rate(n, p) for n, p in model.named_parameters() if p.requires_grad}
 
 
 def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks) -> TrainingResult:
@@ -571,7 +592,7 @@ def check_merged(adapted: Any, tokenizer: Any, probe: Batch, job: FinetuneJob, f
 
 
 class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
-    """One adapter of the peft comparison; the three share one preflight and one training."""
+    """One method of the peft comparison; they all share one preflight and one training."""
 
     params = PeftParams
     model_tag = "adapter"
@@ -674,3 +695,26 @@ class QTHA(FinetuneMethod):
         "adapter_lr": ADAPTER_LR,
         "circuit_lr": CIRCUIT_LR,
     }
+
+
+class FinetuneStandin(ClassicalStandin):
+    """A fine-tune's classical stand-in row: its id is a method of the peft flow
+    (:data:`STANDINS`) whose jobs build the stand-in, so its parameters need no value changed."""
+
+    standin_values: ClassVar[dict[str, Any]] = {}
+
+
+class QPAClassical(FinetuneStandin, QPA):
+    """QPA with :func:`~qcore.ablation.probability_standin` in each circuit's place (as many
+    trained numbers as angles), from a zero update, tuned in QPA's space: what the circuit adds."""
+
+    id = "qpa-classical"
+    label = "QPA fine-tuning, classical stand-in for the circuit"
+
+
+class QTHAClassical(FinetuneStandin, QTHA):
+    """QTHA with an MLP of about the QNN circuit's size in its place, tuned in QTHA's space:
+    what the circuit adds over a classical network as small."""
+
+    id = "qtha-classical"
+    label = "QTHA fine-tuning, MLP in the QNN circuit's place"

@@ -188,8 +188,8 @@ class AdapterLayer(nn.Module):
 
     The forward pass never forms ΔW: it computes ``x·Bᵀ·Aᵀ`` (input dropout on the adapter path,
     as LoRA and the QPA code do), so its cost is that of LoRA plus generating the factors.
-    ``saved_buffers`` names buffers saved with the adapter beside the trainable parameters (those
-    that exist; e.g. fixed factors drawn at initialisation).
+    ``saved_buffers`` names buffers (dotted paths under the layer) saved with the adapter beside
+    the trainable parameters (those that exist; e.g. fixed factors drawn at initialisation).
     """
 
     saved_buffers: ClassVar[tuple[str, ...]] = ()
@@ -282,10 +282,10 @@ class AdapterModel(nn.Module):
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """What :meth:`save_pretrained` saves: the trainable parameters and the saved buffers."""
         buffers = {
-            f"{name}.{b}": getattr(layer, b)
+            f"{name}.{b}": buffer
             for name, layer in self.adapter_layers()
             for b in layer.saved_buffers
-            if getattr(layer, b, None) is not None
+            if (buffer := registered_buffer(layer, b)) is not None
         }
         return {**self.trainable_parameters(), **buffers}
 
@@ -335,6 +335,14 @@ class AdapterModel(nn.Module):
             for name, p in own.items():
                 p.copy_(tensors[name])
         return adapted
+
+
+def registered_buffer(module: nn.Module, path: str) -> torch.Tensor | None:
+    """The buffer at the dotted ``path`` under ``module``; ``None`` where there is none."""
+    try:
+        return module.get_buffer(path)
+    except AttributeError:
+        return None
 
 
 def find_modules_to_save(model: nn.Module, patterns: Sequence[str]) -> list[nn.Module]:

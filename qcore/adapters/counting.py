@@ -4,6 +4,9 @@ The model is built on PyTorch's ``meta`` device: every layer has its shape but n
 GPT-2 or a 2B-parameter model is "built" in a second and no weights are needed. The adapters
 themselves are real (QPA's circuit and mapping model are constructed), so the counts are those
 of the modules that train, not a formula that could drift from them.
+
+``circuit`` counts circuit angles only: a classical stand-in in a circuit's place
+(``circuit="classical"``) counts 0 there, its parameters being classical ones of the adapter.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def skeleton(config: transformers.PretrainedConfig, auto_class: str | None = Non
 
 @dataclass(frozen=True)
 class Count:
-    """One method's trainable parameters on one model (``adapter`` excludes ``modules_to_save``)."""
+    """One method's trainable parameters on one model (``adapter`` excludes ``modules_to_save``;
+    ``circuit``, within it, the circuits' angles: 0 for a classical stand-in)."""
 
     method: str
     trainable: int

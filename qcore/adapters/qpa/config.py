@@ -7,8 +7,9 @@ Parameter-Efficient Learning, https://arxiv.org/abs/2410.09846 (code: github.com
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
+from qcore.ablation import CIRCUITS
 from qcore.adapters.base import AdapterConfig, AdapterError, positive_int
 
 # The mapping model of the published code: n+1 → 32 → 64 → 128 → 128 → 64 → 32 → 32, then → chunk.
@@ -31,6 +32,11 @@ class QPAConfig(AdapterConfig):
     and can be as large as the base weights themselves; ``True`` subtracts it (kept as two fixed
     low-rank factors), so the adapted model starts as the base model, as LoRA's does. The
     gradients are the same either way.
+
+    ``circuit="classical"``: each layer's circuit replaced by
+    :func:`~qcore.ablation.probability_standin` (as many trained numbers as the circuit's
+    angles, through a fixed random map and a softmax to the ``2ⁿ`` probabilities), the rest
+    unchanged: the ablation of what the circuit adds.
     """
 
     method: ClassVar[str] = "qpa"
@@ -40,6 +46,7 @@ class QPAConfig(AdapterConfig):
     hidden_sizes: list[int] = field(default_factory=lambda: list(PUBLISHED_HIDDEN))
     activation: str | None = None
     zero_start: bool = False
+    circuit: Literal["quantum", "classical"] = "quantum"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,3 +59,5 @@ class QPAConfig(AdapterConfig):
             positive_int("hidden_sizes entry", size)
         if self.activation is not None and self.activation not in ACTIVATIONS:
             raise AdapterError(f"activation={self.activation!r} is unknown; use None or one of {list(ACTIVATIONS)}")
+        if self.circuit not in CIRCUITS:
+            raise AdapterError(f"circuit={self.circuit!r} is unknown; use one of {list(CIRCUITS)}")

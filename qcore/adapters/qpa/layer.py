@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from qcore.ablation import constant_output
+from qcore.ablation import ClassicalStandin, constant_output, probability_standin
 from qcore.adapters.base import AdapterError, AdapterLayer, TargetLayer
 from qcore.adapters.qpa.config import MAX_QUBITS, QPAConfig
 from qcore.circuits import qpa_chain
@@ -69,9 +69,12 @@ def mapping_model(in_features: int, hidden: list[int], out_features: int, activa
 
 
 class QPAGenerator(nn.Module):
-    """Generates the ``size`` numbers of one layer's LoRA vector (steps 1–5 of the module doc)."""
+    """Generates the ``size`` numbers of one layer's LoRA vector (steps 1–5 of the module doc);
+    with ``circuit="classical"`` step 1's probabilities come from :attr:`standin` instead."""
 
     states: torch.Tensor  # buffer
+    circuit: QuantumLayer
+    standin: ClassicalStandin  # with config.circuit == "classical", in place of the circuit
     frozen_circuit: torch.Tensor | None = None  # set by qcore.ablation: the probabilities
 
     def __init__(self, size: int, config: QPAConfig, *, name: str) -> None:
@@ -91,8 +94,12 @@ class QPAGenerator(nn.Module):
                 f"{self.chunks:,} chunks, which needs {self.num_qubits} qubits (at most {MAX_QUBITS}); "
                 f"choose chunk_size at least {math.ceil(size / 2**MAX_QUBITS):,}"
             )
+        self.classical = config.circuit == "classical"
         circuit, theta = qpa_chain(self.num_qubits, config.depth)
-        self.circuit = QuantumLayer(circuit, weights=list(theta), output="probs", backend="exact")
+        if self.classical:
+            self.standin = probability_standin(2**self.num_qubits, len(theta), dtype=torch.float32)
+        else:
+            self.circuit = QuantumLayer(circuit, weights=list(theta), output="probs", backend="exact")
         self.register_buffer("states", basis_states(self.num_qubits, self.chunks), persistent=False)
         self.mapping = mapping_model(self.num_qubits + 1, config.hidden_sizes, config.chunk_size, config.activation)
 
@@ -104,13 +111,19 @@ class QPAGenerator(nn.Module):
         constant vector becomes 0: every chunk's row keeps only its basis-state bits, and the
         generated weights are the mapping model's reading of the bit strings alone.
         """
-        return self.circuit()[0][:, None]
+        return self.probabilities()[:, None]
+
+    def probabilities(self) -> torch.Tensor:
+        """``(2ⁿ,)``: the circuit's basis-state probabilities (one run), or its stand-in's."""
+        if self.classical:
+            return self.standin(self.states.new_ones(1, 1))[0]
+        return self.circuit()[0]
 
     def forward(self) -> torch.Tensor:
         if self.frozen_circuit is None:
-            probs = self.circuit()[0]  # one circuit run per call
+            probs = self.probabilities()
         else:
-            probs = constant_output(self.frozen_circuit, 2**self.num_qubits, dtype=self.circuit.weights.dtype)
+            probs = constant_output(self.frozen_circuit, 2**self.num_qubits, dtype=self.states.dtype)
         p = transform_probabilities(probs, self.num_qubits)
         rows = torch.cat([self.states, p[: self.chunks, None]], dim=1)
         out = self.mapping(rows).reshape(-1)[: self.size]
@@ -124,7 +137,8 @@ class QPALayer(AdapterLayer):
     the update is ``A·B − A₀·B₀``: the factors returned are ``[A, −A₀]`` and ``[B; B₀]``.
     """
 
-    saved_buffers = ("start_a", "start_b")
+    # with ``zero_start``; the stand-in's fixed map, with ``circuit="classical"``
+    saved_buffers = ("start_a", "start_b", "generator.standin.map.weight")
     # buffers, registered only with ``zero_start``
     start_a: torch.Tensor
     start_b: torch.Tensor
@@ -154,4 +168,5 @@ class QPALayer(AdapterLayer):
 
     def describe(self) -> str:
         g = self.generator
-        return f"{g.num_qubits} qubit{'s' * (g.num_qubits != 1)}, {g.chunks} chunks"
+        shape = f"{g.num_qubits} qubit{'s' * (g.num_qubits != 1)}, {g.chunks} chunks"
+        return f"classical stand-in for {shape}" if g.classical else shape

@@ -24,7 +24,9 @@ changes ``B`` into ``B'``; ``A`` is classical throughout. It is a trainable non-
 the adapter's own weights, evaluated once per step for the whole layer, not a quantum feature
 map of the input, and it does not run at inference: ``ΔW`` merges into the base weight.
 ``qcore.ablation`` replaces its features by their mean over ``B``'s columns, or removes them
-(``B' = B``), to measure what it adds over the MPO path alone.
+(``B' = B``), to measure what it adds over the MPO path alone; ``circuit="classical"`` trains an
+MLP of about the circuit's size in its place (the same encoding, ``Q(0)`` and fusion), to
+measure what it adds over a classical network as small.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import math
 import torch
 from torch import nn
 
-from qcore.ablation import constant_output
+from qcore.ablation import ClassicalStandin, classical_standin, constant_output
 from qcore.adapters.base import AdapterLayer, TargetLayer
 from qcore.adapters.qtha.config import QTHAConfig
 from qcore.adapters.qtha.mpo import MPO
@@ -43,20 +45,28 @@ from qcore.layer import QuantumLayer
 
 
 class LowRankQNN(nn.Module):
-    """``(batch, r)`` low-rank features → ``(batch, qubits)`` expectation values ``⟨Z_i⟩``."""
+    """``(batch, r)`` low-rank features → ``(batch, qubits)`` expectation values ``⟨Z_i⟩``, or
+    (``classical``) a ``tanh`` MLP's outputs in the same range, from the same encoded angles."""
 
     encoding: torch.Tensor  # buffer
+    circuit: QuantumLayer
+    standin: ClassicalStandin  # with classical, in place of the circuit
 
-    def __init__(self, rank: int, qubits: int, layers: int) -> None:
+    def __init__(self, rank: int, qubits: int, layers: int, *, classical: bool = False) -> None:
         super().__init__()
         model = compose(angle_encoding(qubits, "ry"), hardware_efficient(qubits, layers))
-        self.circuit = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights, backend="exact")
         encoding = torch.zeros(rank, qubits)
         encoding[torch.arange(rank), torch.arange(rank) % qubits] = 1.0  # feature k → qubit k mod n
+        self.classical = classical
+        if classical:
+            self.standin = classical_standin(qubits, qubits, len(model.weights), nn.Tanh(), dtype=encoding.dtype)
+        else:
+            self.circuit = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights, backend="exact")
         self.register_buffer("encoding", encoding, persistent=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.circuit(features @ self.encoding)
+        angles = features @ self.encoding
+        return self.standin(angles) if self.classical else self.circuit(angles)
 
 
 class QTHALayer(AdapterLayer):
@@ -70,7 +80,7 @@ class QTHALayer(AdapterLayer):
         cores, bond_dim = config.cores, config.bond_dim
         self.down = MPO(self.r, self.in_features, cores=cores, bond_dim=bond_dim, std=self.tau)
         self.up = MPO(self.out_features, self.r, cores=cores, bond_dim=bond_dim, std=1.0, zero_last=True)
-        self.qnn = LowRankQNN(self.r, config.qubits, config.layers)
+        self.qnn = LowRankQNN(self.r, config.qubits, config.layers, classical=config.circuit == "classical")
         bound = 1 / math.sqrt(config.qubits)
         self.fusion = nn.Parameter(torch.empty(self.r, config.qubits).uniform_(-bound, bound))
         self.qubits, self.layers, self.bond_dim = config.qubits, config.layers, config.bond_dim
@@ -95,4 +105,5 @@ class QTHALayer(AdapterLayer):
         return self.up.matrix(), b + self.tau * correction.T
 
     def describe(self) -> str:
-        return f"{self.qubits} qubits × {self.layers} layers, bond {self.bond_dim}"
+        qnn = f"{'MLP for ' if self.qnn.classical else ''}{self.qubits} qubits × {self.layers} layers"
+        return f"{qnn}, bond {self.bond_dim}"

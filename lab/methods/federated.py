@@ -11,7 +11,8 @@
 - :func:`run_key`, :func:`load_run`, :func:`store_run`: finished runs stored by content, so a
   re-run with the same data and settings repeats no round;
 - :func:`summarize`, :func:`accuracy_curves`, :func:`log_runs`: the results table, the plots and
-  the MLflow record (per-round metrics with step = round).
+  the MLflow record (per-round metrics with step = round);
+- :func:`noisy_evaluation`: the final global model's circuit under shots and device noise.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ from .. import tracking
 from ..artifacts import atomic_write_bytes, hash_json, join_url, read_bytes
 from ..data import DataError, DataRequest, Dataset, stratified_indices
 from ..embedded import EmbeddedSplit
+from ..noise import NoiseOptions, NoiseSetting, circuit_noise
 from ..params import Options, RunOptions, experiment
 from ..results import TrainingResult
+from ..store import model_predictions
 from ..teacher import ModelNotFoundError, model_fingerprint, resolve_model
 from .base import Budget, Hooks, Method
 
@@ -135,7 +138,7 @@ class FederatedFields(Options):
     teacher_shard_size: int = Field(4000, ge=1, description="texts per embedding shard on the Dask workers")
 
 
-class FederatedParams(RunOptions, FederatedFields):
+class FederatedParams(RunOptions, NoiseOptions, FederatedFields):
     """Parameters of the federated flow (the CLI options, the Prefect UI form, prefect.yaml)."""
 
     experiment: str = experiment("qllm-federated")
@@ -158,6 +161,7 @@ class FederatedParams(RunOptions, FederatedFields):
     def _consistent(self) -> FederatedParams:
         if self.shots is not None and self.backend != "aer":
             raise ValueError(f"shots={self.shots} needs --backend aer (the exact backend has no shots)")
+        self.check_device_qubits(self.qubits, "the client circuit")
         if self.batch_size is not None and self.optimizer != "adam":
             raise ValueError(f"batch_size applies to --optimizer adam only; {self.optimizer} uses the whole partition")
         if self.train_size is not None:
@@ -442,6 +446,7 @@ NOT_IN_RUN_KEY = {
     "teacher_shard_size",
     "experiment",
     "dask_address",
+    *NoiseOptions.model_fields,  # evaluated after the run, from its stored weights
 }
 
 
@@ -712,6 +717,17 @@ def _round_metrics(out: RunOutput) -> list[mlflow.entities.Metric]:
                     values[f"client{cid}.{k}"] = r.clients[cid][k]
         metrics += [mlflow.entities.Metric(k, float(v), now, r.round) for k, v in values.items()]
     return metrics
+
+
+def noisy_evaluation(out: RunOutput, settings: list[NoiseSetting], samples: int, seed: int = 0) -> list[dict[str, Any]]:
+    """The final global model on the first ``samples`` test examples with its circuit on Aer
+    under each setting (one circuit per sample), beside its exact predictions: the rows of
+    :func:`lab.noise.circuit_noise`, named by the run."""
+    model = build_model(replace(out.model, backend="exact", backend_options={}))
+    set_weights(model, out.result.weights)
+    x, y = out.setting.test
+    rows = circuit_noise(model, lambda: model_predictions(model, x[:samples]), y[:samples], settings, seed)
+    return [{"dataset": out.setting.dataset, "partition": out.setting.partition, "run": out.label, **r} for r in rows]
 
 
 def save_global_model(out: RunOutput, folder: Path) -> Path:

@@ -65,7 +65,7 @@ class NoiseOptions(Options):
     )
     noise_devices: list[str] = Field(["fake_torino"], description="noise ablation: IBM fake backends (empty: skip)")
     device_shots: int = Field(1024, ge=1, description="shots under device noise")
-    noise_samples: int = Field(200, ge=1, description="test examples in the noise ablation")
+    noise_samples: int = Field(200, ge=1, description="noise ablation: the first N test examples")
 
     @field_validator("noise_shots")
     @classmethod

@@ -44,6 +44,7 @@ from qcore.federated.partition import PartitionError, PartitionSpec
 from qcore.federated.server import FederatedRun, RoundRecord, RunResult, fit_sequentially
 from qcore.federated.strategy import make_strategy
 from qcore.federated.vqc import VQCClassifier
+from qcore.layer import QuantumLayer
 from qcore.models.base import QuantumModel, save_module
 
 from .. import tracking
@@ -722,8 +723,11 @@ def _round_metrics(out: RunOutput) -> list[mlflow.entities.Metric]:
 def noisy_evaluation(out: RunOutput, settings: list[NoiseSetting], samples: int, seed: int = 0) -> list[dict[str, Any]]:
     """The final global model on the first ``samples`` test examples with its circuit on Aer
     under each setting (one circuit per sample), beside its exact predictions: the rows of
-    :func:`lab.noise.circuit_noise`, named by the run."""
+    :func:`lab.noise.circuit_noise`, named by the run; none for a model without a circuit (a
+    classical stand-in in its place)."""
     model = build_model(replace(out.model, backend="exact", backend_options={}))
+    if not any(isinstance(m, QuantumLayer) for m in model.modules()):
+        return []
     set_weights(model, out.result.weights)
     x, y = out.setting.test
     rows = circuit_noise(model, lambda: model_predictions(model, x[:samples]), y[:samples], settings, seed)

@@ -8,7 +8,8 @@ Paper: LLM-QFL: LLM-guided quantum federated learning, arXiv 2505.18656. The met
     server's data, client partitions → every party's LoRA fine-tune (cached, on Dask)
     → per controller: rounds of client trainings (one Prefect task per client per round, on Dask;
       a finished run is stored by content and read back by a re-run)
-    → results table, accuracy plots, MLflow (per-round metrics with step = round)
+    → every quantum run's final global model under shots and fake-device noise (--noise-*)
+    → results table, noise table, accuracy plots, MLflow (per-round metrics with step = round)
 
 Lists sweep: ``--dataset sst2,subj --partition iid,dirichlet:0.5 --controller none,adaptive`` runs
 every controller on every (data set, partition), all on the same splits and seeds;
@@ -20,17 +21,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from mlflow import ActiveRun
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from lab import tracking
+from lab import noise, tracking
 from lab.data import DataRequest
 from lab.embedded import EmbeddedSplit
 from lab.methods import federated as fed
 from lab.methods.federated import FederatedParams
 from lab.runtime import Runtime
 from lab.teacher import TeacherSpec
-from tasks.federated import federated_run, llm_losses
+from tasks.federated import federated_run, global_model_noise, llm_losses
 from tasks.prepare import prepare_data, teacher_outputs
 
 from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
@@ -50,12 +52,16 @@ def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
         splits = federated_splits(params, root)
         llm = llm_losses(params, splits, root)
 
-        rows, figures, outputs = [], {}, []
+        rows, figures, outputs, noise_futures = [], {}, [], []
+        settings = params.noise_settings()
         for split in splits:
             jobs = METHOD.jobs(params, fed.FederatedData(split, llm.get(split.name, {})))
             if params.baseline != "none":
                 jobs.append(fed.baseline_job(params, split))
             runs = [federated_run(job, root) for job in jobs]
+            noise_futures += [
+                global_model_noise.submit(r, settings, params.noise_samples) for r in runs if settings and r.quantum
+            ]
             target = fed.target_for(runs, params.target_accuracy)
             rows += [fed.summarize(r, target) for r in runs]
             plot = re.sub(r"[^A-Za-z0-9._-]+", "_", f"accuracy_{split.dataset}_{split.partition}") + ".png"
@@ -68,12 +74,19 @@ def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
         )
         if llm:
             md += "\n\n" + fed.llm_markdown(llm)
+        noisy = [row for f in noise_futures for row in f.result()]
+        if noisy:
+            md += "\n\n" + noise.markdown(noisy, NOISE_TITLE, lambda r: f"{r['dataset']} {r['partition']} {r['run']}")
         fed.log_runs(parent, outputs, rows, figures, llm)
+        log_noise(parent, noisy)
         run_id = parent.info.run_id
     create_table_artifact(key="federated-results", table=rows, description="LLM-QFL: controllers and baseline")
+    if noisy:
+        create_table_artifact(key="federated-noise", table=noisy, description="final global models under noise")
     create_markdown_artifact(key="federated-report", markdown=md)
     return {
         "table": rows,
+        "noise": noisy,
         "markdown": md,
         "mlflow_run_id": run_id,
         "llm": llm,
@@ -89,6 +102,22 @@ def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
             for o in outputs
         ],
     }
+
+
+NOISE_TITLE = "Final global models under noise (the circuit on Aer, once per sample; same test samples):"
+
+
+def log_noise(parent: ActiveRun, noisy: list[dict[str, Any]]) -> None:
+    """The noise table on the parent run, and ``noisy.<data>.<partition>.<run>.<setting>.accuracy``."""
+    if not noisy:
+        return
+    metrics = {
+        tracking.slug(f"noisy.{r['dataset']}.{r['partition']}.{r['run']}.{r['label']}.{k}"): r[k]
+        for r in noisy
+        for k in ("accuracy", "agreement_with_exact")
+    }
+    tracking.with_retries(lambda: tracking.mlflow.log_metrics(metrics), what="log noise metrics")
+    tracking.log_table(parent, noisy, "noise.json")
 
 
 def federated_splits(params: FederatedParams, root: str) -> list[fed.FederatedSplit]:

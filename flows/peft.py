@@ -3,8 +3,11 @@
 Every method fine-tunes the same model on the same batches, with the same steps, optimiser,
 learning rate (unless ``--qpa-lr`` sets QPA's own) and seed, as parallel tasks on the Dask
 cluster; each result is merged into plain Hugging Face weights and checked against the adapted
-model. One MLflow parent run holds the results table and the overlaid loss curves, with a child
-run per method. The method itself is :mod:`lab.methods.peft`.
+model. Then the noise ablation: every classifier with a circuit (QPA, QTHA) evaluated on
+``--noise-samples`` test texts with its ΔW generated once by the circuits under finite shots,
+depolarizing or fake-device noise. One MLflow parent run holds the results table, the noise
+table and the overlaid loss curves, with a child run per method. The method itself is
+:mod:`lab.methods.peft`.
 
 Papers: QPA, arXiv 2410.09846; QTHA, arXiv 2503.12790; LoRA, arXiv 2106.09685.
 """
@@ -22,14 +25,14 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lab import peft_report, tracking
+from lab import noise, peft_report, tracking
 from lab.artifacts import download_folder
 from lab.corpus import Corpus
 from lab.data import Dataset
 from lab.methods.peft import PeftParams, Plan, load_data, preflight
 from lab.results import TrainingResult
 from lab.runtime import Runtime
-from tasks.train import train_task
+from tasks.train import adapter_noise, train_task
 
 from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 
@@ -58,15 +61,22 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
         plan = preflight(params, data)
         root = runtime.artifact_root
         futures = [train_task(j.method).submit(j.method, j, data, root) for j in plan.jobs]
+        noise_futures = noise_ablation(params, plan, data, futures)
         rows = [f.result() for f in futures]
+        noisy = [row for f in noise_futures for row in f.result()]
         table = peft_report.table(rows, plan.lora_params)
         md = peft_report.markdown(table)
-        log_mlflow(parent, params, plan, rows, table)
+        if noisy:
+            md += "\n\n" + noise.markdown(noisy, NOISE_TITLE, lambda r: r["method"])
+        log_mlflow(parent, params, plan, rows, table, noisy)
         run_id = parent.info.run_id
     create_table_artifact(key="peft-results", table=table, description="LoRA, QPA and QTHA on equal footing")
+    if noisy:
+        create_table_artifact(key="peft-noise", table=noisy, description="adapters with ΔW generated under noise")
     create_markdown_artifact(key="peft-report", markdown=md)
     return {
         "table": table,
+        "noise": noisy,
         "markdown": md,
         "mlflow_run_id": run_id,
         "targets": plan.targets,
@@ -75,10 +85,32 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
     }
 
 
+NOISE_TITLE = "Under noise (ΔW generated once by the circuits on Aer; same test samples):"
+
+
+def noise_ablation(params: PeftParams, plan: Plan, data: Dataset | Corpus, trainings: list[Any]) -> list[Any]:
+    """Futures of every classifier with a circuit under each noise setting, one task per method,
+    each started as soon as its training has finished; LoRA (no circuit) and perplexity are skipped."""
+    settings = params.noise_settings()
+    if params.task != "classify" or not settings:
+        return []
+    return [
+        adapter_noise.submit(f, data, settings, params.noise_samples)
+        for j, f in zip(plan.jobs, trainings, strict=True)
+        if plan.counts[j.method].circuit
+    ]
+
+
 def log_mlflow(
-    parent: ActiveRun, params: PeftParams, plan: Plan, rows: list[TrainingResult], table: list[dict[str, Any]]
+    parent: ActiveRun,
+    params: PeftParams,
+    plan: Plan,
+    rows: list[TrainingResult],
+    table: list[dict[str, Any]],
+    noisy: list[dict[str, Any]],
 ) -> None:
-    """The table and the overlaid loss curves on the parent run; a child run per method."""
+    """The table, the noise table and the overlaid loss curves on the parent run; a child run
+    per method, with its accuracy under each noise setting."""
     for r, row in zip(rows, table, strict=True):
         with tempfile.TemporaryDirectory() as tmp:
             adapter = download_folder(r.files["adapter"], Path(tmp) / "adapter")
@@ -90,6 +122,7 @@ def log_mlflow(
                     **r.metrics,
                     "ratio_to_lora": row["ratio_to_lora"],
                     "circuit_params": plan.counts[r.method].circuit,
+                    **noise_metrics([n for n in noisy if n["method"] == r.method]),
                 },
                 history=r.history,
                 artifacts=adapter,
@@ -104,8 +137,16 @@ def log_mlflow(
         for k, v in row.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
+    summary |= {f"{n['method']}.{k}": v for n in noisy for k, v in noise_metrics([n]).items()}
     tracking.with_retries(lambda: mlflow.log_metrics(summary), what="log metrics")
     tracking.log_table(parent, table, "results.json")
+    if noisy:
+        tracking.log_table(parent, noisy, "noise.json")
+
+
+def noise_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """``noisy.<setting>.accuracy`` and ``.agreement_with_exact`` of one method's rows."""
+    return {f"noisy.{tracking.slug(r['label'])}.{k}": r[k] for r in rows for k in ("accuracy", "agreement_with_exact")}
 
 
 def run_peft(params: PeftParams) -> dict[str, Any]:

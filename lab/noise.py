@@ -2,26 +2,32 @@
 fake-device noise, with what each circuit costs on each device once transpiled.
 
 Only the circuits meant for a quantum computer see noise (a PQC head's module 2; a QD-LLM
-student's one circuit); the classical parts and the PQC head's module 1 stay exact.
+student's one circuit); the classical parts and the PQC head's module 1 stay exact. The feature
+models are evaluated from the store in chunks (:func:`noisy_predictions`); any other model with
+circuits, an adapted language model or a federated VQC, in one process (:func:`circuit_noise`).
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 from qiskit import QuantumCircuit, transpile
 
+from qcore.ablation import circuits_on
 from qcore.models.base import QuantumModel, load_model
-from qcore.simulators.aer import fake_backend
+from qcore.simulators.aer import fake_backend, fake_backend_names, fake_backend_qubits
 from qcore.training import train
 
 from .artifacts import download_folder
+from .params import Options
 from .store import model_predictions
 
 
@@ -46,6 +52,51 @@ def noise_settings(
         NoiseSetting(f"{d}+shots={device_shots}", "device", {"noise": d, "shots": device_shots}, 0.0) for d in devices
     ]
     return out
+
+
+class NoiseOptions(Options):
+    """The noise ablation of the flows whose models run their circuits in one process (peft,
+    federated): cheap by default, since an adapter's circuits run once per setting and a VQC's
+    once per sample. The PQC head's own fields (``HeadFields``) add more settings and fine-tuning."""
+
+    noise_shots: list[int] = Field([1024], description="noise ablation: shot counts (empty: skip)")
+    noise_depolarizing: list[float] = Field(
+        [], description="noise ablation: depolarizing p after every gate (empty: skip)"
+    )
+    noise_devices: list[str] = Field(["fake_torino"], description="noise ablation: IBM fake backends (empty: skip)")
+    device_shots: int = Field(1024, ge=1, description="shots under device noise")
+    noise_samples: int = Field(200, ge=1, description="noise ablation: the first N test examples")
+
+    @field_validator("noise_shots")
+    @classmethod
+    def _positive_shots(cls, v: list[int]) -> list[int]:
+        if bad := [s for s in v if s < 1]:
+            raise ValueError(f"shot counts {bad} are invalid; give positive integers")
+        return v
+
+    @field_validator("noise_depolarizing")
+    @classmethod
+    def _probabilities(cls, v: list[float]) -> list[float]:
+        if bad := [p for p in v if not 0 < p <= 1]:
+            raise ValueError(f"depolarizing probabilities {bad} are invalid; allowed 0 < p <= 1")
+        return v
+
+    @field_validator("noise_devices")
+    @classmethod
+    def _fake_backend(cls, v: list[str]) -> list[str]:
+        known = fake_backend_names()
+        if bad := [d for d in v if d not in known]:
+            raise ValueError(f"unknown fake backend(s) {bad}; allowed: {', '.join(known)}")
+        return v
+
+    def noise_settings(self) -> list[NoiseSetting]:
+        return noise_settings(self.noise_shots, self.noise_depolarizing, self.noise_devices, self.device_shots)
+
+    def check_device_qubits(self, qubits: int, what: str) -> None:
+        """Refuse a device smaller than the largest circuit, ``qubits`` wide."""
+        for name in self.noise_devices:
+            if (size := fake_backend_qubits(name)) < qubits:
+                raise ValueError(f"{name} has {size} qubits; {what} needs {qubits}")
 
 
 def transpiled_metrics(
@@ -114,6 +165,46 @@ def merge_noisy(chunks: list[dict[str, Any]], test_y: np.ndarray) -> dict[str, A
         "seconds": sum(c["seconds"] for c in chunks),
         "options": chunks[0]["options"],
     }
+
+
+def circuit_noise(
+    model: torch.nn.Module,
+    predict: Callable[[], list[int]],
+    labels: np.ndarray,
+    settings: list[NoiseSetting],
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """``predict()`` (the predictions for ``labels``' samples) with every circuit of ``model`` on
+    `aer` under each setting (:func:`qcore.ablation.circuits_on`), beside its exact predictions:
+    one row per setting, as :func:`merge_noisy` makes them, with the setting's kind and level in
+    place of its options (the label names them)."""
+    exact = predict()
+    rows = []
+    for s in settings:
+        t0 = time.perf_counter()
+        with circuits_on(model, "aer", simulator_seed=seed, **s.options):
+            noisy = predict()
+        seconds = time.perf_counter() - t0
+        chunk = {"label": s.label, "start": 0, "noisy": noisy, "exact": exact, "seconds": seconds, "options": s.options}
+        row = merge_noisy([chunk], labels)
+        rows.append({"kind": s.kind, "level": s.level, **{k: v for k, v in row.items() if k != "options"}})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], title: str, key: Callable[[dict[str, Any]], str]) -> str:
+    """The rows of :func:`circuit_noise` as a table, one line per model (named by ``key``) and setting."""
+    lines = [
+        title,
+        "",
+        "| model | setting | samples | accuracy | exact accuracy | agreement with exact | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {key(r)} | {r['label']} | {r['samples']} | {r['accuracy']:.4f} | {r['exact_accuracy_same_samples']:.4f} | "
+        f"{r['agreement_with_exact']:.4f} | {r['seconds']:.1f} |"
+        for r in rows
+    ]
+    return "\n".join(lines)
 
 
 def noisy_finetune(

@@ -35,6 +35,13 @@ circuit's range: ``tanh`` for ⟨Z⟩ readouts, ``softmax`` for the VQC's class 
 QPA's circuit reads nothing and emits ``2ⁿ`` probabilities from fewer angles than that, which no
 MLP of as many parameters can: :func:`probability_standin` keeps the count exactly instead (see
 there). A stand-in is a site too: the mean ablation replaces its output as it does a circuit's.
+
+A third asks what the trained model is worth on a quantum computer: :func:`circuits_on` runs
+every :class:`~qcore.layer.QuantumLayer` of any model on another backend (Aer with shots,
+depolarizing or fake-device noise) while inside, with the same weights::
+
+    with circuits_on(model, "aer", shots=1024, noise="fake_torino", simulator_seed=0):
+        noisy = evaluate(model, test_x, test_y)
 """
 
 from __future__ import annotations
@@ -44,10 +51,12 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+from qcore.layer import QuantumLayer
 
 CIRCUITS = ("quantum", "classical")  # a config's ``circuit``: the circuit, or its classical stand-in
 STANDIN_TOLERANCE = 0.1  # how far a stand-in's parameter count may miss the circuit's
@@ -114,6 +123,42 @@ def circuit_replaced(model: nn.Module, values: Mapping[str, torch.Tensor] | floa
     finally:
         for name, before in previous.items():
             sites[name].frozen_circuit = before
+
+
+@contextmanager
+def circuits_on(model: nn.Module, backend: str = "aer", **options: Any) -> Iterator[list[QuantumLayer]]:
+    """Forward passes inside run every quantum layer of ``model`` on ``backend`` with ``options``
+    (e.g. ``shots=1024, noise="fake_torino"``); on exit each runs on its own simulator again.
+
+    Yields the layers, in module order. Layer ``i`` samples with ``simulator_seed + i``, so two
+    layers with the same circuit (an adapter's, in every adapted layer) draw different shots.
+    Every simulator is built before any is swapped: a bad option changes nothing. Every layer
+    moves: the PQC head, whose module 1 stays exact, has :meth:`QuantumModel.with_backend
+    <qcore.models.base.QuantumModel.with_backend>` instead.
+    """
+    layers = [m for m in model.modules() if isinstance(m, QuantumLayer)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no quantum layer: nothing to run on {backend!r}")
+    seed = options.pop("simulator_seed", None)
+    swapped = [
+        layer.build_simulator(backend, **options, **({} if seed is None else {"simulator_seed": seed + i}))
+        for i, layer in enumerate(layers)
+    ]
+    previous = [(layer.backend, layer.simulator) for layer in layers]
+    try:
+        for layer, simulator in zip(layers, swapped, strict=True):
+            _run_on(layer, backend, simulator)
+        yield layers
+    finally:
+        for layer, (name, simulator) in zip(layers, previous, strict=True):
+            _run_on(layer, name, simulator)
+
+
+def _run_on(layer: QuantumLayer, backend: str, simulator: Any) -> None:
+    """Swap the layer's simulator: `exact`'s is a child module, `aer`'s a plain attribute, and
+    ``nn.Module`` refuses to overwrite the one with the other."""
+    del layer.simulator
+    layer.backend, layer.simulator = backend, simulator
 
 
 def mlp_size(widths: tuple[int, ...]) -> int:

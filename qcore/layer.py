@@ -19,7 +19,7 @@ from qiskit.circuit import Parameter
 from qiskit.quantum_info import Pauli, SparsePauliOp
 
 from . import simulators  # noqa: F401  (registers the backends)
-from .simulators.base import build_simulator
+from .simulators.base import Simulator, build_simulator
 from .simulators.exact import ExactSimulator
 
 Observable: TypeAlias = SparsePauliOp | Pauli | str
@@ -83,20 +83,26 @@ class QuantumLayer(torch.nn.Module):
         self.observables = obs
         self.backend = backend
         self.output = output
-        self.simulator = build_simulator(
-            backend,
-            circuit,
-            inputs=list(inputs),
-            weights=list(weights),
-            observables=obs,
-            dtype=dtype,
-            **backend_options,
-        )
+        self.dtype = dtype
+        self.simulator = self.build_simulator(backend, **backend_options)
         real = torch.float64 if dtype == torch.complex128 else torch.float32
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         init = torch.rand(len(weights), generator=gen, dtype=real) * (2 * math.pi)
         self.weights = torch.nn.Parameter(init)
         self.num_inputs = len(inputs)
+
+    def build_simulator(self, backend: str, **backend_options: Any) -> Simulator:
+        """A simulator of this layer's circuit on ``backend`` (the one it runs on, or another:
+        :func:`qcore.ablation.circuits_on` evaluates a trained layer under shots and noise)."""
+        return build_simulator(
+            backend,
+            self.circuit,
+            inputs=self.input_parameters,
+            weights=self.weight_parameters,
+            observables=self.observables,
+            dtype=self.dtype,
+            **backend_options,
+        )
 
     def forward(self, x: torch.Tensor | None = None, *, initial_state: torch.Tensor | None = None) -> torch.Tensor:
         """``initial_state`` (``(batch, 2**n)``, normalised; `exact` only) starts the circuit from

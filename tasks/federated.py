@@ -1,5 +1,6 @@
 """Prefect tasks of the federated runs: every party's LLM fine-tune and every client's local
-training of a round on the Dask workers, and one run that sends its rounds to them."""
+training of a round on the Dask workers, one run that sends its rounds to them, and the final
+global model's noise ablation."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from lab.data import Dataset
 from lab.embedded import EmbeddedSplit
 from lab.methods import Hooks
 from lab.methods import federated as fed
+from lab.noise import NoiseSetting
 from qcore.federated.client import ClientUpdate
 from qcore.federated.server import ClientJob, Fit, Outcome, failure
 
@@ -131,3 +133,17 @@ def federated_run(job: fed.RunJob, root: str) -> fed.RunOutput:
         progress=progress_artifact(f"federated-{job.name}-s{job.seed}", params.rounds),
     )
     return fed.run_setting(job, root, hooks)
+
+
+@task(name="federated-noise", retries=1, cache_policy=NO_CACHE, task_run_name="noisy-{out.label}")
+def global_model_noise(out: fed.RunOutput, settings: list[NoiseSetting], samples: int) -> list[dict[str, Any]]:
+    """A run's final global model under each noise setting, beside its exact predictions."""
+    torch.set_num_threads(1)  # one per Dask worker: the workers share the cores
+    rows = fed.noisy_evaluation(out, settings, samples)
+    get_run_logger().info(
+        "%s %s under noise: %s",
+        out.setting.name,
+        out.label,
+        ", ".join(f"{r['label']} {r['accuracy']:.4f} ({r['seconds']:.1f} s)" for r in rows),
+    )
+    return rows

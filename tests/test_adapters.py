@@ -183,7 +183,8 @@ def test_minilm_counts_on_query_and_value() -> None:
     config = transformers.AutoConfig.from_pretrained(resolve_model(None))
     configs = [adapter_config(m, target_modules=["query", "value"], r=4, **OPTIONS[m]) for m in ("lora", "qpa")]
     lora, qpa = compare(lambda: skeleton(config), configs)
-    assert (lora.adapter, lora.layers) == (12 * 4 * (384 + 384), 12)
+    assert (lora.adapter, lora.layers, lora.qubits) == (12 * 4 * (384 + 384), 12, 0)
+    assert qpa.qubits == 6  # what a noise ablation's device must hold
     # m = 3,072 per layer → 48 chunks of 64 → 6 qubits; mapping 7→16→64
     assert qpa.adapter == 12 * (6 * 8 + (7 * 16 + 16) + (16 * 64 + 64)) and qpa.details == ("6 qubits, 48 chunks",)
 

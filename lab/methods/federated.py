@@ -11,7 +11,8 @@
 - :func:`run_key`, :func:`load_run`, :func:`store_run`: finished runs stored by content, so a
   re-run with the same data and settings repeats no round;
 - :func:`summarize`, :func:`accuracy_curves`, :func:`log_runs`: the results table, the plots and
-  the MLflow record (per-round metrics with step = round).
+  the MLflow record (per-round metrics with step = round);
+- :func:`noisy_evaluation`: the final global model's circuit under shots and device noise.
 - :class:`LLMQFL`, :class:`LLMQFLClassical`, :class:`FedLogreg`: the registry's view, a
   leaderboard row per run from its final global model, each with its search space and the
   tuning view its trials read.
@@ -47,12 +48,14 @@ from qcore.federated.partition import PartitionError, PartitionSpec
 from qcore.federated.server import FederatedRun, RoundRecord, RunResult, fit_sequentially
 from qcore.federated.strategy import make_strategy
 from qcore.federated.vqc import VQCClassifier
+from qcore.layer import QuantumLayer
 from qcore.models.base import QuantumModel, save_module
 
 from .. import tracking
 from ..artifacts import atomic_write_bytes, hash_json, join_url, read_bytes
 from ..data import DataError, DataRequest, Dataset, stratified_indices
 from ..embedded import EmbeddedSplit
+from ..noise import NoiseOptions, NoiseSetting, circuit_noise
 from ..params import Options, RunOptions, experiment
 from ..results import TrainingResult
 from ..search_space import Dimension, Float, Int
@@ -144,7 +147,7 @@ class FederatedFields(Options):
     teacher_shard_size: int = Field(4000, ge=1, description="texts per embedding shard on the Dask workers")
 
 
-class FederatedParams(RunOptions, FederatedFields):
+class FederatedParams(RunOptions, NoiseOptions, FederatedFields):
     """Parameters of the federated flow (the CLI options, the Prefect UI form, prefect.yaml)."""
 
     experiment: str = experiment("qllm-federated")
@@ -167,6 +170,7 @@ class FederatedParams(RunOptions, FederatedFields):
     def _consistent(self) -> FederatedParams:
         if self.shots is not None and self.backend != "aer":
             raise ValueError(f"shots={self.shots} needs --backend aer (the exact backend has no shots)")
+        self.check_device_qubits(self.qubits, "the client circuit")
         if self.batch_size is not None and self.optimizer != "adam":
             raise ValueError(f"batch_size applies to --optimizer adam only; {self.optimizer} uses the whole partition")
         if self.train_size is not None:
@@ -454,6 +458,7 @@ NOT_IN_RUN_KEY = {
     "teacher_shard_size",
     "experiment",
     "dask_address",
+    *NoiseOptions.model_fields,  # evaluated after the run, from its stored weights
 }
 
 
@@ -734,6 +739,19 @@ def global_model(out: RunOutput) -> nn.Module:
     model = build_model(replace(out.model, backend="exact", backend_options={}))
     set_weights(model, out.result.weights)
     return model
+
+
+def noisy_evaluation(out: RunOutput, settings: list[NoiseSetting], samples: int, seed: int = 0) -> list[dict[str, Any]]:
+    """The final global model on the first ``samples`` test examples with its circuit on Aer
+    under each setting (one circuit per sample), beside its exact predictions: the rows of
+    :func:`lab.noise.circuit_noise`, named by the run; none for a model without a circuit (a
+    classical stand-in in its place)."""
+    model = global_model(out)
+    if not any(isinstance(m, QuantumLayer) for m in model.modules()):
+        return []
+    x, y = out.setting.test
+    rows = circuit_noise(model, lambda: model_predictions(model, x[:samples]), y[:samples], settings, seed)
+    return [{"dataset": out.setting.dataset, "partition": out.setting.partition, "run": out.label, **r} for r in rows]
 
 
 def save_global_model(out: RunOutput, folder: Path) -> Path:

@@ -13,6 +13,9 @@ Everything that can be refused is refused by :func:`preflight` before any traini
 A finished job is stored under ``<artifact root>/peft/<key>/`` (``adapter/``, ``merged/``, then
 ``result.json`` last), ``key`` hashing the job, the data and the model's files, so a re-run
 after a crash redoes only the methods that had not finished.
+
+:func:`noisy_evaluation` is the noise ablation of a stored classifier with a circuit (QPA,
+QTHA): its ΔW generated once per setting by the circuits on Aer, then the test texts classified.
 """
 
 from __future__ import annotations
@@ -32,16 +35,17 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from pydantic import Field, field_validator, model_validator
 
 from qcore.adapters import METHODS as ADAPTERS
-from qcore.adapters import AdapterError, adapt, adapter_config
-from qcore.adapters.base import seeded
+from qcore.adapters import AdapterError, adapt, adapter_config, load_adapter
+from qcore.adapters.base import factors_fixed, seeded
 from qcore.adapters.counting import Count, compare, skeleton
 from qcore.adapters.qpa import PUBLISHED_HIDDEN
 from qcore.adapters.training import Batch, accuracy, perplexity, train_steps
 from qcore.training import circuit_parameters
 
-from ..artifacts import atomic_write_bytes, hash_json, join_url, read_bytes, upload_folder
+from ..artifacts import atomic_write_bytes, download_folder, hash_json, join_url, read_bytes, upload_folder
 from ..corpus import Corpus, load_corpus
 from ..data import DataRequest, Dataset
+from ..noise import NoiseOptions, NoiseSetting, circuit_noise
 from ..params import Options, RunOptions, experiment
 from ..results import TrainingResult
 from ..search_space import Dimension, Float
@@ -209,7 +213,7 @@ class PeftFields(Options):
         return adapter, self.circuit_lr.get(name, adapter)
 
 
-class PeftParams(RunOptions, PeftFields, AdapterOptions):
+class PeftParams(RunOptions, NoiseOptions, PeftFields, AdapterOptions):
     """Parameters of the peft flow (the CLI options, the Prefect UI form, prefect.yaml)."""
 
     experiment: str = experiment("qllm-peft")
@@ -307,6 +311,11 @@ def preflight(params: PeftParams, data: Dataset | Corpus) -> Plan:
     fields = {m: params.adapter_fields(m, targets, **shared) for m in params.methods}
     configs = [adapter_config(VARIANTS.get(m, m), **f) for m, f in fields.items()]
     counts = compare(lambda: skeleton(config, auto), configs)
+    if params.task == "classify":  # the noise ablation classifies: perplexity is not ablated
+        try:
+            params.check_device_qubits(max(c.qubits for c in counts), "the widest adapter circuit")
+        except ValueError as exc:
+            raise AdapterError(f"noise_devices: {exc}") from None
     jobs = [
         FinetuneJob(
             method=m,
@@ -523,9 +532,10 @@ def train_batches(job: FinetuneJob, tokenizer: Any, data: Dataset | Corpus) -> I
             yield _to_device(make(order[start : start + job.batch_size]))
 
 
-def eval_batches(job: FinetuneJob, tokenizer: Any, data: Dataset | Corpus) -> list[Batch]:
+def eval_batches(job: FinetuneJob, tokenizer: Any, data: Dataset | Corpus, limit: int | None = None) -> list[Batch]:
+    """The test texts (the first ``limit``) or validation blocks, in batches."""
     if isinstance(data, Dataset):
-        examples = list(zip(data.test_texts, data.test_labels.tolist(), strict=True))
+        examples = list(zip(data.test_texts, data.test_labels.tolist(), strict=True))[:limit]
         return [
             _to_device(_classify_batch(tokenizer, examples[i : i + job.eval_batch_size], job.max_length))
             for i in range(0, len(examples), job.eval_batch_size)
@@ -586,6 +596,31 @@ def check_merged(adapted: Any, tokenizer: Any, probe: Batch, job: FinetuneJob, f
             f"{difference:.3g} (> {bound:.3g}): merging is broken for this model"
         )
     return difference
+
+
+# --- the noise ablation ---------------------------------------------------------------------------
+
+
+def noisy_evaluation(
+    result: TrainingResult, data: Dataset, settings: list[NoiseSetting], samples: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """The stored adapter of ``result`` on its first ``samples`` test texts under each setting:
+    every adapted layer's circuit run once on Aer (:func:`qcore.ablation.circuits_on`) to
+    generate ΔW (:func:`qcore.adapters.base.factors_fixed`), as a quantum computer would run it
+    once before merging; the rows of :func:`lab.noise.circuit_noise`, named by the method."""
+    job = FinetuneJob(**result.job)
+    transformers.logging.set_verbosity_error()
+    tokenizer, model = load_pretrained(job, data)
+    with tempfile.TemporaryDirectory() as tmp:
+        adapted = load_adapter(model, download_folder(result.files["adapter"], Path(tmp) / "adapter"))
+    batches = eval_batches(job, tokenizer, data, limit=samples)
+
+    def predict() -> list[int]:
+        with factors_fixed(adapted):
+            return test_predictions(adapted, batches)
+
+    labels = np.asarray(data.test_labels)[:samples]
+    return [{"method": result.method, **row} for row in circuit_noise(adapted, predict, labels, settings, seed)]
 
 
 # --- the registry's view: one entry per adapter ------------------------------------------------

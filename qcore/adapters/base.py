@@ -193,6 +193,7 @@ class AdapterLayer(nn.Module):
     """
 
     saved_buffers: ClassVar[tuple[str, ...]] = ()
+    fixed: tuple[torch.Tensor, torch.Tensor] | None = None  # set by factors_fixed: (A, B) made once
 
     def __init__(self, base_layer: TargetLayer, config: AdapterConfig, *, name: str) -> None:
         super().__init__()
@@ -220,7 +221,7 @@ class AdapterLayer(nn.Module):
         y = self.base_layer(x)
         if self.merged:
             return y
-        a, b = self.factors()
+        a, b = self.factors() if self.fixed is None else self.fixed
         update = (self.dropout(x).to(b.dtype) @ b.T) @ a.T
         return y + (self.scaling * update).to(y.dtype)
 
@@ -343,6 +344,23 @@ def registered_buffer(module: nn.Module, path: str) -> torch.Tensor | None:
         return module.get_buffer(path)
     except AttributeError:
         return None
+
+
+@contextmanager
+def factors_fixed(model: nn.Module) -> Iterator[None]:
+    """Every adapted layer's ``(A, B)`` generated once on entry and used by each forward pass
+    inside, as the merged model uses one ΔW: evaluated under shots or device noise
+    (:func:`qcore.ablation.circuits_on`), the circuits run once, not once per batch with fresh
+    shot noise each time. On exit each layer generates its factors again."""
+    layers = [m for m in model.modules() if isinstance(m, AdapterLayer)]
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                layer.fixed = layer.factors()
+        yield
+    finally:
+        for layer in layers:
+            layer.fixed = None
 
 
 def find_modules_to_save(model: nn.Module, patterns: Sequence[str]) -> list[nn.Module]:

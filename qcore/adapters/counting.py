@@ -50,6 +50,7 @@ class Count:
     trainable: int
     adapter: int
     circuit: int
+    qubits: int  # of the widest circuit (0: none)
     layers: int
     lora: int  # LoRA's adapter parameters with the same targets and rank
     details: tuple[str, ...]
@@ -66,6 +67,7 @@ class _Sizes(TypedDict):
     trainable: int
     adapter: int
     circuit: int
+    qubits: int
     layers: int
     details: tuple[str, ...]
 
@@ -77,11 +79,13 @@ def _sizes(model: nn.Module, config: AdapterConfig) -> _Sizes:
     trainable = sum(p.numel() for p in adapted.trainable_parameters().values())
     layers = adapted.adapter_layers()
     details = [layer.describe() for _, layer in layers if isinstance(layer, AdapterLayer)]
+    circuits = [m for m in adapted.modules() if isinstance(m, QuantumLayer)]
     return {
         "method": config.method,
         "trainable": trainable,
         "adapter": trainable - saved,
-        "circuit": sum(m.weights.numel() for m in adapted.modules() if isinstance(m, QuantumLayer)),
+        "circuit": sum(m.weights.numel() for m in circuits),
+        "qubits": max((m.circuit.num_qubits for m in circuits), default=0),
         "layers": len(layers),
         "details": tuple(dict.fromkeys(d for d in details if d)),
     }

@@ -70,7 +70,8 @@ def test_federated_global_model_under_noise() -> None:
         exact = model(torch.as_tensor(test[0][:4], dtype=torch.float32)).argmax(-1).numpy()
     assert all(r["exact_accuracy_same_samples"] == (exact == test[1][:4]).mean() for r in rows)
     standin = ModelSpec("vqc", 4, 2, options={"circuit": "classical"})
-    assert noisy_evaluation(RunOutput(split, "standin", standin, out.result), settings, samples=4) == []
+    trained = RunResult(0.5, 0.7, [], get_weights(build_model(standin)))
+    assert noisy_evaluation(RunOutput(split, "standin", standin, trained), settings, samples=4) == []
 
 
 @pytest.mark.parametrize("build", [PeftParams, FederatedParams])

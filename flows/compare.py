@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from lab import leaderboard as board
 from lab import reporting, tracking
-from lab.data import DataError, Dataset
+from lab.data import DataError, Dataset, hold_out, tuning_mask
 from lab.embedded import EmbeddedSplit
 from lab.methods import LEADERBOARD, METHODS, FeatureMethod, Method
 from lab.methods import federated as fed
@@ -40,6 +40,7 @@ from lab.methods.qdllm import QDLLM
 from lab.params import DataOptions, Options, RunOptions, experiment, parse_values
 from lab.results import TrainingResult
 from lab.runtime import Runtime
+from lab.setfit_body import BodyJob, BodyOptions
 from lab.teacher import resolve_model
 from lab.tuning import TuneOutcome, TuningOptions, check_fit
 from qcore.federated.controller import RULES
@@ -128,7 +129,7 @@ class CompareFields(Options):
     )
 
 
-class CompareParams(RunOptions, TuningOptions, CompareFields, DataOptions):
+class CompareParams(RunOptions, TuningOptions, CompareFields, BodyOptions, DataOptions):
     """Parameters of the compare flow (the CLI options, the Prefect UI form, prefect.yaml).
 
     The budget, and what it means to each method (:meth:`lab.methods.Method.for_budget`):
@@ -202,6 +203,19 @@ class CompareParams(RunOptions, TuningOptions, CompareFields, DataOptions):
         """The chosen methods (registry ids) that are of ``kind``, in registry order."""
         return [m for m, method in METHODS.items() if m in self.methods and isinstance(method, kind)]
 
+    def body_job(self, data: Dataset) -> BodyJob | None:
+        """``body='setfit'``: the encoder fine-tuned on the training texts that no trial scores on
+        (the tuning hold-out) and the PQC head does not stop early on (its validation hold-out),
+        so neither those nor test texts reach the body; every feature and federated method then
+        reads its embeddings (the fine-tunes adapt the encoder themselves)."""
+        labels = np.asarray(data.train_labels)
+        keep = np.ones(len(labels), dtype=bool)
+        if self.trials:
+            keep &= ~tuning_mask(labels, self.tune_fraction, self.sampler_seed)
+        if "pqc-head" in self.methods:
+            keep &= ~hold_out(labels, self.val_fraction, self.split_seed)
+        return self.body_on(None, data, keep.tolist())
+
     def check_data(self) -> None:
         """Read and split the data set and check that every chosen method can use it (two
         classes or more, the fine-tuned model and its targets, a share for every client):
@@ -212,6 +226,7 @@ class CompareParams(RunOptions, TuningOptions, CompareFields, DataOptions):
             raise DataError(f"{self.dataset}: the training split holds {classes} class; a classifier needs two or more")
         if self.trials:
             check_fit(data.train_labels, self.tune_fraction, self.sampler_seed)
+        self.body_job(data)  # a SetFit body: the setfit package and a usable training set
         for m in self.of_kind(FinetuneMethod):
             METHODS[m].jobs(self.params_of(m)[0], data)  # the adapter's preflight, with its overrides
         for m in self.of_kind(fed.FederatedMethod):
@@ -338,7 +353,7 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
     with tracking.parent_run(
         runtime, params.experiment, "compare", params.model_dump(), tags={"flow": "compare"}, system_metrics=True
     ) as parent:
-        data, split = embedded_split(SHARED, params.params_of(SHARED.id)[0], root)
+        data, split = embedded_split(SHARED, params.params_of(SHARED.id)[0], root, params.body_job)
         tracking.set_tags(parent, {"data_hash": data.content_hash})
         groups = (tuned_methods if params.trials else untuned)(params, data, split, root)
         # Only now: a federated round waits on its clients with a deadline (the federated flow's
@@ -349,11 +364,15 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
         rows = [board.trained_row(r) for g in groups for r in g.results]
         table = board.leaderboard(rows, labels)
         intervals = board.tuned_rows(groups, labels, split.test_y, classical=CLASSICAL)
-        title = f"{data.name}: {len(split.train_y)} training / {len(split.test_y)} test examples, seeds {params.seeds}"
+        body = "SetFit body" if params.body == "setfit" else "frozen MiniLM"
+        title = (
+            f"{data.name} ({body}): {len(split.train_y)} training / {len(split.test_y)} test examples, "
+            f"seeds {params.seeds}"
+        )
         figure = reporting.leaderboard_plot(intervals, title)
         board.log_leaderboard(parent, table, rows, figure, intervals)
         run_id = parent.info.run_id
-    md = report(params, intervals, groups)
+    md = f"{title}\n\n" + report(params, intervals, groups)
     create_table_artifact(key="compare-leaderboard", table=intervals, description=f"leaderboard: {title}")
     create_markdown_artifact(
         key="compare-report",

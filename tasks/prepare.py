@@ -4,7 +4,7 @@ features and soft labels (one :class:`~lab.embedded.EmbeddedSplit`)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,19 +78,27 @@ def setfit_body(job: BodyJob, root: str) -> str:
     return str(fine_tuned_body(job, root, log=log.info))
 
 
-def embeddings(method: FeatureMethod[Any, Any], params: Any, root: str) -> tuple[Dataset, EmbeddedSplit]:
+BodyOf = Callable[[Dataset], BodyJob | None]
+
+
+def embeddings(
+    method: FeatureMethod[Any, Any], params: Any, root: str, body_of: BodyOf | None = None
+) -> tuple[Dataset, EmbeddedSplit]:
     """A feature method's data: the split (a task), the encoder's SetFit body when the method
-    asks for one (a task, cached by content) and the teacher's outputs (cached, sharded over the
-    workers)."""
+    (or ``body_of``, a caller that knows better which texts the body may read) asks for one (a
+    task, cached by content) and the teacher's outputs (cached, sharded over the workers)."""
     data = prepare_data(method.data_request(params))
     spec = method.teacher(params)
-    if (body := method.body_job(params, data)) is not None:  # a fine-tuned encoder replaces the frozen one
+    body = body_of(data) if body_of is not None else method.body_job(params, data)
+    if body is not None:  # a fine-tuned encoder replaces the frozen one
         spec = dataclasses.replace(spec, model=setfit_body(body, root))
     outputs = teacher_outputs(data, spec, root, method.shard_size(params))
     return data, EmbeddedSplit.of(data, outputs, spec)
 
 
-def embedded_split(method: FeatureMethod[Any, Any], params: Any, root: str) -> tuple[Dataset, EmbeddedSplit]:
+def embedded_split(
+    method: FeatureMethod[Any, Any], params: Any, root: str, body_of: BodyOf | None = None
+) -> tuple[Dataset, EmbeddedSplit]:
     """:func:`embeddings` in the method's own view (e.g. with a validation hold-out)."""
-    data, embedded = embeddings(method, params, root)
+    data, embedded = embeddings(method, params, root, body_of)
     return data, method.split(params, embedded)

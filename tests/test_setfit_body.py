@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from flows.compare import CompareParams
 from lab import setfit_body
-from lab.data import Dataset, load_dataset
+from lab.data import Dataset, hold_out, load_dataset, tuning_mask
 from lab.embedded import EmbeddedSplit
 from lab.methods.pqc_head import HeadParams, PQCHeadMethod
 from lab.setfit_body import BodyError, BodyJob, BodySettings, fine_tuned_body
@@ -187,3 +188,18 @@ def test_a_sentence_transformers_6_folder_takes_the_tokenizer_limit(tmp_path: Pa
     assert _max_length(TeacherSpec(), tokenizer, model, tmp_path) == 256
     (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 128}')
     assert _max_length(TeacherSpec(), tokenizer, model, tmp_path) == 128
+
+
+def test_the_compare_body_reads_no_text_a_trial_or_the_head_validates_on() -> None:
+    """compare --body setfit: the texts no trial scores on and the PQC head does not stop early on."""
+    train = [f"train text {i}" for i in range(60)]
+    labels = np.array([i % 2 for i in range(60)])
+    data = _dataset(train, labels.tolist(), [f"test text {i}" for i in range(10)])
+    params = CompareParams(body="setfit", trials=2, tune_fraction=0.2, val_fraction=0.25, train_size=60)
+    job = params.body_job(data)
+    assert job is not None
+    held = tuning_mask(labels, 0.2, params.sampler_seed) | hold_out(labels, 0.25, params.split_seed)
+    assert set(job.texts) == {t for t, h in zip(train, held, strict=True) if not h}
+    untuned_without_head = CompareParams(body="setfit", trials=0, methods=["qdllm", "logreg"], train_size=60)
+    assert untuned_without_head.body_job(data) is not None and len(untuned_without_head.body_job(data).texts) == 60
+    assert CompareParams(trials=0).body_job(data) is None

@@ -52,33 +52,6 @@ class HeadFields(Options):
         "name or folder (default: the embedded all-MiniLM-L6-v2)",
     )
     encoder_batch_size: int = Field(64, ge=1, description="embedding batch size")
-    body: Literal["frozen", "setfit"] = Field(
-        "frozen",
-        description="sentence encoder body: frozen, or setfit (fine-tuned contrastively on the training "
-        "examples without the validation hold-out, as the paper does, before every head reads it)",
-    )
-    body_iterations: int = Field(
-        setfit_body.BodySettings.iterations,
-        ge=setfit_body.ITERATIONS[0],
-        le=setfit_body.ITERATIONS[1],
-        description="SetFit body: positive and as many negative pairs per training text (setfit num_iterations)",
-    )
-    body_epochs: int = Field(
-        setfit_body.BodySettings.epochs,
-        ge=setfit_body.EPOCHS[0],
-        le=setfit_body.EPOCHS[1],
-        description="SetFit body: epochs over the pairs",
-    )
-    body_batch_size: int = Field(
-        setfit_body.BodySettings.batch_size,
-        ge=setfit_body.BATCH_SIZE[0],
-        le=setfit_body.BATCH_SIZE[1],
-        description="SetFit body: pairs per step",
-    )
-    body_lr: float = Field(
-        setfit_body.BodySettings.lr, gt=0, le=setfit_body.MAX_LR, description="SetFit body: learning rate"
-    )
-    body_seed: int = Field(setfit_body.BodySettings.seed, ge=0, description="SetFit body: training seed")
     shard_size: int = Field(
         4000, ge=1, description="texts per embedding shard: larger sets are split across the Dask workers"
     )
@@ -137,7 +110,7 @@ class HeadFields(Options):
 ARCH_FIELDS = tuple(name for name in ARCH if name in HeadFields.model_fields)
 
 
-class HeadParams(RunOptions, HeadFields, DataOptions):
+class HeadParams(RunOptions, HeadFields, setfit_body.BodyOptions, DataOptions):
     """Parameters of the head flow (the CLI options, the Prefect UI form, prefect.yaml)."""
 
     experiment: str = experiment("qllm-head")
@@ -179,15 +152,6 @@ class HeadParams(RunOptions, HeadFields, DataOptions):
             num_classes=data.num_classes,
             seed=seed,
             **{name: getattr(self, name) for name in ARCH_FIELDS},
-        )
-
-    def body_settings(self) -> setfit_body.BodySettings:
-        return setfit_body.BodySettings(
-            iterations=self.body_iterations,
-            epochs=self.body_epochs,
-            batch_size=self.body_batch_size,
-            lr=self.body_lr,
-            seed=self.body_seed,
         )
 
     def noise_settings(self) -> list[NoiseSetting]:
@@ -273,24 +237,14 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
     def check(self, params: HeadParams) -> None:
         """The data set and, for a SetFit body, the setfit package and a usable training set."""
         data = self.data_request(params).load()
-        if params.body == "setfit":
-            setfit_body.setfit_version()
-            self.body_job(params, data)
+        self.body_job(params, data)  # a SetFit body: the setfit package and a usable training set
 
     def body_job(self, params: HeadParams, data: Dataset) -> setfit_body.BodyJob | None:
         """``body='setfit'``: fine-tune the encoder on the training examples the heads train on,
         i.e. without the validation hold-out :meth:`split` carves (the same mask, chosen from the
         labels alone), so neither validation nor test texts reach the body."""
-        if params.body == "frozen":
-            return None
-        labels = np.asarray(data.train_labels)
-        keep = ~hold_out(labels, params.val_fraction, params.split_seed)
-        return setfit_body.BodyJob(
-            params.encoder,
-            setfit_body.texts_of(data.train_texts, keep.tolist()),
-            tuple(labels[keep].tolist()),
-            params.body_settings(),
-        )
+        keep = ~hold_out(np.asarray(data.train_labels), params.val_fraction, params.split_seed)
+        return params.body_on(params.encoder, data, keep.tolist())
 
     def split(self, params: HeadParams, embedded: EmbeddedSplit) -> EmbeddedSplit:
         return embedded.with_validation(params.val_fraction, params.split_seed)

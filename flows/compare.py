@@ -17,8 +17,7 @@ tuned under the same trial budget on a hold-out of the training split, never the
 
 from __future__ import annotations
 
-import contextvars
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -51,7 +50,7 @@ from tasks.prepare import embedded_split
 from tasks.train import train_task
 from tasks.tune import search, tuned
 
-from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
+from .runner import at_once, check_dask_address, dask_runner, mlflow_hint, run_from_cli
 
 MethodName = Literal[tuple(LEADERBOARD)]  # type: ignore[valid-type]
 SHARED = QDLLM()  # the shared split and features are the distill flow's, under the budget
@@ -270,14 +269,14 @@ def untuned(params: CompareParams, data: Dataset, split: EmbeddedSplit, root: st
     return [board.Group(m, [r for k, r in results if k == m]) for m in dict.fromkeys(k for k, _ in results)]
 
 
-def tuned_methods(params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str) -> list[board.Group]:
-    """Each feature method and adapter tuned under the same trial budget on a hold-out of the
-    training split, its best values then trained once per seed and scored on test (see
-    :func:`tasks.tune.tuned`); the federated methods are tuned alike by :func:`federated`.
-
-    The methods' studies run at once, each in a thread of this flow: a study waits for each batch
-    of its trials before it asks for the next, so one study at a time leaves workers idle behind
-    its slowest trial; several keep the cluster's queue full."""
+def tuned_methods(
+    params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str
+) -> tuple[list[board.Group], dict[str, Chosen]]:
+    """Every method tuned under the same trial budget on a hold-out of the training split, all
+    studies at once (:func:`flows.runner.at_once`). Each feature method and adapter then trains
+    its best values once per seed and is scored on test (:func:`tasks.tune.tuned`); for the
+    federated methods only the study runs here, and what it chose is returned for
+    :func:`federated`'s final rounds."""
 
     def tune_one(m: str) -> board.Group:
         method = METHODS[m]
@@ -294,11 +293,18 @@ def tuned_methods(params: CompareParams, data: Dataset, split: EmbeddedSplit, ro
         log_study(m, t.study)
         return board.Group(m, t.results, t.study.best_values if t.study else {})
 
-    chosen = params.of_kind(FeatureMethod) + params.of_kind(FinetuneMethod)
-    with ThreadPoolExecutor(max_workers=len(chosen) or 1, thread_name_prefix="study") as pool:
-        # each thread gets a copy of this one's context: the flow run and its task runner
-        futures = [pool.submit(contextvars.copy_context().run, tune_one, m) for m in chosen]
-        return [f.result() for f in futures]
+    def search_federated(m: str) -> Chosen:
+        method, base = METHODS[m], federated_base(params, m)
+        prepared = federated_data(method, base, data, split, root, (params.tune_fraction, params.sampler_seed))
+        study, chosen = search(method, base, prepared, root, options=params, space=method.search_space)
+        assert isinstance(chosen, fed.FederatedParams)
+        log_study(m, study)
+        return study, chosen
+
+    trained = params.of_kind(FeatureMethod) + params.of_kind(FinetuneMethod)
+    federated_methods = params.of_kind(fed.FederatedMethod)
+    done = at_once([partial(tune_one, m) for m in trained] + [partial(search_federated, m) for m in federated_methods])
+    return done[: len(trained)], dict(zip(federated_methods, done[len(trained) :], strict=True))
 
 
 def log_study(m: str, study: TuneOutcome | None) -> None:
@@ -307,29 +313,31 @@ def log_study(m: str, study: TuneOutcome | None) -> None:
         get_run_logger().info("%s tuned: held-out %.4f with %s", m, study.best_value or float("nan"), study.best_values)
 
 
-def federated(params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str) -> list[board.Group]:
+Chosen = tuple[TuneOutcome | None, fed.FederatedParams]  # a federated method's study, and what it chose
+
+
+def federated_base(params: CompareParams, m: str) -> fed.FederatedParams:
+    """A federated method's parameters under the budget, for the first seed."""
+    first = params.params_of(m)[0]
+    assert isinstance(first, fed.FederatedParams)
+    return METHODS[m].seeded(first, params.seeds[0])
+
+
+def federated(
+    params: CompareParams, data: Dataset, split: EmbeddedSplit, root: str, chosen: dict[str, Chosen]
+) -> list[board.Group]:
     """LLM-QFL, its classical stand-in and FedAvg logistic regression, one run per seed on the
-    shared features (IID clients). With ``trials``, each is first tuned under the same trial
-    budget by the same study as the other methods (:func:`tasks.tune.search`) on its hold-out
-    view: each trial a task on a worker that runs the view's rounds with its clients in its own
-    process (sent to the cluster, a trial's clients would queue behind the other trials against
-    their round's deadline, while their trial holds a worker). The final rounds run here and send
-    each client's training to the cluster; LLM-QFL's training time counts its clients' seconds
-    and the parties' LLM fine-tunes."""
+    shared features (IID clients), with what their study chose (:func:`tuned_methods`; the budget's
+    parameters untuned). A study's trials are tasks on the workers that run the view's rounds
+    with their clients in their own process (sent to the cluster, a trial's clients would queue
+    behind the other trials against their round's deadline, while their trial holds a worker).
+    The final rounds run here and send each client's training to the cluster; LLM-QFL's training
+    time counts its clients' seconds and the parties' LLM fine-tunes."""
     groups = []
     for m in params.of_kind(fed.FederatedMethod):
         method = METHODS[m]
         assert isinstance(method, fed.FederatedMethod)
-        first = params.params_of(m)[0]
-        assert isinstance(first, fed.FederatedParams)
-        base = method.seeded(first, params.seeds[0])
-        study, best = None, base
-        if params.trials:
-            prepared = federated_data(method, base, data, split, root, (params.tune_fraction, params.sampler_seed))
-            study, chosen = search(method, base, prepared, root, options=params, space=method.search_space)
-            assert isinstance(chosen, fed.FederatedParams)
-            best = chosen
-            log_study(m, study)
+        study, best = chosen.get(m, (None, federated_base(params, m)))
         results = []
         for seed in params.seeds:
             fp = method.seeded(best, seed)
@@ -355,11 +363,14 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
     ) as parent:
         data, split = embedded_split(SHARED, params.params_of(SHARED.id)[0], root, params.body_job)
         tracking.set_tags(parent, {"data_hash": data.content_hash})
-        groups = (tuned_methods if params.trials else untuned)(params, data, split, root)
+        groups, chosen = (
+            tuned_methods(params, data, split, root) if params.trials else (untuned(params, data, split, root), {})
+        )
         # Only now: a federated round waits on its clients with a deadline (the federated flow's
         # client timeout), which clients queued behind these trainings could miss. (A federated
-        # trial's clients train inside the trial's task: no deadline waits on the queue.)
-        groups += federated(params, data, split, root)
+        # trial's clients train inside the trial's task: no deadline waits on the queue, so the
+        # federated studies run beside the others.)
+        groups += federated(params, data, split, root, chosen)
         labels = {m: LEADERBOARD[m] for m in params.methods}
         rows = [board.trained_row(r) for g in groups for r in g.results]
         table = board.leaderboard(rows, labels)

@@ -4,10 +4,13 @@ and gathering results that may have failed."""
 
 from __future__ import annotations
 
+import contextvars
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from prefect import Flow, get_run_logger
 from prefect.futures import PrefectFuture
@@ -18,6 +21,8 @@ from prefect_dask import DaskTaskRunner
 from lab.results import FailedTraining, Outcome, job_record
 from lab.runtime import Runtime
 
+T = TypeVar("T")
+
 
 class LabTaskRunner(DaskTaskRunner):
     """The flows' Dask task runner. Built with no address, it decides where its tasks go when
@@ -26,7 +31,13 @@ class LabTaskRunner(DaskTaskRunner):
     simulation scales by processes, not threads), with patient timeouts.
 
     It prints the Dask dashboard's address once it has started or reached its cluster: in the
-    flow's log (the flows log prints), so the Prefect UI shows it too."""
+    flow's log (the flows log prints), so the Prefect UI shows it too.
+
+    The cluster starts at the first submission; a lock makes that one cluster when several of
+    the flow's threads submit at once (:func:`at_once`), where prefect_dask would start one each.
+    """
+
+    _starting = threading.Lock()
 
     def __enter__(self) -> LabTaskRunner:
         if not self.address and not self.cluster_kwargs:
@@ -46,9 +57,12 @@ class LabTaskRunner(DaskTaskRunner):
 
     @property
     def client(self) -> Any:
-        starting = self._client is None
-        client = super().client
-        if starting:
+        if self._client is not None:
+            return self._client
+        with self._starting:
+            if self._client is not None:  # another thread started it meanwhile
+                return self._client
+            client = super().client
             try:
                 link = client.dashboard_link
             except KeyError:  # a remote scheduler without the dashboard service
@@ -199,3 +213,17 @@ def results_or_failures(futures: Iterable[PrefectFuture[Any]], jobs: Sequence[An
         get_run_logger().error("%s failed: %s", job.name, message)
         rows.append(FailedTraining(method, job.name, job.seed, job_record(job), message))
     return rows
+
+
+def at_once(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Run ``calls`` at once, each in a thread of this flow with a copy of its context (the flow
+    run and its task runner, so each may submit tasks), and return their results in order.
+
+    A tuning study waits for each batch of its trials before it asks for the next: one study
+    at a time leaves workers idle behind its slowest trial, several keep the cluster's queue full.
+    """
+    if not calls:
+        return []
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="flow-call") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
+        return [f.result() for f in futures]

@@ -158,7 +158,12 @@ def run_trial(task: TrialTask, data: Any, root: str, hooks: Hooks | None = None)
 
     base = hooks or Hooks()
     trial_hooks = Hooks(
-        log=base.log, warn=base.warn, progress=base.progress, dask_client=base.dask_client, report=report
+        log=base.log,
+        warn=base.warn,
+        progress=base.progress,
+        dask_client=base.dask_client,
+        report=report,
+        save_models=False,  # a trial's model is never loaded: no merged folder, no ablation
     )
     t0 = time.perf_counter()
     params = method.params.model_validate(task.params)

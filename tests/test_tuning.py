@@ -110,6 +110,19 @@ def test_two_methods_studies_draw_their_own_values(tmp_path: Path) -> None:
     assert len(drawn["qdllm"]) == 3 and not set(drawn["qdllm"]) & set(drawn["qdllm-classical"])
 
 
+def test_a_trial_saves_no_model(split: EmbeddedSplit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial's model is never loaded: it skips the merged folder, its check and the ablation."""
+    seen = []
+    monkeypatch.setattr(type(QDLLM), "train", lambda self, job, data, root, hooks: seen.append(hooks) or _raise())
+    view = QDLLM.tuning_view(split, 0.25, 0)
+    outcome = run_trial(TrialTask("qdllm", 0, {}, base().model_dump()), view, str(tmp_path))
+    assert outcome.state == "failed" and [h.save_models for h in seen] == [False]
+
+
+def _raise() -> None:
+    raise RuntimeError("stop here")
+
+
 def test_a_trial_below_the_median_is_pruned(split: EmbeddedSplit, tmp_path: Path) -> None:
     view = QDLLM.tuning_view(split, 0.25, 0)
     perfect = [

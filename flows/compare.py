@@ -17,6 +17,7 @@ tuned under the same trial budget on a hold-out of the training split, never the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
 
@@ -295,6 +296,7 @@ def tuned_methods(
 
     def search_federated(m: str) -> Chosen:
         method, base = METHODS[m], federated_base(params, m)
+        assert isinstance(method, fed.FederatedMethod)
         prepared = federated_data(method, base, data, split, root, (params.tune_fraction, params.sampler_seed))
         study, chosen = search(method, base, prepared, root, options=params, space=method.search_space)
         assert isinstance(chosen, fed.FederatedParams)
@@ -303,7 +305,8 @@ def tuned_methods(
 
     trained = params.of_kind(FeatureMethod) + params.of_kind(FinetuneMethod)
     federated_methods = params.of_kind(fed.FederatedMethod)
-    done = at_once([partial(tune_one, m) for m in trained] + [partial(search_federated, m) for m in federated_methods])
+    calls: list[Callable[[], Any]] = [partial(tune_one, m) for m in trained]
+    done = at_once(calls + [partial(search_federated, m) for m in federated_methods])
     return done[: len(trained)], dict(zip(federated_methods, done[len(trained) :], strict=True))
 
 

@@ -880,9 +880,12 @@ class FederatedMethod(Method[FederatedParams, RunJob, FederatedData]):
         ]
 
     def compare_split(self, params: FederatedParams, data: Dataset, embedded: EmbeddedSplit) -> FederatedSplit:
-        """A comparison's split of the shared features: IID clients beside the server's share."""
+        """A comparison's split of the shared features: IID clients beside the server's share,
+        drawn from ``split_seed`` as every other method's split is, so a training seed varies the
+        models and the clients' sampling, not the data (and the parties' LLM fine-tunes, stored
+        by content, serve every seed)."""
         spec = params.model_spec(data.num_classes)
-        return build_split(data, embedded, "iid", params.clients, spec, params.server_fraction, params.seed)
+        return build_split(data, embedded, "iid", params.clients, spec, params.server_fraction, params.split_seed)
 
     def tuning_split(
         self, params: FederatedParams, data: Dataset, embedded: EmbeddedSplit, fraction: float, seed: int

@@ -5,7 +5,9 @@ cut into ``⌈m / chunk⌉`` chunks, one per basis state of ``n = ⌈log₂⌈m 
 step:
 
 1. the circuit (RY on every qubit, then a CNOT chain; ``depth`` blocks; no inputs) runs *once*
-   on the ``exact`` backend, giving all ``2ⁿ`` probabilities ``p``;
+   on the ``exact`` backend, giving all ``2ⁿ`` probabilities ``p`` (in a :class:`QPAModel
+   <qcore.adapters.qpa.model.QPAModel>`, the circuits of all its layers of one shape run as one
+   batch);
 2. ``p ↦ (0.6·tanh(0.1·2ⁿ⁻¹·p))^0.15``, mean-centred over all ``2ⁿ`` states (published code);
 3. chunk ``i``'s input row is basis state ``i`` written as ``n`` numbers ±1 (qubit ``q`` is bit
    ``q`` of ``i``, 0 → −1) followed by its transformed probability;
@@ -76,6 +78,7 @@ class QPAGenerator(nn.Module):
     circuit: QuantumLayer
     standin: ClassicalStandin  # with config.circuit == "classical", in place of the circuit
     frozen_circuit: torch.Tensor | None = None  # set by qcore.ablation: the probabilities
+    batched: torch.Tensor | None = None  # set by QPAModel for one pass: this circuit's row of its batch
 
     def __init__(self, size: int, config: QPAConfig, *, name: str) -> None:
         super().__init__()
@@ -94,6 +97,7 @@ class QPAGenerator(nn.Module):
                 f"{self.chunks:,} chunks, which needs {self.num_qubits} qubits (at most {MAX_QUBITS}); "
                 f"choose chunk_size at least {math.ceil(size / 2**MAX_QUBITS):,}"
             )
+        self.depth = config.depth
         self.classical = config.circuit == "classical"
         circuit, theta = qpa_chain(self.num_qubits, config.depth)
         if self.classical:
@@ -114,9 +118,12 @@ class QPAGenerator(nn.Module):
         return self.probabilities()[:, None]
 
     def probabilities(self) -> torch.Tensor:
-        """``(2ⁿ,)``: the circuit's basis-state probabilities (one run), or its stand-in's."""
+        """``(2ⁿ,)``: the circuit's basis-state probabilities (one run, or its row of the model's
+        batch: see :class:`~qcore.adapters.qpa.model.CircuitGroup`), or its stand-in's."""
         if self.classical:
             return self.standin(self.states.new_ones(1, 1))[0]
+        if self.batched is not None:
+            return self.batched
         return self.circuit()[0]
 
     def forward(self) -> torch.Tensor:

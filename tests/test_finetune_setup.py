@@ -1,7 +1,8 @@
 """How the lab sets the fine-tuning methods up, checked on the embedded MiniLM without a flow:
 the classifier reads the sentence transformer's own pooling, QPA starts from a zero update (its
 published start kept as a labelled variant), every parameter group has its own learning rate,
-and the classical stand-ins are their quantum method with the circuit replaced."""
+the classical stand-ins are their quantum method with the circuit replaced, and a tuning trial
+scores its held-out texts once per report."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import transformers
 
 from flows.compare import CompareParams
 from lab.data import Dataset
-from lab.methods import LEADERBOARD, METHODS
-from lab.methods.peft import ADAPTER_LRS, FinetuneJob, PeftParams, head_names, load_pretrained, preflight
+from lab.methods import LEADERBOARD, METHODS, peft
+from lab.methods.base import Hooks
+from lab.methods.peft import ADAPTER_LRS, FinetuneJob, PeftParams, fine_tune, head_names, load_pretrained, preflight
 from lab.sentence_classifier import PooledClassifier, sentence_pooling
 from lab.teacher import resolve_model
 from qcore.ablation import ClassicalStandin
@@ -106,3 +108,25 @@ def test_a_standin_is_its_quantum_method_with_a_classical_module_in_the_circuits
     assert at_circuit_rate == standins  # the stand-in trains at the circuit's rate, nothing else does
     (budgeted,) = method.for_budget(CompareParams(), [0])  # the compare flow's row trains the stand-in
     assert budgeted.methods == [standin]
+
+
+@pytest.mark.parametrize("steps,reports", [(4, [1, 2, 3, 4]), (9, [2, 4, 6, 8])])
+def test_a_trial_scores_the_trained_model_once(
+    steps: int, reports: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report at the last step has scored the trained model: its predictions are the result's,
+    not those of another pass over the held-out texts (a fifth of a compare trial's evaluation)."""
+    passes: list[tuple[torch.nn.Module, list]] = []
+    predict = peft.test_predictions
+    monkeypatch.setattr(
+        peft, "test_predictions", lambda model, batches: passes.append((model, batches)) or predict(model, batches)
+    )
+    (job,) = preflight(PeftParams(methods=["lora"], steps=steps, batch_size=4), tiny_data()).jobs
+    seen: list[tuple[int, float]] = []
+    hooks = Hooks(report=lambda step, value: seen.append((step, value)), save_models=False)
+    result = fine_tune(job, tiny_data(), str(tmp_path), hooks)
+    assert [step for step, _ in seen] == reports
+    assert len(passes) == len(reports) + (steps not in reports)
+    assert result.test_predictions == predict(*passes[-1])  # the trained model's, scored again here
+    if steps in reports:
+        assert result.metrics["accuracy"] == seen[-1][1]

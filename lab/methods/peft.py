@@ -39,7 +39,7 @@ from qcore.adapters import AdapterError, adapt, adapter_config, load_adapter
 from qcore.adapters.base import factors_fixed, seeded
 from qcore.adapters.counting import Count, compare, skeleton
 from qcore.adapters.qpa import PUBLISHED_HIDDEN
-from qcore.adapters.training import Batch, accuracy, perplexity, train_steps
+from qcore.adapters.training import Batch, perplexity, train_steps
 from qcore.training import circuit_parameters
 
 from ..artifacts import atomic_write_bytes, download_folder, hash_json, join_url, read_bytes, upload_folder
@@ -405,16 +405,17 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
     trainable = sum(p.numel() for p in adapted.trainable_parameters().values())
 
     evaluation = eval_batches(job, tokenizer, data)
+    reported: dict[int, list[int]] = {}  # each report's predictions, by step
 
     def progress(step: int, loss: float) -> None:
         if (step + 1) % max(1, job.steps // 10) == 0 or step + 1 == job.steps:
             hooks.log(f"{job.method} step {step + 1}/{job.steps}: loss {loss:.4f}")
             hooks.progress(step + 1, f"step {step + 1}/{job.steps}: loss {loss:.4f}")
         # a tuning trial's test split is its held-out view: its accuracy four times over the steps
-        if hooks.report is not None and job.task == "classify" and (step + 1) % max(1, job.steps // 4) == 0:
-            value = accuracy(adapted, evaluation)
+        if hooks.report is not None and isinstance(data, Dataset) and (step + 1) % max(1, job.steps // 4) == 0:
+            reported[step + 1] = test_predictions(adapted, evaluation)
             adapted.train()
-            hooks.report(step + 1, value)
+            hooks.report(step + 1, share_right(reported[step + 1], data))
 
     t0 = time.perf_counter()
     trained = train_steps(
@@ -427,14 +428,15 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
         on_step=progress,
     )
     train_seconds = time.perf_counter() - t0
-    predicted = test_predictions(adapted, evaluation) if job.task == "classify" else None
+    # a report at the last step saw the trained model: its predictions are the final ones
+    predicted = reported.get(job.steps) or (test_predictions(adapted, evaluation) if job.task == "classify" else None)
     ablated = (
         ablated_predictions(adapted, lambda: test_predictions(adapted, evaluation))
         if predicted is not None and hooks.save_models
         else None
     )
     metric = (
-        {"accuracy": float(np.mean(np.array(predicted) == np.asarray(data.test_labels)))}
+        {"accuracy": share_right(predicted, data)}
         if isinstance(data, Dataset) and predicted is not None
         else {"perplexity": perplexity(adapted, evaluation)}
     )
@@ -474,6 +476,11 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
     merged = f", merged model checked (max |Δ| {metrics['merged_max_abs_diff']:.2e})" if files else ""
     hooks.log(f"{job.method}: " + ", ".join(f"{k} {v:.4f}" for k, v in metric.items()) + merged)
     return result
+
+
+def share_right(predicted: list[int], data: Dataset) -> float:
+    """The accuracy of ``predicted`` on the test texts of ``data``."""
+    return float(np.mean(np.array(predicted) == np.asarray(data.test_labels)))
 
 
 def load_pretrained(job: FinetuneJob, data: Dataset | Corpus) -> tuple[Any, torch.nn.Module]:

@@ -53,17 +53,13 @@ class CircuitGroup(nn.Module):
             and layer.generator.circuit.simulator is own
         ]
 
-    def attach(self) -> list[QPAGenerator]:
-        """Simulate the runnable layers' circuits as one batch and hand each generator its row;
-        returns the generators handed one."""
+    def rows(self) -> list[tuple[QPAGenerator, torch.Tensor]]:
+        """Each runnable layer's generator and its probabilities, from one batched simulation."""
         generators = [layer.generator for layer in self.runnable()]
         if not generators:
             return []
         angles = torch.stack([g.circuit.weights for g in generators])
-        probs = self.simulator.probs(angles, angles.new_zeros(0))
-        for g, p in zip(generators, probs, strict=True):
-            g.batched = p
-        return generators
+        return list(zip(generators, self.simulator.probs(angles, angles.new_zeros(0)), strict=True))
 
 
 class QPAModel(AdapterModel):
@@ -92,11 +88,12 @@ class QPAModel(AdapterModel):
     def circuits_batched(self) -> Iterator[None]:
         """Inside, each layer that would run its own `exact` circuit reads its probabilities from
         its group's batch, simulated once on entry with the angles as they are then."""
-        attached: list[QPAGenerator] = []
+        handed = [row for group in cast("list[CircuitGroup]", self.circuit_groups) for row in group.rows()]
+        before = [g.batched for g, _ in handed]
         try:
-            for group in cast("list[CircuitGroup]", self.circuit_groups):
-                attached += group.attach()
+            for g, probs in handed:
+                g.batched = probs
             yield
         finally:
-            for g in attached:
-                g.batched = None
+            for (g, _), previous in zip(handed, before, strict=True):
+                g.batched = previous

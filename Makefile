@@ -35,10 +35,10 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-fast: lint
-	$(BIN)/python -m pytest -q -m "not flow and not system"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not flow and not system"
 
 bench: install
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'

@@ -21,12 +21,10 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from dask.distributed import LocalCluster
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
 from flows.hardware import HardwareParams, run_hardware
-from flows.runner import prefect_api
 from lab import tracking
 from lab.data import load_dataset
 from lab.runtime import Runtime
@@ -48,16 +46,11 @@ STANDIN = "tests.qpu_standin:StandInService"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One artifact root, Prefect API and 2-worker Dask cluster for every flow run here."""
+    """One artifact root for every flow run here, on the session's Prefect API and Dask cluster."""
     root = tmp_path_factory.mktemp("hw-artifacts")
     mp = pytest.MonkeyPatch()
     mp.setenv("QLLM_ARTIFACT_ROOT", str(root))
-    mp.setenv("QLLM_DASK_WORKERS", "2")
-    with (
-        prefect_api(),
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
-    ):
-        yield {"root": root, "dask": cluster.scheduler_address, **_trained_student()}
+    yield {"root": root, "dask": os.environ["QLLM_DASK_ADDRESS"], **_trained_student()}
     mp.undo()
 
 

@@ -3,6 +3,7 @@ real MLflow store; a worker killed mid-study; a failing point; resumption; bad i
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
-from distributed import LocalCluster
+from distributed import Client, LocalCluster
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main as cli
@@ -87,13 +88,10 @@ def _study(**kw: object) -> StudyParams:
     )
 
 
-def _worker_processes() -> list[psutil.Process]:
-    """This process's Dask worker processes (spawned children; not the Prefect server)."""
-    return [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "spawn_main" in " ".join(p.cmdline()) and "uvicorn" not in " ".join(p.cmdline())
-    ]
+def _worker_processes(cluster: LocalCluster) -> list[psutil.Process]:
+    """The worker processes of ``cluster`` (not the session's, nor the Prefect server)."""
+    with Client(cluster) as client:
+        return [psutil.Process(pid) for pid in client.run(os.getpid).values()]
 
 
 def test_study_survives_a_killed_worker_and_resumes(root: Path) -> None:
@@ -107,12 +105,13 @@ def test_study_survives_a_killed_worker_and_resumes(root: Path) -> None:
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
     ):
         killed: list[float] = []
+        workers = _worker_processes(cluster)
 
         def kill_when_training_starts() -> None:
             deadline = time.time() + 400
             while time.time() < deadline and not killed:
                 if list(root.glob("students/*/result.json")):
-                    _worker_processes()[0].kill()
+                    workers[0].kill()
                     killed.append(time.time())
                 time.sleep(0.1)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Where a fine-tuning trial's time goes: QPA's update generation (each layer's circuit on its
 own against one batched simulation per shape group), whole training steps, a step taken apart,
-the evaluation of the held-out split, and what a trial does once before training.
+the evaluation of the held-out split (its texts batched in split order against by length), what
+a trial does once before training, and (``--trials``) whole trials with either evaluation.
 
 The setting is a tuned ``qllm run compare`` trial: all-MiniLM-L6-v2, SST-2, 2,000 training
 texts of which the tuning view holds 20 % out (400 texts, scored at four reports, the last one's
@@ -9,30 +10,61 @@ predictions being the trial's), batches of 16 texts of at most 64 tokens, the de
 (query and value of the six layers: twelve 6-qubit circuits). Alternatives are measured interleaved, round by round,
 in this one process, so a loaded machine slows both alike; medians are printed.
 
-    python bench/finetune.py [--threads 1] [--rounds 5] [--reps 5]
+    python bench/finetune.py [--threads 1] [--rounds 5] [--reps 5] [--trials 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from unittest import mock
 
 import torch
 import transformers
 
-from lab.data import DataRequest
-from lab.methods.peft import PeftParams, eval_batches, load_pretrained, preflight, train_batches
+from lab.data import DataRequest, Dataset
+from lab.methods import peft
+from lab.methods.base import Hooks
+from lab.methods.peft import (
+    Evaluation,
+    FinetuneJob,
+    PeftParams,
+    eval_batches,
+    fine_tune,
+    load_pretrained,
+    preflight,
+    test_logits,
+    train_batches,
+)
+from lab.results import TrainingResult
 from qcore.adapters import adapt, adapter_config
 from qcore.adapters.base import AdapterLayer
 from qcore.adapters.qpa import QPAModel
-from qcore.adapters.training import accuracy
 
 # A compare trial: 100 steps, a report every 25 (the last one's predictions are the result's).
 STEPS, TUNE_FRACTION, REPORTS = 100, 0.2, 4
+
+
+def params(method: str) -> PeftParams:
+    """A compare trial's parameters of ``method``."""
+    return PeftParams(methods=[method], train_size=2000, steps=STEPS, batch_size=16, max_length=64)
+
+
+def in_split_order(job: FinetuneJob, tokenizer: Any, data: Dataset, limit: int | None = None) -> Evaluation:
+    """The held-out batches as they were before batching by length: consecutive texts of the split."""
+    examples = list(zip(data.test_texts, data.test_labels.tolist(), strict=True))[:limit]
+    size = job.eval_batch_size
+    batches = [
+        peft._to_device(peft._classify_batch(tokenizer, examples[i : i + size], job.max_length))
+        for i in range(0, len(examples), size)
+    ]
+    return Evaluation(batches, torch.arange(len(examples)))
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -45,16 +77,16 @@ class Trial:
     """One method's fine-tune as a tuning trial sets it up, with its optimiser and batches."""
 
     def __init__(self, method: str, data: Any) -> None:
-        params = PeftParams(methods=[method], train_size=2000, steps=STEPS, batch_size=16, max_length=64)
         self.setup: dict[str, float] = {}
         with self.clock("preflight (jobs)"):
-            self.job = preflight(params, data).jobs[0]
+            self.job = preflight(params(method), data).jobs[0]
         with self.clock("load tokenizer and model"):
             self.tokenizer, model = load_pretrained(self.job, data)
         with self.clock("adapt"):
             self.model = adapt(model, adapter_config(self.job.adapter_method, **self.job.adapter))
         with self.clock("tokenise the held-out texts"):
             self.evaluation = eval_batches(self.job, self.tokenizer, data)
+        self.in_split_order = in_split_order(self.job, self.tokenizer, data)
         self.batches = train_batches(self.job, self.tokenizer, data)
         self.layers = [m for m in self.model.modules() if isinstance(m, AdapterLayer)]
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -114,9 +146,37 @@ class Trial:
             return self.model.circuits_batched()
         return contextlib.nullcontext()
 
-    def evaluate(self) -> None:
-        accuracy(self.model, self.evaluation)
+    def evaluate(self, by_length: bool = True) -> torch.Tensor:
+        """A pass over the held-out texts as a report scores them: the logits, in split order."""
+        logits = test_logits(self.model, self.evaluation if by_length else self.in_split_order)
         self.model.train()
+        return logits
+
+
+def whole_trial(method: str, data: Dataset, by_length: bool) -> tuple[float, float, TrainingResult]:
+    """A tuning trial as the compare flow runs one (its jobs, then the fine-tune reporting four
+    times, no model saved), evaluating by length or (before) in split order: its seconds, the
+    seconds of its passes over the held-out texts, its result."""
+    passes: list[float] = []
+    predict = peft.test_predictions
+
+    def timed_predictions(model: torch.nn.Module, evaluation: Evaluation) -> list[int]:
+        t0 = time.perf_counter()
+        out = predict(model, evaluation)
+        passes.append(time.perf_counter() - t0)
+        return out
+
+    batching = eval_batches if by_length else in_split_order
+    with (
+        tempfile.TemporaryDirectory() as root,
+        mock.patch.object(peft, "eval_batches", batching),
+        mock.patch.object(peft, "test_predictions", timed_predictions),
+    ):
+        t0 = time.perf_counter()
+        job = preflight(params(method), data).jobs[0]
+        result = fine_tune(job, data, root, Hooks(report=lambda step, value: None, save_models=False))
+        seconds = time.perf_counter() - t0
+    return seconds, sum(passes), result
 
 
 def interleaved(rounds: int, reps: int, cases: dict[str, Callable[[], Any]]) -> dict[str, float]:
@@ -150,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as a Dask worker)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per comparison")
     parser.add_argument("--reps", type=int, default=5, help="calls per case and round")
+    parser.add_argument(
+        "--trials", type=int, default=0, help="rounds of whole trials (QPA and LoRA, each evaluation; default none)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -190,16 +253,30 @@ def main(argv: list[str] | None = None) -> None:
             + " |"
         )
 
-    ev = interleaved(
-        max(1, args.rounds // 2),
-        1,
-        {"QPA": qpa.evaluate, "LoRA": lora.evaluate},
-    )
+    trials = {"QPA": qpa, "LoRA": lora}
+    cases: dict[str, Callable[[], Any]] = {
+        f"{name}, {how}": functools.partial(trial.evaluate, by_length)
+        for name, trial in trials.items()
+        for how, by_length in (("split order", False), ("by length", True))
+    }
+    ev = interleaved(args.rounds, 1, cases)
     print(
-        f"\none pass over the {len(data.test_texts)} held-out texts (eval_batch_size {qpa.job.eval_batch_size}): "
-        + ", ".join(f"{k} {v:.2f} s" for k, v in ev.items())
+        f"\none pass over the {len(data.test_texts)} held-out texts (eval_batch_size {qpa.job.eval_batch_size}, "
+        f"median of {args.rounds}):"
     )
-    for name, batches in (("held-out", qpa.evaluation), ("training", [next(qpa.batches) for _ in range(STEPS)])):
+    for name, trial in trials.items():
+        before, after = ev[f"{name}, split order"], ev[f"{name}, by length"]
+        old, new = trial.evaluate(False), trial.evaluate(True)
+        same = bool((old.argmax(-1) == new.argmax(-1)).all())
+        print(
+            f"  {name}: split order {before:.2f} s, by length {after:.2f} s, ratio {before / after:.2f}; "
+            f"logits max |Δ| {(old - new).abs().max().item():.1e}, predictions equal: {same}"
+        )
+    for name, batches in (
+        ("held-out, split order", qpa.in_split_order.batches),
+        ("held-out, by length", qpa.evaluation.batches),
+        ("training", [next(qpa.batches) for _ in range(STEPS)]),
+    ):
         real = sum(int(b["attention_mask"].sum()) for b in batches)
         padded = sum(b["input_ids"].numel() for b in batches)
         print(f"{name} batches: {padded:,} tokens run, {real:,} of them text ({real / padded:.0%})")
@@ -213,9 +290,37 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\na trial, estimated ({STEPS} steps, {REPORTS} passes over the held-out texts):")
     for name, trial, key in (("QPA", qpa, "QPA, batched"), ("LoRA", lora, "LoRA")):
         step, setup = sum(rows[key].values()), sum(trial.setup.values())
-        passes = REPORTS * ev[name]
-        total = setup + STEPS * step + passes
-        print(f"  {name}: setup {setup:.1f} s + steps {STEPS * step:.1f} s + evaluation {passes:.1f} s = {total:.1f} s")
+        for how in ("split order", "by length"):
+            passes = REPORTS * ev[f"{name}, {how}"]
+            total = setup + STEPS * step + passes
+            print(
+                f"  {name}, {how}: setup {setup:.1f} s + steps {STEPS * step:.1f} s + evaluation {passes:.1f} s "
+                f"= {total:.1f} s"
+            )
+    if args.trials:
+        whole_trials(args.trials, data)
+
+
+def whole_trials(rounds: int, data: Dataset) -> None:
+    """Whole trials of QPA and LoRA, evaluating in split order and by length, taking turns."""
+    runs: dict[tuple[str, bool], list[tuple[float, float, TrainingResult]]] = {}
+    for _ in range(rounds):
+        for method in ("qpa", "lora"):
+            for by_length in (False, True):
+                runs.setdefault((method, by_length), []).append(whole_trial(method, data, by_length))
+    print(f"\nwhole trials (median of {rounds}; seconds: trial, of which its passes over the held-out texts):")
+    for method in ("qpa", "lora"):
+        (before, eval_before), (after, eval_after) = (
+            (statistics.median(r[0] for r in runs[method, b]), statistics.median(r[1] for r in runs[method, b]))
+            for b in (False, True)
+        )
+        old, new = runs[method, False][0][2], runs[method, True][0][2]
+        print(
+            f"  {method}: split order {before:.1f} s ({eval_before:.1f} s), by length {after:.1f} s "
+            f"({eval_after:.1f} s); trial ratio {before / after:.2f}, evaluation ratio {eval_before / eval_after:.2f}; "
+            f"same losses: {old.history == new.history}, "
+            f"same predictions: {old.test_predictions == new.test_predictions}"
+        )
 
 
 if __name__ == "__main__":

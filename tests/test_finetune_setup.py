@@ -1,11 +1,12 @@
 """How the lab sets the fine-tuning methods up, checked on the embedded MiniLM without a flow:
 the classifier reads the sentence transformer's own pooling, QPA starts from a zero update (its
 published start kept as a labelled variant), every parameter group has its own learning rate,
-the classical stand-ins are their quantum method with the circuit replaced, and a tuning trial
-scores its held-out texts once per report."""
+the classical stand-ins are their quantum method with the circuit replaced, a tuning trial
+scores its held-out texts once per report, and they run in batches of similar length."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,37 @@ def test_a_trial_scores_the_trained_model_once(
     assert result.test_predictions == predict(*passes[-1])  # the trained model's, scored again here
     if steps in reports:
         assert result.metrics["accuracy"] == seen[-1][1]
+
+
+def test_evaluation_runs_texts_by_length_and_scores_them_in_split_order() -> None:
+    """Held-out texts run in batches of similar length (fewer padded tokens than batches in split
+    order) and their logits come back in split order, equal to the split-order batches' up to
+    float rounding; a shuffled split gets its scores shuffled alike."""
+    sentence = "a gorgeous witty and warm film that is never tedious nor long at all"
+    texts = [" ".join(sentence.split()[:n]) for n in (7, 1, 13, 3, 9, 2, 11, 5, 4, 10, 6, 8, 1, 12)]
+    labels = np.arange(len(texts)) % 2
+    data = Dataset("varied", "test", ("negative", "positive"), texts, labels, texts, labels, {})
+    (job,) = preflight(PeftParams(methods=["lora"], steps=2, batch_size=4), data).jobs
+    job = dataclasses.replace(job, eval_batch_size=4)
+    tokenizer, model = load_pretrained(job, data)
+    adapted = adapt(model, adapter_config("lora", **job.adapter))
+    evaluation = peft.eval_batches(job, tokenizer, data)
+    examples = list(zip(texts, labels.tolist(), strict=True))
+    in_order = [peft._classify_batch(tokenizer, examples[i : i + 4], job.max_length) for i in range(0, len(texts), 4)]
+    assert [len(b["labels"]) for b in evaluation.batches] == [4, 4, 4, 2]
+    assert sum(b["input_ids"].numel() for b in evaluation.batches) < sum(b["input_ids"].numel() for b in in_order)
+    ran_labels = torch.cat([b["labels"] for b in evaluation.batches])
+    assert ran_labels[evaluation.positions.argsort()].tolist() == labels.tolist()  # each text keeps its label
+    with torch.no_grad():
+        expected = torch.cat([adapted.eval()(**{k: v for k, v in b.items() if k != "labels"}).logits for b in in_order])
+    logits = peft.test_logits(adapted, evaluation)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert peft.test_predictions(adapted, evaluation) == expected.argmax(-1).tolist()
+    first = peft.test_logits(adapted, peft.eval_batches(job, tokenizer, data, limit=5))  # the noise ablation's
+    torch.testing.assert_close(first, expected[:5], atol=1e-5, rtol=1e-5)
+    shuffle = np.random.default_rng(0).permutation(len(texts))
+    shuffled_texts = [texts[i] for i in shuffle]
+    shuffled = Dataset("shuffled", "test", data.label_names, texts, labels, shuffled_texts, labels[shuffle], {})
+    torch.testing.assert_close(
+        peft.test_logits(adapted, peft.eval_batches(job, tokenizer, shuffled)), logits[shuffle], atol=1e-5, rtol=1e-5
+    )

@@ -438,7 +438,7 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
     metric = (
         {"accuracy": share_right(predicted, data)}
         if isinstance(data, Dataset) and predicted is not None
-        else {"perplexity": perplexity(adapted, evaluation)}
+        else {"perplexity": perplexity(adapted, evaluation.batches)}
     )
     tail = trained.losses[-max(1, job.steps // 10) :]
     metrics = {
@@ -454,7 +454,8 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
     if hooks.save_models:  # a tuning trial's model is never loaded: neither merged nor stored
         with tempfile.TemporaryDirectory() as tmp:
             adapted.save_pretrained(Path(tmp) / "adapter")
-            metrics["merged_max_abs_diff"] = check_merged(adapted, tokenizer, evaluation[0], job, Path(tmp) / "merged")
+            probe = evaluation.batches[0]  # the longest test texts
+            metrics["merged_max_abs_diff"] = check_merged(adapted, tokenizer, probe, job, Path(tmp) / "merged")
             files = {
                 "adapter": upload_folder(Path(tmp) / "adapter", join_url(url, "adapter")),
                 "merged": upload_folder(Path(tmp) / "merged", join_url(url, "merged")),
@@ -539,23 +540,47 @@ def train_batches(job: FinetuneJob, tokenizer: Any, data: Dataset | Corpus) -> I
             yield _to_device(make(order[start : start + job.batch_size]))
 
 
-def eval_batches(job: FinetuneJob, tokenizer: Any, data: Dataset | Corpus, limit: int | None = None) -> list[Batch]:
-    """The test texts (the first ``limit``) or validation blocks, in batches."""
+@dataclass(frozen=True)
+class Evaluation:
+    """Evaluation batches and the split position of each of their examples: the test texts run in
+    batches of similar token length (64 random texts padded to the longest are 71 % padding), and
+    :func:`test_logits` puts the scores back in split order."""
+
+    batches: list[Batch]
+    positions: torch.Tensor  # positions[i]: where the batches' i-th example stands in the split
+
+
+def eval_batches(job: FinetuneJob, tokenizer: Any, data: Dataset | Corpus, limit: int | None = None) -> Evaluation:
+    """The test texts (the first ``limit``) in batches of ``eval_batch_size`` texts of similar
+    token length, the longest first (a batch too large for memory fails at once), or the
+    validation blocks (all one length) in order."""
     if isinstance(data, Dataset):
         examples = list(zip(data.test_texts, data.test_labels.tolist(), strict=True))[:limit]
-        return [
-            _to_device(_classify_batch(tokenizer, examples[i : i + job.eval_batch_size], job.max_length))
-            for i in range(0, len(examples), job.eval_batch_size)
+        ids = tokenizer([t for t, _ in examples], truncation=True, max_length=job.max_length)["input_ids"]
+        order = sorted(range(len(examples)), key=lambda i: len(ids[i]), reverse=True)
+        size = job.eval_batch_size
+        batches = [
+            _to_device(_classify_batch(tokenizer, [examples[i] for i in order[s : s + size]], job.max_length))
+            for s in range(0, len(order), size)
         ]
+        return Evaluation(batches, torch.tensor(order, dtype=torch.long))
     blocks = lm_blocks(tokenizer, data.val_text, job.max_length)[: job.eval_blocks]
-    return [_to_device({"input_ids": b, "labels": b}) for b in blocks.split(job.batch_size)]
+    return Evaluation(
+        [_to_device({"input_ids": b, "labels": b}) for b in blocks.split(job.batch_size)], torch.arange(len(blocks))
+    )
 
 
 @torch.no_grad()
-def test_predictions(model: torch.nn.Module, batches: list[Batch]) -> list[int]:
-    """The predicted class of every test text, in order (the paired tests compare these)."""
+def test_logits(model: torch.nn.Module, evaluation: Evaluation) -> torch.Tensor:
+    """The logits of every test text, in split order whatever order the batches ran in."""
     model.eval()
-    return [int(c) for b in batches for c in model(**{k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1)]
+    logits = torch.cat([model(**{k: v for k, v in b.items() if k != "labels"}).logits for b in evaluation.batches])
+    return logits[evaluation.positions.argsort()]
+
+
+def test_predictions(model: torch.nn.Module, evaluation: Evaluation) -> list[int]:
+    """The predicted class of every test text, in split order (the paired tests compare these)."""
+    return [int(c) for c in test_logits(model, evaluation).argmax(-1)]
 
 
 def _classify_batch(tokenizer: Any, examples: list[tuple[str, int]], max_length: int) -> Batch:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -34,7 +37,7 @@ from qcore.circuits import (
 from qcore.circuits.base import ModelCircuit
 from qcore.layer import z_observables
 from qcore.simulators import threads as sim_threads
-from qcore.simulators.threads import kernel_threads, set_threads
+from qcore.simulators.threads import idle_cores, kernel_threads, set_threads
 
 ONE_Q = ["h", "x", "y", "z", "s", "sdg", "t", "tdg", "sx", "rx", "ry", "rz", "p", "u", "r"]
 TWO_Q = ["cx", "cy", "cz", "ch", "swap", "crx", "cry", "crz", "cp", "rxx", "ryy", "rzz", "rzx", "cu"]
@@ -380,6 +383,7 @@ def test_small_states_run_at_one_thread_forward_and_backward(caller_threads: Non
 @pytest.mark.skipif(CORES < 2, reason="one usable core: no second thread to give")
 def test_large_states_get_more_threads_up_to_the_callers(caller_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sim_threads, "MIN_AMPLITUDES_PER_THREAD", 2**10)  # 8 qubits × 8 = 2 threads' worth
+    monkeypatch.setattr(sim_threads, "idle_cores", lambda: CORES)  # as on a quiet machine
     torch.set_num_threads(2)
     assert _step_threads(8, 8)[0] == {2}
     torch.set_num_threads(1)  # an explicit cap (as tasks apply QLLM_TASK_THREADS) is respected
@@ -387,10 +391,24 @@ def test_large_states_get_more_threads_up_to_the_callers(caller_threads: None, m
     assert torch.get_num_threads() == 1
 
 
-def test_thread_rule_never_exceeds_the_cores(caller_threads: None) -> None:
+def test_thread_rule_never_exceeds_the_cores(caller_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(CORES + 3)
-    assert kernel_threads(2**40) == CORES
     assert kernel_threads(1) == 1
+    monkeypatch.setattr(sim_threads, "idle_cores", lambda: CORES)
+    assert kernel_threads(2**40) == CORES
+    monkeypatch.setattr(sim_threads, "idle_cores", lambda: 1)  # the other cores are busy
+    assert kernel_threads(2**40) == 1
+
+
+@pytest.mark.skipif(CORES < 2, reason="one usable core: nothing to leave idle")
+def test_a_busy_process_takes_a_core_off_the_idle_ones() -> None:
+    busy = subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"])
+    try:
+        time.sleep(0.2)
+        assert 1 <= idle_cores() <= CORES - 1
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 @pytest.mark.parametrize("initial_state", [False, True], ids=["angles", "initial-state"])

@@ -15,6 +15,7 @@ checks both on the installed torch).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from torch.autograd.function import once_differentiable
 # Amplitudes (state size × batch) one more thread needs before it pays: below this a second thread
 # gains little on a quiet machine and loses many times over beside a busy process (measured with the
 # training step of bench/engine.py at 1 and 2 threads, quiet and loaded).
-MIN_AMPLITUDES_PER_THREAD = 2**18
+MIN_AMPLITUDES_PER_THREAD = 2**21
 
 
 def usable_cores() -> int:
@@ -34,14 +35,36 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def idle_cores() -> int:
+    """Usable cores minus the runnable threads of other processes, now; at least one.
+
+    Beside a busy process a second thread cannot get a core of its own, and every barrier waits
+    for it. ``/proc/loadavg`` counts every runnable thread on the machine; this process's own (an
+    OpenMP worker still spinning after a parallel region, too) are taken off, so a step is not
+    its own load. Without ``/proc`` (not Linux) every usable core counts as idle.
+    """
+    cores = usable_cores()
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        mine = 0
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/stat") as f:  # OSError: it ended
+                mine += f.read().rsplit(")", 1)[1].split()[0] == "R"
+    except (OSError, ValueError, IndexError):
+        return cores
+    return max(1, min(cores, cores - (running - mine)))
+
+
 def kernel_threads(amplitudes: int) -> int:
     """Threads for kernels over ``amplitudes`` complex numbers (state size × batch).
 
     One per ``MIN_AMPLITUDES_PER_THREAD`` amplitudes, at least one, and never more than the calling
     thread's ``torch.get_num_threads()`` (the caller's ``torch.set_num_threads``, which is how tasks
-    apply ``QLLM_TASK_THREADS``) nor the usable cores.
+    apply ``QLLM_TASK_THREADS``), the usable cores, nor the cores that other processes leave idle.
     """
-    return max(1, min(amplitudes // MIN_AMPLITUDES_PER_THREAD, torch.get_num_threads(), usable_cores()))
+    wanted = min(amplitudes // MIN_AMPLITUDES_PER_THREAD, torch.get_num_threads(), usable_cores())
+    return 1 if wanted <= 1 else min(wanted, idle_cores())
 
 
 def set_threads(n: int) -> None:

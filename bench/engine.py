@@ -18,6 +18,11 @@ Implementations (each skipped with a note when its package is missing):
     aer            qcore.QuantumLayer(backend="aer") (parameter-shift gradients); <= 12 qubits
     pennylane      PennyLane default.qubit, interface="torch", diff_method="backprop", the batch
                    broadcast through qml.RY
+    lightning      PennyLane lightning.qubit (C++ kernels), complex64, interface="torch",
+                   diff_method="adjoint" (the batch broadcast, which PennyLane expands into tapes)
+    qulacs         qulacs ParametricQuantumCircuit, per sample: the forward outputs, then
+                   backprop(Z0 + Z1) for the gradient (adjoint method; it returns no values, so the
+                   step runs the forward once more); complex128, its only precision
     tc-torch       tensorcircuit-ng, PyTorch backend, vmap over the batch
     tc-jax         tensorcircuit-ng, JAX backend, jit(vectorized value_and_grad); compile excluded
     qml-estimator  qiskit-machine-learning EstimatorQNN + TorchConnector, default estimator
@@ -32,8 +37,15 @@ forward outputs (and, on the reference workload, its weight gradients) against q
 ``Statevector``, so a fast but wrong engine cannot win.  Nothing here is a stored result: every
 number printed is measured in this run.
 
+After the table: each peer's ratio to `exact` per workload; with ``--with-load``, every cell's
+quiet and loaded medians (the loaded run beside one spinning process pinned to the last usable
+CPU, i.e. another process using a core); and for `exact` at 20 qubits the bytes its kernels move
+(``kernel_bytes``) against the copy bandwidth measured in the same cell, i.e. how far the step is
+from the memory-traffic limit.
+
     python bench/engine.py --quick                 # reference workload only (make bench, smoke)
     python bench/engine.py                         # all workloads
+    python bench/engine.py --with-load             # also every cell beside one busy process
     python bench/engine.py --impls exact,tc-jax --workloads 8/3/32,16/2/8 --json out.json
 """
 
@@ -67,6 +79,7 @@ ALL_WORKLOADS = ["8/3/32", "12/3/32", "16/2/8", "20/1/2"]
 FWD_TOL = 1e-4  # max |output - Statevector reference| on the reference workload
 FWD_TOL_LARGE = 1e-3  # on the larger ones, where complex64 rounding over 2^20 amplitudes adds up
 GRAD_TOL = 1e-4  # max |grad - reference| / max(1, max |reference|)
+TRAFFIC_QUBITS = 20  # exact cells this large also report their memory traffic against copy bandwidth
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,12 @@ IMPLS = [
     Impl("exact128", ("torch", "qiskit", "qcore"), "qcore QuantumLayer exact, complex128"),
     Impl("aer", ("torch", "qiskit", "qiskit_aer", "qcore"), "qcore QuantumLayer aer (param-shift)", max_qubits=12),
     Impl("pennylane", ("torch", "pennylane"), "PennyLane default.qubit torch backprop, broadcast"),
+    Impl(
+        "lightning",
+        ("torch", "pennylane", "pennylane_lightning"),
+        "PennyLane lightning.qubit adjoint, torch interface",
+    ),
+    Impl("qulacs", ("qulacs",), "qulacs ParametricQuantumCircuit.backprop, loop over the batch"),
     Impl("tc-torch", ("torch", "tensorcircuit"), "tensorcircuit-ng pytorch backend, vmap"),
     Impl("tc-jax", ("jax", "tensorcircuit"), "tensorcircuit-ng jax backend, jit+vmap value_and_grad"),
     Impl(
@@ -107,6 +126,8 @@ VERSION_OF = {  # distribution names whose versions are reported per implementat
     "exact128": ["torch", "qiskit"],
     "aer": ["torch", "qiskit", "qiskit-aer"],
     "pennylane": ["pennylane", "torch"],
+    "lightning": ["pennylane", "pennylane_lightning", "torch"],
+    "qulacs": ["qulacs"],
     "tc-torch": ["tensorcircuit-ng", "torch"],
     "tc-jax": ["tensorcircuit-ng", "jax", "jaxlib"],
     "qml-estimator": ["qiskit-machine-learning", "qiskit", "torch"],
@@ -317,14 +338,18 @@ def build_qcore(wl, x, w, backend: str, complex128: bool = False):
     return step, forward, grad, "c128" if complex128 else "c64"
 
 
-def build_pennylane(wl, x, w):
+def build_pennylane(wl, x, w, lightning: bool = False):
+    import numpy as np
     import pennylane as qml
     import torch
 
     n, layers, _ = wl
-    dev = qml.device("default.qubit", wires=n)
+    if lightning:
+        dev = qml.device("lightning.qubit", wires=n, c_dtype=np.complex64)
+    else:
+        dev = qml.device("default.qubit", wires=n)
 
-    @qml.qnode(dev, interface="torch", diff_method="backprop")
+    @qml.qnode(dev, interface="torch", diff_method="adjoint" if lightning else "backprop")
     def circuit(xb, wv):
         for i in range(n):
             qml.RY(xb[:, i], wires=i)  # broadcast over the batch
@@ -356,9 +381,63 @@ def build_pennylane(wl, x, w):
         return wt.grad.double().numpy()
 
     forward()
+    if lightning:
+        return step, forward, grad, "c64"
     # default.qubit keeps its state in complex128 whatever the parameters' dtype
     precision = "c128" if state["dtype"] == torch.float64 else "c64"
     return step, forward, grad, precision
+
+
+def build_qulacs(wl, x, w):
+    import numpy as np
+    from qulacs import Observable, ParametricQuantumCircuit, QuantumState
+
+    n, layers, batch = wl
+    # qulacs' rotations are exp(+i θ P / 2), Qiskit's exp(-i θ P / 2): angles and gradients flip sign.
+    circ = ParametricQuantumCircuit(n)
+    for i in range(n):  # parameters 0..n-1: the encoding, set per sample
+        circ.add_parametric_RY_gate(i, 0.0)
+    for layer in range(layers):  # then the weights, in weight_index order
+        for q in range(n):
+            circ.add_parametric_RY_gate(q, -float(w[weight_index(n, layer, q, 0)]))
+            circ.add_parametric_RZ_gate(q, -float(w[weight_index(n, layer, q, 1)]))
+        for q in range(n):
+            circ.add_CNOT_gate(q, (q + 1) % n)
+    obs = []
+    for label in ("Z 0", "Z 1"):
+        o = Observable(n)
+        o.add_operator(1.0, label)
+        obs.append(o)
+    total = Observable(n)  # d sum(outputs) / dw is the gradient of <Z0 + Z1>
+    total.add_operator(1.0, "Z 0")
+    total.add_operator(1.0, "Z 1")
+    qstate = QuantumState(n)
+    result = {}
+
+    def run(with_grad: bool) -> np.ndarray:
+        out = np.empty((batch, 2))
+        g = np.zeros(len(w))
+        for b in range(batch):
+            for i in range(n):
+                circ.set_parameter(i, -float(x[b, i]))
+            qstate.set_zero_state()
+            circ.update_quantum_state(qstate)
+            out[b] = [o.get_expectation_value(qstate) for o in obs]
+            if with_grad:
+                g -= np.asarray(circ.backprop(total))[n:]
+        result["grad"] = g
+        return out
+
+    def step():
+        run(True)
+
+    def forward():
+        return run(False)
+
+    def grad():
+        return result["grad"]
+
+    return step, forward, grad, "c128"
 
 
 def _tc_single(tc, K, wl):
@@ -493,6 +572,10 @@ def build(impl: str, wl, x, w, threads: int):
         return build_qcore(wl, x, w, "aer")
     if impl == "pennylane":
         return build_pennylane(wl, x, w)
+    if impl == "lightning":
+        return build_pennylane(wl, x, w, lightning=True)
+    if impl == "qulacs":
+        return build_qulacs(wl, x, w)
     if impl == "tc-torch":
         return build_tc_torch(wl, x, w)
     if impl == "tc-jax":
@@ -575,6 +658,70 @@ def time_steps(step, *, slow: bool, quick: bool) -> dict:
     }
 
 
+def kernel_bytes(step) -> dict:
+    """What one step's aten kernels move: operand bytes read plus result bytes written, per kernel.
+
+    Counted by a dispatch mode around one step (forward and backward); views (reshape, expand,
+    transpose) move nothing and are skipped; a strided operand counts its elements, an expanded one
+    its storage.  Caches are ignored, so this is the traffic of a machine without them: the step
+    cannot beat ``bytes / copy bandwidth`` unless its operands stay in cache between kernels.
+    """
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    def nbytes(tree) -> int:
+        total = 0
+        for t in tree_flatten(tree)[0]:
+            if isinstance(t, torch.Tensor):
+                total += min(t.numel(), t.untyped_storage().nbytes() // t.element_size()) * t.element_size()
+        return total
+
+    counts = {"read": 0, "written": 0, "kernels": 0}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not func.is_view:
+                counts["read"] += nbytes((args, kwargs))
+                counts["written"] += nbytes(out)
+                counts["kernels"] += 1
+            return out
+
+    with Count():
+        step()
+    return counts
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    """GB/s of a torch copy between two ``nbytes`` buffers (read + write), best of repeats: what the
+    machine can do, where the step's median also pays for whatever else shares the cores."""
+    import torch
+
+    src = torch.ones(nbytes // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(max(5, min(50, (2 << 30) // nbytes))):
+        t = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t)
+    return 2 * src.numel() * 4 / min(times) / 1e9
+
+
+def memory_traffic(step, wl, itemsize: int, step_ms: float) -> dict:
+    """The step's kernel bytes against this machine's copy bandwidth, measured now."""
+    n, _, batch = wl
+    state = batch * 2**n * itemsize
+    moved = kernel_bytes(step)
+    total = moved["read"] + moved["written"]
+    out = {"state_bytes": state, "bytes": total, "kernels": moved["kernels"], "passes": total / state}
+    for key, size in (("bw_state", state), ("bw_dram", 256 << 20)):
+        out[key] = copy_bandwidth(max(size, 1 << 20))
+    out["step_ms"] = step_ms
+    return out
+
+
 def run_one(impl: str, wl, *, threads: int, quick: bool, seed: int, ref_path: str | None) -> dict:
     """Build, check and time one cell; return its result (a plain dict)."""
     res: dict[str, Any] = {"impl": impl, "workload": wl_name(wl), "threads": threads}
@@ -617,6 +764,8 @@ def run_one(impl: str, wl, *, threads: int, quick: bool, seed: int, ref_path: st
     res["peak_mb"] = peak - base
     res["rss_baseline_mb"] = base
     res["rss_peak_mb"] = peak
+    if impl in ("exact", "exact128") and wl[0] >= TRAFFIC_QUBITS:
+        res["traffic"] = memory_traffic(step, wl, 16 if impl == "exact128" else 8, res["ms"])
 
     # correctness, after the memory reading (the reference allocates its own states)
     if ref_path:
@@ -784,6 +933,70 @@ def print_table(results: list[dict]) -> None:
         print("  ".join(cells))
 
 
+def busy_process(cpu: int) -> subprocess.Popen:
+    """One spinning Python process pinned to ``cpu``: "another process uses a core"."""
+    code = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True:\n    pass\n"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    time.sleep(0.3)  # spinning before the cell starts
+    return proc
+
+
+def print_ratios(results: list[dict]) -> None:
+    """peer ms / exact ms, one row per peer and one column per workload."""
+    ok = {(r["workload"], r["impl"]): r["ms"] for r in results if r.get("status") == "ok"}
+    workloads = list(dict.fromkeys(r["workload"] for r in results))
+    peers = [i for i in dict.fromkeys(r["impl"] for r in results) if i != "exact"]
+    rows = []
+    for impl in peers:
+        cells = []
+        for wl in workloads:
+            a, b = ok.get((wl, "exact")), ok.get((wl, impl))
+            cells.append(f"{b / a:,.1f}x" if a and b else "-")
+        rows.append([impl, *cells])
+    if not rows:
+        return
+    header = ["peer / exact", *workloads]
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+    print("  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header)))
+    for r in rows:
+        print("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+
+
+def print_load_table(quiet: list[dict], loaded: list[dict], cpu: int) -> None:
+    """Quiet and loaded medians of every cell, side by side, and their ratio."""
+    print(f"quiet vs loaded: every cell run again beside one busy process pinned to CPU {cpu}")
+    header = ["workload", "implementation", "quiet ms", "loaded ms", "loaded/quiet"]
+    rows = []
+    for q, ld in zip(quiet, loaded, strict=True):
+        if q.get("status") != "ok" or ld.get("status") != "ok":
+            continue
+        rows.append([q["workload"], q["impl"], fmt_ms(q["ms"]), fmt_ms(ld["ms"]), f"{ld['ms'] / q['ms']:.2f}x"])
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i]) for i in range(5)]
+    print("  ".join(h.ljust(widths[i]) if i < 2 else h.rjust(widths[i]) for i, h in enumerate(header)))
+    for r in rows:
+        print("  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(r)))
+
+
+def print_traffic(results: list[dict]) -> None:
+    """How far the large exact steps are from the memory-traffic limit."""
+    for r in results:
+        t = r.get("traffic")
+        if not t:
+            continue
+        mib = 1 << 20
+        print(
+            f"memory traffic, {r['impl']} {r['workload']}: the step's {t['kernels']} kernels move "
+            f"{t['bytes'] / mib:,.0f} MiB ({t['passes']:.1f} passes over the {t['state_bytes'] / mib:,.0f} MiB "
+            f"batch of states; operands read + results written per aten kernel, views excluded)"
+        )
+        for key, what in (("bw_state", "state-sized buffers"), ("bw_dram", "256 MiB buffers")):
+            floor = t["bytes"] / (t[key] * 1e9) * 1e3
+            print(
+                f"  copy bandwidth ({what}, measured in this cell): {t[key]:.1f} GB/s -> traffic floor "
+                f"{fmt_ms(floor)} ms; the step's {fmt_ms(t['step_ms'])} ms is {t['step_ms'] / floor:.1f}x that floor"
+            )
+
+
 def evaluate_targets(results: list[dict]) -> list[dict]:
     ok = {(r["workload"], r["impl"]): r for r in results if r.get("status") == "ok"}
 
@@ -889,28 +1102,38 @@ def parent_main(args) -> int:
             file=sys.stderr,
         )
 
-    results = []
+    results, loaded = [], []
+    busy_cpu = max(os.sched_getaffinity(0))
     for k, (impl, wl) in enumerate(cells, 1):
-        print(f"[{k}/{len(cells)}] {impl} {wl_name(wl)} ...", end=" ", file=sys.stderr, flush=True)
-        miss = missing_packages(impl)
-        if miss:
-            res = {
-                "impl": impl,
-                "workload": wl_name(wl),
-                "status": "skipped",
-                "note": f"not installed: {', '.join(miss)}",
-            }
-        else:
-            res = run_cell(impl, wl, args, ref_paths[wl], env)
-        results.append(res)
-        if res.get("status") == "ok":
-            print(
-                f"{fmt_ms(res['ms'])} ms/step ({res['reps']} reps), {res['peak_mb']:.0f} MB, "
-                f"check {'✓' if res['check'] else '✗'}  [{res.get('cell_wall_s', 0):.0f} s]",
-                file=sys.stderr,
-            )
-        else:
-            print(f"{res['status']}: {res.get('note', '')}", file=sys.stderr)
+        runs = [("quiet", results)] + ([("loaded", loaded)] if args.with_load else [])
+        for label, into in runs:
+            tag = f" ({label})" if args.with_load else ""
+            print(f"[{k}/{len(cells)}] {impl} {wl_name(wl)}{tag} ...", end=" ", file=sys.stderr, flush=True)
+            miss = missing_packages(impl)
+            if miss:
+                res = {
+                    "impl": impl,
+                    "workload": wl_name(wl),
+                    "status": "skipped",
+                    "note": f"not installed: {', '.join(miss)}",
+                }
+            else:
+                busy = busy_process(busy_cpu) if label == "loaded" else None
+                try:
+                    res = run_cell(impl, wl, args, ref_paths[wl], env)
+                finally:
+                    if busy is not None:
+                        busy.kill()
+                        busy.wait()
+            into.append(res)
+            if res.get("status") == "ok":
+                print(
+                    f"{fmt_ms(res['ms'])} ms/step ({res['reps']} reps), {res['peak_mb']:.0f} MB, "
+                    f"check {'✓' if res['check'] else '✗'}  [{res.get('cell_wall_s', 0):.0f} s]",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"{res['status']}: {res.get('note', '')}", file=sys.stderr)
     tmp.cleanup()
 
     print()
@@ -927,6 +1150,15 @@ def parent_main(args) -> int:
         "peer/exact = peer ms / exact ms (how many times faster exact is); numbers are noisy when "
         "other processes share the cores"
     )
+    print()
+    print_ratios(results)
+    if args.with_load:
+        print()
+        print_load_table(results, loaded, busy_cpu)
+    if any(r.get("traffic") for r in results):
+        print()
+        print_traffic(results)
+    print(f"\nload average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
     targets = evaluate_targets(results)
     print()
@@ -943,6 +1175,7 @@ def parent_main(args) -> int:
                 "seed": args.seed,
                 "workloads": [wl_name(w) for w in workloads],
                 "impls": impls,
+                "with_load": args.with_load,
                 "python": platform.python_version(),
                 "usable_cores": avail,
                 "fwd_tol": FWD_TOL,
@@ -952,6 +1185,7 @@ def parent_main(args) -> int:
             },
             "versions": versions,
             "results": results,
+            "loaded": loaded,
             "targets": targets,
         }
         tmp_json = args.json + ".tmp"
@@ -960,8 +1194,8 @@ def parent_main(args) -> int:
         os.replace(tmp_json, args.json)
         print(f"\nwrote {args.json}")
 
-    wrong = [r for r in results if r.get("status") == "ok" and not r["check"]]
-    errors = [r for r in results if r.get("status") == "error"]
+    wrong = [r for r in results + loaded if r.get("status") == "ok" and not r["check"]]
+    errors = [r for r in results + loaded if r.get("status") == "error"]
     if wrong or errors:
         for r in wrong:
             print(f"FAILED check: {r['impl']} on {r['workload']}", file=sys.stderr)
@@ -1002,6 +1236,11 @@ def main(argv=None) -> int:
         "--no-limits",
         action="store_true",
         help="also run aer above 12 qubits and the EstimatorQNN peers off the reference workload",
+    )
+    p.add_argument(
+        "--with-load",
+        action="store_true",
+        help="run every cell twice: quiet, then beside one busy process pinned to the last usable CPU",
     )
     p.add_argument("--strict", action="store_true", help="exit 3 when a target is not met")
     p.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds per cell (default 1800)")

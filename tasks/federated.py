@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -18,6 +17,7 @@ from lab.methods import federated as fed
 from lab.noise import NoiseSetting
 from qcore.federated.client import ClientUpdate
 from qcore.federated.server import ClientJob, Fit, Outcome, failure
+from qcore.simulators.threads import set_threads
 
 from .train import progress_artifact
 
@@ -29,7 +29,7 @@ def llm_finetune(
     who: str, texts: list[str], labels: list[int], num_classes: int, model: str | None, spec: Any, root: str
 ) -> dict[str, Any]:
     """One party's LoRA fine-tune of the language model (cached by content)."""
-    torch.set_num_threads(1)  # one per Dask worker: the workers share the cores
+    set_threads(1)  # one per Dask worker: the workers share the cores
     return fed.llm_finetune(
         who, texts, labels, num_classes, model, spec, root, lambda message: get_run_logger().info(message)
     )
@@ -88,7 +88,7 @@ def federated_data(
 @task(name="federated-client", cache_policy=NO_CACHE, task_run_name="{label}-r{job.round}-client{job.client.id}")
 def train_client(job: ClientJob, label: str, fail: bool) -> ClientUpdate:
     """One client's local training for one round (no retries: a failed client is dropped)."""
-    torch.set_num_threads(1)  # one per Dask worker: the workers share the cores
+    set_threads(1)  # one per Dask worker: the workers share the cores
     if fail:
         raise fed.SimulatedFailure(f"client {job.client.id} fails on purpose in round {job.round} (fail_rate)")
     return job.run()
@@ -138,7 +138,7 @@ def federated_run(job: fed.RunJob, root: str) -> fed.RunOutput:
 @task(name="federated-noise", retries=1, cache_policy=NO_CACHE, task_run_name="noisy-{out.label}")
 def global_model_noise(out: fed.RunOutput, settings: list[NoiseSetting], samples: int) -> list[dict[str, Any]]:
     """A run's final global model under each noise setting, beside its exact predictions."""
-    torch.set_num_threads(1)  # one per Dask worker: the workers share the cores
+    set_threads(1)  # one per Dask worker: the workers share the cores
     rows = fed.noisy_evaluation(out, settings, samples)
     get_run_logger().info(
         "%s %s under noise: %s",

@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import torch
 from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -21,6 +20,7 @@ from lab.methods import METHODS, Hooks, peft
 from lab.methods.base import Job
 from lab.results import TrainingResult
 from lab.runtime import Runtime
+from qcore.simulators.threads import set_threads
 
 
 @contextmanager
@@ -44,8 +44,9 @@ def dask_client_for(backend: str) -> Iterator[Any]:
 
 def one_thread_per_task() -> None:
     """``QLLM_TASK_THREADS`` torch threads (default 1): the Dask workers, one per core, already
-    use every core between them; a single worker may be given more."""
-    torch.set_num_threads(Runtime().task_threads)
+    use every core between them; a single worker may be given more. ``set_threads``, so that no
+    other thread's engine scope can replace the count in a fresh worker thread."""
+    set_threads(Runtime().task_threads)
 
 
 Progress = Callable[[int, str], None]

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -10,6 +16,8 @@ import torch
 from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter, ParameterVector
 from qiskit.quantum_info import SparsePauliOp, Statevector
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from qcore import CircuitError, QuantumLayer
 from qcore.circuits import (
@@ -28,6 +36,8 @@ from qcore.circuits import (
 )
 from qcore.circuits.base import ModelCircuit
 from qcore.layer import z_observables
+from qcore.simulators import threads as sim_threads
+from qcore.simulators.threads import idle_cores, kernel_threads, set_threads
 
 ONE_Q = ["h", "x", "y", "z", "s", "sdg", "t", "tdg", "sx", "rx", "ry", "rz", "p", "u", "r"]
 TWO_Q = ["cx", "cy", "cz", "ch", "swap", "crx", "cry", "crz", "cp", "rxx", "ryy", "rzz", "rzx", "cu"]
@@ -316,3 +326,144 @@ def test_initial_state_matches_statevector_evolve(ansatz: tuple) -> None:
     obs = z_observables(5)
     want = [[Statevector(s).evolve(bound).expectation_value(o).real for o in obs] for s in states]
     np.testing.assert_allclose(got, want, atol=1e-10)
+
+
+# ------------------------------------------------------------------ threads
+CORES = len(os.sched_getaffinity(0))
+
+
+class _KernelThreads(TorchDispatchMode):
+    """Records ``torch.get_num_threads()`` at every kernel that touches a whole batch of states."""
+
+    def __init__(self, min_numel: int) -> None:
+        super().__init__()
+        self.min_numel = min_numel
+        self.seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        operands = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if any(t.numel() >= self.min_numel for t in operands):
+            self.seen.add(torch.get_num_threads())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def caller_threads() -> Iterator[None]:
+    """Whatever a test sets with ``torch.set_num_threads`` is undone after it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _step_threads(n: int, batch: int, *, initial_state: bool = False) -> tuple[set[int], list[torch.Tensor]]:
+    """Thread counts seen by the state kernels of one forward + backward, and the gradients."""
+    model = compose(angle_encoding(n, "ry"), hardware_efficient(n, 2))
+    layer = QuantumLayer(model.circuit, inputs=model.inputs, weights=model.weights, seed=1)
+    x = torch.rand(batch, n, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    psi = None
+    if initial_state:
+        psi = torch.randn(batch, 2**n, generator=torch.Generator().manual_seed(3), dtype=torch.complex64)
+        psi = (psi / psi.norm(dim=1, keepdim=True)).requires_grad_(True)
+    seen = _KernelThreads(batch * 2**n)
+    with seen:
+        y = layer(x, initial_state=psi)
+        y.backward(torch.ones_like(y))
+    grads = [layer.weights.grad, x.grad] + ([psi.grad] if psi is not None else [])
+    return seen.seen, [g.clone() for g in grads if g is not None]
+
+
+@pytest.mark.skipif(CORES < 2, reason="one usable core: every state already runs at one thread")
+def test_small_states_run_at_one_thread_forward_and_backward(caller_threads: None) -> None:
+    torch.set_num_threads(2)
+    seen, _ = _step_threads(8, 32)
+    assert seen == {1}
+    assert torch.get_num_threads() == 2  # the caller's count is back
+
+
+@pytest.mark.skipif(CORES < 2, reason="one usable core: no second thread to give")
+def test_large_states_get_more_threads_up_to_the_callers(caller_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sim_threads, "MIN_AMPLITUDES_PER_THREAD", 2**10)  # 8 qubits × 8 = 2 threads' worth
+    monkeypatch.setattr(sim_threads, "idle_cores", lambda: CORES)  # as on a quiet machine
+    torch.set_num_threads(2)
+    assert _step_threads(8, 8)[0] == {2}
+    torch.set_num_threads(1)  # an explicit cap (as tasks apply QLLM_TASK_THREADS) is respected
+    assert _step_threads(8, 8)[0] == {1}
+    assert torch.get_num_threads() == 1
+
+
+def test_thread_rule_never_exceeds_the_cores(caller_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.set_num_threads(CORES + 3)
+    assert kernel_threads(1) == 1
+    monkeypatch.setattr(sim_threads, "idle_cores", lambda: CORES)
+    assert kernel_threads(2**40) == CORES
+    monkeypatch.setattr(sim_threads, "idle_cores", lambda: 1)  # the other cores are busy
+    assert kernel_threads(2**40) == 1
+
+
+@pytest.mark.skipif(CORES < 2, reason="one usable core: nothing to leave idle")
+def test_a_busy_process_takes_a_core_off_the_idle_ones() -> None:
+    busy = subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"])
+    try:
+        time.sleep(0.2)
+        assert 1 <= idle_cores() <= CORES - 1
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+@pytest.mark.parametrize("initial_state", [False, True], ids=["angles", "initial-state"])
+def test_gradients_do_not_depend_on_the_thread_count(caller_threads: None, initial_state: bool) -> None:
+    """The engine's own thread scope (caller at 2 threads) gives the plain autograd gradients (1)."""
+    torch.set_num_threads(1)
+    _, plain = _step_threads(6, 4, initial_state=initial_state)
+    torch.set_num_threads(2)
+    _, scoped = _step_threads(6, 4, initial_state=initial_state)
+    assert len(plain) == len(scoped) == (3 if initial_state else 2)
+    for a, b in zip(plain, scoped, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_retained_graph_backs_twice_through_the_thread_scope(caller_threads: None) -> None:
+    torch.set_num_threads(2)
+    qc, w = hardware_efficient(4, 2)
+    layer = QuantumLayer(qc, weights=w, seed=0)
+    y = layer(torch.zeros(3, 0)).sum()
+    y.backward(retain_graph=True)
+    once = layer.weights.grad.clone()
+    y.backward()
+    torch.testing.assert_close(layer.weights.grad, 2 * once)
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["running-thread", "fresh-thread"])
+def test_engine_threads_do_not_leak_into_other_threads(caller_threads: None, fresh: bool) -> None:
+    """A flow thread's own thread count holds while another thread simulates: one that has run
+    torch already keeps its ``torch.set_num_threads``, a fresh one sets it with ``set_threads``."""
+    qc, w = hardware_efficient(6, 2)
+    layer = QuantumLayer(qc, weights=w, seed=0)
+    running, stop, seen = threading.Event(), threading.Event(), []
+
+    def simulate() -> None:
+        torch.set_num_threads(2)
+        while not stop.is_set():
+            layer(torch.zeros(4, 0)).sum().backward()
+            running.set()
+
+    def watch() -> None:
+        if fresh:
+            running.wait()
+            set_threads(3)
+        else:
+            torch.ones(1 << 20).sum()  # a parallel kernel: this thread's count is its own from here on
+            torch.set_num_threads(3)
+            running.wait()
+        for _ in range(200):
+            torch.ones(64, 64).sum()
+            seen.append(torch.get_num_threads())
+
+    threads = [threading.Thread(target=simulate), threading.Thread(target=watch)]
+    for t in threads:
+        t.start()
+    threads[1].join()
+    stop.set()
+    threads[0].join()
+    assert set(seen) == {3}

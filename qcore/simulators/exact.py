@@ -18,12 +18,16 @@ by arithmetic, so the compiler fuses aggressively:
 At 16–20 qubits memory traffic dominates; the group size bounds how many passes a layer makes
 over the state. Everything is differentiated by autograd; complex64 and complex128 are supported,
 on CPU or CUDA.
+
+On CPU every call runs its kernels, forward and backward, at ``threads.kernel_threads`` intra-op
+threads: one for small states, more only for large ones, never more than the caller's
+``torch.get_num_threads()`` nor the usable cores.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -35,6 +39,7 @@ from qiskit.quantum_info import SparsePauliOp
 
 from .base import register
 from .program import Angle, Gate, Program, read_circuit
+from .threads import kernel_threads, run_at_threads
 
 HALF_PI = math.pi / 2
 
@@ -652,7 +657,30 @@ class ExactSimulator(torch.nn.Module):
         ``initial_state`` (``(batch, 2**n)``, Qiskit order, normalised) replaces ``|0…0⟩``: an
         exact amplitude encoding costs one tensor instead of a ``2**n``-gate preparation circuit.
         """
+        return self._threaded(lambda *a: self._state(*a, folded=folded), x, w, initial_state)
+
+    def probs(self, x: torch.Tensor, w: torch.Tensor, *, initial_state: torch.Tensor | None = None) -> torch.Tensor:
+        return self._threaded(self._probs, x, w, initial_state)
+
+    def expval(self, x: torch.Tensor, w: torch.Tensor, *, initial_state: torch.Tensor | None = None) -> torch.Tensor:
+        return self._threaded(self._expval, x, w, initial_state)
+
+    def _threaded(
+        self,
+        run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+        x: torch.Tensor,
+        w: torch.Tensor,
+        initial_state: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``run(x, w, initial_state)``, forward and backward, at :func:`kernel_threads` threads."""
         x, w = self._check(x, w)
+        if w.device.type != "cpu":  # intra-op threads are a CPU matter
+            return run(x, w, initial_state)
+        return run_at_threads(run, kernel_threads(x.shape[0] * 2**self.num_qubits), x, w, initial_state)
+
+    def _state(
+        self, x: torch.Tensor, w: torch.Tensor, initial_state: torch.Tensor | None, *, folded: bool = False
+    ) -> torch.Tensor:
         batch = x.shape[0]
         if initial_state is not None:
             if initial_state.shape != (batch, 2**self.num_qubits):
@@ -677,12 +705,12 @@ class ExactSimulator(torch.nn.Module):
         psi = psi.expand(batch, -1)
         return psi if folded else psi.index_select(1, self.probs_src)
 
-    def probs(self, x: torch.Tensor, w: torch.Tensor, *, initial_state: torch.Tensor | None = None) -> torch.Tensor:
-        p = _abs2(self.state(x, w, folded=True, initial_state=initial_state))
+    def _probs(self, x: torch.Tensor, w: torch.Tensor, initial_state: torch.Tensor | None) -> torch.Tensor:
+        p = _abs2(self._state(x, w, initial_state, folded=True))
         return p if self._tail_identity else p.index_select(1, self.probs_src)
 
-    def expval(self, x: torch.Tensor, w: torch.Tensor, *, initial_state: torch.Tensor | None = None) -> torch.Tensor:
-        psi = self.state(x, w, folded=True, initial_state=initial_state)
+    def _expval(self, x: torch.Tensor, w: torch.Tensor, initial_state: torch.Tensor | None) -> torch.Tensor:
+        psi = self._state(x, w, initial_state, folded=True)
         out = _abs2(psi) @ self.z_matrix
         for i in range(len(self.xmasks)):  # no tail was folded: src is the identity here
             flip, coeffs = getattr(self, f"flip_{i}"), getattr(self, f"pauli_{i}")

@@ -18,11 +18,12 @@ import pytest
 from distributed import LocalCluster
 from mlflow.tracking import MlflowClient
 
+from flows import study as study_flow
 from flows.cli import main as cli
 from flows.head import run_head
 from flows.predict import predict
 from flows.runner import prefect_api
-from flows.study import StudyParams, _log_mlflow, _plot_points, _point_row, run_study, study_method
+from flows.study import StudyParams, _log_point, _log_summary, _plot_points, _point_row, run_study, study_method
 from lab import reporting, tracking
 from lab.artifacts import download_folder
 from lab.embedded import EmbeddedSplit
@@ -147,13 +148,28 @@ def test_study_survives_a_killed_worker_and_resumes(root: Path) -> None:
     assert again["trainings"] == 8 and again["cached"] == 7
 
 
+def _one_chunk(costs: list[float | None], workers: int) -> list[list[int]]:
+    """Every training of a data group in one task (instead of :func:`tasks.train.chunks`)."""
+    return [list(range(len(costs)))]
+
+
+def _one_each(costs: list[float | None], workers: int) -> list[list[int]]:
+    """A task per training, as before trainings were grouped."""
+    return [[i] for i in range(len(costs))]
+
+
 def test_a_failing_point_is_reported_and_the_study_finishes(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Workers in this process (threads), so the injected fault reaches them."""
+    """Workers in this process (threads), so the injected fault reaches them; all four trainings
+    share one task, whose failed two are each retried and reported on their own."""
     from qcore.models import pqc_head
 
+    monkeypatch.setattr(study_flow, "chunks", _one_chunk)
+
     original = pqc_head.PQCHead.__init__
+    attempts: list[int] = []  # the qubits of every head built
 
     def broken(self: pqc_head.PQCHead, config: pqc_head.PQCHeadConfig, **kw: object) -> None:
+        attempts.append(config.qubits)
         if config.qubits == 3:
             raise RuntimeError("injected fault for qubits=3")
         original(self, config, **kw)
@@ -163,6 +179,7 @@ def test_a_failing_point_is_reported_and_the_study_finishes(root: Path, monkeypa
         result = run_study(_study(dask_address=cluster.scheduler_address))
     table = {r["qubits"]: r for r in result["table"]}
     assert table[2]["status"] == "ok" and table[3]["status"] == "failed"
+    assert attempts.count(3) == 2 * 3  # each seed tried once and retried twice (the method's retries)
     assert "injected fault for qubits=3" in table[3]["error"] and result["failed"] == 2
     failed = [c for c in _children(result["mlflow_run_id"]) if c.data.tags.get("status") == "failed"]
     assert len(failed) == 1 and failed[0].info.status == "FAILED"
@@ -346,8 +363,17 @@ def test_a_study_logs_its_points_seeds_and_baselines(root: Path, tmp_path: Path)
     points = params.points()
     table = [_point_row(point, rows, params.metric) for point, rows in zip(points, trained, strict=True)]
     fig = reporting.sweep_plot(_plot_points(params, table), "qubits", params.metric, {}, "study")
+    drawn = [  # as the workers draw them (tasks.train.train_chunk)
+        [
+            reporting.result_figures(r, split.test_y, split.label_names) if isinstance(r, TrainingResult) else {}
+            for r in rows
+        ]
+        for rows in trained
+    ]
     with tracking.parent_run(Runtime(), "test-study-logging", "study", {}) as parent:
-        _log_mlflow(parent, method, points, trained, {"k": baselines}, table, fig, dict.fromkeys(range(3), split))
+        for point, rows, figures, row in zip(points, trained, drawn, table, strict=True):
+            _log_point(parent, method, point, rows, figures, row, split)
+        _log_summary(parent, {"k": baselines}, table, fig)
     client = MlflowClient()
     logged = _logged(client, parent.info.experiment_id)
     study_run = logged.pop(("study",))
@@ -362,3 +388,34 @@ def test_a_study_logs_its_points_seeds_and_baselines(root: Path, tmp_path: Path)
     assert sorted(logged) == sorted(expected)
     for key, run in expected.items():
         assert logged[key] == run, key
+
+
+def test_trainings_sharing_a_task_give_the_numbers_they_give_alone(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same study with a task per training and with all its trainings in one task: every
+    training's stored result and model, and the study's table, are the same, timings aside."""
+    stored, tables = {}, {}
+    for label, grouping in (
+        ("alone", lambda costs, workers: [[i] for i in range(len(costs))]),
+        ("together", _one_chunk),
+    ):
+        monkeypatch.setattr(study_flow, "chunks", grouping)
+        monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(tmp_path / label))
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+            result = run_study(_study(dask_address=cluster.scheduler_address))
+        assert result["trainings"] == 4 and result["failed"] == result["cached"] == 0
+        stored[label] = {f.parent.name: _untimed(f) for f in (tmp_path / label).glob("students/*/result.json")}
+        tables[label] = [{k: v for k, v in r.items() if not k.startswith("train_seconds")} for r in result["table"]]
+    assert len(stored["alone"]) == 4 and stored["together"] == stored["alone"]
+    assert tables["together"] == tables["alone"]
+
+
+def _untimed(result_json: Path) -> dict[str, Any]:
+    """A stored training without what depends on the clock, with its model's weights."""
+    raw = json.loads(result_json.read_text())
+    raw["metrics"] = {k: v for k, v in raw["metrics"].items() if k not in ("train_seconds", "latency_ms")}
+    raw["history"] = {k: v for k, v in raw["history"].items() if k != "seconds"}
+    raw["weights"] = (result_json.parent / "model" / "weights.safetensors").read_bytes()
+    del raw["model_url"]  # under each run's own root
+    return raw

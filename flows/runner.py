@@ -18,7 +18,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
-from lab.results import FailedTraining, Outcome, job_record
+from lab.results import FailedTraining, Outcome, Trained, job_record
 from lab.runtime import Runtime
 
 T = TypeVar("T")
@@ -205,14 +205,26 @@ def results_or_failures(futures: Iterable[PrefectFuture[Any]], jobs: Sequence[An
     rows: list[Outcome] = []
     for future, job in zip(futures, jobs, strict=True):
         future.wait()
-        if future.state.is_completed():
-            rows.append(future.result())
-            continue
-        error = future.result(raise_on_failure=False)
-        message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(future.state.message)
-        get_run_logger().error("%s failed: %s", job.name, message)
-        rows.append(FailedTraining(method, job.name, job.seed, job_record(job), message))
+        rows.append(future.result() if future.state.is_completed() else _failure(future, job, method))
     return rows
+
+
+def chunk_results_or_failures(future: PrefectFuture[list[Trained]], jobs: Sequence[Any], method: str) -> list[Trained]:
+    """A chunk's trainings (:func:`tasks.train.train_chunk`), each its own result or failure; if
+    the chunk's task failed as a whole (say its workers were lost too often), a failure per
+    training, naming the task's error."""
+    future.wait()
+    if future.state.is_completed():
+        return future.result()
+    return [Trained(_failure(future, job, method)) for job in jobs]
+
+
+def _failure(future: PrefectFuture[Any], job: Any, method: str) -> FailedTraining:
+    """The failed task of ``job`` as a :class:`FailedTraining`, its error logged."""
+    error = future.result(raise_on_failure=False)
+    message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(future.state.message)
+    get_run_logger().error("%s failed: %s", job.name, message)
+    return FailedTraining(method, job.name, job.seed, job_record(job), message)
 
 
 def at_once(calls: Sequence[Callable[[], T]]) -> list[T]:

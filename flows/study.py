@@ -4,12 +4,14 @@
 
 Every grid axis is a parameter of the method's flow (``HeadParams``, ``DistillParams``) and is
 validated by it, so adding an axis is a command-line change, not code; the methods come from the
-registry (:mod:`lab.methods`), so a new feature method is a new entry of :data:`STUDY_METHODS`. Each training is one
-Prefect task (cached by content, so a re-run trains only the points that did not finish); the
-points that share data (same data set, split and encoder) share one preparation. The result is
-one MLflow parent run with a child per point (and a grandchild per seed holding the model), a
-table, and a plot of the metric against the first axis with mean ± std bars and the classical
-baselines as lines.
+registry (:mod:`lab.methods`), so a new feature method is a new entry of :data:`STUDY_METHODS`.
+Trainings are Prefect tasks, short ones grouped several to a task by their estimated cost so
+that orchestration does not outweigh them (:func:`trained_points`); each is cached by content,
+so a re-run trains only what did not finish. The points that share data (same data set, split
+and encoder) share one preparation. The result is one MLflow parent run with a child per point
+(and a grandchild per seed holding the model), logged as the point finishes, a table, and a
+plot of the metric against the first axis with mean ± std bars and the classical baselines as
+lines.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import itertools
 import json
 import typing
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -31,12 +34,12 @@ from lab import reporting, tracking
 from lab.embedded import EmbeddedSplit
 from lab.methods import METHODS, FeatureMethod
 from lab.params import Options, RunOptions, experiment, parse_assignments, parse_values
-from lab.results import Outcome, TrainingResult
+from lab.results import Outcome, Trained, TrainingResult
 from lab.runtime import Runtime
 from tasks.prepare import embedded_split
-from tasks.train import baselines, train_task
+from tasks.train import baselines, chunks, train_chunk
 
-from .runner import check_dask_address, dask_runner, mlflow_hint, results_or_failures, run_from_cli
+from .runner import check_dask_address, chunk_results_or_failures, dask_runner, mlflow_hint, run_from_cli
 
 STUDY_METHODS = {"head": "pqc-head", "distill": "qdllm"}  # the --method value → registry id
 
@@ -169,16 +172,14 @@ def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
             for i in members:
                 data_of[i] = split
 
-        submitted = []
-        for i, p in enumerate(point_params):
-            jobs = method.jobs(p, data_of[i])
-            submitted.append(
-                (jobs, train_task(method.id).map(unmapped(method.id), jobs, unmapped(data_of[i]), unmapped(root)))
-            )
-        trained = [results_or_failures(futures, jobs, method.id) for jobs, futures in submitted]
+        # Each point is logged as soon as its trainings are back, while the others still train.
+        trained: list[list[Outcome]] = [[] for _ in points]
+        table: list[dict[str, Any]] = [{} for _ in points]
+        for i, rows, figures in trained_points(method, groups, point_params, data_of, root, runtime.dask_workers):
+            trained[i], table[i] = rows, _point_row(points[i], rows, params.metric)
+            _log_point(parent, method, points[i], rows, figures, table[i], data_of[i])
         baseline_rows = {key: [r for f in fs for r in f.result()] for key, fs in baseline_futures.items()}
 
-        table = [_point_row(point, rows, params.metric) for point, rows in zip(points, trained, strict=True)]
         lines = _baseline_lines(params, groups, baseline_rows, points)
         fig = reporting.sweep_plot(
             _plot_points(params, table),
@@ -188,7 +189,7 @@ def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
             f"{params.method} study: {params.metric} (mean ± std over {params.seeds} seeds)",
         )
         md = _markdown(params, table, lines)
-        _log_mlflow(parent, method, points, trained, baseline_rows, table, fig, data_of)
+        _log_summary(parent, baseline_rows, table, fig)
         run_id = parent.info.run_id
     create_table_artifact(key="study-results", table=table, description=f"{params.method} study")
     create_markdown_artifact(
@@ -205,6 +206,39 @@ def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
         "cached": cached,
         "failed": sum(r.status == "failed" for rows in trained for r in rows),
     }
+
+
+def trained_points(
+    method: FeatureMethod[Any, Any],
+    groups: dict[str, list[int]],
+    point_params: list[BaseModel],
+    data_of: dict[int, EmbeddedSplit],
+    root: str,
+    workers: int,
+) -> Iterator[tuple[int, list[Outcome], list[dict[str, bytes]]]]:
+    """Each point's index, trainings (in its jobs' order) and trained models' figures, as soon
+    as all its trainings are back.
+
+    A data group's jobs are cut into tasks by their estimated cost (:func:`tasks.train.chunks`):
+    short trainings share a task, which pays its orchestration once for all of them, long ones
+    keep a task each. The tasks are awaited in the order they were submitted, longest first."""
+    jobs_of = [method.jobs(p, data_of[i]) for i, p in enumerate(point_params)]
+    submitted = []
+    for members in groups.values():
+        data = data_of[members[0]]
+        keys = [(i, k) for i in members for k in range(len(jobs_of[i]))]
+        for chunk in chunks([method.cost(jobs_of[i][k], data) for i, k in keys], workers):
+            part = [keys[c] for c in chunk]
+            jobs = [jobs_of[i][k] for i, k in part]
+            name = jobs[0].name if len(jobs) == 1 else f"{jobs[0].name} … {jobs[-1].name}"
+            submitted.append((part, jobs, train_chunk.submit(method.id, jobs, data, root, name)))
+    done: dict[tuple[int, int], Trained] = {}
+    for part, jobs, future in submitted:
+        done.update(zip(part, chunk_results_or_failures(future, jobs, method.id), strict=True))
+        for i in sorted({i for i, _ in part}):
+            if all((i, k) in done for k in range(len(jobs_of[i]))):
+                seeds = [done.pop((i, k)) for k in range(len(jobs_of[i]))]
+                yield i, [t.outcome for t in seeds], [t.figures for t in seeds]
 
 
 def data_groups(method: FeatureMethod[Any, Any], point_params: list[BaseModel]) -> dict[str, list[int]]:
@@ -296,38 +330,36 @@ def _markdown(params: StudyParams, table: list[dict[str, Any]], lines: dict[str,
     return "\n".join(out)
 
 
-def _log_mlflow(
+def _log_point(
     parent: ActiveRun,
     method: FeatureMethod[Any, Any],
-    points: list[dict[str, Any]],
-    trained: list[list[Outcome]],
-    baselines: dict[str, list[TrainingResult]],
-    table: list[dict[str, Any]],
-    fig: Any,
-    data_of: dict[int, EmbeddedSplit],
+    point: dict[str, Any],
+    rows: list[Outcome],
+    figures: list[dict[str, bytes]],
+    row: dict[str, Any],
+    data: EmbeddedSplit,
 ) -> None:
-    """A child per point (metrics over seeds, FAILED if no seed finished) with a grandchild per
-    seed holding its model; a child per classical baseline; the table and plot on the parent."""
-    client = MlflowClient()
-    for i, (point, rows, row) in enumerate(zip(points, trained, table, strict=True)):
-        metrics = {k: v for k, v in row.items() if isinstance(v, float)}
-        name = "point " + ", ".join(f"{k}={v}" for k, v in point.items())
-        point_id = tracking.log_child(
-            parent,
-            name,
-            params=point,
-            metrics=metrics,
-            status="FAILED" if row["status"] == "failed" else "FINISHED",
-            tags={
-                "kind": "study point",
-                "status": row["status"],
-                **({"error": row["error"]} if "error" in row else {}),
-            },
-        )
-        data = data_of[i]
-        tracking.log_result_rows(
-            client.get_run(point_id), rows, data.test_y, data.label_names, model_tag=method.model_tag
-        )
+    """A point's child run (its metrics over seeds, FAILED if no seed finished) with a grandchild
+    per seed holding its model and the figures its worker drew."""
+    name = "point " + ", ".join(f"{k}={v}" for k, v in point.items())
+    point_id = tracking.log_child(
+        parent,
+        name,
+        params=point,
+        metrics={k: v for k, v in row.items() if isinstance(v, float)},
+        status="FAILED" if row["status"] == "failed" else "FINISHED",
+        tags={"kind": "study point", "status": row["status"], **({"error": row["error"]} if "error" in row else {})},
+    )
+    point_run = tracking.with_retries(lambda: MlflowClient().get_run(point_id), what="get run")
+    tracking.log_result_rows(
+        point_run, rows, data.test_y, data.label_names, model_tag=method.model_tag, figures=figures
+    )
+
+
+def _log_summary(
+    parent: ActiveRun, baselines: dict[str, list[TrainingResult]], table: list[dict[str, Any]], fig: Any
+) -> None:
+    """A child per classical baseline; the table and plot on the parent."""
     for baseline_rows in baselines.values():
         tracking.log_result_rows(parent, baseline_rows, None, (), model_tag="")
     tracking.log_table(parent, table, "study.json")

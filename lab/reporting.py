@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -95,6 +97,23 @@ def confusion(true: np.ndarray, pred: np.ndarray, labels: Sequence[str], title: 
 
 def close(fig: Figure) -> None:
     plt.close(fig)
+
+
+def result_figures(r: TrainingResult, test_y: Any, label_names: Sequence[str]) -> dict[str, bytes]:
+    """A trained model's figures as the PNG files its MLflow run holds: its training curves and
+    its confusion matrix on the test split, each saved as MLflow's ``log_figure`` saves one
+    (``savefig`` to a file of that name), so they can be drawn where the model trained."""
+    figs = {
+        "training_curves.png": training_curves(r.history, r.name),
+        "confusion_matrix.png": confusion(np.asarray(test_y), np.array(r.test_predictions), label_names, r.name),
+    }
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fig in figs.items():
+            fig.savefig(Path(tmp) / name)
+            close(fig)
+            out[name] = (Path(tmp) / name).read_bytes()
+    return out
 
 
 def sweep_plot(

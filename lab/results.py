@@ -82,6 +82,15 @@ class FailedTraining:
 Outcome = TrainingResult | FailedTraining
 
 
+@dataclass(frozen=True)
+class Trained:
+    """One training of a chunk of them (``tasks.train.train_chunk``): its outcome, and for a
+    trained model the PNG files of its MLflow run, drawn on the worker rather than in the flow."""
+
+    outcome: Outcome
+    figures: dict[str, bytes] = field(default_factory=dict)
+
+
 def job_record(job: Any) -> dict[str, Any]:
     """A job's settings as MLflow shows them: its fields, a nested model config's fields at the
     top level (``qubits``, ``seed``, ``backend`` …)."""

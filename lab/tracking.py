@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -118,11 +119,14 @@ def log_child(
     metrics: Mapping[str, float],
     history: Mapping[str, list[float]] | None = None,
     artifacts: Path | None = None,
-    figures: Mapping[str, Any] | None = None,
+    files: Mapping[str, bytes] | None = None,
     status: str = "FINISHED",
     tags: Mapping[str, str] | None = None,
 ) -> str:
-    """One child run: params, final metrics, per-epoch curves (step = epoch), files and plots."""
+    """One child run: params, final metrics, per-epoch curves (step = epoch), a model folder
+    (``artifacts``, as ``model/``) and files by name. Four calls to the tracking store however
+    much it holds: the run with its tags, one batch of metrics and params, one upload of every
+    artifact, its end."""
     client = MlflowClient()
     parent_id = parent.info.run_id
     exp_id = parent.info.experiment_id
@@ -138,10 +142,13 @@ def log_child(
         batch_metrics += [mlflow.entities.Metric(key, float(v), now, step) for step, v in enumerate(values, 1)]
     batch_params = [mlflow.entities.Param(k, v) for k, v in flat_params(params).items()]
     with_retries(lambda: client.log_batch(run_id, metrics=batch_metrics, params=batch_params), what="log metrics")
-    if artifacts is not None:
-        with_retries(lambda: client.log_artifacts(run_id, str(artifacts), "model"), what="log model")
-    for fname, fig in (figures or {}).items():
-        with_retries(lambda: client.log_figure(run_id, fig, fname), what="log figure")
+    if artifacts is not None or files:
+        with tempfile.TemporaryDirectory() as tmp:
+            if artifacts is not None:
+                shutil.copytree(artifacts, Path(tmp) / "model")
+            for fname, data in (files or {}).items():
+                (Path(tmp) / fname).write_bytes(data)
+            with_retries(lambda: client.log_artifacts(run_id, tmp), what="log artifacts")
     with_retries(lambda: client.set_terminated(run_id, status=status), what="end child run")
     return run_id
 
@@ -170,20 +177,25 @@ def download_model(run_id: str, settings: Runtime) -> Path:
 
 
 def log_result_rows(
-    parent: Run, rows: Sequence[Outcome], test_y: Any, label_names: tuple[str, ...], *, model_tag: str
+    parent: Run,
+    rows: Sequence[Outcome],
+    test_y: Any,
+    label_names: tuple[str, ...],
+    *,
+    model_tag: str,
+    figures: Sequence[Mapping[str, bytes]] | None = None,
 ) -> None:
     """A child run per result of a flow.
 
     Results with a ``model_url`` (trained quantum models) get their model folder, training curves
-    and confusion matrix; failed trainings become FAILED runs carrying the error; the rest
-    (classical baselines) get their metrics and curves.
+    and confusion matrix (``figures[i]`` for ``rows[i]`` when they were drawn already, e.g. by
+    the worker that trained it); failed trainings become FAILED runs carrying the error; the
+    rest (classical baselines) get their metrics and curves.
     """
-    import numpy as np
-
     from . import reporting
     from .artifacts import download_folder
 
-    for r in rows:
+    for i, r in enumerate(rows):
         tags = {"kind": r.kind}
         if isinstance(r, FailedTraining):
             log_child(parent, r.name, params=r.job, metrics={}, status="FAILED", tags={**tags, "error": r.error[:5000]})
@@ -193,12 +205,7 @@ def log_result_rows(
                 parent, r.name, params={"kind": r.kind, "seed": r.seed}, metrics=r.metrics, history=r.history, tags=tags
             )
             continue
-        figs = {
-            "training_curves.png": reporting.training_curves(r.history, r.name),
-            "confusion_matrix.png": reporting.confusion(
-                np.asarray(test_y), np.array(r.test_predictions), label_names, r.name
-            ),
-        }
+        pngs = figures[i] if figures else reporting.result_figures(r, test_y, label_names)
         with tempfile.TemporaryDirectory() as tmp:
             local = download_folder(r.model_url, Path(tmp) / "model")
             log_child(
@@ -208,11 +215,9 @@ def log_result_rows(
                 metrics={**r.metrics, **{f"params_{k}": v for k, v in r.params.items()}},
                 history=r.history,
                 artifacts=local,
-                figures=figs,
+                files=pngs,
                 tags={**tags, "qllm.model": model_tag},
             )
-        for f in figs.values():
-            reporting.close(f)
 
 
 def log_summary(table: list[dict[str, Any]], extra: Mapping[str, float] | None = None) -> None:

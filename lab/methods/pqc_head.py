@@ -7,12 +7,15 @@ about the head's size on the same embeddings; then a noise ablation of the train
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
+from qiskit import QuantumCircuit
 
 from qcore.models.pqc_head import MAX_ENCODERS, PQCHead, PQCHeadConfig
 from qcore.simulators.aer import fake_backend_names, fake_backend_qubits
@@ -28,7 +31,7 @@ from ..results import TrainingResult, job_record
 from ..search_space import Dimension, Float, Int
 from ..store import cached_result, feature_ablation, model_predictions, store_result
 from ..teacher import TeacherSpec
-from .base import Budget, ClassicalStandin, FeatureMethod, Hooks, ModelJob
+from .base import Budget, ClassicalStandin, FeatureMethod, Hooks, ModelJob, exact_training_seconds
 from .classical import curves, linear_baseline, mlp_baseline
 
 MAX_QUBITS = 16
@@ -349,6 +352,18 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
         hooks.log(f"{job.name}: test accuracy {metrics['accuracy']:.4f} after {len(history)} epochs")
         return stored
 
+    def cost(self, job: HeadJob, data: EmbeddedSplit) -> float:
+        """The exact simulator's cost of the encoders' and module 2's circuits (a head always
+        trains on it), for all ``epochs`` epochs: an early stop only makes it shorter."""
+        return exact_training_seconds(
+            _circuits(dataclasses.replace(job.model, seed=0)),
+            epochs=job.epochs,
+            batch_size=job.batch_size,
+            train=len(data.train_y),
+            val=0 if data.val_y is None else len(data.val_y),
+            test=len(data.test_y),
+        )
+
     def baselines(self, params: HeadParams, data: EmbeddedSplit, seed: int) -> list[TrainingResult]:
         """Logistic regression, a linear SVM and an MLP of about the head's size, on the same
         embeddings; the MLP trains like the head (Adam, early stopping on the same validation set)."""
@@ -370,6 +385,14 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
                 patience=params.patience,
             ),
         ]
+
+
+@functools.lru_cache(maxsize=256)
+def _circuits(config: PQCHeadConfig) -> tuple[QuantumCircuit, ...]:
+    """The circuits a sample passes through (a study's seeds share them, hence the cache)."""
+    if config.circuit == "classical":
+        return (config.encoder_circuit().circuit,) * config.encoders
+    return (config.encoder_circuit().circuit,) * config.encoders + (config.module2_circuit().circuit,)
 
 
 # --- the noise ablation's table --------------------------------------------------------------------

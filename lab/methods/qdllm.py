@@ -8,6 +8,8 @@ same way.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import time
 from abc import abstractmethod
@@ -15,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
+from qiskit import QuantumCircuit
 
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 from qcore.simulators.aer import fake_backend_names, fake_backend_qubits
@@ -29,7 +32,7 @@ from ..results import TrainingResult, job_record
 from ..search_space import Dimension, Float, Int
 from ..store import cached_result, feature_ablation, model_predictions, store_result
 from ..teacher import TeacherSpec
-from .base import Budget, ClassicalStandin, FeatureMethod, Hooks, ModelJob
+from .base import Budget, ClassicalStandin, FeatureMethod, Hooks, ModelJob, exact_training_seconds
 from .classical import curves, linear_baseline, mlp_baseline
 
 MAX_QUBITS = 20
@@ -308,6 +311,21 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
         hooks.log(f"{job.name}: test accuracy {metrics['accuracy']:.4f}")
         return stored
 
+    def cost(self, job: StudentJob, data: EmbeddedSplit) -> float | None:
+        """The exact simulator's cost of the student's circuit (unknown on ``aer``, whose
+        parameter-shift gradients cost far more)."""
+        if job.model.backend != "exact":
+            return None
+        circuits = () if job.model.circuit == "classical" else (_circuit(dataclasses.replace(job.model, seed=0)),)
+        return exact_training_seconds(
+            circuits,
+            epochs=job.epochs,
+            batch_size=job.batch_size,
+            train=len(data.train_y),
+            val=0,
+            test=len(data.test_y),
+        )
+
     def teacher_row(self, data: EmbeddedSplit) -> TrainingResult:
         """The teacher's own test scores: the first row of the distill table."""
         metrics = classification_metrics(data.test_teacher.argmax(-1), data.test_y, data.test_teacher)
@@ -323,6 +341,12 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
         on the labels only, one distilled with the student's loss (the rows of :data:`BASELINES`,
         here with the student's own settings)."""
         return [b.fit(params, data, seed) for b in BASELINES]
+
+
+@functools.lru_cache(maxsize=256)
+def _circuit(config: QDLLMConfig) -> QuantumCircuit:
+    """The student's circuit (a study's seeds share it, hence the cache)."""
+    return config.model_circuit().circuit
 
 
 @dataclass(frozen=True)

@@ -71,14 +71,14 @@ def noisy_markdown(student: TrainingResult, rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     lines = [
-        f"| {r['label']} | {r['samples']} | {r['accuracy']:.4f} | {r['exact_accuracy_same_samples']:.4f} | "
-        f"{r['agreement_with_exact']:.4f} |"
+        f"| {r['label']} | {r['samples']} | {r['accuracy']:.4f} [{r['accuracy_low']:.4f}, {r['accuracy_high']:.4f}] | "
+        f"{r['exact_accuracy_same_samples']:.4f} | {r['agreement_with_exact']:.4f} | {r['seconds']:.0f} |"
         for r in rows
     ]
     return (
-        "\n\nStudent " + student.name + " under noise (same test samples):\n\n"
-        "| setting | samples | accuracy | exact accuracy | agreement with exact |\n|---|---|---|---|---|\n"
-        + "\n".join(lines)
+        "\n\nStudent " + student.name + " under noise (the first test samples; 95 % bootstrap interval):\n\n"
+        "| setting | samples | accuracy [95 % interval] | exact accuracy | agreement with exact | worker seconds |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(lines)
     )
 
 
@@ -94,7 +94,14 @@ def log_mlflow(
     tracking.log_result_rows(
         parent, [*students, *baseline_rows], split.test_y, split.label_names, model_tag=METHOD.model_tag
     )
-    tracking.log_summary(table, {f"noisy.{tracking.slug(r['label'])}.accuracy": r["accuracy"] for r in noisy})
+    tracking.log_summary(
+        table,
+        {
+            f"noisy.{tracking.slug(r['label'])}.{key}": r[key]
+            for r in noisy
+            for key in ("accuracy", "accuracy_low", "accuracy_high")
+        },
+    )
     tracking.log_table(parent, table, "results.json")
     if noisy:
         tracking.log_table(parent, noisy, "noisy.json")

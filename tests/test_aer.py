@@ -19,8 +19,19 @@ from qiskit_aer import AerSimulator
 from qiskit_aer.noise import NoiseModel
 from qiskit_aer.noise.device import basic_device_readout_errors
 
+from qcore.layer import QuantumLayer, z_observables
+from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 from qcore.simulators import build_simulator
-from qcore.simulators.aer import AerShiftSimulator, fake_backend, fake_backend_names, run_plan
+from qcore.simulators.aer import (
+    TRAJECTORY_OPTIONS,
+    AerPlan,
+    AerShiftSimulator,
+    _simulation,
+    execute,
+    fake_backend,
+    fake_backend_names,
+    run_plan,
+)
 
 RNG = np.random.default_rng(1234)
 
@@ -301,6 +312,69 @@ def test_noisy_shots_sample_the_noisy_distribution_with_readout_errors():
     assert np.abs(p_shots - p_exact).max() > 0.02  # readout errors are visible
 
 
+def qdllm_circuit(qubits: int = 4, blocks: int = 1) -> tuple[QuantumCircuit, list, list, list[SparsePauliOp]]:
+    """The QD-LLM student's circuit (RX encoding, ansatz blocks with a CNOT ring) and its ⟨Z_i⟩."""
+    part = QDLLMConfig(in_features=qubits, num_classes=2, qubits=qubits, blocks=blocks).model_circuit()
+    return part.circuit, list(part.inputs), list(part.weights), z_observables(qubits)
+
+
+def with_readout_errors(exact: np.ndarray, plan: AerPlan) -> np.ndarray:
+    """What ⟨Z_i⟩ estimated from recorded shots tends to: each bit read wrong with its device's
+    probability, ``E = P(0)(1 - 2 w0) - P(1)(1 - 2 w1)``, ``P(0) = (1 + ⟨Z⟩) / 2``."""
+    assert plan.readout_errors is not None
+    wrong = plan.readout_errors[0].wrong  # one measured circuit: all Z terms commute
+    return (1 + exact) / 2 * (1 - 2 * wrong[:, 0]) - (1 - exact) / 2 * (1 - 2 * wrong[:, 1])
+
+
+@pytest.mark.parametrize("method", ["statevector", "density_matrix"])
+def test_noisy_shots_agree_with_exact_density_matrix_within_shot_error(method):
+    # Both ways of drawing device-noise shots, against the exact noisy expectations of the
+    # density-matrix path with the readout errors applied analytically: within 4 standard errors.
+    qc, x, w, obs = qdllm_circuit()
+    rng = np.random.default_rng(7)
+    X, W = rng.uniform(0, 1.2, (3, len(x))), rng.uniform(0, 0.2, len(w))  # small angles: large ⟨Z⟩
+    shots = 4096
+    exact = aer(qc, x, w, obs, noise="fake_torino")
+    sampled = aer(qc, x, w, obs, noise="fake_torino", shots=shots, simulator_seed=2, method=method)
+    with torch.no_grad():
+        e = exact.expval(torch.tensor(X), torch.tensor(W)).numpy()
+        y = sampled.expval(torch.tensor(X), torch.tensor(W)).numpy()
+    plan = sampled._plan("expval")
+    assert plan.method == method
+    expected = with_readout_errors(e, plan)
+    sigma = np.sqrt((1 - expected**2) / shots)
+    assert np.abs((y - expected) / sigma).max() < 4
+    # the check is sharp enough to see the device's gate noise and its readout errors
+    assert np.abs((reference(qc, x, w, X, W, obs) - expected) / sigma).max() > 5
+    assert np.abs(e - expected).max() > 0.01
+
+
+def test_noisy_trajectories_run_with_branching_fusion_and_the_task_threads(monkeypatch):
+    qc, x, w, obs = qdllm_circuit()
+    sim = aer(qc, x, w, obs, noise="fake_torino", shots=256, simulator_seed=0, method="statevector")
+    plan = sim._plan("expval")
+    assert "measure" not in plan.noise_model.noise_instructions  # readout errors are drawn here
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    metadata = execute(plan, sim.angles(torch.zeros(1, len(x)), torch.zeros(len(w)))).results[0].metadata
+    assert metadata["method"] == "statevector" and metadata["shot_branching_enabled"]
+    assert metadata["fusion"]["applied"]
+    assert metadata["parallel_shots"] == 1 and metadata["parallel_state_update"] == 1
+
+
+def test_the_cost_rule_picks_density_matrices_for_small_circuits_and_trajectories_for_large():
+    assert _simulation(True, 1024, 9, None) == ("density_matrix", {})
+    assert _simulation(True, 1024, 10, None) == ("statevector", TRAJECTORY_OPTIONS)
+    assert _simulation(True, 100, 6, None)[0] == "statevector"
+    assert _simulation(True, None, 12, None)[0] == "density_matrix"  # exact noisy expectations
+    assert _simulation(False, 1024, 12, None) == ("statevector", {})
+    small = aer(*qdllm_circuit()[:3], [SparsePauliOp("IIIZ")], noise="fake_torino", shots=1024)
+    assert small._plan("expval").method == "density_matrix"
+    student = QDLLMStudent(QDLLMConfig(in_features=8, num_classes=2))  # 11 qubits, on 12 of torino
+    noisy = student.with_backend("aer", noise="fake_torino", shots=1024, simulator_seed=0)
+    plan = next(m.simulator for m in noisy.modules() if isinstance(m, QuantumLayer))._plan("expval")
+    assert plan.method == "statevector" and plan.options == TRAJECTORY_OPTIONS
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -380,6 +454,7 @@ def test_more_qubits_than_the_device_is_refused():
         ({"noise": "fake_manila", "depolarizing": 0.1}, "not both"),
         ({"shots": 0}, "positive integer"),
         ({"depolarizing": 1.5}, r"\[0, 1\]"),
+        ({"method": "automatic"}, "method must be one of"),
     ],
 )
 def test_bad_options_are_refused(options, message):

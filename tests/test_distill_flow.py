@@ -63,6 +63,13 @@ def test_flow_reports_students_beside_baselines(first_run: dict) -> None:
     assert student["circuit_params"] == 5 * 7 - 5  # one QD-LLM block on 5 qubits
     assert [r["label"] for r in first_run["noisy"]] == ["shots=256", "fake_manila+shots=256"]
     assert [r["samples"] for r in first_run["noisy"]] == [6, 2]
+    assert all(0 <= r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"] <= 1 for r in first_run["noisy"])
+    assert "accuracy [95 % interval]" in first_run["markdown"]
+
+
+def test_the_default_device_noise_evaluation_has_statistical_weight() -> None:
+    # 100 sentences: a 95 % interval of about ±0.08 at 80 % accuracy, where the old 6 gave ±0.3
+    assert DistillParams().noise_samples >= 100
 
 
 def test_mlflow_has_parent_children_and_model(first_run: dict, root: Path) -> None:
@@ -78,6 +85,9 @@ def test_mlflow_has_parent_children_and_model(first_run: dict, root: Path) -> No
     files = {f.path for f in client.list_artifacts(students[0].info.run_id, "model")}
     assert {"model/weights.safetensors", "model/circuit.qasm", "model/config.json", "model/teacher.json"} <= files
     assert len(client.get_metric_history(students[0].info.run_id, "train_loss")) == 2  # one per epoch
+    assert {"noisy.fake_manila_shots_256.accuracy_low", "noisy.fake_manila_shots_256.accuracy_high"} <= set(
+        parent.data.metrics
+    )
     # a child's accuracy is its test accuracy (the table pools them), not its last epoch's training accuracy
     pooled = next(r for r in first_run["table"] if r["model"] == "quantum student")["accuracy"]
     assert sum(s.data.metrics["accuracy"] for s in students) / 2 == pytest.approx(pooled)

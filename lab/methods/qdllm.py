@@ -85,9 +85,9 @@ class DistillFields(Options):
     eval_noise: str | None = Field("fake_torino", description="noisy evaluation: IBM fake backend (None: skip)")
     eval_samples: int = Field(200, ge=1, description="test examples in the shots evaluation")
     noise_samples: int = Field(
-        6,
+        100,
         ge=1,
-        description="test examples in the device-noise evaluation (about 20 s each at 11 qubits on fake_torino)",
+        description="test examples in the device-noise evaluation (1-2 CPU seconds each at 11 qubits on fake_torino)",
     )
 
 

@@ -15,7 +15,8 @@ arguments of ``build_simulator("aer", ...)``):
     class name (``"FakeTorino"``). The circuit is transpiled to the device (basis gates, coupling
     map, routing) and simulated with the device's calibrated noise: gate depolarizing and thermal
     relaxation errors, and readout errors when shots are measured. Exact (``shots=None``) noisy
-    runs use the density-matrix method, so they are for small circuits.
+    runs use the density-matrix method, so they are for small circuits; noisy shots use the
+    cheaper of two methods (see *Methods* below).
 ``depolarizing=None``
     Simple depolarizing noise for ablations. A float ``p`` puts ``depolarizing_error(p)`` after
     every gate (one-qubit and multi-qubit gates alike); a pair ``(p1, p2)`` gives one-qubit gates
@@ -27,10 +28,38 @@ arguments of ``build_simulator("aer", ...)``):
     is one Aer run on a worker, and the results are joined in order. Exact results equal those of
     one process. With shots, chunk ``i`` samples with seed ``simulator_seed + i``: repeatable for the same
     seed and chunking, but not the same samples as a single-process run.
+``method=None``
+    Force the Aer method of noisy shot runs (``"density_matrix"`` or ``"statevector"``
+    trajectories) instead of the cost rule below; for checks and measurements.
 ``runtime_binding=True``
     Bind the parameter sets inside Aer (``runtime_parameter_bind_enable``); ``False`` binds every
     set with ``assign_parameters`` in Python instead (slower; a workaround should Aer's runtime
     binding misbehave). Both agree, with and without noise, in the installed Aer (see tests).
+
+Methods. Without noise Aer simulates a statevector (shots are sampled from it); noisy exact
+expectations need density matrices. Noisy shots can be drawn two ways with the same statistics:
+from one density matrix per parameter set (cost ~ ``4**n`` per gate, whatever the shots), or as
+one statevector trajectory per shot (cost ~ ``shots * 2**n`` per gate). Both costs grow with the
+gate count alike, so the rule compares ``n`` (the circuit's active qubits, after transpiling)
+with the shots only: density matrix when ``2**(n + 1) <= shots``, else trajectories. For
+1,024 shots that is density matrix up to 9 qubits. Measured on the QD-LLM circuit on
+``fake_torino`` (one thread, 1,024 shots, CPU seconds per parameter set; the chain ansatz keeps
+its qubit count, the 8- to 11-qubit ring routes onto a 12-qubit hexagon):
+
+    active qubits        6     7     8     9     10    11    12
+    density matrix     0.07  0.14  0.08  0.21  0.90  3.4   17-19
+    trajectories       2.4   3.4   0.19  0.25  0.39  0.55  1.6-1.8
+
+Trajectories run with Aer's shot branching (shots share a state until a noise event tells them
+apart), gate and noise fusion at every width (``fusion_threshold=1``; Aer's default fuses only
+from 14 qubits), and as many OpenMP threads as torch may use in the process
+(``torch.get_num_threads()``: one on a Dask worker of the flows, which already fill every
+core). On the 11-qubit QD-LLM student that is ~10x less CPU per sample than Aer's automatic
+choice of unbranched, unfused trajectories. Shot branching in the installed Aer (0.18) samples
+readout errors wrongly (expectations off by up to 30 standard errors against the density
+matrix, and different from run to run with one seed), so readout errors are never given to
+Aer: :class:`ReadoutErrors` draws them here, per shot and measured bit, from the device's
+calibrated confusion matrices, for every method.
 
 Gradients. Before anything runs, controlled rotations (and ``r``, ``cp``, ``cu``, ...) are
 decomposed so that every gate angle enters as a rotation ``exp(-i θ P / 2)`` (or a phase) and
@@ -57,6 +86,7 @@ from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import Parameter, ParameterVector
 from qiskit.circuit.library import get_standard_gate_name_mapping
 from qiskit.quantum_info import PauliList, SparsePauliOp
+from qiskit.result import Result
 from qiskit.result.models import ExperimentResult
 from qiskit.transpiler import Target
 from qiskit_aer import AerSimulator
@@ -116,11 +146,11 @@ def fake_backend(name: str) -> BackendV2:
     return cls()
 
 
-def _device_noise_model(device: BackendV2, qubits: set[int]) -> NoiseModel:
-    """``NoiseModel.from_backend(device)`` restricted to the physical ``qubits`` a circuit uses.
+def _restricted_target(device: BackendV2, qubits: set[int]) -> Target:
+    """The device's calibrations of the instructions on the physical ``qubits`` only.
 
-    The full model of a 133-qubit device takes ~17 s to build and Aer re-reads all of it on every
-    run (~7 s); a small circuit only ever meets the errors of the qubits it touches.
+    The full noise model of a 133-qubit device takes ~17 s to build and Aer re-reads all of it on
+    every run (~7 s); a small circuit only ever meets the errors of the qubits it touches.
     """
     full = device.target
     sub = Target(num_qubits=full.num_qubits, dt=full.dt, qubit_properties=full.qubit_properties)
@@ -130,12 +160,24 @@ def _device_noise_model(device: BackendV2, qubits: set[int]) -> NoiseModel:
         kept = {q: p for q, p in props.items() if set(q) <= qubits}
         if kept:
             sub.add_instruction(full.operation_from_name(name), kept, name=name)
+    return sub
+
+
+def _device_noise_model(device: BackendV2, qubits: set[int]) -> NoiseModel:
+    """The gate errors of ``NoiseModel.from_backend(device)`` on the physical ``qubits``.
+
+    Its readout errors are :func:`_device_readout_errors`, applied by :class:`ReadoutErrors`.
+    """
     model = NoiseModel(basis_gates=list(device.operation_names))
-    for q, error in basic_device_readout_errors(target=sub):
-        model.add_readout_error(error, q)
-    for name, q, error in basic_device_gate_errors(target=sub):
+    for name, q, error in basic_device_gate_errors(target=_restricted_target(device, qubits)):
         model.add_quantum_error(error, name, q)
     return model
+
+
+def _device_readout_errors(device: BackendV2, qubits: set[int]) -> dict[int, np.ndarray]:
+    """``P(recorded j | measured i)`` of each physical qubit, as ``NoiseModel.from_backend`` has it."""
+    target = _restricted_target(device, qubits)
+    return {q[0]: np.asarray(e.probabilities) for q, e in basic_device_readout_errors(target=target)}
 
 
 def _depolarizing_noise(level: Depolarizing) -> NoiseModel:
@@ -232,18 +274,57 @@ def _basis_letter(group: PauliList, qubit: int) -> str:
 
 
 # --------------------------------------------------------------------------- readouts
-class Readout(Protocol):
-    """Turns Aer results (one list per plan circuit, one entry per parameter set) into outputs."""
+Counts: TypeAlias = tuple[np.ndarray, np.ndarray]
+"""Measured outcomes (as integers, clbit ``i`` = bit ``i``) and how often each was recorded."""
 
-    def values(self, results: list[list[ExperimentResult]], shots: int | None) -> np.ndarray:
+
+class Readout(Protocol):
+    """Turns one Aer run into outputs. Both arguments hold one list per plan circuit with one
+    entry per parameter set: Aer's results (what exact readouts read) and, with shots, the
+    recorded counts after readout errors (what shot readouts read; empty without shots)."""
+
+    def values(self, results: list[list[ExperimentResult]], counts: list[list[Counts]]) -> np.ndarray:
         """``(num_parameter_sets, num_outputs)``."""
         ...
 
 
-def _counts(result: ExperimentResult) -> tuple[np.ndarray, np.ndarray]:
-    """Measured outcomes (as integers, clbit ``i`` = bit ``i``) and how often each occurred."""
+def _counts(result: ExperimentResult) -> Counts:
+    """The outcomes Aer measured for one parameter set."""
     counts = result.data.counts
     return np.array([int(k, 16) for k in counts], dtype=np.int64), np.array(list(counts.values()))
+
+
+@dataclass(frozen=True)
+class ReadoutErrors:
+    """A device's readout errors on one measured circuit, drawn here rather than by Aer.
+
+    ``wrong[c, b]`` is the chance that clbit ``c``, measured as ``b``, is recorded as ``1 - b``;
+    every shot and bit is drawn independently, as Aer's ``ReadoutError`` does (Aer's shot
+    branching gets them wrong, see the module docstring).
+    """
+
+    wrong: np.ndarray
+
+    @classmethod
+    def of(cls, circuit: QuantumCircuit, confusion: dict[int, np.ndarray]) -> ReadoutErrors:
+        """From each physical qubit's ``P(recorded j | measured i)``, for the clbit it is measured into."""
+        wrong = np.zeros((circuit.num_clbits, 2))
+        for inst in circuit.data:
+            if inst.operation.name != "measure":
+                continue
+            qubit, clbit = circuit.find_bit(inst.qubits[0]).index, circuit.find_bit(inst.clbits[0]).index
+            if qubit in confusion:
+                wrong[clbit] = confusion[qubit][0, 1], confusion[qubit][1, 0]
+        return cls(wrong)
+
+    def apply(self, counts: Counts, rng: np.random.Generator) -> Counts:
+        """The counts as recorded: each shot's bits flipped with their error probabilities."""
+        outcomes, times = counts
+        clbits = np.arange(len(self.wrong))
+        bits = (np.repeat(outcomes, times)[:, None] >> clbits) & 1
+        flipped = bits ^ (rng.random(bits.shape) < self.wrong[clbits, bits])
+        recorded, how_often = np.unique((flipped << clbits).sum(axis=1), return_counts=True)
+        return recorded, how_often
 
 
 @dataclass(frozen=True)
@@ -252,7 +333,7 @@ class SavedExpvals:
 
     num_observables: int
 
-    def values(self, results: list[list[ExperimentResult]], shots: int | None) -> np.ndarray:
+    def values(self, results: list[list[ExperimentResult]], counts: list[list[Counts]]) -> np.ndarray:
         return np.array([[getattr(r.data, f"e{i}") for i in range(self.num_observables)] for r in results[0]])
 
 
@@ -260,7 +341,7 @@ class SavedExpvals:
 class SavedProbs:
     """Exact probabilities saved by ``save_probabilities`` under the label ``probs``."""
 
-    def values(self, results: list[list[ExperimentResult]], shots: int | None) -> np.ndarray:
+    def values(self, results: list[list[ExperimentResult]], counts: list[list[Counts]]) -> np.ndarray:
         return np.array([r.data.probs for r in results[0]])
 
 
@@ -270,14 +351,13 @@ class CountedExpvals:
 
     groups: MeasurementGroups
 
-    def values(self, results: list[list[ExperimentResult]], shots: int | None) -> np.ndarray:
-        out = np.zeros((len(results[0]), self.groups.coeffs[0].shape[1]))
-        for group_results, masks, coeffs in zip(results, self.groups.masks, self.groups.coeffs, strict=True):
-            for j, result in enumerate(group_results):
-                outcomes, counts = _counts(result)
+    def values(self, results: list[list[ExperimentResult]], counts: list[list[Counts]]) -> np.ndarray:
+        out = np.zeros((len(counts[0]), self.groups.coeffs[0].shape[1]))
+        for group_counts, masks, coeffs in zip(counts, self.groups.masks, self.groups.coeffs, strict=True):
+            for j, (outcomes, times) in enumerate(group_counts):
                 parity = np.bitwise_count(outcomes[:, None] & masks[None, :]) & 1  # uint8
                 signs = 1.0 - 2.0 * parity
-                out[j] += (counts @ signs / shots) @ coeffs
+                out[j] += (times @ signs / times.sum()) @ coeffs
         return out
 
 
@@ -287,39 +367,46 @@ class CountedProbs:
 
     num_qubits: int
 
-    def values(self, results: list[list[ExperimentResult]], shots: int | None) -> np.ndarray:
-        out = np.zeros((len(results[0]), 2**self.num_qubits))
-        for j, result in enumerate(results[0]):
-            outcomes, counts = _counts(result)
-            out[j, outcomes] = counts / shots
+    def values(self, results: list[list[ExperimentResult]], counts: list[list[Counts]]) -> np.ndarray:
+        out = np.zeros((len(counts[0]), 2**self.num_qubits))
+        for j, (outcomes, times) in enumerate(counts[0]):
+            out[j, outcomes] = times / times.sum()
         return out
 
 
 # --------------------------------------------------------------------------- one Aer run
 @dataclass(frozen=True)
 class AerPlan:
-    """Circuits and settings for one readout; picklable, so a Dask worker can run a chunk."""
+    """Circuits and settings for one readout; picklable, so a Dask worker can run a chunk.
+
+    ``options`` are further ``AerSimulator`` options of the method; ``readout_errors`` (one per
+    circuit, shots only) are drawn on the counts after Aer.
+    """
 
     circuits: tuple[QuantumCircuit, ...]
     parameters: tuple[Parameter, ...]
     readout: Readout
     method: str
+    options: dict[str, Any]
     shots: int | None
     seed: int | None
     noise_model: NoiseModel | None
+    readout_errors: tuple[ReadoutErrors, ...] | None
     runtime_binding: bool
 
 
-def run_plan(plan: AerPlan, angles: np.ndarray, seed_offset: int = 0) -> np.ndarray:
-    """Every circuit of the plan for every row of ``angles``, as one Aer run.
+def execute(plan: AerPlan, angles: np.ndarray, seed_offset: int = 0) -> Result:
+    """Every circuit of the plan for every row of ``angles``, as one Aer run; Aer's own result.
 
-    Returns ``(len(angles), num_outputs)``. Aer orders results circuit by circuit, each circuit's
-    parameter sets in order.
+    Aer orders results circuit by circuit, each circuit's parameter sets in order. It gets as many
+    threads as torch may use here (see the module docstring).
     """
     simulator = AerSimulator(
         method=plan.method,
         noise_model=plan.noise_model,
         runtime_parameter_bind_enable=plan.runtime_binding,
+        max_parallel_threads=torch.get_num_threads(),
+        **plan.options,
     )
     options: dict[str, Any] = {"shots": plan.shots or 1}
     if plan.seed is not None:
@@ -339,9 +426,27 @@ def run_plan(plan: AerPlan, angles: np.ndarray, seed_offset: int = 0) -> np.ndar
     result = job.result()
     if not result.success:
         raise RuntimeError(f"Aer run failed: {result.status}")
+    return result
+
+
+def run_plan(plan: AerPlan, angles: np.ndarray, seed_offset: int = 0) -> np.ndarray:
+    """The plan's outputs for every row of ``angles``: ``(len(angles), num_outputs)``.
+
+    With shots, the readout errors are drawn with the seed Aer got, so a seeded run repeats.
+    """
+    result = execute(plan, angles, seed_offset)
     n = len(angles)
     per_circuit = [result.results[c * n : (c + 1) * n] for c in range(len(plan.circuits))]
-    return plan.readout.values(per_circuit, plan.shots)
+    counts: list[list[Counts]] = []
+    if plan.shots is not None:
+        counts = [[_counts(r) for r in results] for results in per_circuit]
+    if plan.shots is not None and plan.readout_errors is not None:
+        rng = np.random.default_rng(None if plan.seed is None else plan.seed + seed_offset)
+        counts = [
+            [errors.apply(c, rng) for c in circuit_counts]
+            for circuit_counts, errors in zip(counts, plan.readout_errors, strict=True)
+        ]
+    return plan.readout.values(per_circuit, counts)
 
 
 # --------------------------------------------------------------------------- the simulator
@@ -362,6 +467,7 @@ class AerShiftSimulator:
         depolarizing: Depolarizing | None = None,
         client: Any = None,
         chunk_size: int | None = None,
+        method: str | None = None,
         runtime_binding: bool = True,
     ) -> None:
         if shots is not None and (not isinstance(shots, Integral) or shots < 1):
@@ -370,6 +476,8 @@ class AerShiftSimulator:
             raise ValueError("give either noise= (a fake device) or depolarizing=, not both")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        if method is not None and method not in NOISY_SHOT_METHODS:
+            raise ValueError(f"method must be one of {list(NOISY_SHOT_METHODS)} or None, got {method!r}")
         self.num_qubits = circuit.num_qubits
         self.observables = [SparsePauliOp(o) for o in observables]
         program = shift_ready_program(circuit, inputs, weights)
@@ -378,7 +486,7 @@ class AerShiftSimulator:
         self.dtype = dtype.to_real()  # outputs are real; Aer always simulates in double precision
         self.shots, self.seed = shots, simulator_seed
         self.client, self.chunk_size = client, chunk_size
-        self.runtime_binding = runtime_binding
+        self.runtime_binding, self.method = runtime_binding, method
         self.device = None if noise is None else fake_backend(noise)
         self.noise_model = None if depolarizing is None else _depolarizing_noise(depolarizing)
         self._layout = None if self.device is None else self._device_layout(self.device)
@@ -450,7 +558,7 @@ class AerShiftSimulator:
             measured = self.circuit.copy()
             measured.measure_all()
             logical, readout = [measured], CountedProbs(self.num_qubits)
-        circuits, noise_model = self._compile(logical)
+        circuits, noise_model, confusion = self._compile(logical)
         for circuit in circuits:
             # Irrelevant to the outputs, and Aer's runtime binding fails on a parametrised global
             # phase ("instruction param position out of range"), which transpiling can leave.
@@ -462,21 +570,28 @@ class AerShiftSimulator:
                         circuit.save_expectation_value(o, qubits, label=f"e{i}")
                 else:
                     circuit.save_probabilities(qubits, label="probs")
+        width = max(len(_active_qubits(c)) for c in circuits)
+        method, options = _simulation(noise_model is not None, self.shots, width, self.method)
         return AerPlan(
             circuits=tuple(circuits),
             parameters=tuple(self.parameters),
             readout=readout,
-            method=_method(noisy=noise_model is not None, shots=self.shots),
+            method=method,
+            options=options,
             shots=self.shots,
             seed=self.seed,
             noise_model=noise_model,
+            readout_errors=None if confusion is None else tuple(ReadoutErrors.of(c, confusion) for c in circuits),
             runtime_binding=self.runtime_binding,
         )
 
-    def _compile(self, logical: list[QuantumCircuit]) -> tuple[list[QuantumCircuit], NoiseModel | None]:
-        """Transpile to the fake device, if any, with that device's noise on the qubits used."""
+    def _compile(
+        self, logical: list[QuantumCircuit]
+    ) -> tuple[list[QuantumCircuit], NoiseModel | None, dict[int, np.ndarray] | None]:
+        """Transpile to the fake device, if any: the circuits, the device's gate errors and its
+        readout confusion matrices on the qubits used (else the depolarizing model, if any)."""
         if self.device is None:
-            return [c.copy() for c in logical], self.noise_model
+            return [c.copy() for c in logical], self.noise_model, None
         circuits = transpile(
             logical,
             backend=self.device,
@@ -485,7 +600,7 @@ class AerShiftSimulator:
             seed_transpiler=self._transpile_seed,
         )
         used = set().union(*(_active_qubits(c) for c in circuits))
-        return circuits, _device_noise_model(self.device, used)
+        return circuits, _device_noise_model(self.device, used), _device_readout_errors(self.device, used)
 
     def _final_qubits(self, circuits: list[QuantumCircuit]) -> list[list[int]]:
         """Where each logical qubit ends up: ``SparsePauliOp.apply_layout(layout)`` in index form.
@@ -509,16 +624,24 @@ class AerShiftSimulator:
         return transpiled.layout.initial_index_layout(filter_ancillas=True)
 
 
-def _method(noisy: bool, shots: int | None) -> str:
-    """Aer method: exact noisy expectations need density matrices; noisy shots let Aer choose.
+NOISY_SHOT_METHODS = ("density_matrix", "statevector")
+# Aer options of noisy statevector trajectories (see "Methods" in the module docstring).
+TRAJECTORY_OPTIONS: dict[str, Any] = {
+    "shot_branching_enable": True,
+    "shot_branching_sampling_enable": True,
+    "fusion_threshold": 1,
+}
 
-    With shots, ``automatic`` samples from one density matrix per parameter set when that is
-    cheaper (small circuits: ~60x faster than statevector trajectories at 4 qubits), and
-    falls back to trajectories for larger ones.
-    """
+
+def _simulation(noisy: bool, shots: int | None, qubits: int, forced: str | None) -> tuple[str, dict[str, Any]]:
+    """The Aer method and its options for circuits on ``qubits``, by the cost rule of the module
+    docstring; ``forced`` replaces the rule's choice for noisy shots."""
     if not noisy:
-        return "statevector"
-    return "density_matrix" if shots is None else "automatic"
+        return "statevector", {}
+    if shots is None:
+        return "density_matrix", {}
+    method = forced or ("density_matrix" if 2 ** (qubits + 1) <= shots else "statevector")
+    return method, dict(TRAJECTORY_OPTIONS) if method == "statevector" else {}
 
 
 class _ParameterShift(torch.autograd.Function):

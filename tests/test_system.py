@@ -454,7 +454,7 @@ def test_logging_survives_the_tracking_server_and_s3_going_away(
     try:
         ids = [
             outage("tracking-server", gate.close, gate.open, "create child run"),
-            outage("s3", stack.s3.stop, stack.s3.start, "log model"),
+            outage("s3", stack.s3.stop, stack.s3.start, "log artifacts"),
         ]
     finally:
         gate.close()

@@ -165,3 +165,32 @@ def test_evaluation_runs_texts_by_length_and_scores_them_in_split_order() -> Non
     torch.testing.assert_close(
         peft.test_logits(adapted, peft.eval_batches(job, tokenizer, shuffled)), logits[shuffle], atol=1e-5, rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_training_batches_group_texts_by_length_and_keep_each_epochs_examples(grouped: bool) -> None:
+    """Each epoch trains every example once (a last partial batch dropped) whether or not its
+    batches are grouped by length; grouped, they carry fewer padded tokens than the same
+    permutation cut in order, which is what ``group_by_length=False`` yields."""
+    sentence = "a gorgeous witty and warm film that is never tedious nor long at all"
+    words = sentence.split()
+    texts = [f"{i} {' '.join(words[: (7 * i) % len(words)])}".strip() for i in range(40)]  # all distinct
+    labels = np.arange(len(texts)) % 2
+    data = Dataset("varied", "test", ("negative", "positive"), texts, labels, texts, labels, {})
+    params = PeftParams(methods=["lora"], steps=2, batch_size=4, group_by_length=grouped)
+    (job,) = preflight(params, data).jobs
+    assert job.group_by_length is grouped
+    tokenizer = transformers.AutoTokenizer.from_pretrained(job.model)
+    batches = peft.train_batches(job, tokenizer, data)
+    epoch = [next(batches) for _ in range(len(texts) // 4)]
+    position = {t: i for i, t in enumerate(texts)}
+    seen = [position[t] for b in epoch for t in tokenizer.batch_decode(b["input_ids"], skip_special_tokens=True)]
+    assert sorted(seen) == list(range(len(texts)))  # every example once
+    examples = list(zip(texts, labels.tolist(), strict=True))
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(job.seed))
+    in_order = [peft._classify_batch(tokenizer, [examples[i] for i in b], job.max_length) for b in order.split(4)]
+    padded = sum(b["input_ids"].numel() for b in epoch)
+    if grouped:
+        assert padded < 0.8 * sum(b["input_ids"].numel() for b in in_order)
+    else:
+        assert seen == order.tolist()

@@ -157,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (model, _, doc) in flows.items():
         p = run_sub.add_parser(name, help=doc, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_model_options(p, model)
+        p.add_argument(
+            "--verbose", action="store_true", help="also print Dask's INFO lines (cluster start, workers, shutdown)"
+        )
     peft_sub = sub.add_parser("peft", help="parameter-efficient fine-tuning tools").add_subparsers(
         dest="peft_command", required=True
     )
@@ -171,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "run":
+        if not args.verbose:
+            quiet_dask()
         model, runner, _ = flows[args.flow]
         try:
             params = parse_model(model, args)
@@ -190,6 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for text, label, probs in predict(args.run_id, args.texts):
         print(json.dumps({"text": text, "label": label, "probabilities": probs}))
     return 0
+
+
+def quiet_dask() -> None:
+    """Dask's cluster chatter (some 35 INFO lines a run: nanny, scheduler, worker and client
+    comings and goings) at WARNING, here and in the worker processes a LocalCluster starts (they
+    read Dask's configuration from the environment); its warnings and errors still show."""
+    import logging
+    import os
+
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
 COUNT_HELP = "trainable parameters of LoRA, QPA and QTHA from a model config alone, and their ratio to LoRA"

@@ -35,6 +35,7 @@ from lab.teacher import TeacherSpec, teacher_features
 from qcore.hardware.plan import build_plan
 from qcore.hardware.service import HardwareError, Mitigation, QPUService
 from qcore.simulators.aer import fake_backend, fake_backend_names
+from qcore.simulators.fake_devices import FAKE_DEVICES
 from tasks.hardware import credentials, run_on_qpu, service_for
 from tasks.train import evaluate_under_noise
 
@@ -44,6 +45,8 @@ from .runner import check_dask_address, dask_runner, run_from_cli
 # about 25 s per binding here, 27 do not fit in memory.
 LOCAL_ESTIMATOR_QUBITS = 16
 BACKEND_PATTERN = re.compile(r"^(fake_[a-z0-9_]+|ibm_[a-z0-9_]+|least_busy)$")
+# The form's rule: one of the fake devices by name, an IBM device's name, or least_busy.
+FORM_BACKENDS = "^(" + "|".join([*FAKE_DEVICES, "ibm_[a-z0-9_]+", "least_busy"]) + ")$"
 
 
 class HardwareFields(Options):
@@ -56,8 +59,9 @@ class HardwareFields(Options):
     )
     backend: str = Field(
         "fake_torino",
-        description="fake_<device> (offline: the runtime's local testing "
-        "mode with that device's noise), ibm_<name>, or least_busy",
+        description="fake_DEVICE, e.g. fake_torino (offline: the runtime's local testing "
+        "mode with that device's noise), ibm_NAME, e.g. ibm_torino, or least_busy",
+        json_schema_extra={"pattern": FORM_BACKENDS},
     )
     primitive: Literal["sampler", "estimator"] = Field(
         "sampler",
@@ -111,8 +115,8 @@ class HardwareParams(RunOptions, HardwareFields):
     def _known_backend(cls, v: str) -> str:
         if not BACKEND_PATTERN.match(v):
             raise ValueError(f"backend {v!r} is not fake_<device>, ibm_<name> or least_busy")
-        if v.startswith("fake_") and v not in fake_backend_names():
-            raise ValueError(f"unknown fake backend {v!r}; available: {', '.join(fake_backend_names())}")
+        if v.startswith("fake_") and v not in FAKE_DEVICES:
+            raise ValueError(f"unknown fake backend {v!r}; available: {', '.join(FAKE_DEVICES)}")
         return v
 
     @property

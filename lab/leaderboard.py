@@ -100,9 +100,9 @@ def log_leaderboard(
                     )
                 },
             },
-            history={
-                "seed_accuracy": [x["accuracy"] for x in rs],
-                "seed_train_seconds": [x["train_seconds"] for x in rs],
+            history={  # step = the seed's position in the row's seeds
+                "test/seed_accuracy": [x["accuracy"] for x in rs],
+                "train/seed_seconds": [x["train_seconds"] for x in rs],
             },
             tags={"kind": "method", "method": r["method"]},
         )

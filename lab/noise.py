@@ -23,11 +23,12 @@ from qiskit import QuantumCircuit, transpile
 
 from qcore.ablation import circuits_on
 from qcore.models.base import QuantumModel, load_model
-from qcore.simulators.aer import fake_backend, fake_backend_names, fake_backend_qubits
+from qcore.simulators.aer import fake_backend, fake_backend_qubits
+from qcore.simulators.fake_devices import FAKE_DEVICES
 from qcore.training import train
 
 from .artifacts import download_folder
-from .params import Options
+from .params import Options, items_between, one_of
 from .statistics import accuracy_interval
 from .store import model_predictions
 
@@ -55,40 +56,66 @@ def noise_settings(
     return out
 
 
-class NoiseOptions(Options):
-    """The noise ablation of the flows whose models run their circuits in one process (peft,
-    federated): cheap by default, since an adapter's circuits run once per setting and a VQC's
-    once per sample. The PQC head's own fields (``HeadFields``) add more settings and fine-tuning."""
+def shots_field(default: list[int]) -> Any:
+    """The ``noise_shots`` field (a flow's own default)."""
+    return Field(default, description="noise ablation: shot counts (empty: skip)", json_schema_extra=items_between(1))
 
-    noise_shots: list[int] = Field([1024], description="noise ablation: shot counts (empty: skip)")
-    noise_depolarizing: list[float] = Field(
-        [], description="noise ablation: depolarizing p after every gate (empty: skip)"
+
+def depolarizing_field(default: list[float]) -> Any:
+    """The ``noise_depolarizing`` field."""
+    return Field(
+        default,
+        description="noise ablation: depolarizing p after every gate, 0 < p <= 1 (empty: skip)",
+        json_schema_extra=items_between(0, 1, integer=False, low_exclusive=True),
     )
-    noise_devices: list[str] = Field(["fake_torino"], description="noise ablation: IBM fake backends (empty: skip)")
-    device_shots: int = Field(1024, ge=1, description="shots under device noise")
-    noise_samples: int = Field(200, ge=1, description="noise ablation: the first N test examples")
 
-    @field_validator("noise_shots")
+
+def devices_field(default: list[str]) -> Any:
+    """The ``noise_devices`` field: a dropdown of the fake devices per item."""
+    return Field(
+        default,
+        description="noise ablation: IBM fake backends (empty: skip)",
+        json_schema_extra=one_of(FAKE_DEVICES, each=True),
+    )
+
+
+class NoiseChecks(Options):
+    """The checks of the noise fields, without the fields: :class:`NoiseOptions` and the head's
+    fields declare them with their own defaults (and the head where its form wants them, since
+    pydantic places a field where it is first declared)."""
+
+    @field_validator("noise_shots", check_fields=False)
     @classmethod
     def _positive_shots(cls, v: list[int]) -> list[int]:
         if bad := [s for s in v if s < 1]:
             raise ValueError(f"shot counts {bad} are invalid; give positive integers")
         return v
 
-    @field_validator("noise_depolarizing")
+    @field_validator("noise_depolarizing", check_fields=False)
     @classmethod
     def _probabilities(cls, v: list[float]) -> list[float]:
         if bad := [p for p in v if not 0 < p <= 1]:
             raise ValueError(f"depolarizing probabilities {bad} are invalid; allowed 0 < p <= 1")
         return v
 
-    @field_validator("noise_devices")
+    @field_validator("noise_devices", check_fields=False)
     @classmethod
     def _fake_backend(cls, v: list[str]) -> list[str]:
-        known = fake_backend_names()
-        if bad := [d for d in v if d not in known]:
-            raise ValueError(f"unknown fake backend(s) {bad}; allowed: {', '.join(known)}")
+        if bad := [d for d in v if d not in FAKE_DEVICES]:
+            raise ValueError(f"unknown fake backend(s) {bad}; allowed: {', '.join(FAKE_DEVICES)}")
         return v
+
+
+class NoiseOptions(NoiseChecks):
+    """The noise ablation of the flows whose models run their circuits in one process (peft,
+    federated): cheap by default, since an adapter's circuits run once per setting and a VQC's
+    once per sample. The PQC head's own fields (``HeadFields``) add more settings and fine-tuning."""
+
+    noise_shots: list[int] = shots_field([1024])
+    noise_depolarizing: list[float] = depolarizing_field([])
+    noise_devices: list[str] = devices_field(["fake_torino"])
+    device_shots: int = Field(1024, ge=1, description="shots under device noise")
+    noise_samples: int = Field(200, ge=1, description="noise ablation: the first N test examples")
 
     def noise_settings(self) -> list[NoiseSetting]:
         return noise_settings(self.noise_shots, self.noise_depolarizing, self.noise_devices, self.device_shots)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,10 +21,59 @@ from pydantic import BaseModel, ConfigDict, Field
 NAMED_SETS = "named set (sst2, subj, trec, trec-fine, ag_news) or a TSV/CSV/JSONL path or fsspec URL"
 
 
-class Options(BaseModel):
-    """Base of every group: unknown fields are refused, naming them."""
+# How a field name's words read in a title (the Prefect UI form's labels): pydantic's own
+# titles capitalise each word ("Lr", "Llm Model", "Qpu Seconds").
+TITLE_WORDS = {
+    "lr": "learning rate",
+    "llm": "LLM",
+    "qpu": "QPU",
+    "qpa": "QPA",
+    "qtha": "QTHA",
+    "id": "ID",
+    "dim": "dimension",
+    "logreg": "logistic regression",
+    "val": "validation",
+    "eval": "evaluation",
+    "mu": "μ",
+    "c": "C",
+}
 
-    model_config = ConfigDict(extra="forbid")
+
+def field_title(name: str, _info: object = None) -> str:
+    """``head_lr`` → "Head learning rate", ``llm_model`` → "LLM model": a sentence, not Title Case."""
+    words = [TITLE_WORDS.get(w, w) for w in name.split("_")]
+    first = words[0]
+    return " ".join([first[:1].upper() + first[1:], *words[1:]])
+
+
+# --- rules in the JSON schema: the Prefect UI form refuses what breaks them at Submit, as
+# the validators do on the command line (they keep the messages that name the value).
+
+
+def items_between(
+    low: float, high: float | None = None, *, integer: bool = True, low_exclusive: bool = False
+) -> dict[str, Any]:
+    """``json_schema_extra`` of a list field whose every item lies in ``[low, high]`` (``(low,
+    high]`` when ``low_exclusive``; no upper bound when ``high`` is None)."""
+    item: dict[str, Any] = {"type": "integer" if integer else "number"}
+    item["exclusiveMinimum" if low_exclusive else "minimum"] = low
+    if high is not None:
+        item["maximum"] = high
+    return {"items": item}
+
+
+def one_of(names: Sequence[str], *, optional: bool = False, each: bool = False) -> dict[str, Any]:
+    """``json_schema_extra`` of a field that takes one of ``names`` (``optional``: or null;
+    ``each``: a list field whose every item does): an enum, a dropdown in the form."""
+    if each:
+        return {"items": {"type": "string", "enum": list(names)}}
+    return {"enum": [*names, None] if optional else list(names)}
+
+
+class Options(BaseModel):
+    """Base of every group: unknown fields are refused, naming them; titles read as words."""
+
+    model_config = ConfigDict(extra="forbid", field_title_generator=field_title)
 
 
 class DataOptions(Options):

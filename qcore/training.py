@@ -27,9 +27,17 @@ ArrayLike: TypeAlias = torch.Tensor | np.ndarray
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+def as_tensor(a: ArrayLike, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``a`` as a tensor, sharing its memory where torch can: a read-only array (a cached
+    memory map, an array a Dask worker received) is copied, as torch cannot share one."""
+    if isinstance(a, np.ndarray) and not a.flags.writeable:
+        a = a.copy()
+    return torch.as_tensor(a, dtype=dtype)
+
+
 def predict_logits(model: nn.Module, x: ArrayLike, batch_size: int = 256) -> torch.Tensor:
     """The model's logits for every row of ``x``, in eval mode and without autograd."""
-    x = torch.as_tensor(x)
+    x = as_tensor(x)
     was_training = model.training
     model.eval()
     try:
@@ -89,8 +97,8 @@ def train(
         raise ValueError(
             f"alpha={alpha} weighs teacher soft labels, but teacher_logits is None; pass them or set alpha=0"
         )
-    x, y = torch.as_tensor(train_x), torch.as_tensor(train_y, dtype=torch.long)
-    t = None if teacher_logits is None else torch.as_tensor(teacher_logits)
+    x, y = as_tensor(train_x), as_tensor(train_y, dtype=torch.long)
+    t = None if teacher_logits is None else as_tensor(teacher_logits)
     if len(x) != len(y) or (t is not None and len(t) != len(x)):
         raise ValueError(
             f"train_x, train_y and teacher_logits need one row per sample; got {len(x)}, {len(y)}"
@@ -125,7 +133,7 @@ def train(
             "seconds": time.perf_counter() - start,
         }
         if val is not None:
-            val_y = torch.as_tensor(val[1], dtype=torch.long)
+            val_y = as_tensor(val[1], dtype=torch.long)
             metrics["val_accuracy"] = (predict_logits(model, val[0]).argmax(-1) == val_y).float().mean().item()
         history.append(metrics)
         if on_epoch is not None:
@@ -183,7 +191,7 @@ def evaluate(
     mimics, not how well it classifies. ``latency_ms`` is the median over ``repeats`` of one
     forward pass on the first ``latency_batch`` samples (no autograd), divided by the batch size.
     """
-    x = torch.as_tensor(x)
+    x = as_tensor(x)
     pred = predict_logits(model, x).argmax(-1).numpy()
     metrics = classification_metrics(pred, y, teacher_logits)
     batch = x[:latency_batch]

@@ -440,6 +440,13 @@ def test_unknown_fake_backend_names_it_and_lists_the_known_ones():
     assert {"fake_torino", "fake_manila", "fake_fractional"} <= set(fake_backend_names())
 
 
+def test_the_forms_fake_devices_are_the_installed_runtimes():
+    """The parameter forms offer FAKE_DEVICES without importing the fake provider: the same list."""
+    from qcore.simulators.fake_devices import FAKE_DEVICES
+
+    assert tuple(fake_backend_names()) == FAKE_DEVICES
+
+
 def test_more_qubits_than_the_device_is_refused():
     x, w = ParameterVector("x", 0), ParameterVector("w", 1)
     qc = QuantumCircuit(6)

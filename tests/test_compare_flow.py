@@ -103,8 +103,8 @@ def test_mlflow_parent_with_a_child_per_method_plot_and_system_metrics(run: dict
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.tags["method"] for c in children) == sorted(LEADERBOARD)
     for child in children:
-        assert {"accuracy", "accuracy_std", "trainable_params", "train_seconds"} <= set(child.data.metrics)
-        assert len(client.get_metric_history(child.info.run_id, "seed_accuracy")) == 2
+        assert {"test/accuracy", "test/accuracy_std", "trainable_params", "train_seconds"} <= set(child.data.metrics)
+        assert len(client.get_metric_history(child.info.run_id, "test/seed_accuracy")) == 2
     files = {f.path for f in client.list_artifacts(parent.info.run_id)}
     assert {"leaderboard.png", "leaderboard.json", "seeds.json"} <= files
     png = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.png"))

@@ -84,8 +84,10 @@ def test_mlflow_holds_per_round_metrics_plots_and_models(run: dict) -> None:
         "sst2/iid/none",
     ]
     child = next(c for c in children if c.info.run_name == "sst2/iid/none")
-    accuracy = client.get_metric_history(child.info.run_id, "accuracy")
+    accuracy = client.get_metric_history(child.info.run_id, "test/accuracy")
     assert sorted(m.step for m in accuracy) == [0, 1, 2]  # step = round; 0 is the initial model
+    final = next(r for r in run["runs"] if r["run"] == "none")["records"][-1]["accuracy"]
+    assert child.data.metrics["test/accuracy"] == pytest.approx(final)  # the final global model's
     dropped = client.get_metric_history(child.info.run_id, "failed_clients")
     assert sorted((m.step, m.value) for m in dropped) == [
         (r, float(len(simulated_failures(1, r, [0, 1, 2], 0.4)))) for r in (1, 2)

@@ -137,7 +137,7 @@ def test_study_survives_a_killed_worker_and_resumes(root: Path) -> None:
     assert {"logistic regression", "linear SVM", "MLP (size-matched)"} <= set(result["baselines"])
 
     points = [c for c in _children(result["mlflow_run_id"]) if c.data.tags["kind"] == "study point"]
-    assert len(points) == 2 and all("accuracy" in p.data.metrics for p in points)
+    assert len(points) == 2 and all("test/accuracy" in p.data.metrics for p in points)
     assert all(len(_children(p.info.run_id)) == 4 for p in points)  # one model per seed
     assert "study.png" in {f.path for f in MlflowClient().list_artifacts(result["mlflow_run_id"])}
 

@@ -114,7 +114,9 @@ def test_mlflow_has_parent_children_curves_and_adapters(classify: dict) -> None:
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.tags["method"] for c in children) == ["lora", "qpa", "qtha"]
     for child in children:
-        assert len(client.get_metric_history(child.info.run_id, "train_loss")) == TINY["steps"]
+        assert len(client.get_metric_history(child.info.run_id, "train/loss")) == TINY["steps"]
+        row = next(r for r in classify["table"] if r["method"] == child.data.tags["method"])
+        assert child.data.metrics["test/accuracy"] == pytest.approx(row["accuracy"])  # as the table prints it
         files = {f.path for f in client.list_artifacts(child.info.run_id, "model")}
         assert {"model/adapter_config.json", "model/adapter_model.safetensors"} <= files
 

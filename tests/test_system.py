@@ -8,6 +8,7 @@ tracking server or S3 going away for a moment."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
@@ -287,6 +288,84 @@ def test_deployment_renders_a_form(stack: Stack, runs: list[Any]) -> None:
     assert deployment.work_pool_name == POOL and deployment.parameters["params"]["dataset"] == "sst2"
 
 
+def test_every_form_labels_its_fields_in_words_and_keeps_its_placeholders(stack: Stack, runs: list[Any]) -> None:
+    """The UI shows a field's title as its label and renders its description as HTML, so
+    ``dirichlet:<alpha>`` lost its placeholder there and ``lr`` read "Lr"."""
+    from lab.params import field_title
+
+    titles: dict[str, str] = {}
+    for name in DEPLOYMENTS:
+        schema = read(stack, "read_deployment_by_name", name=name).parameter_openapi_schema
+        for model in schema["definitions"].values():
+            for key, spec in model.get("properties", {}).items():
+                assert not re.search(r"<[A-Za-z/]", spec.get("description", "")), (name, key, spec["description"])
+                titles[key] = spec["title"]
+    assert all(title == field_title(key) for key, title in titles.items()), titles
+    expected = {
+        "lr": "Learning rate",
+        "llm_model": "LLM model",
+        "max_qpu_seconds": "Max QPU seconds",
+        "run_id": "Run ID",
+        "eval_noise": "Evaluation noise",
+    }
+    assert {k: titles[k] for k in expected} == expected
+
+
+# Every rule the JSON schema carries, one bad value each: the Prefect UI validates the form
+# against the deployment's schema at Submit (the server's /ui/schemas/validate).
+FORM_RULES = [
+    ("distill/distill", "qubits", [50]),
+    ("distill/distill", "qubits", [1]),
+    ("distill/distill", "blocks", [0]),
+    ("distill/distill", "alpha", [3.0]),
+    ("distill/distill", "eval_noise", "fake_nowhere"),
+    ("distill/distill", "noise", "fake_nowhere"),
+    ("head/head", "noise_devices", ["fake_nowhere"]),
+    ("head/head", "noise_shots", [0]),
+    ("head/head", "noise_depolarizing", [0.0]),
+    ("head/head", "noise_depolarizing", [1.5]),
+    ("peft/peft", "noise_devices", ["fake_torino", "fake_nowhere"]),
+    ("federated/federated", "partition", ["dirichlet:0"]),
+    ("federated/federated", "partition", ["dirichlet:x"]),
+    ("federated/federated", "noise_devices", ["fake_nowhere"]),
+    ("hardware/hardware", "backend", "fake_nowhere"),
+    ("hardware/hardware", "backend", "torino"),
+]
+GOOD = [
+    ("distill/distill", "qubits", [2, 20]),
+    ("distill/distill", "eval_noise", None),
+    ("head/head", "noise_depolarizing", [1.0]),
+    ("federated/federated", "partition", ["iid", "dirichlet:0.5", "dirichlet:2e-3"]),
+    ("hardware/hardware", "backend", "ibm_torino"),
+    ("hardware/hardware", "backend", "least_busy"),
+]
+
+
+def form_errors(stack: Stack, deployment: str, changes: dict[str, Any]) -> list[Any]:
+    """The errors the server's form validation finds in the deployment's parameters with
+    ``changes`` applied."""
+    import httpx
+
+    found = read(stack, "read_deployment_by_name", name=deployment)
+    values = {"params": {**found.parameters.get("params", {}), **changes}}
+    reply = httpx.post(
+        f"{stack.api}/ui/schemas/validate", json={"schema": found.parameter_openapi_schema, "values": values}
+    )
+    reply.raise_for_status()
+    body = reply.json()
+    assert body["valid"] is not bool(body["errors"]), body
+    return body["errors"]
+
+
+def test_forms_refuse_at_submit_what_the_command_line_refuses(stack: Stack, runs: list[Any]) -> None:
+    for deployment in DEPLOYMENTS:  # each deployment's own parameters pass its form
+        assert form_errors(stack, deployment, {}) == [], deployment
+    for deployment, key, value in FORM_RULES:
+        assert form_errors(stack, deployment, {key: value}), (deployment, key, value)
+    for deployment, key, value in GOOD:
+        assert form_errors(stack, deployment, {key: value}) == [], (deployment, key, value)
+
+
 def test_runs_complete_on_the_external_dask_workers(stack: Stack, runs: list[Any]) -> None:
     assert [r.state.type.value for r in runs] == ["COMPLETED", "COMPLETED"], [r.state.message for r in runs]
     from distributed import Client
@@ -326,7 +405,7 @@ def test_mlflow_has_the_run_with_a_child_per_configuration(stack: Stack, runs: l
         "MLP (labels only) s0",
         "classical distilled MLP s0",
     }, names
-    assert all("accuracy" in c.data.metrics for c in children)
+    assert all("test/accuracy" in c.data.metrics for c in children)
     student = next(c for c in children if c.data.tags.get("kind") == "quantum student")
     assert student.info.artifact_uri.startswith(f"s3://{BUCKET}/artifacts/mlruns/")
 
@@ -467,5 +546,5 @@ def test_logging_survives_the_tracking_server_and_s3_going_away(
     client = MlflowClient(stack.mlflow_uri)
     for run_id in ids:
         run = client.get_run(run_id)
-        assert run.data.metrics["accuracy"] == 0.75 and run.info.status == "FINISHED"
+        assert run.data.metrics["test/accuracy"] == 0.75 and run.info.status == "FINISHED"
         assert [f.path for f in client.list_artifacts(run_id, "model")] == ["model/weights.bin"]

@@ -47,7 +47,7 @@ def test_trials_are_child_runs_and_the_best_is_scored_on_test(run: dict) -> None
     assert kinds == ["final", "final", "trial", "trial", "trial"]
     for trial in (c for c in children if c.data.tags["kind"] == "trial"):
         assert {"lr", "blocks"} <= set(trial.data.params) and "seconds" in trial.data.metrics
-        assert len(client.get_metric_history(trial.info.run_id, "held_out_accuracy")) >= 1  # its pruning reports
+        assert len(client.get_metric_history(trial.info.run_id, "val/accuracy")) >= 1  # its pruning reports
     assert {"trials.json", "tuned.json"} <= {f.path for f in client.list_artifacts(parent.info.run_id)}
 
 

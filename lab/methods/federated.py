@@ -44,7 +44,7 @@ from qcore.federated.client_models import ModelSpec, build_model, set_weights
 from qcore.federated.controller import RULES, Controller, make_controller
 from qcore.federated.features import Projection
 from qcore.federated.llm import LLMSpec, finetune
-from qcore.federated.partition import PartitionError, PartitionSpec
+from qcore.federated.partition import PARTITION_PATTERN, PartitionError, PartitionSpec
 from qcore.federated.server import FederatedRun, RoundRecord, RunResult, fit_sequentially
 from qcore.federated.strategy import make_strategy
 from qcore.federated.vqc import VQCClassifier
@@ -78,7 +78,10 @@ class FederatedFields(Options):
     clients: int = Field(5, ge=1, le=10_000, description="federated clients")
     rounds: int = Field(10, ge=1, le=10_000, description="communication rounds")
     partition: list[str] = Field(
-        ["iid"], min_length=1, description="iid or dirichlet:<alpha> (alpha > 0); a list sweeps"
+        ["iid"],
+        min_length=1,
+        description="iid or dirichlet:ALPHA with ALPHA > 0 (e.g. dirichlet:0.5); a list sweeps",
+        json_schema_extra={"items": {"type": "string", "pattern": PARTITION_PATTERN}},
     )
     strategy: Literal["fedavg", "fedprox", "fedadam"] = Field("fedavg", description="server strategy")
     proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight of the proximal term")
@@ -699,13 +702,13 @@ def _round_metrics(out: RunOutput) -> list[mlflow.entities.Metric]:
     now = int(time.time() * 1000)
     c = curves(out)
     metrics = [
-        mlflow.entities.Metric("accuracy", out.result.initial_accuracy, now, 0),
-        mlflow.entities.Metric("test_loss", out.result.initial_loss, now, 0),
+        mlflow.entities.Metric("test/accuracy", out.result.initial_accuracy, now, 0),
+        mlflow.entities.Metric("test/loss", out.result.initial_loss, now, 0),
     ]
     for i, r in enumerate(out.result.records, start=1):
         values: dict[str, float] = {
-            "accuracy": r.accuracy,
-            "test_loss": r.test_loss,
+            "test/accuracy": r.accuracy,
+            "test/loss": r.test_loss,
             "selected_clients": len(r.selected),
             "failed_clients": sum(k == "failed" for k in r.failed.values()),
             "timed_out_clients": sum(k == "timed out" for k in r.failed.values()),

@@ -14,18 +14,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from qiskit import QuantumCircuit
 
 from qcore.models.pqc_head import MAX_ENCODERS, PQCHead, PQCHeadConfig
-from qcore.simulators.aer import fake_backend_names, fake_backend_qubits
+from qcore.simulators.aer import fake_backend_qubits
 from qcore.training import evaluate, train
 
 from .. import setfit_body
 from ..artifacts import hash_json
 from ..data import DataRequest, Dataset, hold_out
 from ..embedded import EmbeddedSplit
-from ..noise import NoiseSetting, noise_settings
+from ..noise import NoiseChecks, NoiseSetting, depolarizing_field, devices_field, noise_settings, shots_field
 from ..params import DataOptions, Options, RunOptions, config_defaults, experiment
 from ..results import TrainingResult, job_record
 from ..search_space import Dimension, Float, Int
@@ -95,13 +95,9 @@ class HeadFields(Options):
         None, gt=0, le=1, description="Adam learning rate of the circuit's angles (None: lr)"
     )
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
-    noise_shots: list[int] = Field([256, 1024, 4096], description="noise ablation: shot counts (empty: skip)")
-    noise_depolarizing: list[float] = Field(
-        [0.001, 0.01, 0.03], description="noise ablation: depolarizing p after every gate (empty: skip)"
-    )
-    noise_devices: list[str] = Field(
-        ["fake_torino", "fake_brisbane"], description="noise ablation: IBM fake backends (empty: skip)"
-    )
+    noise_shots: list[int] = shots_field([256, 1024, 4096])
+    noise_depolarizing: list[float] = depolarizing_field([0.001, 0.01, 0.03])
+    noise_devices: list[str] = devices_field(["fake_torino", "fake_brisbane"])
     device_shots: int = Field(1024, ge=1, description="shots under device noise")
     noise_samples: int = Field(200, ge=1, description="test examples in the noise ablation")
     noise_finetune_steps: int = Field(
@@ -113,32 +109,10 @@ class HeadFields(Options):
 ARCH_FIELDS = tuple(name for name in ARCH if name in HeadFields.model_fields)
 
 
-class HeadParams(RunOptions, HeadFields, setfit_body.BodyOptions, DataOptions):
+class HeadParams(RunOptions, HeadFields, setfit_body.BodyOptions, DataOptions, NoiseChecks):
     """Parameters of the head flow (the CLI options, the Prefect UI form, prefect.yaml)."""
 
     experiment: str = experiment("qllm-head")
-
-    @field_validator("noise_shots")
-    @classmethod
-    def _positive_shots(cls, v: list[int]) -> list[int]:
-        if bad := [s for s in v if s < 1]:
-            raise ValueError(f"shot counts {bad} are invalid; give positive integers")
-        return v
-
-    @field_validator("noise_depolarizing")
-    @classmethod
-    def _probabilities(cls, v: list[float]) -> list[float]:
-        if bad := [p for p in v if not 0 < p <= 1]:
-            raise ValueError(f"depolarizing probabilities {bad} are invalid; allowed 0 < p <= 1")
-        return v
-
-    @field_validator("noise_devices")
-    @classmethod
-    def _fake_backend(cls, v: list[str]) -> list[str]:
-        known = fake_backend_names()
-        if bad := [d for d in v if d not in known]:
-            raise ValueError(f"unknown fake backend(s) {bad}; allowed: {', '.join(known)}")
-        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> HeadParams:

@@ -20,14 +20,15 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from qiskit import QuantumCircuit
 
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
-from qcore.simulators.aer import fake_backend_names, fake_backend_qubits
+from qcore.simulators.aer import fake_backend_qubits
+from qcore.simulators.fake_devices import FAKE_DEVICES
 from qcore.training import classification_metrics, evaluate, train
 
 from ..artifacts import hash_json
 from ..data import DataRequest
 from ..embedded import EmbeddedSplit
 from ..noise import NoiseSetting
-from ..params import DataOptions, Options, RunOptions, experiment
+from ..params import DataOptions, Options, RunOptions, experiment, items_between, one_of
 from ..results import TrainingResult, job_record
 from ..search_space import Dimension, Float, Int
 from ..store import cached_result, feature_ablation, model_predictions, store_result
@@ -36,6 +37,8 @@ from .base import Budget, ClassicalStandin, FeatureMethod, Hooks, ModelJob, exac
 from .classical import curves, linear_baseline, mlp_baseline
 
 MAX_QUBITS = 20
+# Each item of these list fields (a list sweeps) lies in its range: the schema and the validator.
+RANGES = {"qubits": (2, MAX_QUBITS), "blocks": (1, 20), "alpha": (0, 1)}
 
 
 class DistillFields(Options):
@@ -55,12 +58,27 @@ class DistillFields(Options):
         4000, ge=1, description="texts per teacher shard: larger sets are split across the Dask workers"
     )
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="training seeds (one student each)")
-    qubits: list[int] = Field([11], min_length=1, description=f"student qubits, 2..{MAX_QUBITS} (a list sweeps)")
-    blocks: list[int] = Field([2], min_length=1, description="QD-LLM ansatz blocks, 1..20 (a list sweeps)")
+    qubits: list[int] = Field(
+        [11],
+        min_length=1,
+        description=f"student qubits, 2..{MAX_QUBITS} (a list sweeps)",
+        json_schema_extra=items_between(*RANGES["qubits"]),
+    )
+    blocks: list[int] = Field(
+        [2],
+        min_length=1,
+        description="QD-LLM ansatz blocks, 1..20 (a list sweeps)",
+        json_schema_extra=items_between(*RANGES["blocks"]),
+    )
     circuit: Literal["quantum", "classical"] = Field(
         "quantum", description="the circuit, or a classical MLP of as many parameters in its place (the ablation)"
     )
-    alpha: list[float] = Field([0.5], min_length=1, description="distillation weight α in [0, 1] (a list sweeps)")
+    alpha: list[float] = Field(
+        [0.5],
+        min_length=1,
+        description="distillation weight α in [0, 1] (a list sweeps)",
+        json_schema_extra=items_between(*RANGES["alpha"], integer=False),
+    )
     temperature: float = Field(2.0, gt=0, description="distillation temperature T")
     logreg_c: float = Field(
         1.0, gt=0, le=1e4, description="the logistic-regression baseline's inverse L2 regularisation C"
@@ -80,9 +98,17 @@ class DistillFields(Options):
         "exact", description="training simulator: exact (autograd) or aer (parameter shift, noise-aware)"
     )
     shots: int | None = Field(None, ge=1, description="aer training: shots per circuit (None: exact expectations)")
-    noise: str | None = Field(None, description="aer training: IBM fake backend whose noise to train under")
+    noise: str | None = Field(
+        None,
+        description="aer training: IBM fake backend whose noise to train under",
+        json_schema_extra=one_of(FAKE_DEVICES, optional=True),
+    )
     eval_shots: int | None = Field(1024, ge=1, description="noisy evaluation: shots (None: skip)")
-    eval_noise: str | None = Field("fake_torino", description="noisy evaluation: IBM fake backend (None: skip)")
+    eval_noise: str | None = Field(
+        "fake_torino",
+        description="noisy evaluation: IBM fake backend (None: skip)",
+        json_schema_extra=one_of(FAKE_DEVICES, optional=True),
+    )
     eval_samples: int = Field(200, ge=1, description="test examples in the shots evaluation")
     noise_samples: int = Field(
         100,
@@ -99,7 +125,7 @@ class DistillParams(RunOptions, DistillFields, DataOptions):
     @field_validator("qubits", "blocks", "alpha")
     @classmethod
     def _in_range(cls, v: list[float], info: ValidationInfo) -> list[float]:
-        lo, hi = {"qubits": (2, MAX_QUBITS), "blocks": (1, 20), "alpha": (0, 1)}[str(info.field_name)]
+        lo, hi = RANGES[str(info.field_name)]
         bad = [x for x in v if not lo <= x <= hi]
         if bad:
             raise ValueError(f"{info.field_name} {bad} out of range; allowed {lo}..{hi}")
@@ -108,8 +134,8 @@ class DistillParams(RunOptions, DistillFields, DataOptions):
     @field_validator("noise", "eval_noise")
     @classmethod
     def _fake_backend(cls, v: str | None) -> str | None:
-        if v is not None and v not in fake_backend_names():
-            raise ValueError(f"unknown fake backend {v!r}; allowed: {', '.join(fake_backend_names())}")
+        if v is not None and v not in FAKE_DEVICES:
+            raise ValueError(f"unknown fake backend {v!r}; allowed: {', '.join(FAKE_DEVICES)}")
         return v
 
     @model_validator(mode="after")

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# What :meth:`PartitionSpec.parse` accepts, as a JSON-schema pattern (the form's rule): iid, or
+# dirichlet: and a number other than zero (finite, not negative).
+PARTITION_PATTERN = r"^(iid|dirichlet:(?!0*\.?0*([eE][-+]?\d+)?$)(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)$"
+
 
 class PartitionError(ValueError):
     """A split that cannot be made; the message names the bad value and what is allowed."""

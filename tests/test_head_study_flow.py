@@ -312,9 +312,10 @@ def _expected(
         }
 
     def metrics(values: dict[str, float], history: dict[str, list[float]]) -> dict[str, list[tuple[int, float]]]:
-        out = {k: [(0, float(v))] for k, v in values.items()}
+        out = {tracking.metric_name(k): [(0, float(v))] for k, v in values.items()}
         for k, vs in history.items():
-            out[k] = sorted(out.get(k, []) + [(step, float(v)) for step, v in enumerate(vs, 1)])
+            name = tracking.metric_name(k, curve=True)
+            out[name] = sorted(out.get(name, []) + [(step, float(v)) for step, v in enumerate(vs, 1)])
         return out
 
     def seed_run(parent: str, r: Outcome) -> dict:

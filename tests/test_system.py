@@ -341,13 +341,17 @@ GOOD = [
 ]
 
 
+# What a deployment's form needs filled in: the hardware flow's MLflow run (no default).
+REQUIRED = {"hardware/hardware": {"run_id": "0" * 32}}
+
+
 def form_errors(stack: Stack, deployment: str, changes: dict[str, Any]) -> list[Any]:
     """The errors the server's form validation finds in the deployment's parameters with
     ``changes`` applied."""
     import httpx
 
     found = read(stack, "read_deployment_by_name", name=deployment)
-    values = {"params": {**found.parameters.get("params", {}), **changes}}
+    values = {"params": {**found.parameters.get("params", {}), **REQUIRED.get(deployment, {}), **changes}}
     reply = httpx.post(
         f"{stack.api}/ui/schemas/validate", json={"schema": found.parameter_openapi_schema, "values": values}
     )
@@ -358,8 +362,9 @@ def form_errors(stack: Stack, deployment: str, changes: dict[str, Any]) -> list[
 
 
 def test_forms_refuse_at_submit_what_the_command_line_refuses(stack: Stack, runs: list[Any]) -> None:
-    for deployment in DEPLOYMENTS:  # each deployment's own parameters pass its form
+    for deployment in DEPLOYMENTS:  # each deployment's own parameters (and REQUIRED) pass its form
         assert form_errors(stack, deployment, {}) == [], deployment
+    assert form_errors(stack, "hardware/hardware", {"run_id": None})  # no model named: refused
     for deployment, key, value in FORM_RULES:
         assert form_errors(stack, deployment, {key: value}), (deployment, key, value)
     for deployment, key, value in GOOD:
@@ -462,7 +467,7 @@ def test_a_federated_deployment_runs_its_rounds_on_the_stack(stack: Stack, runs:
     [parent] = client.search_runs([exp.experiment_id], "attributes.run_name = 'federated'")
     assert parent.info.status == "FINISHED" and any(k.startswith("system/") for k in parent.data.metrics)
     [child] = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert child.info.run_name == "sst2/iid/adaptive" and client.get_metric_history(child.info.run_id, "accuracy")
+    assert child.info.run_name == "sst2/iid/adaptive" and client.get_metric_history(child.info.run_id, "test/accuracy")
     keys = list(stack.objects())
     assert any(k.startswith("artifacts/federated/runs/") and k.endswith(".npz") for k in keys), keys
     assert any(k.startswith("artifacts/federated/llm/") for k in keys), keys

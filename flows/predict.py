@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -17,13 +16,13 @@ from qcore.models import load_model
 
 def predict(run_id: str, texts: Sequence[str]) -> list[tuple[str, str, dict[str, float]]]:
     """``(text, predicted label, class probabilities)`` for each text."""
-    folder = Path(tracking.download_model(run_id, Runtime()))
-    meta_file = folder / "teacher.json"
-    if not meta_file.exists():
-        raise ValueError(f"MLflow run {run_id} holds no trained student (model/teacher.json is missing)")
-    meta = json.loads(meta_file.read_text())
+    with tracking.downloaded_model(run_id, Runtime()) as folder:
+        meta_file = folder / "teacher.json"
+        if not meta_file.exists():
+            raise ValueError(f"MLflow run {run_id} holds no trained student (model/teacher.json is missing)")
+        meta = json.loads(meta_file.read_text())
+        student = load_model(folder)
     names = meta["label_names"]
-    student = load_model(folder)
     features = teacher_features(TeacherSpec(**meta["teacher"]), names, texts)
     with torch.inference_mode():
         probs = torch.softmax(student(torch.as_tensor(features, dtype=torch.float32)), -1).numpy()

@@ -245,7 +245,7 @@ def load_source(run_id: str, settings: Runtime) -> SourceRun:
     from qcore.models import load_model
 
     from .artifacts import sha256_file
-    from .tracking import download_model
+    from .tracking import downloaded_model
 
     uri = settings.tracking_uri()
     client = mlflow.MlflowClient(uri)
@@ -258,9 +258,10 @@ def load_source(run_id: str, settings: Runtime) -> SourceRun:
             "as shown in the MLflow UI or printed by those flows"
         ) from None
     try:
-        folder = download_model(run_id, settings)
-        model = load_model(folder)
-        meta = json.loads((folder / "teacher.json").read_text())
+        with downloaded_model(run_id, settings) as folder:
+            model = load_model(folder)
+            meta = json.loads((folder / "teacher.json").read_text())
+            weights_hash = sha256_file(folder / "weights.safetensors")
     except Exception as exc:  # noqa: BLE001 - no model/ folder, or not one of ours
         raise HardwareError(
             f"MLflow run {run_id} ({run.info.run_name}) holds no quantum model "
@@ -275,6 +276,4 @@ def load_source(run_id: str, settings: Runtime) -> SourceRun:
     if ancestor is not None:
         data = {k: ancestor.data.params.get(k) for k in ("dataset", "text_column", "label_column")}
         data = {k: (None if v in (None, "None") else v) for k, v in data.items()}
-    return SourceRun(
-        run_id, model, tuple(meta["label_names"]), meta["teacher"], data, sha256_file(folder / "weights.safetensors")
-    )
+    return SourceRun(run_id, model, tuple(meta["label_names"]), meta["teacher"], data, weights_hash)

@@ -197,16 +197,18 @@ def log_table(run: mlflow.ActiveRun, rows: list[dict[str, Any]], name: str = "re
     )
 
 
-def download_model(run_id: str, settings: Runtime) -> Path:
-    """Download a run's ``model/`` artifacts to a temporary folder (for ``qllm predict``)."""
+@contextmanager
+def downloaded_model(run_id: str, settings: Runtime) -> Iterator[Path]:
+    """A run's ``model/`` artifacts in a temporary folder, removed when the block ends (load
+    what is needed inside it): ``qllm predict`` and the hardware flow left one behind per call."""
     mlflow.set_tracking_uri(settings.tracking_uri())
-    target = Path(tempfile.mkdtemp(prefix="qllm-model-"))
-    return Path(
-        with_retries(
-            lambda: mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(target)),
-            what="download model",
+    with tempfile.TemporaryDirectory(prefix="qllm-model-") as target:
+        yield Path(
+            with_retries(
+                lambda: mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=target),
+                what="download model",
+            )
         )
-    )
 
 
 def log_result_rows(

@@ -3,6 +3,7 @@ MLflow store; then a second run that must reuse every cache; then prediction fro
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -121,7 +122,8 @@ def test_rerun_redoes_only_unfinished_work(first_run: dict, root: Path) -> None:
     assert len(list((root / "students").glob("*/result.json"))) == 3
 
 
-def test_predict_loads_the_student(first_run: dict) -> None:
+def test_predict_loads_the_student(first_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the model is downloaded to
     mlflow.set_tracking_uri(Runtime().tracking_uri())
     client = MlflowClient()
     parent = client.get_run(first_run["mlflow_run_id"])
@@ -132,6 +134,7 @@ def test_predict_loads_the_student(first_run: dict) -> None:
     out = predict(child.info.run_id, ["a wonderful, moving film", "dull and lifeless"])
     assert [label in ("negative", "positive") for _, label, _ in out] == [True, True]
     assert all(abs(sum(p.values()) - 1) < 1e-3 for _, _, p in out)
+    assert list(tmp_path.iterdir()) == []  # the downloaded model is not left behind
 
 
 @pytest.mark.parametrize(

@@ -159,11 +159,10 @@ class Trial:
         return logits
 
 
-def whole_trial(method: str, data: Dataset, by_length: bool, grouped: bool) -> tuple[float, float, TrainingResult]:
+def whole_trial(method: str, data: Dataset, grouped: bool) -> tuple[float, float, TrainingResult]:
     """A tuning trial as the compare flow runs one (its jobs, then the fine-tune reporting four
-    times, no model saved), evaluating by length or in split order, training on batches by
-    length (``grouped``) or in random order: its seconds, the seconds of its passes over the
-    held-out texts, its result."""
+    times, no model saved), training on batches by length (``grouped``) or in random order: its
+    seconds, the seconds of its passes over the held-out texts, its result."""
     passes: list[float] = []
     predict = peft.test_predictions
 
@@ -173,10 +172,8 @@ def whole_trial(method: str, data: Dataset, by_length: bool, grouped: bool) -> t
         passes.append(time.perf_counter() - t0)
         return out
 
-    batching = eval_batches if by_length else in_split_order
     with (
         tempfile.TemporaryDirectory() as root,
-        mock.patch.object(peft, "eval_batches", batching),
         mock.patch.object(peft, "test_predictions", timed_predictions),
     ):
         t0 = time.perf_counter()
@@ -323,7 +320,7 @@ def whole_trials(rounds: int, data: Dataset) -> None:
     for _ in range(rounds):
         for method in ("qpa", "lora"):
             for grouped in (False, True):
-                runs.setdefault((method, grouped), []).append(whole_trial(method, data, True, grouped))
+                runs.setdefault((method, grouped), []).append(whole_trial(method, data, grouped))
     print(f"\nwhole trials (median of {rounds}; seconds: trial, of which its passes over the held-out texts):")
     for method in ("qpa", "lora"):
         (before, eval_before), (after, eval_after) = (

@@ -56,9 +56,16 @@ def noise_settings(
     return out
 
 
+# The noise fields' bounds, for their schema and their checks: shots >= 1, 0 < p <= 1.
+MIN_SHOTS = 1
+DEPOLARIZING = (0, 1)
+
+
 def shots_field(default: list[int]) -> Any:
     """The ``noise_shots`` field (a flow's own default)."""
-    return Field(default, description="noise ablation: shot counts (empty: skip)", json_schema_extra=items_between(1))
+    return Field(
+        default, description="noise ablation: shot counts (empty: skip)", json_schema_extra=items_between(MIN_SHOTS)
+    )
 
 
 def depolarizing_field(default: list[float]) -> Any:
@@ -66,7 +73,7 @@ def depolarizing_field(default: list[float]) -> Any:
     return Field(
         default,
         description="noise ablation: depolarizing p after every gate, 0 < p <= 1 (empty: skip)",
-        json_schema_extra=items_between(0, 1, integer=False, low_exclusive=True),
+        json_schema_extra=items_between(*DEPOLARIZING, integer=False, low_exclusive=True),
     )
 
 
@@ -87,14 +94,15 @@ class NoiseChecks(Options):
     @field_validator("noise_shots", check_fields=False)
     @classmethod
     def _positive_shots(cls, v: list[int]) -> list[int]:
-        if bad := [s for s in v if s < 1]:
+        if bad := [s for s in v if s < MIN_SHOTS]:
             raise ValueError(f"shot counts {bad} are invalid; give positive integers")
         return v
 
     @field_validator("noise_depolarizing", check_fields=False)
     @classmethod
     def _probabilities(cls, v: list[float]) -> list[float]:
-        if bad := [p for p in v if not 0 < p <= 1]:
+        low, high = DEPOLARIZING
+        if bad := [p for p in v if not low < p <= high]:
             raise ValueError(f"depolarizing probabilities {bad} are invalid; allowed 0 < p <= 1")
         return v
 
@@ -122,9 +130,14 @@ class NoiseOptions(NoiseChecks):
 
     def check_device_qubits(self, qubits: int, what: str) -> None:
         """Refuse a device smaller than the largest circuit, ``qubits`` wide."""
-        for name in self.noise_devices:
-            if (size := fake_backend_qubits(name)) < qubits:
-                raise ValueError(f"{name} has {size} qubits; {what} needs {qubits}")
+        check_device_qubits(self.noise_devices, qubits, what)
+
+
+def check_device_qubits(devices: list[str], qubits: int, what: str) -> None:
+    """Refuse a device of ``devices`` smaller than ``what``, a circuit ``qubits`` wide."""
+    for name in devices:
+        if (size := fake_backend_qubits(name)) < qubits:
+            raise ValueError(f"{name} has {size} qubits; {what} needs {qubits}")
 
 
 def transpiled_metrics(

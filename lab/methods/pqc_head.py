@@ -18,14 +18,21 @@ from pydantic import Field, model_validator
 from qiskit import QuantumCircuit
 
 from qcore.models.pqc_head import MAX_ENCODERS, PQCHead, PQCHeadConfig
-from qcore.simulators.aer import fake_backend_qubits
 from qcore.training import evaluate, train
 
 from .. import setfit_body
 from ..artifacts import hash_json
 from ..data import DataRequest, Dataset, hold_out
 from ..embedded import EmbeddedSplit
-from ..noise import NoiseChecks, NoiseSetting, depolarizing_field, devices_field, noise_settings, shots_field
+from ..noise import (
+    NoiseChecks,
+    NoiseSetting,
+    check_device_qubits,
+    depolarizing_field,
+    devices_field,
+    noise_settings,
+    shots_field,
+)
 from ..params import DataOptions, Options, RunOptions, config_defaults, experiment
 from ..results import TrainingResult, job_record
 from ..search_space import Dimension, Float, Int
@@ -118,9 +125,7 @@ class HeadParams(RunOptions, HeadFields, setfit_body.BodyOptions, DataOptions, N
     def _consistent(self) -> HeadParams:
         if self.measured > self.qubits:
             raise ValueError(f"measured={self.measured} exceeds qubits={self.qubits}")
-        for name in self.noise_devices:
-            if (size := fake_backend_qubits(name)) < self.qubits:
-                raise ValueError(f"{name} has {size} qubits; module 2 needs {self.qubits}")
+        check_device_qubits(self.noise_devices, self.qubits, "module 2")
         return self
 
     def head_config(self, data: EmbeddedSplit, seed: int = 0) -> PQCHeadConfig:

@@ -23,6 +23,8 @@ from qcore.layer import QuantumLayer, z_observables
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 from qcore.simulators import build_simulator
 from qcore.simulators.aer import (
+    MIXTURE_OPTIONS,
+    TRAJECTORIES,
     TRAJECTORY_OPTIONS,
     AerPlan,
     AerShiftSimulator,
@@ -326,21 +328,27 @@ def with_readout_errors(exact: np.ndarray, plan: AerPlan) -> np.ndarray:
     return (1 + exact) / 2 * (1 - 2 * wrong[:, 0]) - (1 - exact) / 2 * (1 - 2 * wrong[:, 1])
 
 
-@pytest.mark.parametrize("method", ["statevector", "density_matrix"])
-def test_noisy_shots_agree_with_exact_density_matrix_within_shot_error(method):
-    # Both ways of drawing device-noise shots, against the exact noisy expectations of the
+@pytest.mark.parametrize(
+    "method, trajectories",
+    [("statevector", None), ("statevector", TRAJECTORIES), ("density_matrix", None)],
+)
+def test_noisy_shots_agree_with_exact_density_matrix_within_shot_error(method, trajectories):
+    # Every way of drawing device-noise shots (one trajectory per shot, shots drawn from fewer
+    # realisations, the density matrix), against the exact noisy expectations of the
     # density-matrix path with the readout errors applied analytically: within 4 standard errors.
     qc, x, w, obs = qdllm_circuit()
     rng = np.random.default_rng(7)
     X, W = rng.uniform(0, 1.2, (3, len(x))), rng.uniform(0, 0.2, len(w))  # small angles: large ⟨Z⟩
     shots = 4096
     exact = aer(qc, x, w, obs, noise="fake_torino")
-    sampled = aer(qc, x, w, obs, noise="fake_torino", shots=shots, simulator_seed=2, method=method)
+    sampled = aer(
+        qc, x, w, obs, noise="fake_torino", shots=shots, simulator_seed=2, method=method, trajectories=trajectories
+    )
     with torch.no_grad():
         e = exact.expval(torch.tensor(X), torch.tensor(W)).numpy()
         y = sampled.expval(torch.tensor(X), torch.tensor(W)).numpy()
     plan = sampled._plan("expval")
-    assert plan.method == method
+    assert plan.method == method and plan.trajectories == trajectories
     expected = with_readout_errors(e, plan)
     sigma = np.sqrt((1 - expected**2) / shots)
     assert np.abs((y - expected) / sigma).max() < 4
@@ -351,7 +359,7 @@ def test_noisy_shots_agree_with_exact_density_matrix_within_shot_error(method):
 
 def test_noisy_trajectories_run_with_branching_fusion_and_the_task_threads(monkeypatch):
     qc, x, w, obs = qdllm_circuit()
-    sim = aer(qc, x, w, obs, noise="fake_torino", shots=256, simulator_seed=0, method="statevector")
+    sim = aer(qc, x, w, obs, noise="fake_torino", shots=256, simulator_seed=0, method="statevector", trajectories=None)
     plan = sim._plan("expval")
     assert "measure" not in plan.noise_model.noise_instructions  # readout errors are drawn here
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
@@ -359,6 +367,26 @@ def test_noisy_trajectories_run_with_branching_fusion_and_the_task_threads(monke
     assert metadata["method"] == "statevector" and metadata["shot_branching_enabled"]
     assert metadata["fusion"]["applied"]
     assert metadata["parallel_shots"] == 1 and metadata["parallel_state_update"] == 1
+
+
+def test_fewer_realisations_than_shots_run_unbranched_and_draw_every_shot():
+    qc, x, w, obs = qdllm_circuit()
+    sim = aer(qc, x, w, obs, noise="fake_torino", shots=1000, simulator_seed=0, method="statevector", trajectories=50)
+    plan = sim._plan("expval")
+    assert plan.trajectories == 50 and plan.options == MIXTURE_OPTIONS
+    assert not any(inst.operation.name == "measure" for c in plan.circuits for inst in c.data)
+    angles = sim.angles(torch.zeros(2, len(x)), torch.zeros(len(w)))
+    metadata = execute(plan, angles).results[0].metadata
+    assert not metadata.get("shot_branching_enabled") and metadata["result_subtypes"] == {"probs": "average"}
+    assert execute(plan, angles).results[0].shots == 50
+    # the readout draws all 1,000 shots: ⟨Z⟩ estimates move in steps of 2/1000, and repeat with the seed
+    y = run_plan(plan, angles)
+    assert np.allclose(y * 500, np.round(y * 500)) and np.array_equal(y, run_plan(plan, angles))
+    # as many realisations as shots: one trajectory per shot again
+    assert (
+        aer(qc, x, w, obs, noise="fake_torino", shots=50, method="statevector", trajectories=50)._plan("expval").options
+        == TRAJECTORY_OPTIONS
+    )
 
 
 def test_the_cost_rule_picks_density_matrices_for_small_circuits_and_trajectories_for_large():
@@ -372,7 +400,7 @@ def test_the_cost_rule_picks_density_matrices_for_small_circuits_and_trajectorie
     student = QDLLMStudent(QDLLMConfig(in_features=8, num_classes=2))  # 11 qubits, on 12 of torino
     noisy = student.with_backend("aer", noise="fake_torino", shots=1024, simulator_seed=0)
     plan = next(m.simulator for m in noisy.modules() if isinstance(m, QuantumLayer))._plan("expval")
-    assert plan.method == "statevector" and plan.options == TRAJECTORY_OPTIONS
+    assert plan.method == "statevector" and plan.trajectories == TRAJECTORIES and plan.options == MIXTURE_OPTIONS
 
 
 @pytest.mark.parametrize(
@@ -462,6 +490,7 @@ def test_more_qubits_than_the_device_is_refused():
         ({"shots": 0}, "positive integer"),
         ({"depolarizing": 1.5}, r"\[0, 1\]"),
         ({"method": "automatic"}, "method must be one of"),
+        ({"trajectories": 0}, "trajectories must be a positive integer"),
     ],
 )
 def test_bad_options_are_refused(options, message):

@@ -111,9 +111,9 @@ class DistillFields(Options):
     )
     eval_samples: int = Field(200, ge=1, description="test examples in the shots evaluation")
     noise_samples: int = Field(
-        100,
+        200,
         ge=1,
-        description="test examples in the device-noise evaluation (1-2 CPU seconds each at 11 qubits on fake_torino)",
+        description="test examples in the device-noise evaluation (0.3-0.5 CPU s each at 11 qubits on fake_torino)",
     )
 
 

@@ -1,13 +1,18 @@
 """A study fanned out over the Dask workers against the same points run one after another in one
-process, measured in the same invocation.
+worker process, measured in the same invocation, two ways:
 
     python bench/study.py [--grid "qubits=3,4,5,6;layers=1,2,3,4,5"] [--seeds 5] [--fixed ...]
 
-Run 1: the study flow on a LocalCluster of ``QLLM_DASK_WORKERS`` (default: one per core)
-single-threaded workers. Run 2: the same study on one worker process given every core's torch
-threads, so it trains the points one after another. Both start from the same cached embeddings
-and neither finds a finished training. Prints wall times, the speed-up, the machine's mean CPU
-use during each run (sampled every 0.5 s) and the peak memory in use.
+* ``qllm run``: every run starts its own Prefect server and LocalCluster, as the command line
+  does, so their start-up (and the workers' imports) is part of each run's time.
+* running services: a Prefect server and a cluster are up before the run, as a deployment's
+  worker with ``QLLM_DASK_ADDRESS`` has them; each cluster did one small warm-up study first.
+
+The parallel runs use ``QLLM_DASK_WORKERS`` (default: one per core) single-threaded workers;
+the sequential ones one worker process given every core's torch threads, which trains the
+points one after another. All start from the same cached embeddings and none finds a finished
+training. Prints wall times, the speed-up, the machine's mean CPU use during each run (sampled
+every 0.5 s) and the peak memory in use.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -47,7 +55,8 @@ class Sampler:
         self._thread.join()
 
 
-def run(root: Path, workers: int, threads: int, args: argparse.Namespace) -> tuple[float, Sampler, dict]:
+def run(root: Path, workers: int, threads: int, args: argparse.Namespace) -> tuple[float, Sampler, dict[str, Any]]:
+    """One study into ``root``; with no ``QLLM_DASK_ADDRESS``, on a cluster of its own."""
     from flows.study import StudyParams, run_study
 
     os.environ.update(QLLM_ARTIFACT_ROOT=str(root), QLLM_DASK_WORKERS=str(workers), QLLM_TASK_THREADS=str(threads))
@@ -57,6 +66,56 @@ def run(root: Path, workers: int, threads: int, args: argparse.Namespace) -> tup
         result = run_study(params)
         wall = time.perf_counter() - t0
     return wall, s, result
+
+
+def tiny(args: argparse.Namespace) -> argparse.Namespace:
+    """The first value of the first axis, one seed: a warm-up."""
+    return argparse.Namespace(**{**vars(args), "seeds": 1, "grid": args.grid.split(";")[0].split(",")[0]})
+
+
+@contextmanager
+def running_services(workers: int, threads: int) -> Iterator[None]:
+    """A Prefect server and a cluster of ``workers`` processes (``threads`` torch threads per
+    task), exported as a deployment's worker has them."""
+    from distributed import LocalCluster
+    from prefect.events.worker import EventsWorker
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start(timeout=180)
+    saved = dict(os.environ)
+    os.environ.update(PREFECT_API_URL=server.api_url, QLLM_TASK_THREADS=str(threads))  # the workers inherit them
+    try:
+        with (
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+            temporary_settings({PREFECT_API_URL: server.api_url}),
+        ):
+            os.environ["QLLM_DASK_ADDRESS"] = cluster.scheduler_address
+            yield
+            EventsWorker.drain_all()  # the runs' last events reach the server before it stops
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        server.stop()
+
+
+def measure(base: Path, running: bool, workers: int, cores: int, args: argparse.Namespace) -> list[tuple]:
+    """The parallel and the sequential run, each on fresh services when ``running``."""
+    rows = []
+    for name, n, threads in (("parallel", workers, 1), ("sequential", 1, cores)):
+        root = base / f"{name}-{'running' if running else 'cli'}"
+        shutil.copytree(base / "warm" / "teacher", root / "teacher")
+        with running_services(n, threads) if running else nullcontext():
+            if running:
+                warm = base / f"warm-{name}"
+                shutil.copytree(base / "warm" / "teacher", warm / "teacher")
+                run(warm, n, threads, tiny(args))
+            wall, sampler, result = run(root, n, threads, args)
+        assert result["cached"] == 0, "a measured run found finished trainings"
+        label = f"Dask, {n} workers x 1 thread" if name == "parallel" else f"one process, {threads} threads"
+        rows.append((label, wall, sampler, result))
+    return rows
 
 
 def main() -> None:
@@ -69,30 +128,21 @@ def main() -> None:
     workers = int(os.environ.get("QLLM_DASK_WORKERS", cores))
     base = Path(tempfile.mkdtemp(prefix="qllm-bench-study-"))
     try:
-        # Embed once, so both measured runs start from the same cached embeddings.
-        warm = base / "warm"
-        run(
-            warm,
-            workers,
-            1,
-            argparse.Namespace(**{**vars(args), "seeds": 1, "grid": args.grid.split(";")[0].split(",")[0]}),
-        )
-        for name in ("parallel", "sequential"):
-            shutil.copytree(warm / "teacher", base / name / "teacher")
-        par_wall, par, par_result = run(base / "parallel", workers, 1, args)
-        seq_wall, seq, seq_result = run(base / "sequential", 1, cores, args)
+        run(base / "warm", workers, 1, tiny(args))  # embed once: every measured run starts from it
+        tables = {
+            "qllm run (own Prefect server and cluster)": measure(base, False, workers, cores, args),
+            "running services (a deployment's worker)": measure(base, True, workers, cores, args),
+        }
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    n = par_result["trainings"]
-    assert par_result["cached"] == 0 and seq_result["cached"] == 0, "a measured run found finished trainings"
-    print(f"\n{n} trainings ({len(par_result['table'])} points x {args.seeds} seeds), {cores} cores")
-    print("| run | wall s | mean CPU % | peak memory in use MB | failed |\n|---|---|---|---|---|")
-    for label, wall, s, r in (
-        (f"Dask, {workers} workers x 1 thread", par_wall, par, par_result),
-        (f"one process, {cores} threads", seq_wall, seq, seq_result),
-    ):
-        print(f"| {label} | {wall:.1f} | {sum(s.cpu) / max(1, len(s.cpu)):.0f} | {s.peak_mb:.0f} | {r['failed']} |")
-    print(f"speed-up: {seq_wall / par_wall:.2f}x")
+    for title, rows in tables.items():
+        result = rows[0][3]
+        points = len(result["table"])
+        print(f"\n{title}: {result['trainings']} trainings ({points} points x {args.seeds} seeds), {cores} cores")
+        print("| run | wall s | mean CPU % | peak memory in use MB | failed |\n|---|---|---|---|---|")
+        for label, wall, s, r in rows:
+            print(f"| {label} | {wall:.1f} | {sum(s.cpu) / max(1, len(s.cpu)):.0f} | {s.peak_mb:.0f} | {r['failed']} |")
+        print(f"speed-up: {rows[1][1] / rows[0][1]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from lab import noise, peft_report, tracking
 from lab.artifacts import download_folder
 from lab.corpus import Corpus
 from lab.data import Dataset
-from lab.methods.peft import PeftParams, Plan, load_data, preflight
+from lab.methods.peft import PeftParams, Plan, check, finetune_data, load_data, preflight
+from lab.pretrain import pretrained_base
 from lab.results import TrainingResult
 from lab.runtime import Runtime
 from tasks.train import adapter_noise, train_task
@@ -41,6 +42,13 @@ from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
 def prepare(params: PeftParams) -> Dataset | Corpus:
     """The task's data; bad names, paths or columns fail here, before any training."""
     return load_data(params)
+
+
+@task(name="pretrain-base", cache_policy=NO_CACHE)
+def pretrain_base(params: PeftParams, corpus: Corpus, root: str) -> tuple[Path, dict[str, Any]]:
+    """The small GPT-2 pretrained on the corpus's first half (cached by content), in the flow's
+    process: one training that may use every core, before the adapters' tasks start."""
+    return pretrained_base(corpus, root, params.recipe(), log=print)
 
 
 @flow(name="peft", task_runner=dask_runner(), log_prints=True)
@@ -56,10 +64,15 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
         tags={"flow": "peft", "task": params.task},
         system_metrics=True,
     ) as parent:
+        root = runtime.artifact_root
         data = prepare(params)
+        if isinstance(data, Corpus) and params.model is None:
+            folder, base = pretrain_base(params, data, root)
+            log_base(parent, base)
+            params = params.model_copy(update={"model": str(folder)})
+        data = finetune_data(params, data)
         tracking.set_tags(parent, {"data_hash": data.content_hash})
         plan = preflight(params, data)
-        root = runtime.artifact_root
         futures = [train_task(j.method).submit(j.method, j, data, root) for j in plan.jobs]
         noise_futures = noise_ablation(params, plan, data, futures)
         rows = [f.result() for f in futures]
@@ -83,6 +96,15 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
         "merged": {r.method: r.files["merged"] for r in rows},
         "methods": [{"name": r.method, "cached": r.cached} for r in rows],
     }
+
+
+def log_base(parent: ActiveRun, base: dict[str, Any]) -> None:
+    """The pretrained base's record on the parent run: its key, size, budget and perplexities."""
+    tracking.set_tags(parent, {"base_key": base["key"]})
+    keys = ("parameters", "seconds", "val_perplexity_untrained", "val_perplexity")
+    metrics = {f"base/{k}": float(base[k]) for k in keys}
+    tracking.with_retries(lambda: mlflow.log_metrics(metrics), what="log metrics")
+    tracking.with_retries(lambda: mlflow.log_dict(base, "base.json"), what="log base")
 
 
 NOISE_TITLE = "Under noise (ΔW generated once by the circuits on Aer; same test samples):"
@@ -155,7 +177,7 @@ def run_peft(params: PeftParams) -> dict[str, Any]:
     Data, model, targets, rank and chunk size are checked first, so bad input is refused in
     seconds, before any server starts or anything is written.
     """
-    preflight(params, load_data(params))
+    check(params)
     result = run_from_cli(peft, params)
     print(result["markdown"])
     print("\nMerged models (plain Hugging Face folders, no quantum computer needed):")

@@ -141,6 +141,24 @@ def test_lm_fine_tunes_a_gpt2_style_model_on_a_text_file(root: Path, tiny_gpt2: 
     assert not torch.equal(merged.lm_head.weight, original.lm_head.weight)
 
 
+def test_lm_without_a_model_adapts_a_base_pretrained_on_the_corpus(root: Path, tmp_path: Path) -> None:
+    # the first 60,000 characters of tiny Shakespeare: the base learns the first half of its
+    # training part, the adapters the second, both are validated on the last 10 %
+    corpus = tmp_path / "shakespeare.txt"
+    corpus.write_text(load_corpus("tiny_shakespeare").train_text[:60_000])
+    params = PeftParams(
+        **TINY, task="lm", corpus=str(corpus), pretrain_steps=2, eval_blocks=4, experiment="test-peft-lm"
+    )
+    result = run_peft(params)
+    for row in result["table"]:
+        assert 1 < row["perplexity"] < float("inf") and row["merged_max_abs_diff"] <= 1e-5 * 10
+        assert 1 < row["speech_perplexity"] != row["speech_perplexity_pad_counted"]  # both, told apart
+    parent = MlflowClient().get_run(result["mlflow_run_id"])
+    assert parent.data.tags["base_key"] and parent.data.metrics["base/parameters"] > 1e6
+    merged = transformers.AutoModelForCausalLM.from_pretrained(result["merged"]["lora"])
+    assert merged.config.n_layer == 4 and merged.config.n_positions == 128
+
+
 def test_named_corpus_is_tiny_shakespeare() -> None:
     corpus = load_corpus("tiny_shakespeare")
     assert len(corpus.train_text) + len(corpus.val_text) == 1_115_394
@@ -169,7 +187,8 @@ def test_count_command_from_a_folder_holding_only_config_json(
         ({"rank": 1000}, AdapterError, "rank r=1000 exceeds layer"),
         ({"qpa_chunk_size": 4096}, AdapterError, "chunk_size=4096 does not divide layer"),
         ({"dataset": "sst3"}, DataError, "unknown data set 'sst3'"),
-        ({"task": "lm"}, ModelNotFoundError, "model 'gpt2' was not found offline"),
+        ({"task": "lm", "model": "gpt2"}, ModelNotFoundError, "model 'gpt2' was not found offline"),
+        ({"task": "lm", "max_length": 256}, AdapterError, "above the pretrained base's context of 128 tokens"),
         ({"task": "lm", "corpus": "/nonexistent/corpus.txt"}, DataError, "corpus file not found: /nonexistent"),
         ({"model": "CONFIG_ONLY"}, ModelNotFoundError, "has no weights"),
     ],

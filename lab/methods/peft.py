@@ -34,12 +34,13 @@ import transformers
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from pydantic import Field, field_validator, model_validator
 
+from lab.pretrain import BaseRecipe, corpus_parts
 from qcore.adapters import METHODS as ADAPTERS
 from qcore.adapters import AdapterError, adapt, adapter_config, load_adapter
 from qcore.adapters.base import factors_fixed, seeded
 from qcore.adapters.counting import Count, compare, skeleton
 from qcore.adapters.qpa import PUBLISHED_HIDDEN
-from qcore.adapters.training import Batch, perplexity, train_steps
+from qcore.adapters.training import Batch, lm_blocks, padded_perplexities, perplexity, train_steps
 from qcore.training import circuit_parameters
 
 from ..artifacts import atomic_write_bytes, download_folder, hash_json, join_url, read_bytes, upload_folder
@@ -155,13 +156,18 @@ class PeftFields(Options):
         description="classify: sequence classification (accuracy); lm: causal language modelling (perplexity)",
     )
     model: str | None = Field(
-        None, description="model name or folder (default: the embedded all-MiniLM-L6-v2 for classify, gpt2 for lm)"
+        None,
+        description="model name or folder (default: the embedded all-MiniLM-L6-v2 for classify; for lm, a small "
+        "GPT-2 pretrained here on the corpus's first half, cached)",
     )
     dataset: str = Field("sst2", description="classify: named set or TSV/CSV/JSONL path or fsspec URL")
     train_size: int | None = Field(4000, ge=2, description="classify: training examples (stratified subsample)")
     test_size: int | None = Field(None, ge=1, description="classify: test examples (None: the whole test split)")
     corpus: str = Field("tiny_shakespeare", description="lm: named corpus or a UTF-8 text file path or URL")
     eval_blocks: int = Field(32, ge=1, description="lm: validation blocks the perplexity is measured on")
+    pretrain_steps: int = Field(
+        BaseRecipe.steps, ge=1, description="lm without a model: training steps of the base pretrained here"
+    )
     max_length: int = Field(64, ge=8, description="classify: tokens per text; lm: tokens per block")
     steps: int = Field(200, ge=2, description="training steps, the same for every method")
     batch_size: int = Field(16, ge=1, description="training batch size")
@@ -210,6 +216,10 @@ class PeftFields(Options):
             if not 0 < rate <= 1:
                 raise ValueError(f"{name}={rate:g} is not a learning rate in (0, 1]")
         return v
+
+    def recipe(self) -> BaseRecipe:
+        """How the ``lm`` base is pretrained when no model is given."""
+        return BaseRecipe(steps=self.pretrain_steps)
 
     def rates(self, method: str) -> tuple[float, float]:
         """``(adapter, circuit)`` learning rates of ``method`` (its defaults where not given)."""
@@ -287,16 +297,39 @@ def model_config(model: str | None) -> tuple[Path, transformers.PretrainedConfig
 
 
 def load_data(params: PeftParams) -> Dataset | Corpus:
-    """The task's data; bad names, paths or columns fail here, before any training."""
+    """The task's data; bad names, paths or columns fail here, before any training. For ``lm``
+    the whole corpus: :func:`finetune_data` is the part the adapters train on."""
     if params.task == "classify":
         return DataRequest(params.dataset, params.train_size, params.test_size, params.split_seed).load()
     return load_corpus(params.corpus)
 
 
+def finetune_data(params: PeftParams, data: Dataset | Corpus) -> Dataset | Corpus:
+    """What the adapters train and are evaluated on: for ``lm``, the part of the corpus after
+    the base's pretraining text (whichever the model), so every base is adapted on text it never saw."""
+    return corpus_parts(data, params.recipe().fraction).finetune if isinstance(data, Corpus) else data
+
+
+def check(params: PeftParams) -> None:
+    """Everything that can be refused before a server starts: the data, and the model (for
+    ``lm`` without a model, the block length against the context of the base to be pretrained)."""
+    data = load_data(params)
+    if params.task == "lm" and params.model is None:
+        if params.max_length > params.recipe().context:
+            raise AdapterError(
+                f"max_length {params.max_length} is above the pretrained base's context of "
+                f"{params.recipe().context} tokens; allowed: 8..{params.recipe().context}"
+            )
+        return
+    preflight(params, finetune_data(params, data))
+
+
 def preflight(params: PeftParams, data: Dataset | Corpus) -> Plan:
     """Resolve the model, check it can be trained and every method can adapt it (targets, rank,
     chunk size), and count trainable parameters. Bad input is refused here, before training."""
-    model = params.model or (None if params.task == "classify" else "gpt2")
+    if params.task == "lm" and params.model is None:
+        raise AdapterError("task lm needs a model: pretrain one with lab.pretrain.pretrained_base, or give --model")
+    model = params.model
     folder, config = model_config(model)
     if not any(folder.glob("*.safetensors")) and not (folder / "pytorch_model.bin").is_file():
         raise ModelNotFoundError(
@@ -309,6 +342,9 @@ def preflight(params: PeftParams, data: Dataset | Corpus) -> Plan:
         raise ModelNotFoundError(f"model {model!r} ({folder}) has no usable tokenizer: {exc}") from exc
     if isinstance(data, Dataset):
         config.num_labels = data.num_classes
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if params.task == "lm" and limit and params.max_length > limit:
+        raise AdapterError(f"max_length {params.max_length} is above the context of {model!r}: allowed 8..{limit}")
     auto = AUTO_CLASSES[params.task]
     targets = params.target or (["lm_head"] if params.task == "lm" else default_targets(config))
     heads = head_names(skeleton(config, auto)) if params.task == "classify" else []
@@ -445,7 +481,7 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
     metric = (
         {"accuracy": share_right(predicted, data)}
         if isinstance(data, Dataset) and predicted is not None
-        else {"perplexity": perplexity(adapted, evaluation.batches)}
+        else lm_metrics(adapted, tokenizer, evaluation, job, data)
     )
     tail = trained.losses[-max(1, job.steps // 10) :]
     metrics = {
@@ -582,6 +618,19 @@ class Evaluation:
     positions: torch.Tensor  # positions[i]: where the batches' i-th example stands in the split
 
 
+def lm_metrics(model: Any, tokenizer: Any, evaluation: Evaluation, job: FinetuneJob, data: Any) -> dict[str, float]:
+    """``perplexity`` on whole validation blocks (no padding anywhere), and on the validation
+    speeches each padded to the block length: with the padding masked (``speech_perplexity``)
+    and, labelled as such, counted as the reference code counts it (``speech_perplexity_pad_counted``)."""
+    speeches = [s for s in data.val_text.split("\n\n") if s.strip()][: job.eval_blocks * 4]
+    padded = padded_perplexities(model, tokenizer, speeches, job.max_length, job.batch_size)
+    return {
+        "perplexity": perplexity(model, evaluation.batches),
+        "speech_perplexity": padded["masked"],
+        "speech_perplexity_pad_counted": padded["pad_counted"],
+    }
+
+
 def eval_batches(job: FinetuneJob, tokenizer: Any, data: Dataset | Corpus, limit: int | None = None) -> Evaluation:
     """The test texts (the first ``limit``) in batches of ``eval_batch_size`` texts of similar
     token length, the longest first (a batch too large for memory fails at once), or the
@@ -618,15 +667,6 @@ def test_predictions(model: torch.nn.Module, evaluation: Evaluation) -> list[int
 def _classify_batch(tokenizer: Any, examples: list[tuple[str, int]], max_length: int) -> Batch:
     enc = tokenizer([t for t, _ in examples], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return {**enc, "labels": torch.tensor([y for _, y in examples])}
-
-
-def lm_blocks(tokenizer: Any, text: str, block: int) -> torch.Tensor:
-    """``(n, block)`` consecutive token blocks of ``text`` (the remainder dropped)."""
-    ids = torch.tensor(tokenizer(text)["input_ids"])
-    n = len(ids) // block
-    if n == 0:
-        raise ValueError(f"the text has {len(ids)} tokens: fewer than one block of {block}")
-    return ids[: n * block].view(n, block)
 
 
 def _to_device(batch: Batch) -> Batch:
@@ -698,7 +738,7 @@ class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
     retries = 1  # a fine-tune that failed (its merge check, say) fails the same way again
 
     def check(self, params: PeftParams) -> None:
-        preflight(params, load_data(params))
+        check(params)
 
     def for_budget(self, budget: Budget, seeds: list[int]) -> list[PeftParams]:
         """This adapter under the comparison's budget, one parameter set per seed."""
@@ -739,7 +779,8 @@ class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
 
 def count_report(params: CountParams) -> str:
     """The count table of ``qllm peft count``: trainable parameters and the ratio to LoRA."""
-    folder, config = model_config(params.model)
+    model = params.model
+    folder, config = model_config(model)
     targets = params.target or default_targets(config)
     configs = [adapter_config(m, **params.adapter_fields(m, targets)) for m in params.method]
     counts = compare(lambda: skeleton(config), configs)

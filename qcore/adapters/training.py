@@ -149,6 +149,41 @@ def accuracy(model: nn.Module, batches: Iterable[Batch]) -> float:
 
 
 @torch.no_grad()
+def lm_blocks(tokenizer: Any, text: str, block: int) -> torch.Tensor:
+    """``(n, block)`` consecutive token blocks of ``text`` (the remainder dropped)."""
+    ids = torch.tensor(tokenizer(text)["input_ids"])
+    n = len(ids) // block
+    if n == 0:
+        raise ValueError(f"the text has {len(ids)} tokens: fewer than one block of {block}")
+    return ids[: n * block].view(n, block)
+
+
+def padded_perplexities(
+    model: nn.Module, tokenizer: Any, texts: list[str], length: int, batch: int
+) -> dict[str, float]:
+    """Perplexity over ``texts`` each padded (or cut) to ``length`` tokens, two ways.
+
+    ``masked``: only real next tokens count (labels -100 on padding), the honest figure.
+    ``pad_counted``: the padding's positions count too, as in code that passes the padded ids
+    as labels: a model soon predicts padding after padding almost surely, so the more padding,
+    the lower (and the more meaningless) the figure; it is reported only to place such numbers.
+    """
+    model.eval()
+    sums = {"masked": [0.0, 0], "pad_counted": [0.0, 0]}
+    with torch.no_grad():
+        for start in range(0, len(texts), batch):
+            part = texts[start : start + batch]
+            enc = tokenizer(part, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, :-1]
+            nll = nn.functional.cross_entropy(logits.transpose(1, 2), enc["input_ids"][:, 1:], reduction="none")
+            real = enc["attention_mask"][:, 1:].bool()
+            sums["masked"][0] += nll[real].sum().item()
+            sums["masked"][1] += int(real.sum())
+            sums["pad_counted"][0] += nll.sum().item()
+            sums["pad_counted"][1] += nll.numel()
+    return {k: math.exp(total / count) for k, (total, count) in sums.items()}
+
+
 def perplexity(model: nn.Module, batches: Iterable[Batch]) -> float:
     """``exp`` of the mean next-token loss over every predicted token (full blocks, no padding)."""
     model.eval()

@@ -484,12 +484,14 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
         else lm_metrics(adapted, tokenizer, evaluation, job, data)
     )
     tail = trained.losses[-max(1, job.steps // 10) :]
+    lm = job.task == "lm"  # every training batch is batch_size blocks of max_length tokens
     metrics = {
         **metric,
         "final_train_loss": sum(tail) / len(tail),
         "trainable_params": trainable,
         "adapter_params": trainable - head,
         "seconds_per_step": trained.seconds_per_step,
+        **({"tokens_per_second": job.batch_size * job.max_length / trained.seconds_per_step} if lm else {}),
         "train_seconds": train_seconds,
         "peak_memory_mib": trained.peak_memory_bytes / 2**20,
     }

@@ -30,7 +30,7 @@ from lab.artifacts import download_folder
 from lab.corpus import Corpus
 from lab.data import Dataset
 from lab.methods.peft import PeftParams, Plan, check, finetune_data, load_data, preflight
-from lab.pretrain import pretrained_base
+from lab.pretrain import generated_samples, pretrained_base, speech_prompts
 from lab.results import TrainingResult
 from lab.runtime import Runtime
 from tasks.train import adapter_noise, train_task
@@ -81,7 +81,7 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
         md = peft_report.markdown(table)
         if noisy:
             md += "\n\n" + noise.markdown(noisy, NOISE_TITLE, lambda r: r["method"])
-        log_mlflow(parent, params, plan, rows, table, noisy)
+        log_mlflow(parent, params, plan, data, rows, table, noisy)
         run_id = parent.info.run_id
     create_table_artifact(key="peft-results", table=table, description="LoRA, QPA and QTHA on equal footing")
     if noisy:
@@ -127,15 +127,20 @@ def log_mlflow(
     parent: ActiveRun,
     params: PeftParams,
     plan: Plan,
+    data: Dataset | Corpus,
     rows: list[TrainingResult],
     table: list[dict[str, Any]],
     noisy: list[dict[str, Any]],
 ) -> None:
     """The table, the noise table and the overlaid loss curves on the parent run; a child run
-    per method, with its accuracy under each noise setting."""
+    per method, with its accuracy under each noise setting (classify) or a few texts it wrote (lm)."""
     for r, row in zip(rows, table, strict=True):
         with tempfile.TemporaryDirectory() as tmp:
             adapter = download_folder(r.files["adapter"], Path(tmp) / "adapter")
+            samples = {}
+            if isinstance(data, Corpus):  # what each adapted LM writes, beside its perplexity
+                merged = download_folder(r.files["merged"], Path(tmp) / "merged")
+                samples["samples.txt"] = generated_samples(merged, speech_prompts(data.val_text)).encode()
             tracking.log_child(
                 parent,
                 r.method,
@@ -148,6 +153,7 @@ def log_mlflow(
                 },
                 history=r.history,
                 artifacts=adapter,
+                files=samples,
                 tags={"kind": "adapter", "method": r.method, "merged_model": r.files["merged"]},
             )
     figure = peft_report.loss_curves(rows, f"{params.task}: training loss per step")

@@ -156,3 +156,30 @@ def warmup_cosine(step: int, steps: int, warmup: float = 0.05) -> float:
         return (step + 1) / first
     progress = (step - first) / max(1, steps - first)
     return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+
+def generated_samples(folder: Path, prompts: list[str], tokens: int = 48, seed: int = 0) -> str:
+    """What the causal LM in ``folder`` writes after each prompt (top-40 sampling, seeded, so
+    the same model writes the same text): a reader's check that a perplexity means something."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    out = []
+    for prompt in prompts:
+        torch.manual_seed(seed)
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            more = model.generate(
+                ids,
+                max_new_tokens=tokens,
+                do_sample=True,
+                top_k=40,
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            )
+        out.append(str(tokenizer.decode(more[0], skip_special_tokens=True)))
+    return "\n\n---\n\n".join(out)
+
+
+def speech_prompts(text: str, count: int = 3) -> list[str]:
+    """The speaker lines (``NAME:``) of the first ``count`` speeches of ``text``."""
+    speeches = [s.strip() for s in text.split("\n\n") if s.strip()]
+    return [s.splitlines()[0] + "\n" for s in speeches[:count]]

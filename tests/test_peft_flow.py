@@ -154,6 +154,12 @@ def test_lm_without_a_model_adapts_a_base_pretrained_on_the_corpus(root: Path, t
         assert 1 < row["perplexity"] < float("inf") and row["merged_max_abs_diff"] <= 1e-5 * 10
         assert 1 < row["speech_perplexity"] != row["speech_perplexity_pad_counted"]  # both, told apart
     parent = MlflowClient().get_run(result["mlflow_run_id"])
+    children = MlflowClient().search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    for child in children:  # each method's merged model wrote after three speakers' names
+        text = mlflow.artifacts.load_text(f"{child.info.artifact_uri}/samples.txt")
+        assert text.count("---") == 2 and len(text) > 60
     assert parent.data.tags["base_key"] and parent.data.metrics["base/parameters"] > 1e6
     merged = transformers.AutoModelForCausalLM.from_pretrained(result["merged"]["lora"])
     assert merged.config.n_layer == 4 and merged.config.n_positions == 128

@@ -88,6 +88,8 @@ ADAPTER_LRS: dict[FinetuneName, float] = {
 class AdapterOptions(Options):
     """The adapter settings ``qllm run peft`` and ``qllm peft count`` share."""
 
+    repeatable = frozenset({"qpa_hidden"})  # equal widths of successive layers are a fine network
+
     target: list[str] | None = Field(
         None, description="modules to adapt, by name or name ending (default: peft's usual ones for the model type)"
     )

@@ -37,9 +37,7 @@ def connect_error(url: str) -> str | None:
 def check_reachable(url: str, what: str, setting: str) -> None:
     """Refuse ``url`` (the ``setting`` naming ``what``) when nothing answers there."""
     if (error := connect_error(url)) is not None:
-        raise SettingsError(
-            f"{setting}={url}: no {what} answers there: {error}. Start it, or change {setting}"
-        )
+        raise SettingsError(f"{setting}={url}: no {what} answers there: {error}. Start it, or change {setting}")
 
 
 def check_writable(runtime: Runtime) -> None:
@@ -81,4 +79,3 @@ def check_places(dask_address: str | None) -> None:
         check_reachable(dask_address, "Dask scheduler", "--dask-address")
     elif runtime.dask_address:
         check_reachable(runtime.dask_address, "Dask scheduler", "QLLM_DASK_ADDRESS")
-

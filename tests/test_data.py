@@ -184,7 +184,7 @@ def test_null_or_fractional_json_labels_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="line 2: the label is empty"):
         load_dataset(str(tmp_path / "n.jsonl"))
     (tmp_path / "f.jsonl").write_text('{"text": "a", "label": 0.25}\n{"text": "b", "label": 1}\n')
-    with pytest.raises(DataError, match="line 1: label 0.25 is a decimal number"):
+    with pytest.raises(DataError, match=r"line 1: label 0\.25 is a decimal number"):
         load_dataset(str(tmp_path / "f.jsonl"))
 
 

@@ -37,7 +37,12 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     ("duplicate-grid-value", ["run", "study", "--grid", "qubits=4,4"], {}, "given more than once (axis 'qubits')"),
     ("duplicate-methods", ["run", "compare", "--methods", "qdllm,qdllm"], {}, "['qdllm'] given more than once"),
     ("duplicate-noise-devices", ["run", "head", "--noise-devices", "fake_torino,fake_torino"], {}, "fake_torino"),
-    ("dask-unreachable", ["run", "distill", "--dask-address", "tcp://127.0.0.1:1"], {}, "--dask-address=tcp://127.0.0.1:1"),
+    (
+        "dask-unreachable",
+        ["run", "distill", "--dask-address", "tcp://127.0.0.1:1"],
+        {},
+        "dask-address=tcp://127.0.0.1:1",
+    ),
     ("dask-env-unreachable", ["run", "head"], {"QLLM_DASK_ADDRESS": "tcp://127.0.0.1:1"}, "QLLM_DASK_ADDRESS="),
     ("mlflow-unreachable", ["run", "distill"], {"QLLM_MLFLOW_URI": UNREACHABLE}, f"QLLM_MLFLOW_URI={UNREACHABLE}"),
     ("prefect-unreachable", ["run", "head"], {"QLLM_PREFECT_API_URL": UNREACHABLE}, "QLLM_PREFECT_API_URL="),
@@ -50,7 +55,7 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     ("shots-noise-exact", ["run", "distill", "--noise", "fake_torino", "--shots", "100"], {}, "backend=aer"),
     ("shots-exact-federated", ["run", "federated", "--shots", "100"], {}, "shots=100 needs --backend aer"),
     ("noise-samples-eval-off", ["run", "distill", "--eval-noise", "none", "--noise-samples", "50"], {}, "eval_noise"),
-    ("eval-samples-eval-off", ["run", "distill", "--eval-shots", "none", "--eval-samples", "50"], {}, "eval_samples=50"),
+    ("eval-samples-eval-off", ["run", "distill", "--eval-shots", "none", "--eval-samples", "50"], {}, "eval_samples"),
     ("device-shots-no-devices", ["run", "head", "--noise-devices", "", "--device-shots", "64"], {}, "device_shots=64"),
     ("finetune-no-devices", ["run", "head", "--noise-devices", "", "--noise-finetune-steps", "3"], {}, "noise_devices"),
     ("shots-on-head", ["run", "head", "--shots", "100"], {}, "--shots"),
@@ -142,7 +147,7 @@ def test_refused_on_a_run_without_a_model(
     assert {p: p.stat().st_size for p in root.rglob("*")} == before
 
 
-SUBPROCESS_CASES = ["duplicate-seeds", "mlflow-unreachable", "predict-empty-text"]
+SUBPROCESS_CASES = ["mlflow-unreachable", "predict-empty-text"]
 
 
 def test_refused_by_the_real_command_line(data_folder: Path, tmp_path: Path) -> None:

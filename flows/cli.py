@@ -15,7 +15,8 @@ from pydantic import BaseModel, ValidationError
 
 from lab.data import DataError, DataUnavailableError
 from lab.methods.peft import CountParams, count_report
-from lab.reach import SettingsError
+from lab.reach import SettingsError, check_tracking
+from lab.runtime import Runtime
 from lab.teacher import ModelNotFoundError
 from qcore.adapters import AdapterError
 from qcore.hardware.service import HardwareError
@@ -198,8 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .predict import predict
 
     try:
+        check_tracking(Runtime())
         rows = predict(args.run_id, args.texts)
-    except HardwareError as err:
+    except (HardwareError, SettingsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for text, label, probs in rows:

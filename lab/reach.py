@@ -61,14 +61,19 @@ def check_writable(runtime: Runtime) -> None:
         )
 
 
+def check_tracking(runtime: Runtime) -> None:
+    """Refuse a configured MLflow tracking server that does not answer (``QLLM_MLFLOW_URI``)."""
+    if runtime.mlflow_uri:
+        check_reachable(runtime.mlflow_uri, "MLflow tracking server", "QLLM_MLFLOW_URI")
+
+
 def check_places(dask_address: str | None) -> None:
     """Every place a ``qllm run`` will use: the artifact root, the MLflow server, the Prefect API,
     the S3 endpoint and the Dask scheduler (``dask_address``, the ``--dask-address`` option, else
     ``QLLM_DASK_ADDRESS``)."""
     runtime = Runtime()
     check_writable(runtime)
-    if runtime.mlflow_uri:
-        check_reachable(runtime.mlflow_uri, "MLflow tracking server", "QLLM_MLFLOW_URI")
+    check_tracking(runtime)
     if prefect := os.environ.get("PREFECT_API_URL"):
         check_reachable(prefect, "Prefect API", "PREFECT_API_URL")
     elif runtime.prefect_api_url:

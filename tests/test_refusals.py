@@ -9,6 +9,7 @@ at once, for the exit code and stderr of the real process."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
+from lab.reach import connect_error
 
 UNREACHABLE = "http://127.0.0.1:1"  # port 1: nothing listens there
 SECONDS = 15.0  # per refusal, after the imports (the data checks read SST-2's 67k rows)
@@ -64,6 +66,12 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     # item 3: no traceback for a user's mistake
     ("missing-file", ["run", "head", "--dataset", "{data}/missing.csv"], {}, "missing.csv"),
     ("not-utf8", ["run", "distill", "--dataset", f"{{data}}/{LATIN}"], {}, "line 3 is not UTF-8"),
+    (
+        "predict-mlflow-unreachable",
+        ["predict", "--run-id", "abc", "fine"],
+        {"QLLM_MLFLOW_URI": UNREACHABLE},
+        "QLLM_MLFLOW_URI",
+    ),
     ("predict-no-such-run", ["predict", "--run-id", "no-such-run", "a fine film"], {}, "'no-such-run' does not exist"),
     ("root-not-writable", ["run", "distill"], {"QLLM_ARTIFACT_ROOT": "/proc/nope"}, "QLLM_ARTIFACT_ROOT=/proc/nope"),
     ("root-is-a-file", ["run", "head"], {"QLLM_ARTIFACT_ROOT": "{data}/one-class.tsv/x"}, "is not a folder"),
@@ -170,3 +178,15 @@ def test_refused_by_the_real_command_line(data_folder: Path, tmp_path: Path) -> 
         assert proc.returncode == 2, (name, err)
         assert cases[name][3] in err and "Traceback" not in out + err, name
         assert written(tmp_path / name) == [], name
+
+
+def test_the_probe_passes_a_listening_address_and_skips_other_schemes() -> None:
+    """A server that accepts connections is not refused; addresses not reached over TCP are left
+    to their clients."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert connect_error(f"tcp://127.0.0.1:{port}") is None
+        assert connect_error(f"http://127.0.0.1:{port}/api") is None
+        assert connect_error(f"127.0.0.1:{port}") is None
+    assert connect_error(f"tcp://127.0.0.1:{port}") is not None  # closed now
+    assert connect_error("inproc://192.168.0.1/1/2") is None

@@ -466,8 +466,8 @@ def _read_file(
     labels, names = _encode_labels(raw, lines, label_names, url)
     if len(present := np.unique(labels)) < 2:
         raise DataError(
-            f"{url}: all {len(labels)} rows have the label {names[int(present[0])]!r}; "
-            "a classifier needs at least two classes"
+            f"{url}: the file holds 1 class ({names[int(present[0])]!r} on all {len(labels)} rows); "
+            "a classifier needs two or more"
         )
     return texts, labels, names
 

@@ -53,7 +53,7 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     ("fraction-labels", ["run", "distill", "--dataset", "{data}/fractions.tsv"], {}, "line 2: label '0.37'"),
     ("empty-label", ["run", "head", "--dataset", "{data}/empty-label.tsv"], {}, "line 3: the label is empty"),
     ("blank-text", ["run", "distill", "--dataset", "{data}/blank-text.tsv"], {}, "line 3: text '   ' is empty"),
-    ("one-class", ["run", "distill", "--dataset", "{data}/one-class.tsv"], {}, "all 3 rows have the label 'pos'"),
+    ("one-class", ["run", "distill", "--dataset", "{data}/one-class.tsv"], {}, "1 class ('pos' on all 3 rows)"),
     ("shots-noise-exact", ["run", "distill", "--noise", "fake_torino", "--shots", "100"], {}, "backend=aer"),
     ("shots-exact-federated", ["run", "federated", "--shots", "100"], {}, "shots=100 needs --backend aer"),
     ("noise-samples-eval-off", ["run", "distill", "--eval-noise", "none", "--noise-samples", "50"], {}, "eval_noise"),

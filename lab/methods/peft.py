@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import transformers
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from qcore.adapters import METHODS as ADAPTERS
 from qcore.adapters import AdapterError, adapt, adapter_config, load_adapter
@@ -246,12 +246,6 @@ class PeftParams(RunOptions, NoiseOptions, PeftFields, AdapterOptions):
         if method in STANDINS:  # only there: the quantum methods' jobs, and their stored results, stay as they were
             fields["circuit"] = "classical"
         return fields
-
-    @model_validator(mode="after")
-    def _distinct_methods(self) -> PeftParams:
-        if len(set(self.methods)) != len(self.methods):
-            raise ValueError(f"methods {self.methods} repeat a method")
-        return self
 
 
 # --- preflight: everything that can be refused before any training -----------------------------

@@ -90,6 +90,7 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     ("rank-0", ["run", "peft", "--rank", "0"], {}, "--rank"),
     ("clients-0", ["run", "federated", "--clients", "0"], {}, "--clients"),
     ("dirichlet-0", ["run", "federated", "--partition", "dirichlet:0"], {}, "dirichlet:0"),
+    ("unknown-hardware-run", ["run", "hardware", "--run-id", "no-such-run"], {}, "'no-such-run' does not exist"),
     ("negative-qpu-budget", ["run", "hardware", "--run-id", "x", "--max-qpu-seconds", "-1"], {}, "--max-qpu-seconds"),
 ]
 

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ValidationError
 
 from lab.data import DataError, DataUnavailableError
 from lab.methods.peft import CountParams, count_report
+from lab.reach import SettingsError, check_tracking
+from lab.runtime import Runtime
 from lab.teacher import ModelNotFoundError
 from qcore.adapters import AdapterError
 from qcore.hardware.service import HardwareError
@@ -184,15 +186,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         try:
             runner(params)
-        except (DataError, DataUnavailableError, AdapterError, ModelNotFoundError, HardwareError) as err:
+        except (DataError, DataUnavailableError, AdapterError, ModelNotFoundError, HardwareError, SettingsError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
     if args.command == "peft":
         return count_main(args)
+    if blank := [i for i, t in enumerate(args.texts, 1) if not t.strip()]:
+        shown = ", ".join(f"#{i} {args.texts[i - 1]!r}" for i in blank)
+        print(f"error: text {shown} is empty or blank; give each text to classify", file=sys.stderr)
+        return 2
     from .predict import predict
 
-    for text, label, probs in predict(args.run_id, args.texts):
+    try:
+        check_tracking(Runtime())
+        rows = predict(args.run_id, args.texts)
+    except (HardwareError, SettingsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for text, label, probs in rows:
         print(json.dumps({"text": text, "label": label, "probabilities": probs}))
     return 0
 

@@ -166,10 +166,6 @@ class CompareParams(RunOptions, TuningOptions, CompareFields, BodyOptions, DataO
 
     @model_validator(mode="after")
     def _consistent(self) -> CompareParams:
-        if len(set(self.methods)) != len(self.methods):
-            raise ValueError(f"methods {self.methods} repeat a method")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds {self.seeds} repeat a seed")
         if self.controller != "none" and self.controller not in RULES:
             raise ValueError(f"controller {self.controller!r} is unknown; allowed: none, {', '.join(RULES)}")
         for key in self.overrides:

@@ -18,6 +18,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
+from lab.reach import check_places
 from lab.results import FailedTraining, Outcome, Trained, job_record
 from lab.runtime import Runtime
 
@@ -186,7 +187,10 @@ def prefect_api() -> Iterator[str]:
 
 def run_from_cli(flow: Flow[Any, dict[str, Any]], params: Any) -> dict[str, Any]:
     """Run ``flow`` on ``params`` as ``qllm run`` does: under one Prefect API (:func:`prefect_api`)
-    with its tasks on ``params.dask_address``, or on a temporary LocalCluster."""
+    with its tasks on ``params.dask_address``, or on a temporary LocalCluster. The places its
+    settings name are checked first (:func:`lab.reach.check_places`): one that cannot be reached
+    or written is refused in seconds, before any server starts."""
+    check_places(params.dask_address)
     with prefect_api():
         return flow.with_options(task_runner=dask_runner(params.dask_address))(params)
 

@@ -81,10 +81,9 @@ class TuneParams(RunOptions, TuningOptions, TuneFields):
 
     @model_validator(mode="after")
     def _consistent(self) -> TuneParams:
-        """The fixed values and every search bound are the method's and within its ranges, and the
-        seeds differ: refused here, before any data is read or any trial runs."""
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds {self.seeds} repeat a seed")
+        """The fixed values and every search bound are the method's and within its ranges (seeds
+        that repeat are refused by :class:`lab.params.Options`): refused here, before any data is
+        read or any trial runs."""
         method = self.tuned_method
         if bad := sorted(set(self.fixed) & {"seed", "seeds"}):
             raise ValueError(f"fixed {bad}: the seeds of the final trainings are --seeds")

@@ -369,6 +369,8 @@ def _encode_labels(
             return int(v)
         return None
 
+    for v, line in zip(raw, lines, strict=True):
+        _check_label(v, line, url)
     if label_names is not None:
         names = tuple(label_names)
         index = {n: i for i, n in enumerate(names)}
@@ -399,6 +401,45 @@ def _encode_labels(
     return np.array([position[k] for k in keys], dtype=np.int64), tuple(str(v) for v in values)
 
 
+_FRACTION = re.compile(r"\s*[-+]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][-+]?\d+)\s*")
+
+
+def _check_label(v: Any, line: int, url: str) -> None:
+    """Refuse a label that names no class: empty, missing (null) or a fraction (a score or a
+    probability in the label column would otherwise make one class of each distinct value)."""
+    if v is None or (isinstance(v, str) and not v.strip()):
+        raise DataError(f"{url}: line {line}: the label is empty; every row needs a class")
+    if isinstance(v, float) or (isinstance(v, str) and _FRACTION.fullmatch(v)):
+        raise DataError(
+            f"{url}: line {line}: label {v!r} is a decimal number; labels are integers or strings naming classes"
+        )
+
+
+def _read_text_rows(
+    url: str, fmt: str, storage_options: Mapping[str, Any] | None
+) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    """:func:`_rows` of a UTF-8 file; a file that is missing or not UTF-8 is refused, naming it
+    (and the line of the first bad byte)."""
+    options = dict(storage_options or {})
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    if not fs.isfile(path):
+        raise DataError(f"data file not found: {url}")
+    try:
+        with fsspec.open(url, "rt", encoding="utf-8", newline="", compression="infer", **options) as f:
+            return _rows(url, fmt, f)
+    except UnicodeDecodeError as exc:
+        with fsspec.open(url, "rb", compression="infer", **options) as raw:
+            for lineno, line in enumerate(raw, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    raise DataError(
+                        f"{url}: line {lineno} is not UTF-8 (byte {line[bad.start]:#04x} at column {bad.start + 1}); "
+                        "save the file as UTF-8"
+                    ) from None
+        raise DataError(f"{url} is not UTF-8 ({exc.reason}); save the file as UTF-8") from None
+
+
 def _read_file(
     url: str,
     text_column: str | None,
@@ -406,12 +447,7 @@ def _read_file(
     label_names: Sequence[str] | None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
-    fmt = _file_format(url)
-    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    if not fs.isfile(path):
-        raise FileNotFoundError(f"data file not found: {url}")
-    with fsspec.open(url, "rt", encoding="utf-8", newline="", compression="infer", **dict(storage_options or {})) as f:
-        columns, rows = _rows(url, fmt, f)
+    columns, rows = _read_text_rows(url, _file_format(url), storage_options)
     if not rows:
         raise DataError(f"{url}: no data rows")
     text_col = _pick_column(columns, text_column, _TEXT_COLUMNS, "text", url)
@@ -428,6 +464,11 @@ def _read_file(
         raw.append(row[label_col])
         lines.append(line)
     labels, names = _encode_labels(raw, lines, label_names, url)
+    if len(present := np.unique(labels)) < 2:
+        raise DataError(
+            f"{url}: the file holds 1 class ({names[int(present[0])]!r} on all {len(labels)} rows); "
+            "a classifier needs two or more"
+        )
     return texts, labels, names
 
 

@@ -247,6 +247,11 @@ def load_source(run_id: str, settings: Runtime) -> SourceRun:
     from .artifacts import sha256_file
     from .tracking import downloaded_model
 
+    if not settings.mlflow_uri and settings.root_is_local and not (settings.local_root / "mlflow.db").is_file():
+        raise HardwareError(
+            f"MLflow run {run_id!r} does not exist: QLLM_ARTIFACT_ROOT={settings.artifact_root} holds no "
+            "MLflow store yet; point QLLM_ARTIFACT_ROOT (or QLLM_MLFLOW_URI) where the run was recorded"
+        )
     uri = settings.tracking_uri()
     client = mlflow.MlflowClient(uri)
     try:

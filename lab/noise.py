@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from qiskit import QuantumCircuit, transpile
 
 from qcore.ablation import circuits_on
@@ -28,7 +28,7 @@ from qcore.simulators.fake_devices import FAKE_DEVICES
 from qcore.training import train
 
 from .artifacts import download_folder
-from .params import Options, items_between, one_of
+from .params import Options, items_between, one_of, refuse_unused
 from .statistics import accuracy_interval
 from .store import model_predictions
 
@@ -105,6 +105,16 @@ class NoiseChecks(Options):
         if bad := [p for p in v if not low < p <= high]:
             raise ValueError(f"depolarizing probabilities {bad} are invalid; allowed 0 < p <= 1")
         return v
+
+    @model_validator(mode="after")
+    def _settings_apply(self) -> Self:
+        """The ablation's shared settings are refused when no setting reads them."""
+        lists = {n: getattr(self, n) for n in ("noise_shots", "noise_depolarizing", "noise_devices")}
+        if not lists["noise_devices"]:
+            refuse_unused(self, ("device_shots",), "there are no noise_devices to use it; give noise_devices")
+        if not any(lists.values()):
+            refuse_unused(self, ("noise_samples",), "the noise ablation is off; give noise_shots or noise_devices")
+        return self
 
     @field_validator("noise_devices", check_fields=False)
     @classmethod

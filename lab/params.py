@@ -14,9 +14,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 NAMED_SETS = "named set (sst2, subj, trec, trec-fine, ag_news) or a TSV/CSV/JSONL path or fsspec URL"
 
@@ -70,10 +70,36 @@ def one_of(names: Sequence[str], *, optional: bool = False, each: bool = False) 
     return {"enum": [*names, None] if optional else list(names)}
 
 
+def repeated(values: Sequence[Any]) -> list[Any]:
+    """The values that occur more than once in ``values``, in order of their first repeat."""
+    seen: list[Any] = []
+    out: list[Any] = []
+    for v in values:
+        if v in seen and v not in out:
+            out.append(v)
+        seen.append(v)
+    return out
+
+
 class Options(BaseModel):
-    """Base of every group: unknown fields are refused, naming them; titles read as words."""
+    """Base of every group: unknown fields are refused, naming them; titles read as words; a list
+    field (or a dict of lists, a study's grid) holding a value twice is refused, naming it (two
+    identical tasks would race for one cache entry), unless the field is in ``repeatable``."""
 
     model_config = ConfigDict(extra="forbid", field_title_generator=field_title)
+    repeatable: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*")
+    @classmethod
+    def _no_repeats(cls, v: Any, info: ValidationInfo) -> Any:
+        if info.field_name in cls.repeatable:
+            return v
+        lists = v.items() if isinstance(v, dict) else [(None, v)]
+        for key, values in lists:
+            if isinstance(values, list) and (twice := repeated(values)):
+                where = f" (axis {key!r})" if key is not None else ""
+                raise ValueError(f"{twice} given more than once{where}; give each value once")
+        return v
 
 
 class DataOptions(Options):
@@ -98,6 +124,16 @@ class ClusterOptions(Options):
 
 class RunOptions(ClusterOptions, TrackingOptions):
     """Tracking and cluster, the run settings every flow has."""
+
+
+def refuse_unused(params: BaseModel, names: Sequence[str], remedy: str) -> None:
+    """Refuse the fields of ``names`` set away from their defaults: in this combination of
+    ``params`` they would be ignored without a word; ``remedy`` says what makes them apply."""
+    fields = type(params).model_fields
+    given = [n for n in names if getattr(params, n) != fields[n].get_default(call_default_factory=True)]
+    if given:
+        shown = ", ".join(f"{n}={getattr(params, n)!r}" for n in given)
+        raise ValueError(f"{shown} would have no effect: {remedy}, or leave {'them' if len(given) > 1 else 'it'} out")
 
 
 def experiment(name: str) -> Any:

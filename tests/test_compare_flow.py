@@ -211,7 +211,7 @@ def test_a_setfit_body_is_what_the_feature_methods_read(api: tuple[Path, str], r
         (["--overrides", "qtha.rank=1000"], "rank r=1000 exceeds layer"),  # the adapter's preflight
         (["--methods", "qdllm", "--overrides", "lora.head_lr=0.1"], "override 'lora.head_lr' names no chosen method"),
         (["--trials", "-1"], "--trials: Input should be greater than or equal to 0"),
-        (["--methods", "qdllm,qdllm"], "repeat a method"),
+        (["--methods", "qdllm,qdllm"], "['qdllm'] given more than once"),
         (["--controller", "bogus"], "controller 'bogus' is unknown"),
         (["--train-size", "40", "--clients", "50"], "clients=50 exceeds"),
         (["--dataset", "sst3"], "unknown data set 'sst3'"),

@@ -165,6 +165,15 @@ def test_tsv_csv_jsonl_and_fsspec_urls(tmp_path: Path) -> None:
             "line 3: label 'maybe' is outside the declared label set ['neg', 'pos']",
         ),
         ("text\tlabel\nhello\t2\n", {"label_names": ["neg", "pos"]}, "label '2' is outside"),
+        ("text\tlabel\nhello\t0.37\nbye\t0.74\n", {}, "line 2: label '0.37' is a decimal number"),
+        ("text\tlabel\nhello\t1\nbye\t1e-3\n", {}, "line 3: label '1e-3' is a decimal number"),
+        ("text\tlabel\nhello\t1\nbye\t \n", {}, "line 3: the label is empty"),
+        ("text\tlabel\nhello\tpos\nbye\t\n", {"label_names": ["neg", "pos"]}, "line 3: the label is empty"),
+        (
+            "text\tlabel\nhello\tpos\nbye\tpos\n",
+            {},
+            "the file holds 1 class",
+        ),
     ],
 )
 def test_bad_files_are_refused_with_a_clear_message(tmp_path: Path, content: str, kwargs: dict, message: str) -> None:
@@ -172,6 +181,22 @@ def test_bad_files_are_refused_with_a_clear_message(tmp_path: Path, content: str
     path.write_text(content)
     with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
         load_dataset(str(path), **kwargs)
+
+
+def test_null_or_fractional_json_labels_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "n.jsonl").write_text('{"text": "a", "label": 0}\n{"text": "b", "label": null}\n')
+    with pytest.raises(DataError, match="line 2: the label is empty"):
+        load_dataset(str(tmp_path / "n.jsonl"))
+    (tmp_path / "f.jsonl").write_text('{"text": "a", "label": 0.25}\n{"text": "b", "label": 1}\n')
+    with pytest.raises(DataError, match=r"line 1: label 0\.25 is a decimal number"):
+        load_dataset(str(tmp_path / "f.jsonl"))
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,label\nfine,0\ncaf\u00e9,1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin\.csv: line 3 is not UTF-8 \(byte 0xe9 at column 4\)"):
+        load_dataset(str(path))
 
 
 def test_bad_jsonl_line_is_named(tmp_path: Path) -> None:
@@ -188,7 +213,7 @@ def test_bad_names_paths_and_parameters(tmp_path: Path) -> None:
         DataError, match=r"unknown data set 'sst-2': named sets are \['ag_news', 'sst2', 'subj', 'trec', 'trec-fine'\]"
     ):
         load_dataset("sst-2")
-    with pytest.raises(FileNotFoundError, match=r"data file not found: .*missing\.csv"):
+    with pytest.raises(DataError, match=r"data file not found: .*missing\.csv"):
         load_dataset(str(tmp_path / "missing.csv"))
     with pytest.raises(DataError, match=r"must end in one of \.tsv, \.csv, \.jsonl"):
         load_dataset(str(tmp_path / "data.txt"))

@@ -216,7 +216,7 @@ def test_bad_input_is_refused_before_any_work(
 @pytest.mark.parametrize(
     "fields,message",
     [
-        ({"methods": ["lora", "lora"]}, "repeat a method"),
+        ({"methods": ["lora", "lora"]}, r"\['lora'\] given more than once"),
         (
             {"methods": ["dora"]},
             "Input should be 'lora', 'qpa', 'qpa-published', 'qpa-classical', 'qtha' or 'qtha-classical'",

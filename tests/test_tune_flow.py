@@ -70,7 +70,7 @@ def test_a_repeated_tune_resumes_and_a_larger_budget_runs_only_the_missing_trial
         (["--trials", "-1"], "--trials: Input should be greater than or equal to 0"),
         (["--fixed", "qubit=3"], "fixed ['qubit'] are not parameters of qdllm"),
         (["--fixed", "qubits=4;blocks=1,2"], "fixed ['blocks'] name several values"),
-        (["--seeds", "1,1"], "seeds [1, 1] repeat a seed"),
+        (["--seeds", "1,1"], "--seeds: Value error, [1] given more than once"),
         (["--fixed", "dataset=sst3"], "unknown data set 'sst3'"),
         (["--method", "pqc-head", "--fixed", "per_label=2", "--tune-fraction", "0.9"], "leaves a class without"),
     ],

@@ -165,8 +165,6 @@ class FederatedParams(RunOptions, NoiseOptions, FederatedFields):
     def _controllers(cls, v: list[str]) -> list[str]:
         for spec in v:
             make_controller(spec)  # refuses unknown names and generative callables that do not load
-        if len(set(v)) != len(v):
-            raise ValueError(f"controllers {v} repeat a name")
         return v
 
     @model_validator(mode="after")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import transformers
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from lab.pretrain import BaseRecipe, corpus_parts
 from qcore.adapters import METHODS as ADAPTERS
@@ -88,6 +88,8 @@ ADAPTER_LRS: dict[FinetuneName, float] = {
 
 class AdapterOptions(Options):
     """The adapter settings ``qllm run peft`` and ``qllm peft count`` share."""
+
+    repeatable = frozenset({"qpa_hidden"})  # equal widths of successive layers are a fine network
 
     target: list[str] | None = Field(
         None, description="modules to adapt, by name or name ending (default: peft's usual ones for the model type)"
@@ -254,12 +256,6 @@ class PeftParams(RunOptions, NoiseOptions, PeftFields, AdapterOptions):
         if method in STANDINS:  # only there: the quantum methods' jobs, and their stored results, stay as they were
             fields["circuit"] = "classical"
         return fields
-
-    @model_validator(mode="after")
-    def _distinct_methods(self) -> PeftParams:
-        if len(set(self.methods)) != len(self.methods):
-            raise ValueError(f"methods {self.methods} repeat a method")
-        return self
 
 
 # --- preflight: everything that can be refused before any training -----------------------------

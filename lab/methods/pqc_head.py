@@ -33,7 +33,7 @@ from ..noise import (
     noise_settings,
     shots_field,
 )
-from ..params import DataOptions, Options, RunOptions, config_defaults, experiment
+from ..params import DataOptions, Options, RunOptions, config_defaults, experiment, refuse_unused
 from ..results import TrainingResult, job_record
 from ..search_space import Dimension, Float, Int
 from ..store import cached_result, feature_ablation, model_predictions, store_result
@@ -126,6 +126,8 @@ class HeadParams(RunOptions, HeadFields, setfit_body.BodyOptions, DataOptions, N
         if self.measured > self.qubits:
             raise ValueError(f"measured={self.measured} exceeds qubits={self.qubits}")
         check_device_qubits(self.noise_devices, self.qubits, "module 2")
+        if not self.noise_devices:
+            refuse_unused(self, ("noise_finetune_steps",), "it fine-tunes under device noise; give noise_devices")
         return self
 
     def head_config(self, data: EmbeddedSplit, seed: int = 0) -> PQCHeadConfig:

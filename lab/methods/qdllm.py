@@ -28,7 +28,7 @@ from ..artifacts import hash_json
 from ..data import DataRequest
 from ..embedded import EmbeddedSplit
 from ..noise import NoiseSetting
-from ..params import DataOptions, Options, RunOptions, experiment, items_between, one_of
+from ..params import DataOptions, Options, RunOptions, experiment, items_between, one_of, refuse_unused
 from ..results import TrainingResult, job_record
 from ..search_space import Dimension, Float, Int
 from ..store import cached_result, feature_ablation, model_predictions, store_result
@@ -137,6 +137,17 @@ class DistillParams(RunOptions, DistillFields, DataOptions):
         if v is not None and v not in FAKE_DEVICES:
             raise ValueError(f"unknown fake backend {v!r}; allowed: {', '.join(FAKE_DEVICES)}")
         return v
+
+    @model_validator(mode="after")
+    def _all_apply(self) -> DistillParams:
+        """Options the chosen backend or evaluations would ignore are refused, naming the switch."""
+        if self.backend == "exact":
+            refuse_unused(self, ("shots", "noise"), "they apply to aer training only; give backend=aer")
+        if self.eval_noise is None:
+            refuse_unused(self, ("noise_samples",), "the device-noise evaluation is off; give eval_noise")
+        if self.eval_shots is None:
+            refuse_unused(self, ("eval_samples",), "the shots evaluation is off; give eval_shots")
+        return self
 
     @model_validator(mode="after")
     def _device_fits(self) -> DistillParams:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from lab.data import DataError, DataUnavailableError
 from lab.methods.peft import CountParams, count_report
+from lab.registry import RegistryError
 from lab.teacher import ModelNotFoundError
 from qcore.adapters import AdapterError
 from qcore.hardware.service import HardwareError
@@ -168,8 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "count", help=COUNT_HELP, description=COUNT_HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
     )
-    pred = sub.add_parser("predict", help="classify texts with a student saved in an MLflow run")
-    pred.add_argument("--run-id", required=True, help="MLflow run id of a trained student (a child run)")
+    pred = sub.add_parser(
+        "predict", help="classify texts with a student saved in an MLflow run, or with a registered model"
+    )
+    pred.add_argument(
+        "--run-id",
+        "--model",
+        dest="source",
+        required=True,
+        help="MLflow run id of a trained student (a child run), or a registered model: "
+        "models:/NAME@ALIAS (e.g. models:/qllm-qdllm-sst2@champion) or models:/NAME/VERSION",
+    )
     pred.add_argument("texts", nargs="+", help="texts to classify")
     args = parser.parse_args(argv)
 
@@ -184,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         try:
             runner(params)
-        except (DataError, DataUnavailableError, AdapterError, ModelNotFoundError, HardwareError) as err:
+        except (DataError, DataUnavailableError, AdapterError, ModelNotFoundError, HardwareError, RegistryError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
@@ -192,7 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return count_main(args)
     from .predict import predict
 
-    for text, label, probs in predict(args.run_id, args.texts):
+    try:
+        answers = predict(args.source, args.texts)
+    except RegistryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for text, label, probs in answers:
         print(json.dumps({"text": text, "label": label, "probabilities": probs}))
     return 0
 

@@ -1,32 +1,34 @@
-"""``qllm predict``: classify new text with a quantum model (QD-LLM student or PQC head) saved in
-an MLflow run, no retraining."""
+"""``qllm predict``: classify new text with a trained model, no retraining: a quantum model (QD-LLM
+student or PQC head) saved in an MLflow run, or any registered model (``models:/NAME@ALIAS``,
+``models:/NAME/VERSION``), fine-tunes included."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
-import torch
+import pandas as pd
 
-from lab import tracking
+from lab import registry, tracking
 from lab.runtime import Runtime
-from lab.teacher import TeacherSpec, teacher_features
-from qcore.models import load_model
 
 
-def predict(run_id: str, texts: Sequence[str]) -> list[tuple[str, str, dict[str, float]]]:
-    """``(text, predicted label, class probabilities)`` for each text."""
-    with tracking.downloaded_model(run_id, Runtime()) as folder:
-        meta_file = folder / "teacher.json"
-        if not meta_file.exists():
-            raise ValueError(f"MLflow run {run_id} holds no trained student (model/teacher.json is missing)")
-        meta = json.loads(meta_file.read_text())
-        student = load_model(folder)
-    names = meta["label_names"]
-    features = teacher_features(TeacherSpec(**meta["teacher"]), names, texts)
-    with torch.inference_mode():
-        probs = torch.softmax(student(torch.as_tensor(features, dtype=torch.float32)), -1).numpy()
-    return [
-        (t, names[int(p.argmax())], {n: round(float(v), 4) for n, v in zip(names, p, strict=True)})
-        for t, p in zip(texts, probs, strict=True)
-    ]
+def predict(source: str, texts: Sequence[str]) -> list[tuple[str, str, dict[str, float]]]:
+    """``(text, predicted label, class probabilities)`` for each text; ``source`` is a run id
+    or a ``models:/`` reference (an unknown one is a :class:`~lab.registry.RegistryError`)."""
+    runtime = Runtime()
+    if registry.is_model_uri(source):
+        tracking.connect(runtime)
+        frame = registry.load(source).predict(list(texts))
+    else:
+        with tracking.downloaded_model(source, runtime) as folder:
+            if not (folder / "teacher.json").exists():
+                raise ValueError(f"MLflow run {source} holds no trained student (model/teacher.json is missing)")
+            classifier = registry.QuantumText(folder)
+        frame = registry.predictions(classifier, texts)
+    return [(t, row["label"], probabilities(row)) for t, (_, row) in zip(texts, frame.iterrows(), strict=True)]
+
+
+def probabilities(row: pd.Series) -> dict[str, float]:
+    """A prediction row's ``probability_<label>`` columns as ``{label: probability}``."""
+    prefix = "probability_"
+    return {k.removeprefix(prefix): round(float(v), 4) for k, v in row.items() if str(k).startswith(prefix)}

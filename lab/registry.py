@@ -151,10 +151,10 @@ class TextModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]  # mlflow ship
 def registered_name(method: str, dataset: str) -> str:
     """``qllm-<method>-<data set>``; a data set given by path or URL by its file's stem and a
     short hash of the whole URL, so two files of one name stay apart."""
-    if re.fullmatch(r"[A-Za-z0-9_.-]+", dataset):
+    if re.fullmatch(r"[A-Za-z0-9_-]+", dataset):
         return f"qllm-{method}-{dataset}"
     stem = Path(dataset.rstrip("/").rsplit("/", 1)[-1]).stem
-    return f"qllm-{method}-{slug(stem)}-{hash_json(dataset)[:8]}"
+    return f"qllm-{method}-{slug(stem).replace('.', '_')}-{hash_json(dataset)[:8]}"
 
 
 def configuration(job: Mapping[str, Any]) -> str:
@@ -221,7 +221,7 @@ def register(result: TrainingResult, *, dataset: str, label_names: Sequence[str]
         artifacts = stage_artifacts(result, Path(tmp), label_names)
         # Not retried: a second attempt after a half-finished one would log the model twice.
         info = mlflow.pyfunc.log_model(
-            name=result.name,
+            name=re.sub(r"[/:.%\"']", "-", result.name),  # characters MLflow refuses in a model's name
             python_model=TextModel(),
             artifacts=artifacts,
             signature=signature(classifier_of(artifacts)),

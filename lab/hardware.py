@@ -256,7 +256,11 @@ def load_source(source: str, settings: Runtime) -> SourceRun:
     if registry.is_model_uri(source):
         connect(settings)
         version = registry.resolve(source)
-        run_id, files = version.run_id, registry.downloaded_version(version, "artifacts/model")
+        if not version.run_id:
+            raise HardwareError(
+                f"registered model {source} names no MLflow run: the data set it was trained on is unknown"
+            )
+        run_id, files = version.run_id, registry.downloaded_artifact(version, "model")
         what, pick = f"registered model {source}", "Pick a registered QD-LLM student or PQC head."
     else:
         run_id, files = source, downloaded_model(source, settings)

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel
 
 from .artifacts import download_folder, hash_json
 from .results import TrainingResult
@@ -127,7 +128,7 @@ def texts_of(model_input: Any) -> list[str]:
     return [str(t) for t in model_input]
 
 
-class TextModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]  # mlflow ships no type hints
+class TextModel(PythonModel):
     """The ``pyfunc`` of a registered model: its artifacts ``model`` and ``encoder`` (a quantum
     model) or ``merged`` (a fine-tune) are loaded once, when the model is loaded."""
 
@@ -326,17 +327,18 @@ def resolve(uri: str) -> ModelVersion:
 
 
 @contextmanager
-def downloaded_version(version: ModelVersion, subpath: str = "") -> Iterator[Path]:
-    """A registered version's files (``subpath`` of them, e.g. ``artifacts/model``) in a
-    temporary folder, removed when the block ends."""
+def downloaded_artifact(version: ModelVersion, key: str) -> Iterator[Path]:
+    """A registered version's artifact ``key`` (``model``, ``encoder`` or ``merged``) in a
+    temporary folder, removed when the block ends; a ``KeyError`` if it holds none. MLflow
+    stores it under a path of its own choosing, which its ``MLmodel`` file names."""
     client = mlflow.MlflowClient()
+    flavor = mlflow.models.Model.load(f"models:/{version.name}/{version.version}").flavors["python_function"]
+    path = flavor.get("artifacts", {})[key]["path"]
     root = with_retries(lambda: client.get_model_version_download_uri(version.name, version.version), what="find model")
     with tempfile.TemporaryDirectory(prefix="qllm-registered-") as target:
         yield Path(
             with_retries(
-                lambda: mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{root.rstrip('/')}/{subpath}" if subpath else root, dst_path=target
-                ),
+                lambda: mlflow.artifacts.download_artifacts(artifact_uri=f"{root.rstrip('/')}/{path}", dst_path=target),
                 what="download model",
             )
         )

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from lab.data import DataError, DataUnavailableError
 from lab.methods.peft import CountParams, count_report
 from lab.reach import SettingsError, check_tracking
+from lab.registry import RegistryError
 from lab.runtime import Runtime
 from lab.teacher import ModelNotFoundError
 from qcore.adapters import AdapterError
@@ -170,8 +171,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "count", help=COUNT_HELP, description=COUNT_HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
     )
-    pred = sub.add_parser("predict", help="classify texts with a student saved in an MLflow run")
-    pred.add_argument("--run-id", required=True, help="MLflow run id of a trained student (a child run)")
+    pred = sub.add_parser(
+        "predict", help="classify texts with a student saved in an MLflow run, or with a registered model"
+    )
+    pred.add_argument(
+        "--run-id",
+        "--model",
+        dest="source",
+        required=True,
+        help="MLflow run id of a trained student (a child run), or a registered model: "
+        "models:/NAME@ALIAS (e.g. models:/qllm-qdllm-sst2@champion) or models:/NAME/VERSION",
+    )
     pred.add_argument("texts", nargs="+", help="texts to classify")
     args = parser.parse_args(argv)
 
@@ -186,7 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         try:
             runner(params)
-        except (DataError, DataUnavailableError, AdapterError, ModelNotFoundError, HardwareError, SettingsError) as err:
+        except (
+            DataError,
+            DataUnavailableError,
+            AdapterError,
+            ModelNotFoundError,
+            HardwareError,
+            SettingsError,
+            RegistryError,
+        ) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
@@ -200,8 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         check_tracking(Runtime())
-        rows = predict(args.run_id, args.texts)
-    except (HardwareError, SettingsError) as err:
+        rows = predict(args.source, args.texts)
+    except (HardwareError, SettingsError, RegistryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for text, label, probs in rows:

@@ -28,7 +28,7 @@ from prefect.futures import PrefectFuture
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from lab import leaderboard as board
-from lab import reporting, tracking
+from lab import registry, reporting, tracking
 from lab.data import DataError, Dataset, hold_out, tuning_mask
 from lab.embedded import EmbeddedSplit
 from lab.methods import LEADERBOARD, METHODS, FeatureMethod, Method
@@ -395,6 +395,12 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
         )
         figure = reporting.leaderboard_plot(intervals, title)
         board.log_leaderboard(parent, table, rows, figure, intervals)
+        champions = registry.crown_best(
+            {g.method: g.results for g in groups if not METHODS[g.method].is_baseline},
+            dataset=params.dataset,
+            label_names=split.label_names,
+            flow="compare",
+        )
         run_id = parent.info.run_id
     md = f"{title}\n\n" + report(params, intervals, groups)
     create_table_artifact(key="compare-leaderboard", table=intervals, description=f"leaderboard: {title}")
@@ -405,7 +411,14 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
         + reporting.figure_markdown(figure, "accuracy against trainable parameters and training time"),
     )
     reporting.close(figure)
-    return {"table": table, "rows": rows, "intervals": intervals, "markdown": md, "mlflow_run_id": run_id}
+    return {
+        "table": table,
+        "rows": rows,
+        "intervals": intervals,
+        "markdown": md,
+        "mlflow_run_id": run_id,
+        "champions": {m: f"models:/{v.name}/{v.version}" for m, v in champions.items()},
+    }
 
 
 def report(params: CompareParams, intervals: list[dict[str, Any]], groups: list[board.Group]) -> str:
@@ -430,4 +443,8 @@ def run_compare(params: CompareParams) -> dict[str, Any]:
     result = run_from_cli(compare, params)
     print(result["markdown"])
     print(mlflow_hint(result["mlflow_run_id"], after=" (leaderboard.png among its artifacts)"))
+    if result["champions"]:
+        print(f"\nRegistered models, now {registry.CHAMPION} of their method on {params.dataset}:")
+        for method, uri in result["champions"].items():
+            print(f"  {method}: {uri} (models:/{uri.split('/')[1]}@{registry.CHAMPION})")
     return result

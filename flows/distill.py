@@ -13,7 +13,7 @@ from mlflow import ActiveRun
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from lab import reporting, tracking
+from lab import registry, reporting, tracking
 from lab.embedded import EmbeddedSplit
 from lab.methods.qdllm import QDLLM, DistillParams
 from lab.noise import merge_noisy
@@ -55,6 +55,7 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
         table = reporting.summarize([METHOD.teacher_row(split), *baseline_rows, *student_rows])
         md = reporting.markdown(table) + noisy_markdown(first, noisy_rows)
         log_mlflow(parent, split, student_rows, baseline_rows, noisy_rows, table)
+        registry.register_best(student_rows, dataset=params.dataset, label_names=split.label_names, flow="distill")
         run_id = parent.info.run_id
     create_table_artifact(key="distill-results", table=table, description="QD-LLM: students and baselines")
     create_markdown_artifact(key="distill-report", markdown=md)

@@ -55,7 +55,8 @@ class HardwareFields(Options):
     run_id: str = Field(
         ...,
         min_length=1,
-        description="MLflow run holding a trained quantum model (a child run of distill, head or study)",
+        description="MLflow run holding a trained quantum model (a child run of distill, head or study), "
+        "or a registered one: models:/NAME@ALIAS (e.g. models:/qllm-qdllm-sst2@champion) or models:/NAME/VERSION",
     )
     backend: str = Field(
         "fake_torino",
@@ -269,7 +270,9 @@ def hardware(params: HardwareParams) -> dict[str, Any]:
         )
 
     noisy = _submit_noisy_simulation(params, model, test, backend.name, ledger)
-    tags = {"flow": "hardware", "qllm.source_run": params.run_id, "qllm.backend": backend.name}
+    tags = {"flow": "hardware", "qllm.source_run": source.run_id, "qllm.backend": backend.name}
+    if params.run_id != source.run_id:  # a registered model: the reference as given, beside its run
+        tags["qllm.source_model"] = params.run_id
     with tracking.parent_run(
         settings, params.experiment, f"hardware-{backend.name}", params.model_dump(exclude={"dask_address"}), tags=tags
     ) as run:

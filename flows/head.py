@@ -15,7 +15,7 @@ from mlflow import ActiveRun
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from lab import reporting, tracking
+from lab import registry, reporting, tracking
 from lab.embedded import EmbeddedSplit
 from lab.methods.pqc_head import HeadParams, PQCHeadMethod, ablation_rows, exact_spread, noise_markdown
 from lab.noise import merge_noisy, transpiled_metrics
@@ -56,6 +56,7 @@ def head(params: HeadParams = HeadParams()) -> dict[str, Any]:
         if fig is not None:
             md += "\n\n" + noise_markdown(noise["rows"], noise["devices"])
         log_mlflow(parent, split, head_rows, baseline_rows, table, noise, fig)
+        registry.register_best(trained, dataset=params.dataset, label_names=split.label_names, flow="head")
         run_id = parent.info.run_id
     create_table_artifact(key="head-results", table=table, description="PQC head vs classical heads")
     report = md

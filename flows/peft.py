@@ -25,7 +25,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lab import noise, peft_report, tracking
+from lab import noise, peft_report, registry, tracking
 from lab.artifacts import download_folder
 from lab.corpus import Corpus
 from lab.data import Dataset
@@ -82,6 +82,8 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
         if noisy:
             md += "\n\n" + noise.markdown(noisy, NOISE_TITLE, lambda r: r["method"])
         log_mlflow(parent, params, plan, data, rows, table, noisy)
+        if isinstance(data, Dataset):  # a classifier of text; a language model's merged folder is not one
+            registry.register_best(rows, dataset=params.dataset, label_names=data.label_names, flow="peft")
         run_id = parent.info.run_id
     create_table_artifact(key="peft-results", table=table, description="LoRA, QPA and QTHA on equal footing")
     if noisy:

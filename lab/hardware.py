@@ -237,23 +237,39 @@ class SourceRun:
     weights_hash: str
 
 
-def load_source(run_id: str, settings: Runtime) -> SourceRun:
-    """Refuses a run that does not exist or holds no quantum model, saying where to look."""
+def load_source(source: str, settings: Runtime) -> SourceRun:
+    """The quantum model of ``source``: an MLflow run id, or a registered model
+    (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``; its source run names the data set).
+    Refuses a run that does not exist or holds no quantum model, saying where to look, and an
+    unknown registered model (:class:`~lab.registry.RegistryError`)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from qcore.models import load_model
 
+    from . import registry
     from .artifacts import sha256_file
-    from .tracking import downloaded_model
+    from .tracking import connect, downloaded_model
 
     if not settings.mlflow_uri and settings.root_is_local and not (settings.local_root / "mlflow.db").is_file():
         raise HardwareError(
-            f"MLflow run {run_id!r} does not exist: QLLM_ARTIFACT_ROOT={settings.artifact_root} holds no "
+            f"{source!r} does not exist: QLLM_ARTIFACT_ROOT={settings.artifact_root} holds no "
             "MLflow store yet; point QLLM_ARTIFACT_ROOT (or QLLM_MLFLOW_URI) where the run was recorded"
         )
     uri = settings.tracking_uri()
     client = mlflow.MlflowClient(uri)
+    if registry.is_model_uri(source):
+        connect(settings)
+        version = registry.resolve(source)
+        if not version.run_id:
+            raise HardwareError(
+                f"registered model {source} names no MLflow run: the data set it was trained on is unknown"
+            )
+        run_id, files = version.run_id, registry.downloaded_artifact(version, "model")
+        what, pick = f"registered model {source}", "Pick a registered QD-LLM student or PQC head."
+    else:
+        run_id, files = source, downloaded_model(source, settings)
+        what, pick = f"MLflow run {source}", "Pick a child run of a distill, head or study run."
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
@@ -263,15 +279,14 @@ def load_source(run_id: str, settings: Runtime) -> SourceRun:
             "as shown in the MLflow UI or printed by those flows"
         ) from None
     try:
-        with downloaded_model(run_id, settings) as folder:
+        with files as folder:
             model = load_model(folder)
             meta = json.loads((folder / "teacher.json").read_text())
             weights_hash = sha256_file(folder / "weights.safetensors")
     except Exception as exc:  # noqa: BLE001 - no model/ folder, or not one of ours
         raise HardwareError(
-            f"MLflow run {run_id} ({run.info.run_name}) holds no quantum model "
-            f"(model/config.json, weights and teacher.json): {type(exc).__name__}: {exc}. "
-            "Pick a child run of a distill, head or study run."
+            f"{what} ({run.info.run_name}) holds no quantum model "
+            f"(model/config.json, weights and teacher.json): {type(exc).__name__}: {exc}. {pick}"
         ) from None
     data: dict[str, Any] = {}
     ancestor: Any = run

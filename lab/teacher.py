@@ -517,9 +517,17 @@ def cached_teacher_outputs(
     )
 
 
+def feature_reader(spec: TeacherSpec, label_names: Sequence[str]) -> Callable[[Sequence[str]], np.ndarray]:
+    """The teacher's encoder, loaded once, as a function of texts to the features a student was
+    trained on: a registered model classifies many requests with one loaded encoder."""
+    if spec.kind == "probe":
+        encoder = SentenceEncoder(spec, resolve_model(spec.model), device_for(spec))
+        return lambda texts: encoder.encode(texts)
+    teacher = make_teacher(spec, label_names)
+    return lambda texts: teacher.predict(texts, progress=False).features
+
+
 def teacher_features(spec: TeacherSpec, label_names: Sequence[str], texts: Sequence[str]) -> np.ndarray:
     """The features a student was trained on, for new texts (the teacher's own encoder):
-    what ``qllm predict`` and the hardware flow feed a saved model."""
-    if spec.kind == "probe":
-        return SentenceEncoder(spec, resolve_model(spec.model), device_for(spec)).encode(texts)
-    return make_teacher(spec, label_names).predict(texts, progress=False).features
+    what the hardware flow feeds a saved model."""
+    return feature_reader(spec, label_names)(texts)

@@ -48,8 +48,8 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 6, delay: fl
     raise AssertionError("unreachable")
 
 
-def setup(settings: Runtime, experiment: str) -> str:
-    """Point MLflow at the configured store and return the experiment id.
+def connect(settings: Runtime) -> None:
+    """Point MLflow (runs and the model registry) at the configured store.
 
     MLflow's S3 client reads its endpoint only from ``MLFLOW_S3_ENDPOINT_URL``, so a configured
     ``QLLM_S3_ENDPOINT_URL`` is passed on there (unless that variable is set already).
@@ -57,6 +57,11 @@ def setup(settings: Runtime, experiment: str) -> str:
     mlflow.set_tracking_uri(settings.tracking_uri())
     if settings.s3_endpoint_url:
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
+
+
+def setup(settings: Runtime, experiment: str) -> str:
+    """Point MLflow at the configured store (:func:`connect`) and return the experiment id."""
+    connect(settings)
 
     def get_or_create() -> str:
         found = mlflow.get_experiment_by_name(experiment)
@@ -201,7 +206,7 @@ def log_table(run: mlflow.ActiveRun, rows: list[dict[str, Any]], name: str = "re
 def downloaded_model(run_id: str, settings: Runtime) -> Iterator[Path]:
     """A run's ``model/`` artifacts in a temporary folder, removed when the block ends (load
     what is needed inside it): ``qllm predict`` and the hardware flow left one behind per call."""
-    mlflow.set_tracking_uri(settings.tracking_uri())
+    connect(settings)
     with tempfile.TemporaryDirectory(prefix="qllm-model-") as target:
         yield Path(
             with_retries(

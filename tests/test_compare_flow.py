@@ -143,6 +143,31 @@ def test_rerun_reuses_every_cached_training(run: dict) -> None:
     assert {m: r["accuracy"] for m, r in ((r["method"], r) for r in again["table"])} == first
 
 
+def test_each_methods_best_model_is_the_registered_champion(run: dict) -> None:
+    """After the run and its re-run (which registers nothing new): every method that stores a
+    model has its best seed registered with the ``champion`` alias, and that pyfunc, loaded by
+    alias, classifies the raw test texts with the accuracy the run measured."""
+    mlflow.set_tracking_uri(Runtime().tracking_uri())
+    client = MlflowClient()
+    assert set(run["champions"]) == {"qdllm", "pqc-head", "lora", "qpa", "qpa-published", "qtha"}
+    data = load_dataset("sst2", train_size=60, test_size=40, seed=0)
+    for m, uri in run["champions"].items():
+        champion = client.get_model_version_by_alias(f"qllm-{m}-sst2", "champion")
+        assert uri == f"models:/qllm-{m}-sst2/{champion.version}"
+        assert champion.tags["qllm.source_run"] == run["mlflow_run_id"]
+        best = max(r["accuracy"] for r in run["rows"] if r["method"] == m)
+        assert float(champion.tags["test_accuracy"]) == pytest.approx(best, abs=1e-6)
+        assert len(client.search_model_versions(f"name = 'qllm-{m}-sst2'")) == 1
+    for m in ("qdllm", "lora"):
+        predicted = mlflow.pyfunc.load_model(f"models:/qllm-{m}-sst2@champion").predict(list(data.test_texts))
+        truth = [data.label_names[y] for y in data.test_labels]
+        assert np.mean(predicted["label"] == truth) == pytest.approx(float(champion_accuracy(client, m)), abs=1e-6)
+
+
+def champion_accuracy(client: MlflowClient, method: str) -> str:
+    return client.get_model_version_by_alias(f"qllm-{method}-sst2", "champion").tags["test_accuracy"]
+
+
 def test_intervals_and_paired_tests_against_the_classical_rows(run: dict) -> None:
     rows = {r["method"]: r for r in run["intervals"]}
     assert set(rows) == set(LEADERBOARD) and all(r["seeds"] == 2 for r in rows.values())

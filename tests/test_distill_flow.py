@@ -137,6 +137,28 @@ def test_predict_loads_the_student(first_run: dict, tmp_path: Path, monkeypatch:
     assert list(tmp_path.iterdir()) == []  # the downloaded model is not left behind
 
 
+def test_the_best_seed_is_registered_and_predicts_as_its_run(first_run: dict) -> None:
+    """One registered version per configuration, from its most accurate seed: by ``models:/``
+    reference ``qllm predict`` gives what it gives for that seed's child run."""
+    mlflow.set_tracking_uri(Runtime().tracking_uri())
+    client = MlflowClient()
+    parent = client.get_run(first_run["mlflow_run_id"])
+    students = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.kind = 'quantum student'",
+    )
+    versions = [
+        v
+        for v in client.search_model_versions("name = 'qllm-qdllm-sst2'")
+        if v.tags["qllm.source_run"] == parent.info.run_id
+    ]
+    assert len(versions) == 1 and versions[0].run_id == parent.info.run_id
+    best = max(students, key=lambda c: (c.data.metrics["test/accuracy"], -int(c.data.params["seed"])))
+    assert versions[0].tags["qllm.seed"] == best.data.params["seed"]
+    texts = ["a wonderful, moving film", "dull and lifeless"]
+    assert predict(f"models:/qllm-qdllm-sst2/{versions[0].version}", texts) == predict(best.info.run_id, texts)
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

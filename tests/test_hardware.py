@@ -25,8 +25,10 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
 from flows.hardware import HardwareParams, run_hardware
-from lab import tracking
+from lab import registry, tracking
 from lab.data import load_dataset
+from lab.hardware import load_source
+from lab.results import TrainingResult
 from lab.runtime import Runtime
 from lab.teacher import TeacherSpec, teacher_features
 from qcore.hardware.plan import build_plan, expectation_values
@@ -184,6 +186,27 @@ def test_dry_run_stops_after_transpiling(lab: dict[str, Any], standin: str, caps
     result = run_hardware(params(lab, dry_run=True))
     assert result["metrics"]["circuits"] == 8 and result["metrics"]["qubits_used"] == 4
     assert "two_qubit_gates" in capsys.readouterr().out
+    assert qpu_standin.submitted() == []
+
+
+def test_a_registered_model_stands_where_a_run_id_does(
+    lab: dict[str, Any], standin: str, capsys: pytest.CaptureFixture
+) -> None:
+    """``models:/NAME@ALIAS`` as the source: the student registered from a parent run naming the
+    data set is the run's model (same weights, labels, data set), and the flow's dry run on it
+    plans what it plans for the run id."""
+    folder = Path(os.environ["QLLM_ARTIFACT_ROOT"]) / "source-model"
+    result = TrainingResult("qdllm", "student", "qdllm", 0, {"accuracy": 0.5}, {}, model_url=str(folder))
+    with tracking.parent_run(Runtime(), "test-hw-source", "distill", {"dataset": "sst2"}):
+        registry.set_champion(
+            registry.register(result, dataset="sst2", label_names=("negative", "positive"), flow="distill")
+        )
+    by_run = load_source(lab["run_id"], Runtime())
+    by_name = load_source("models:/qllm-qdllm-sst2@champion", Runtime())
+    assert by_name.weights_hash == by_run.weights_hash and by_name.label_names == by_run.label_names
+    assert by_name.data["dataset"] == "sst2" and by_name.teacher == by_run.teacher
+    planned = run_hardware(params(lab, run_id="models:/qllm-qdllm-sst2@champion", dry_run=True))
+    assert planned["metrics"] == run_hardware(params(lab, dry_run=True))["metrics"]
     assert qpu_standin.submitted() == []
 
 

@@ -121,6 +121,18 @@ def test_mlflow_has_parent_children_curves_and_adapters(classify: dict) -> None:
         assert {"model/adapter_config.json", "model/adapter_model.safetensors"} <= files
 
 
+def test_each_merged_classifier_is_registered(classify: dict) -> None:
+    """Each method's merged model as a registered pyfunc of raw text, from the flow's run."""
+    mlflow.set_tracking_uri(Runtime().tracking_uri())
+    texts = ["a gorgeous, witty film", "a dull one"]
+    for method in ("lora", "qpa", "qtha"):
+        version = MlflowClient().search_model_versions(f"name = 'qllm-{method}-sst2'")[0]
+        assert version.tags["qllm.source_run"] == classify["mlflow_run_id"]
+        predicted = mlflow.pyfunc.load_model(f"models:/qllm-{method}-sst2/{version.version}").predict(texts)
+        assert set(predicted["label"]) <= {"negative", "positive"}
+        assert (predicted["probability_negative"] + predicted["probability_positive"]).round(5).eq(1).all()
+
+
 def test_rerun_reuses_every_finished_method(classify: dict) -> None:
     again = run_peft(PeftParams(**TINY, train_size=24, test_size=16, experiment="test-peft"))
     assert all(m["cached"] for m in again["methods"])

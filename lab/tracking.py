@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import mlflow
 import pandas as pd
 from mlflow.data.code_dataset_source import CodeDatasetSource
-from mlflow.data.pandas_dataset import PandasDataset
+from mlflow.data.pandas_dataset import PandasDataset, from_pandas
 from mlflow.entities import DatasetInput, InputTag, Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -218,7 +218,7 @@ def data_record(data: Any) -> DataRecord:
     else:
         sizes = {"train_chars": len(data.train_text), "val_chars": len(data.val_text)}
         frame = pd.DataFrame({"text": [data.train_text, data.val_text], "split": ["train", "val"]})
-    dataset = mlflow.data.from_pandas(
+    dataset = from_pandas(
         frame,
         source=CodeDatasetSource({"qllm.data.source": str(data.source)}),
         name=str(data.name),

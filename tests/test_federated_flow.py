@@ -15,6 +15,7 @@ from flows.federated import run_federated
 from lab.methods.federated import FederatedParams, simulated_failures
 from lab.runtime import Runtime
 from tasks.federated import llm_finetune
+from tests.stack import assert_linked
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
@@ -71,6 +72,8 @@ def test_mlflow_holds_per_round_metrics_plots_and_models(run: dict) -> None:
     client = MlflowClient()
     parent = client.get_run(run["mlflow_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.params["clients"] == "3"
+    assert_linked(run["mlflow_run_id"], "federated-report")
+    assert parent.info.run_name.startswith("federated sst2 iid clients=3")
     assert any(k.startswith("system/") for k in parent.data.metrics)  # sampled during the rounds
     assert {f.path for f in client.list_artifacts(parent.info.run_id)} >= {
         "accuracy_sst2_iid.png",

@@ -37,6 +37,7 @@ from qcore.simulators.aer import fake_backend
 from qcore.training import train
 from tasks.hardware import QPU_TAG, JobFailedError
 from tests import qpu_standin
+from tests.stack import assert_linked
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
@@ -163,7 +164,8 @@ def test_flow_on_a_fake_backend(lab: dict[str, Any]) -> None:
     run = MlflowClient(Runtime().tracking_uri()).get_run(result["mlflow_run_id"])
     assert run.data.tags["qllm.job_ids"] == ",".join(result["job_ids"])
     assert run.data.tags["qllm.source_run"] == lab["run_id"]
-    assert "fake_hardware.accuracy" in run.data.metrics
+    assert "test/accuracy/fake hardware" in run.data.metrics
+    assert_linked(result["mlflow_run_id"], "hardware-report")
     assert {a.path for a in MlflowClient().list_artifacts(run.info.run_id)} >= {"jobs.json", "hardware.json"}
     again = run_hardware(
         HardwareParams(

@@ -5,7 +5,6 @@ last epoch's training accuracy as the run's score."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import mlflow
@@ -17,9 +16,7 @@ from lab import tracking
 from lab.data import Dataset
 from lab.runtime import Runtime
 from lab.tracking import metric_name
-
-# What a flow's log says of its MLflow run (the browser test looks for exactly this).
-LINK = re.compile(r"MLflow run ([0-9a-f]{32}): (\S+#/experiments/\d+/runs/[0-9a-f]{32})")
+from tests.stack import MLFLOW_LINK
 
 
 @pytest.mark.parametrize(
@@ -129,7 +126,7 @@ def test_a_parent_run_prints_its_link(store: Runtime, capsys: pytest.CaptureFixt
     with tracking.parent_run(store, "test-link", "link", {}) as run:
         pass
     [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("MLflow run")]
-    [(run_id, link)] = LINK.findall(line)
+    [(run_id, link)] = MLFLOW_LINK.findall(line)
     assert run_id == run.info.run_id
     assert link == f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}"
     url = tracking.run_url(store, run.info.experiment_id, run_id)

@@ -398,7 +398,7 @@ def test_mlflow_has_the_run_with_a_child_per_configuration(stack: Stack, runs: l
 
     client = MlflowClient(stack.mlflow_uri)
     exp = client.get_experiment_by_name(TINY["experiment"])
-    parents = client.search_runs([exp.experiment_id], "attributes.run_name = 'distill'")
+    parents = client.search_runs([exp.experiment_id], "tags.flow = 'distill'")
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
     parent = parents[-1]
     assert parent.data.metrics and parent.data.params["train_size"] == "40"
@@ -464,7 +464,7 @@ def test_a_federated_deployment_runs_its_rounds_on_the_stack(stack: Stack, runs:
 
     client = MlflowClient(stack.mlflow_uri)
     exp = client.get_experiment_by_name(FEDERATED["experiment"])
-    [parent] = client.search_runs([exp.experiment_id], "attributes.run_name = 'federated'")
+    [parent] = client.search_runs([exp.experiment_id], "tags.flow = 'federated'")
     assert parent.info.status == "FINISHED" and any(k.startswith("system/") for k in parent.data.metrics)
     [child] = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert child.info.run_name == "sst2/iid/adaptive" and client.get_metric_history(child.info.run_id, "test/accuracy")

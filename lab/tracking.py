@@ -406,9 +406,10 @@ def summary_name(column: str, what: str) -> str:
 
 
 def readable(text: str) -> str:
-    """``text`` as a part of an MLflow metric name, which allows letters, digits, ``_ - . /``
-    and spaces: other characters become spaces, runs of spaces one (``MLP (labels only)`` is
-    ``MLP labels only``, ``fake_manila+shots=256`` is ``fake_manila shots 256``)."""
+    """``text`` as one part of an MLflow metric name, which allows letters, digits, ``_ - .``,
+    spaces and ``/`` (a level of the name, so not inside a part): other characters become
+    spaces, runs of spaces one (``MLP (labels only)`` is ``MLP labels only``,
+    ``fake_manila+shots=256`` is ``fake_manila shots 256``)."""
     return " ".join(re.sub(r"[^\w.\- ]", " ", text).split())
 
 

@@ -87,6 +87,9 @@ def test_mlflow_holds_per_round_metrics_plots_and_models(run: dict) -> None:
         "sst2/iid/none",
     ]
     child = next(c for c in children if c.info.run_name == "sst2/iid/none")
+    for c in children:  # each says its kind and data, as every flow's children do
+        assert c.data.params["kind"] == c.data.tags["kind"] and c.data.params["data.name"] == "sst2"
+        assert [d.dataset.name for d in c.inputs.dataset_inputs] == ["sst2"]
     accuracy = client.get_metric_history(child.info.run_id, "test/accuracy")
     assert sorted(m.step for m in accuracy) == [0, 1, 2]  # step = round; 0 is the initial model
     final = next(r for r in run["runs"] if r["run"] == "none")["records"][-1]["accuracy"]

@@ -77,7 +77,15 @@ def _trained_student() -> dict[str, Any]:
         json.dumps({"teacher": dataclasses.asdict(spec), "label_names": list(data.label_names)})
     )
     with tracking.parent_run(Runtime(), "test-hw-source", "distill", {"dataset": "sst2"}) as parent:
-        child = tracking.log_child(parent, "student", params={"qubits": 4}, metrics={}, artifacts=folder)
+        child = tracking.log_child(
+            parent,
+            "student",
+            kind="quantum student",
+            data=tracking.data_record(data),
+            params={"qubits": 4},
+            metrics={},
+            artifacts=folder,
+        )
         return {"run_id": child, "parent_id": parent.info.run_id, "model": model}
 
 

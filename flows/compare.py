@@ -51,7 +51,7 @@ from tasks.prepare import embedded_split
 from tasks.train import train_task
 from tasks.tune import search, tuned
 
-from .runner import at_once, check_dask_address, dask_runner, mlflow_hint, run_from_cli
+from .runner import at_once, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 MethodName = Literal[tuple(LEADERBOARD)]  # type: ignore[valid-type]
 SHARED = QDLLM()  # the shared split and features are the distill flow's, under the budget
@@ -371,8 +371,12 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     runtime = Runtime()
     root = runtime.artifact_root
+    name = tracking.run_name(
+        "compare", params.dataset, f"{len(params.methods)} methods", trials=params.trials, seeds=params.seeds
+    )
+    tags = {"flow": "compare", **flow_run_tags()}
     with tracking.parent_run(
-        runtime, params.experiment, "compare", params.model_dump(), tags={"flow": "compare"}, system_metrics=True
+        runtime, params.experiment, name, params.model_dump(), tags, system_metrics=True
     ) as parent:
         data, split = embedded_split(SHARED, params.params_of(SHARED.id)[0], root, params.body_job)
         tracking.set_tags(parent, {"data_hash": data.content_hash})
@@ -394,7 +398,7 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
             f"seeds {params.seeds}"
         )
         figure = reporting.leaderboard_plot(intervals, title)
-        board.log_leaderboard(parent, table, rows, figure, intervals)
+        board.log_leaderboard(parent, tracking.data_record(data), table, rows, figure, intervals)
         champions = registry.crown_best(
             {g.method: g.results for g in groups if not METHODS[g.method].is_baseline},
             dataset=params.dataset,
@@ -406,8 +410,7 @@ def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
     create_table_artifact(key="compare-leaderboard", table=intervals, description=f"leaderboard: {title}")
     create_markdown_artifact(
         key="compare-report",
-        markdown=md
-        + "\n\n"
+        markdown=f"{tracking.run_markdown(runtime, parent)}\n\n{md}\n\n"
         + reporting.figure_markdown(figure, "accuracy against trainable parameters and training time"),
     )
     reporting.close(figure)

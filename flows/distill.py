@@ -22,7 +22,7 @@ from lab.runtime import Runtime
 from tasks.prepare import embedded_split
 from tasks.train import baselines, evaluate_under_noise, train_task
 
-from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
+from .runner import check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 METHOD = QDLLM()
 
@@ -33,11 +33,16 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     runtime = Runtime()
     root = runtime.artifact_root
+    name = tracking.run_name(
+        "distill", params.dataset, q=params.qubits, blocks=params.blocks, alpha=params.alpha, seeds=params.seeds
+    )
+    tags = {"flow": "distill", **flow_run_tags()}
     with tracking.parent_run(
-        runtime, params.experiment, "distill", params.model_dump(), tags={"flow": "distill"}, system_metrics=True
+        runtime, params.experiment, name, params.model_dump(), tags, system_metrics=True
     ) as parent:
         data, split = embedded_split(METHOD, params, root)
         tracking.set_tags(parent, {"data_hash": data.content_hash})
+        record = tracking.data_record(data)
         jobs = METHOD.jobs(params, split)
         students = train_task(METHOD.id).map(unmapped(METHOD.id), jobs, unmapped(split), unmapped(root))
         classical = baselines.map(unmapped(METHOD.id), unmapped(params), unmapped(split), params.seeds)
@@ -54,11 +59,11 @@ def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
 
         table = reporting.summarize([METHOD.teacher_row(split), *baseline_rows, *student_rows])
         md = reporting.markdown(table) + noisy_markdown(first, noisy_rows)
-        log_mlflow(parent, split, student_rows, baseline_rows, noisy_rows, table)
+        log_mlflow(parent, record, split, student_rows, baseline_rows, noisy_rows, table)
         registry.register_best(student_rows, dataset=params.dataset, label_names=split.label_names, flow="distill")
         run_id = parent.info.run_id
     create_table_artifact(key="distill-results", table=table, description="QD-LLM: students and baselines")
-    create_markdown_artifact(key="distill-report", markdown=md)
+    create_markdown_artifact(key="distill-report", markdown=tracking.run_markdown(runtime, parent) + "\n\n" + md)
     return {
         "table": table,
         "noisy": noisy_rows,
@@ -85,6 +90,7 @@ def noisy_markdown(student: TrainingResult, rows: list[dict[str, Any]]) -> str:
 
 def log_mlflow(
     parent: ActiveRun,
+    record: tracking.DataRecord,
     split: EmbeddedSplit,
     students: list[TrainingResult],
     baseline_rows: list[TrainingResult],
@@ -93,12 +99,17 @@ def log_mlflow(
 ) -> None:
     """The table on the parent run; a child per student and per baseline (only this process writes)."""
     tracking.log_result_rows(
-        parent, [*students, *baseline_rows], split.test_y, split.label_names, model_tag=METHOD.model_tag
+        parent,
+        [*students, *baseline_rows],
+        split.test_y,
+        split.label_names,
+        data=record,
+        model_tag=METHOD.model_tag,
     )
     tracking.log_summary(
         table,
         {
-            f"noisy.{tracking.slug(r['label'])}.{key}": r[key]
+            tracking.summary_name(key, f"noisy {r['label']}"): r[key]
             for r in noisy
             for key in ("accuracy", "accuracy_low", "accuracy_high")
         },

@@ -35,7 +35,7 @@ from lab.teacher import TeacherSpec
 from tasks.federated import federated_run, global_model_noise, llm_losses
 from tasks.prepare import prepare_data, teacher_outputs
 
-from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
+from .runner import check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 METHOD = fed.LLMQFL()
 
@@ -46,10 +46,19 @@ def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     runtime = Runtime()
     root = runtime.artifact_root
+    name = tracking.run_name(
+        "federated",
+        params.dataset,
+        params.partition,
+        clients=params.clients,
+        rounds=params.rounds,
+        controller=params.controller,
+    )
+    tags = {"flow": "federated", **flow_run_tags()}
     with tracking.parent_run(
-        runtime, params.experiment, "federated", params.model_dump(), tags={"flow": "federated"}, system_metrics=True
+        runtime, params.experiment, name, params.model_dump(), tags, system_metrics=True
     ) as parent:
-        splits = federated_splits(params, root)
+        splits, records = federated_splits(params, root)
         llm = llm_losses(params, splits, root)
 
         rows, figures, outputs, noise_futures = [], {}, [], []
@@ -77,13 +86,13 @@ def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
         noisy = [row for f in noise_futures for row in f.result()]
         if noisy:
             md += "\n\n" + noise.markdown(noisy, NOISE_TITLE, lambda r: f"{r['dataset']} {r['partition']} {r['run']}")
-        fed.log_runs(parent, outputs, rows, figures, llm)
+        fed.log_runs(parent, outputs, rows, figures, llm, records)
         log_noise(parent, noisy)
         run_id = parent.info.run_id
     create_table_artifact(key="federated-results", table=rows, description="LLM-QFL: controllers and baseline")
     if noisy:
         create_table_artifact(key="federated-noise", table=noisy, description="final global models under noise")
-    create_markdown_artifact(key="federated-report", markdown=md)
+    create_markdown_artifact(key="federated-report", markdown=tracking.run_markdown(runtime, parent) + "\n\n" + md)
     return {
         "table": rows,
         "noise": noisy,
@@ -108,11 +117,12 @@ NOISE_TITLE = "Final global models under noise (the circuit on Aer, once per sam
 
 
 def log_noise(parent: ActiveRun, noisy: list[dict[str, Any]]) -> None:
-    """The noise table on the parent run, and ``noisy.<data>.<partition>.<run>.<setting>.accuracy``."""
+    """The noise table on the parent run, and ``test/accuracy/noisy <setting> <data> <partition>
+    <run>`` (and ``agreement_with_exact/…``)."""
     if not noisy:
         return
     metrics = {
-        tracking.slug(f"noisy.{r['dataset']}.{r['partition']}.{r['run']}.{r['label']}.{k}"): r[k]
+        tracking.summary_name(k, f"noisy {r['label']} {r['dataset']} {r['partition']} {r['run']}"): r[k]
         for r in noisy
         for k in ("accuracy", "agreement_with_exact")
     }
@@ -120,12 +130,15 @@ def log_noise(parent: ActiveRun, noisy: list[dict[str, Any]]) -> None:
     tracking.log_table(parent, noisy, "noise.json")
 
 
-def federated_splits(params: FederatedParams, root: str) -> list[fed.FederatedSplit]:
+def federated_splits(
+    params: FederatedParams, root: str
+) -> tuple[list[fed.FederatedSplit], dict[str, tracking.DataRecord]]:
     """Every (data set, partition): its embeddings (cached, sharded over the workers) split
-    between the server and the clients."""
-    splits = []
+    between the server and the clients; and each data set's record, by name."""
+    splits, records = [], {}
     for name in params.dataset:
         data = prepare_data(DataRequest(name, params.train_size, params.test_size, params.split_seed))
+        records[name] = tracking.data_record(data)
         spec = TeacherSpec(kind="probe")
         embedded = EmbeddedSplit.of(data, teacher_outputs(data, spec, root, params.teacher_shard_size), spec)
         splits += [
@@ -140,7 +153,7 @@ def federated_splits(params: FederatedParams, root: str) -> list[fed.FederatedSp
             )
             for partition in params.partition
         ]
-    return splits
+    return splits, records
 
 
 def run_federated(params: FederatedParams) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from qcore.simulators.fake_devices import FAKE_DEVICES
 from tasks.hardware import credentials, run_on_qpu, service_for
 from tasks.train import evaluate_under_noise
 
-from .runner import check_dask_address, dask_runner, run_from_cli
+from .runner import check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 # Offline, the executor Estimator's boxes touch every qubit of the device: 16 qubits already take
 # about 25 s per binding here, 27 do not fit in memory.
@@ -270,11 +270,14 @@ def hardware(params: HardwareParams) -> dict[str, Any]:
         )
 
     noisy = _submit_noisy_simulation(params, model, test, backend.name, ledger)
-    tags = {"flow": "hardware", "qllm.source_run": source.run_id, "qllm.backend": backend.name}
+    tags = {"flow": "hardware", "qllm.source_run": source.run_id, "qllm.backend": backend.name, **flow_run_tags()}
     if params.run_id != source.run_id:  # a registered model: the reference as given, beside its run
         tags["qllm.source_model"] = params.run_id
+    name = tracking.run_name(
+        "hardware", backend.name, f"run {source.run_id[:8]}", samples=plan.samples, shots=params.shots
+    )
     with tracking.parent_run(
-        settings, params.experiment, f"hardware-{backend.name}", params.model_dump(exclude={"dask_address"}), tags=tags
+        settings, params.experiment, name, params.model_dump(exclude={"dask_address"}), tags=tags
     ) as run:
 
         def record_job_ids(ids: list[str]) -> None:
@@ -313,7 +316,7 @@ def hardware(params: HardwareParams) -> dict[str, Any]:
         description=f"{source.run_id} on {backend.name}: hardware vs exact vs noisy simulation",
     )
     md = reporting.rows_markdown(table)
-    create_markdown_artifact(key="hardware-report", markdown=md)
+    create_markdown_artifact(key="hardware-report", markdown=tracking.run_markdown(settings, run) + "\n\n" + md)
     return {
         "table": table,
         "markdown": md,
@@ -382,8 +385,6 @@ def run_hardware(params: HardwareParams) -> dict[str, Any]:
         print(reporting.rows_markdown([result["metrics"]]))
         return result
     print(result["markdown"])
-    print(
-        f"\njobs {', '.join(result['job_ids']) or '(local)'}; ledger {result['ledger']}/jobs.json; "
-        f"MLflow run {result['mlflow_run_id']}"
-    )
+    print(f"\njobs {', '.join(result['job_ids']) or '(local)'}; ledger {result['ledger']}/jobs.json")
+    print(mlflow_hint(result["mlflow_run_id"]))
     return result

@@ -24,7 +24,7 @@ from lab.runtime import Runtime
 from tasks.prepare import embedded_split
 from tasks.train import baselines, evaluate_under_noise, noisy_finetune, train_task
 
-from .runner import check_dask_address, dask_runner, mlflow_hint, results_or_failures, run_from_cli
+from .runner import check_dask_address, dask_runner, flow_run_tags, mlflow_hint, results_or_failures, run_from_cli
 
 METHOD = PQCHeadMethod()
 
@@ -35,11 +35,21 @@ def head(params: HeadParams = HeadParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     runtime = Runtime()
     root = runtime.artifact_root
+    name = tracking.run_name(
+        "head",
+        params.dataset,
+        q=params.qubits,
+        encoders=params.encoders,
+        per_label=params.per_label,
+        seeds=params.seeds,
+    )
+    tags = {"flow": "head", **flow_run_tags()}
     with tracking.parent_run(
-        runtime, params.experiment, "head", params.model_dump(), tags={"flow": "head"}, system_metrics=True
+        runtime, params.experiment, name, params.model_dump(), tags, system_metrics=True
     ) as parent:
-        _, split = embedded_split(METHOD, params, root)
-        tracking.set_tags(parent, {"data_key": split.key})
+        data, split = embedded_split(METHOD, params, root)
+        tracking.set_tags(parent, {"data_key": split.key, "data_hash": data.content_hash})
+        record = tracking.data_record(data)
         jobs = METHOD.jobs(params, split)
         heads = train_task(METHOD.id).map(unmapped(METHOD.id), jobs, unmapped(split), unmapped(root))
         classical = baselines.map(unmapped(METHOD.id), unmapped(params), unmapped(split), params.seeds)
@@ -55,7 +65,7 @@ def head(params: HeadParams = HeadParams()) -> dict[str, Any]:
         fig = reporting.noise_plot(noise["rows"], noise["exact"], "PQC head under noise") if noise["rows"] else None
         if fig is not None:
             md += "\n\n" + noise_markdown(noise["rows"], noise["devices"])
-        log_mlflow(parent, split, head_rows, baseline_rows, table, noise, fig)
+        log_mlflow(parent, record, split, head_rows, baseline_rows, table, noise, fig)
         registry.register_best(trained, dataset=params.dataset, label_names=split.label_names, flow="head")
         run_id = parent.info.run_id
     create_table_artifact(key="head-results", table=table, description="PQC head vs classical heads")
@@ -64,7 +74,7 @@ def head(params: HeadParams = HeadParams()) -> dict[str, Any]:
         create_table_artifact(key="head-noise", table=noise["rows"], description="accuracy under noise")
         report += "\n\n" + reporting.figure_markdown(fig, "accuracy against noise")
         reporting.close(fig)
-    create_markdown_artifact(key="head-report", markdown=report)
+    create_markdown_artifact(key="head-report", markdown=tracking.run_markdown(runtime, parent) + "\n\n" + report)
     return {
         "table": table,
         "noise": noise,
@@ -116,6 +126,7 @@ def noise_ablation(
 
 def log_mlflow(
     parent: ActiveRun,
+    record: tracking.DataRecord,
     split: EmbeddedSplit,
     heads: list[Outcome],
     baseline_rows: list[TrainingResult],
@@ -126,9 +137,10 @@ def log_mlflow(
     """The table and the noise ablation (with its plot) on the parent run; a child per head and
     per baseline."""
     tracking.log_result_rows(
-        parent, [*heads, *baseline_rows], split.test_y, split.label_names, model_tag=METHOD.model_tag
+        parent, [*heads, *baseline_rows], split.test_y, split.label_names, data=record, model_tag=METHOD.model_tag
     )
-    tracking.log_summary(table, {f"noisy.{tracking.slug(r['label'])}.accuracy": r["accuracy"] for r in noise["rows"]})
+    noisy = {tracking.summary_name("accuracy", f"noisy {r['label']}"): r["accuracy"] for r in noise["rows"]}
+    tracking.log_summary(table, noisy)
     tracking.log_table(parent, table, "results.json")
     if noise_figure is not None:
         tracking.log_table(parent, noise["rows"], "noise.json")

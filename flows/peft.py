@@ -35,7 +35,7 @@ from lab.results import TrainingResult
 from lab.runtime import Runtime
 from tasks.train import adapter_noise, train_task
 
-from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
+from .runner import check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 
 @task(name="prepare-peft-data", cache_policy=NO_CACHE)
@@ -56,13 +56,11 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
     """Fine-tune one model with LoRA, QPA and QTHA on equal footing; merge, check and compare."""
     check_dask_address(params.dask_address)
     runtime = Runtime()
+    data_set = params.dataset if params.task == "classify" else params.corpus
+    name = tracking.run_name("peft", params.task, data_set, ",".join(params.methods), steps=params.steps)
+    tags = {"flow": "peft", "task": params.task, **flow_run_tags()}
     with tracking.parent_run(
-        runtime,
-        params.experiment,
-        "peft",
-        params.model_dump(),
-        tags={"flow": "peft", "task": params.task},
-        system_metrics=True,
+        runtime, params.experiment, name, params.model_dump(), tags, system_metrics=True
     ) as parent:
         root = runtime.artifact_root
         data = prepare(params)
@@ -81,14 +79,14 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
         md = peft_report.markdown(table)
         if noisy:
             md += "\n\n" + noise.markdown(noisy, NOISE_TITLE, lambda r: r["method"])
-        log_mlflow(parent, params, plan, data, rows, table, noisy)
+        log_mlflow(parent, data, params, plan, rows, table, noisy)
         if isinstance(data, Dataset):  # a classifier of text; a language model's merged folder is not one
             registry.register_best(rows, dataset=params.dataset, label_names=data.label_names, flow="peft")
         run_id = parent.info.run_id
     create_table_artifact(key="peft-results", table=table, description="LoRA, QPA and QTHA on equal footing")
     if noisy:
         create_table_artifact(key="peft-noise", table=noisy, description="adapters with ΔW generated under noise")
-    create_markdown_artifact(key="peft-report", markdown=md)
+    create_markdown_artifact(key="peft-report", markdown=tracking.run_markdown(runtime, parent) + "\n\n" + md)
     return {
         "table": table,
         "noise": noisy,
@@ -127,15 +125,16 @@ def noise_ablation(params: PeftParams, plan: Plan, data: Dataset | Corpus, train
 
 def log_mlflow(
     parent: ActiveRun,
+    data: Dataset | Corpus,
     params: PeftParams,
     plan: Plan,
-    data: Dataset | Corpus,
     rows: list[TrainingResult],
     table: list[dict[str, Any]],
     noisy: list[dict[str, Any]],
 ) -> None:
     """The table, the noise table and the overlaid loss curves on the parent run; a child run
     per method, with its accuracy under each noise setting (classify) or a few texts it wrote (lm)."""
+    record = tracking.data_record(data)
     for r, row in zip(rows, table, strict=True):
         with tempfile.TemporaryDirectory() as tmp:
             adapter = download_folder(r.files["adapter"], Path(tmp) / "adapter")
@@ -146,9 +145,12 @@ def log_mlflow(
             tracking.log_child(
                 parent,
                 r.method,
+                kind="adapter",
+                data=record,
                 params={**r.job, "targets": plan.targets},
                 metrics={
                     **r.metrics,
+                    **{f"params_{k}": v for k, v in r.params.items()},
                     "ratio_to_lora": row["ratio_to_lora"],
                     "circuit_params": plan.counts[r.method].circuit,
                     **noise_metrics([n for n in noisy if n["method"] == r.method]),
@@ -156,18 +158,22 @@ def log_mlflow(
                 history=r.history,
                 artifacts=adapter,
                 files=samples,
-                tags={"kind": "adapter", "method": r.method, "merged_model": r.files["merged"]},
+                tags={"method": r.method, "merged_model": r.files["merged"]},
             )
     figure = peft_report.loss_curves(rows, f"{params.task}: training loss per step")
     client = MlflowClient()
     tracking.with_retries(lambda: client.log_figure(parent.info.run_id, figure, "loss_curves.png"), what="log figure")
     summary = {
-        f"{row['method']}.{k}": float(v)
+        tracking.summary_name(k, row["method"]): float(v)
         for row in table
         for k, v in row.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
-    summary |= {f"{n['method']}.{k}": v for n in noisy for k, v in noise_metrics([n]).items()}
+    summary |= {
+        tracking.summary_name(k, f"noisy {n['label']} {n['method']}"): n[k]
+        for n in noisy
+        for k in ("accuracy", "agreement_with_exact")
+    }
     tracking.with_retries(lambda: mlflow.log_metrics(summary), what="log metrics")
     tracking.log_table(parent, table, "results.json")
     if noisy:
@@ -175,8 +181,13 @@ def log_mlflow(
 
 
 def noise_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """``noisy.<setting>.accuracy`` and ``.agreement_with_exact`` of one method's rows."""
-    return {f"noisy.{tracking.slug(r['label'])}.{k}": r[k] for r in rows for k in ("accuracy", "agreement_with_exact")}
+    """``test/accuracy/noisy <setting>`` and ``agreement_with_exact/noisy <setting>`` of one
+    method's rows."""
+    return {
+        tracking.summary_name(k, f"noisy {r['label']}"): r[k]
+        for r in rows
+        for k in ("accuracy", "agreement_with_exact")
+    }
 
 
 def run_peft(params: PeftParams) -> dict[str, Any]:

@@ -12,12 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
+from mlflow.tracking import MlflowClient
 from prefect import Flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
+from lab import tracking
 from lab.reach import check_places
 from lab.results import FailedTraining, Outcome, Trained, job_record
 from lab.runtime import Runtime
@@ -196,11 +198,36 @@ def run_from_cli(flow: Flow[Any, dict[str, Any]], params: Any) -> dict[str, Any]
 
 
 def mlflow_hint(run_id: str, *, before: str = "", after: str = "") -> str:
-    """The closing lines of ``qllm run``: the MLflow run and the command that opens the UI on it."""
-    return (
-        f"\n{before}MLflow run {run_id}{after} — open the UI with:\n"
-        f"  mlflow ui --backend-store-uri {Runtime().tracking_uri()}"
-    )
+    """The closing lines of ``qllm run``: the MLflow run's page, its experiment's training-runs
+    view (MLflow 3 opens an experiment on its GenAI overview otherwise) and, for a local store,
+    the command that serves the UI those links point to."""
+    settings = Runtime()
+    info = tracking.with_retries(lambda: MlflowClient(settings.tracking_uri()).get_run(run_id), what="get run").info
+    lines = [
+        f"\n{before}{tracking.run_line(settings, info)}{after}",
+        f"Training runs of its experiment: {tracking.experiment_url(settings, info.experiment_id)}",
+    ]
+    if not settings.tracking_uri().startswith(("http://", "https://")):
+        lines.append(f"Serve the UI with:\n  mlflow ui --backend-store-uri {settings.tracking_uri()}")
+    return "\n".join(lines)
+
+
+def flow_run_tags() -> dict[str, str]:
+    """The Prefect flow run this code runs in, as tags of its MLflow parent run: its id and its
+    page in the Prefect UI (``PREFECT_UI_URL``, which Prefect derives from the API's address).
+    Empty outside a flow run."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import Settings
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return {}
+    flow_run_id = str(context.flow_run.id)
+    tags = {"prefect.flow_run_id": flow_run_id}
+    # A fresh Settings: the process's own was read before prefect_api exported the run's server.
+    if ui := Settings().ui_url:
+        tags["prefect.flow_run_url"] = f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
+    return tags
 
 
 def results_or_failures(futures: Iterable[PrefectFuture[Any]], jobs: Sequence[Any], method: str) -> list[Outcome]:

@@ -39,7 +39,14 @@ from lab.runtime import Runtime
 from tasks.prepare import embedded_split
 from tasks.train import baselines, chunks, train_chunk
 
-from .runner import check_dask_address, chunk_results_or_failures, dask_runner, mlflow_hint, run_from_cli
+from .runner import (
+    check_dask_address,
+    chunk_results_or_failures,
+    dask_runner,
+    flow_run_tags,
+    mlflow_hint,
+    run_from_cli,
+)
 
 STUDY_METHODS = {"head": "pqc-head", "distill": "qdllm"}  # the --method value → registry id
 
@@ -149,13 +156,10 @@ def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
     check_dask_address(params.dask_address)
     runtime = Runtime()
     root = runtime.artifact_root
+    name = tracking.run_name("study", params.method, _data_set(params), **params.grid, seeds=params.seeds)
+    tags = {"flow": "study", "method": params.method, **flow_run_tags()}
     with tracking.parent_run(
-        runtime,
-        params.experiment,
-        f"study-{params.method}",
-        params.model_dump(),
-        tags={"flow": "study", "method": params.method},
-        system_metrics=True,
+        runtime, params.experiment, name, params.model_dump(), tags, system_metrics=True
     ) as parent:
         method = study_method(params.method)
         points, point_params = params.points(), params.point_params()
@@ -163,21 +167,24 @@ def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
 
         groups = data_groups(method, point_params)
         data_of: dict[int, EmbeddedSplit] = {}
+        records: dict[str, tracking.DataRecord] = {}
         baseline_futures: dict[str, list[Any]] = {}
         for key, members in groups.items():
-            _, split = embedded_split(method, point_params[members[0]], root)
+            data, split = embedded_split(method, point_params[members[0]], root)
+            records[key] = tracking.data_record(data)
             baseline_futures[key] = baselines.map(
                 unmapped(method.id), unmapped(point_params[members[0]]), unmapped(split), seeds
             )
             for i in members:
                 data_of[i] = split
+        record_of = {i: records[key] for key, members in groups.items() for i in members}
 
         # Each point is logged as soon as its trainings are back, while the others still train.
         trained: list[list[Outcome]] = [[] for _ in points]
         table: list[dict[str, Any]] = [{} for _ in points]
         for i, rows, figures in trained_points(method, groups, point_params, data_of, root, runtime.dask_workers):
             trained[i], table[i] = rows, _point_row(points[i], rows, params.metric)
-            _log_point(parent, method, points[i], rows, figures, table[i], data_of[i])
+            _log_point(parent, method, points[i], rows, figures, table[i], data_of[i], record_of[i])
         baseline_rows = {key: [r for f in fs for r in f.result()] for key, fs in baseline_futures.items()}
 
         lines = _baseline_lines(params, groups, baseline_rows, points)
@@ -189,11 +196,13 @@ def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
             f"{params.method} study: {params.metric} (mean ± std over {params.seeds} seeds)",
         )
         md = _markdown(params, table, lines)
-        _log_summary(parent, baseline_rows, table, fig)
+        _log_summary(parent, baseline_rows, records, table, fig)
         run_id = parent.info.run_id
     create_table_artifact(key="study-results", table=table, description=f"{params.method} study")
     create_markdown_artifact(
-        key="study-report", markdown=md + "\n\n" + reporting.figure_markdown(fig, "metric against the grid axis")
+        key="study-report",
+        markdown=f"{tracking.run_markdown(runtime, parent)}\n\n{md}\n\n"
+        + reporting.figure_markdown(fig, "metric against the grid axis"),
     )
     reporting.close(fig)
     cached = sum(r.cached for rows in trained for r in rows)
@@ -247,6 +256,15 @@ def data_groups(method: FeatureMethod[Any, Any], point_params: list[BaseModel]) 
     for i, p in enumerate(point_params):
         groups[json.dumps({f: getattr(p, f) for f in method.data_fields}, sort_keys=True)].append(i)
     return groups
+
+
+def _data_set(params: StudyParams) -> str:
+    """The data set a study's run name shows: its grid axis, else its fixed value or the
+    method's default."""
+    if "dataset" in params.grid:
+        return ""  # the axis itself names them
+    model = study_method(params.method).params
+    return str(params.fixed.get("dataset", model.model_fields["dataset"].default))
 
 
 def _point_row(point: dict[str, Any], rows: list[Outcome], metric: str) -> dict[str, Any]:
@@ -338,30 +356,38 @@ def _log_point(
     figures: list[dict[str, bytes]],
     row: dict[str, Any],
     data: EmbeddedSplit,
+    record: tracking.DataRecord,
 ) -> None:
-    """A point's child run (its metrics over seeds, FAILED if no seed finished) with a grandchild
-    per seed holding its model and the figures its worker drew."""
+    """A point's child run (its metrics over seeds, FAILED if no seed finished; no ``*_std``
+    with one seed) with a grandchild per seed holding its model and the figures its worker drew."""
     name = "point " + ", ".join(f"{k}={v}" for k, v in point.items())
+    numbers = tracking.without_spread(row, row["seeds_ok"])
     point_id = tracking.log_child(
         parent,
         name,
+        kind="study point",
+        data=record,
         params=point,
-        metrics={k: v for k, v in row.items() if isinstance(v, float)},
+        metrics={k: v for k, v in numbers.items() if isinstance(v, float)},
         status="FAILED" if row["status"] == "failed" else "FINISHED",
-        tags={"kind": "study point", "status": row["status"], **({"error": row["error"]} if "error" in row else {})},
+        tags={"status": row["status"], **({"error": row["error"]} if "error" in row else {})},
     )
     point_run = tracking.with_retries(lambda: MlflowClient().get_run(point_id), what="get run")
     tracking.log_result_rows(
-        point_run, rows, data.test_y, data.label_names, model_tag=method.model_tag, figures=figures
+        point_run, rows, data.test_y, data.label_names, data=record, model_tag=method.model_tag, figures=figures
     )
 
 
 def _log_summary(
-    parent: ActiveRun, baselines: dict[str, list[TrainingResult]], table: list[dict[str, Any]], fig: Any
+    parent: ActiveRun,
+    baselines: dict[str, list[TrainingResult]],
+    records: dict[str, tracking.DataRecord],
+    table: list[dict[str, Any]],
+    fig: Any,
 ) -> None:
-    """A child per classical baseline; the table and plot on the parent."""
-    for baseline_rows in baselines.values():
-        tracking.log_result_rows(parent, baseline_rows, None, (), model_tag="")
+    """A child per classical baseline (on its data group's data); the table and plot on the parent."""
+    for key, baseline_rows in baselines.items():
+        tracking.log_result_rows(parent, baseline_rows, None, (), data=records[key], model_tag="")
     tracking.log_table(parent, table, "study.json")
     tracking.with_retries(lambda: tracking.mlflow.log_figure(fig, "study.png"), what="log figure")
 

@@ -33,7 +33,7 @@ from lab.tuning import TrialOutcome, TuneError, TuningOptions, check_fit, check_
 from tasks.prepare import embeddings
 from tasks.tune import Tuned, tuned
 
-from .runner import check_dask_address, dask_runner, mlflow_hint, run_from_cli
+from .runner import check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 # The methods whose data this flow prepares and whose final trainings are tasks; the federated
 # methods are tuned by `qllm run compare`, whose flow runs their final rounds.
@@ -119,12 +119,14 @@ class TuneParams(RunOptions, TuningOptions, TuneFields):
         return {**declared, **overrides}
 
 
-def method_data(method: Method[Any, Any, Any], params: BaseModel, root: str) -> Any:
-    """What the method trains on, prepared as its own flow does (the teacher's outputs cached)."""
+def method_data(method: Method[Any, Any, Any], params: BaseModel, root: str) -> tuple[Any, Any]:
+    """The data set (texts) and what the method trains on, prepared as its own flow does (the
+    teacher's outputs cached)."""
     if isinstance(method, FeatureMethod):
-        return embeddings(method, params, root)[1]
+        return embeddings(method, params, root)
     if isinstance(method, FinetuneMethod):
-        return load_data(params)  # type: ignore[arg-type]
+        data = load_data(params)  # type: ignore[arg-type]
+        return data, data
     raise TuneError(f"{method.id} has no data the tune flow knows how to prepare")
 
 
@@ -135,26 +137,26 @@ def tune(params: TuneParams = TuneParams()) -> dict[str, Any]:
     runtime = Runtime()
     root = runtime.artifact_root
     method, base = params.tuned_method, params.base()
+    name = tracking.run_name("tune", method.id, getattr(base, "dataset", ""), trials=params.trials, seeds=params.seeds)
+    tags = {"flow": "tune", "method": method.id, **flow_run_tags()}
     with tracking.parent_run(
-        runtime,
-        params.experiment,
-        f"tune-{method.id}",
-        params.model_dump(),
-        tags={"flow": "tune", "method": method.id},
-        system_metrics=True,
+        runtime, params.experiment, name, params.model_dump(), tags, system_metrics=True
     ) as parent:
-        data = method_data(method, base, root)
+        texts, data = method_data(method, base, root)
+        record = tracking.data_record(texts)
+        tracking.set_tags(parent, {"data_hash": texts.content_hash})
 
         def log_trial(outcome: TrialOutcome) -> None:
             tracking.log_child(
                 parent,
                 f"trial {outcome.number}",
+                kind="trial",
+                data=record,
                 params=outcome.values,
                 metrics={"seconds": outcome.seconds, **({} if outcome.value is None else {"value": outcome.value})},
                 history={"held_out_accuracy": [v for _, v in outcome.curve]},
                 status="FAILED" if outcome.state == "failed" else "FINISHED",
                 tags={
-                    "kind": "trial",
                     "state": outcome.state,
                     **({"error": outcome.error[:5000]} if outcome.error else {}),
                 },
@@ -174,14 +176,15 @@ def tune(params: TuneParams = TuneParams()) -> dict[str, Any]:
             [board.Group(result.method, result.results)], {method.id: method.label}, test_labels(data)
         )
         md = report_markdown(result, rows)
-        log_mlflow(parent, result, rows)
+        log_mlflow(parent, record, result, rows)
         run_id = parent.info.run_id
     trials = result.study.table() if result.study else []
     if trials:
         create_table_artifact(
             key=f"tune-{board.artifact_key(method.id)}-trials", table=trials, description="the trials"
         )
-    create_markdown_artifact(key=f"tune-{board.artifact_key(method.id)}", markdown=md)
+    report = tracking.run_markdown(runtime, parent) + "\n\n" + md
+    create_markdown_artifact(key=f"tune-{board.artifact_key(method.id)}", markdown=report)
     return {
         "rows": rows,
         "trials": trials,
@@ -212,16 +215,19 @@ def report_markdown(result: Tuned, rows: list[dict[str, Any]]) -> str:
     return "\n".join([*lines, board.tuned_markdown(rows)])
 
 
-def log_mlflow(parent: ActiveRun, result: Tuned, rows: list[dict[str, Any]]) -> None:
-    """The final trainings as children, the rows and the trials table on the parent."""
+def log_mlflow(parent: ActiveRun, record: tracking.DataRecord, result: Tuned, rows: list[dict[str, Any]]) -> None:
+    """The final trainings as children (with their parameter counts), the rows and the trials
+    table on the parent."""
     for r in result.results:
         tracking.log_child(
             parent,
             r.name,
+            kind="final",
+            data=record,
             params=r.job,
-            metrics=r.metrics,
+            metrics={**r.metrics, **{f"params_{k}": v for k, v in r.params.items()}},
             history=r.history,
-            tags={"kind": "final", "method": r.method},
+            tags={"method": r.method},
         )
     tracking.log_table(parent, rows, "tuned.json")
     if result.study is not None:

@@ -70,55 +70,43 @@ def markdown(table: Sequence[dict[str, Any]]) -> str:
 
 def log_leaderboard(
     parent: mlflow.ActiveRun,
+    data: tracking.DataRecord,
     table: Sequence[dict[str, Any]],
     rows: Sequence[dict[str, Any]],
     figure: Figure,
     intervals: Sequence[dict[str, Any]],
 ) -> None:
     """A child run per method (pooled metrics and its interval row; per-seed accuracy and seconds
-    at step = seed's position), the tables and the plot on the parent, and ``<method>.<metric>``
-    parent metrics."""
+    at step = seed's position; no ``*_std`` of one seed), the tables and the plot on the parent,
+    and ``<split>/<metric>/<method>`` parent metrics."""
     of = {r["method"]: r for r in intervals}
+    pooled = ("accuracy", "accuracy_std", "trainable_params", "train_seconds", "train_seconds_std", "seeds")
     for r in table:
         rs = [x for x in rows if x["method"] == r["method"]]
         numbers = {k: v for k, v in of[r["method"]].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         tracking.log_child(
             parent,
             r["label"],
+            kind="method",
+            data=data,
             params={"method": r["method"], "seeds": [x["seed"] for x in rs]},
-            metrics={
-                **numbers,
-                **{
-                    k: r[k]
-                    for k in (
-                        "accuracy",
-                        "accuracy_std",
-                        "trainable_params",
-                        "train_seconds",
-                        "train_seconds_std",
-                        "seeds",
-                    )
-                },
-            },
+            metrics=tracking.without_spread({**numbers, **{k: r[k] for k in pooled}}, r["seeds"]),
             history={  # step = the seed's position in the row's seeds
                 "test/seed_accuracy": [x["accuracy"] for x in rs],
                 "train/seed_seconds": [x["train_seconds"] for x in rs],
             },
-            tags={"kind": "method", "method": r["method"]},
+            tags={"method": r["method"]},
         )
     tracking.log_table(parent, list(table), "leaderboard.json")
     tracking.log_table(parent, list(intervals), "intervals.json")
     tracking.log_table(parent, list(rows), "seeds.json")
-    tracking.with_retries(
-        lambda: mlflow.log_metrics(
-            {
-                f"{tracking.slug(r['method'])}.{k}": float(r[k])
-                for r in table
-                for k in ("accuracy", "accuracy_std", "trainable_params", "train_seconds")
-            }
-        ),
-        what="log metrics",
-    )
+    summary = {
+        tracking.summary_name(k, r["method"]): float(v)
+        for r in table
+        for k, v in tracking.without_spread(r, r["seeds"]).items()
+        if k in ("accuracy", "accuracy_std", "trainable_params", "train_seconds")
+    }
+    tracking.with_retries(lambda: mlflow.log_metrics(summary), what="log metrics")
     tracking.with_retries(lambda: mlflow.log_figure(figure, "leaderboard.png"), what="log figure")
 
 

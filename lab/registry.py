@@ -37,7 +37,7 @@ from mlflow.pyfunc import PythonModel
 from .artifacts import download_folder, hash_json
 from .results import TrainingResult
 from .teacher import TeacherSpec, feature_reader, resolve_model
-from .tracking import slug, with_retries
+from .tracking import with_retries
 
 CHAMPION = "champion"
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
@@ -155,7 +155,7 @@ def registered_name(method: str, dataset: str) -> str:
     if re.fullmatch(r"[A-Za-z0-9_-]+", dataset):
         return f"qllm-{method}-{dataset}"
     stem = Path(dataset.rstrip("/").rsplit("/", 1)[-1]).stem
-    return f"qllm-{method}-{slug(stem).replace('.', '_')}-{hash_json(dataset)[:8]}"
+    return f"qllm-{method}-{re.sub(r'[^A-Za-z0-9_-]', '_', stem)}-{hash_json(dataset)[:8]}"
 
 
 def configuration(job: Mapping[str, Any]) -> str:

@@ -5,6 +5,7 @@
 | ``QLLM_ARTIFACT_ROOT`` | ``./qllm-artifacts`` | any fsspec URL (``s3://bucket/prefix`` through s3fs) |
 | ``QLLM_S3_ENDPOINT_URL`` | AWS S3 | an S3-compatible store (MinIO, Ceph, moto) for s3fs and MLflow's artifact uploads |
 | ``QLLM_MLFLOW_URI`` | SQLite file under a local artifact root | an MLflow tracking server |
+| ``QLLM_MLFLOW_UI_URL`` | the tracking URI if it is ``http(s)``, else ``http://127.0.0.1:5000`` (what ``mlflow ui`` serves) | the MLflow UI the flows' links point to |
 | ``QLLM_PREFECT_API_URL`` | ``PREFECT_API_URL``, else a temporary local server | a Prefect server (``PREFECT_API_URL`` wins when both are set) |
 | ``QLLM_DASK_ADDRESS`` | a temporary ``LocalCluster`` | ``tcp://scheduler:8786`` |
 | ``QLLM_DASK_WORKERS`` | number of cores | workers of the temporary cluster |
@@ -25,8 +26,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 
 
 class Runtime(BaseSettings):
@@ -37,6 +41,7 @@ class Runtime(BaseSettings):
     artifact_root: str = "./qllm-artifacts"
     s3_endpoint_url: str | None = None
     mlflow_uri: str | None = None
+    mlflow_ui_url: str | None = None
     prefect_api_url: str | None = None
     dask_address: str | None = None
     dask_workers: int = max(1, os.cpu_count() or 1)
@@ -67,6 +72,17 @@ class Runtime(BaseSettings):
         db = self.local_root / "mlflow.db" if self.root_is_local else Path.home() / ".cache" / "qllm-lab" / "mlflow.db"
         db.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{db}"
+
+    def mlflow_ui(self) -> str:
+        """The MLflow UI's address, where the flows' run links point: a tracking server serves
+        its UI at its own address (any ``user:password@`` in it left out: the links are logged);
+        a SQLite store is seen through ``mlflow ui``, on port 5000."""
+        if self.mlflow_ui_url:
+            return self.mlflow_ui_url.rstrip("/")
+        if self.mlflow_uri and self.mlflow_uri.startswith(("http://", "https://")):
+            url = urlsplit(self.mlflow_uri)
+            return url._replace(netloc=url.netloc.rpartition("@")[2]).geturl().rstrip("/")
+        return MLFLOW_UI_DEFAULT
 
     def mlflow_artifact_location(self) -> str:
         """Where new MLflow experiments put their artifacts."""

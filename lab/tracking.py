@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
-from mlflow.entities import Run
+import pandas as pd
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.pandas_dataset import PandasDataset, from_pandas
+from mlflow.entities import DatasetInput, InputTag, Run
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from .results import FailedTraining, Outcome
 from .runtime import Runtime
@@ -98,15 +104,19 @@ def parent_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """The flow run's parent MLflow run. ``system_metrics``: MLflow samples this machine's CPU,
     memory, disk and network (psutil) every 10 s while the run is open, so a flow that opens it
-    before training records what the training cost (Dask workers on other hosts excepted)."""
+    before training records what the training cost (Dask workers on other hosts excepted).
+
+    It prints ``MLflow run <id>: <link>`` once it is open: the flows log their prints, so the
+    Prefect UI's log of the flow run leads to its MLflow run."""
     exp_id = setup(settings, experiment)
     run = with_retries(
         lambda: mlflow.start_run(
-            experiment_id=exp_id, run_name=name, tags=dict(tags or {}), log_system_metrics=system_metrics
+            experiment_id=exp_id, run_name=short_name(name), tags=dict(tags or {}), log_system_metrics=system_metrics
         ),
         what="start run",
     )
     try:
+        print(run_line(settings, run.info))
         with_retries(lambda: mlflow.log_params(flat_params(params)), what="log params")
         yield run
     except BaseException:
@@ -114,6 +124,112 @@ def parent_run(
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+# --- links to the MLflow UI and run names ---------------------------------------------------------
+
+
+def run_url(settings: Runtime, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's page of a run."""
+    return f"{settings.mlflow_ui()}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def experiment_url(settings: Runtime, experiment_id: str) -> str:
+    """The MLflow UI's training-runs view of an experiment: MLflow 3 opens an experiment on its
+    GenAI overview otherwise (the ``/experiments/:experimentId/runs`` route of its UI)."""
+    return f"{settings.mlflow_ui()}/#/experiments/{experiment_id}/runs"
+
+
+def run_line(settings: Runtime, info: Any) -> str:
+    """``MLflow run <id>: <link>``, the one line a flow's log names its MLflow run with."""
+    return f"MLflow run {info.run_id}: {run_url(settings, info.experiment_id, info.run_id)}"
+
+
+def run_markdown(settings: Runtime, run: mlflow.ActiveRun) -> str:
+    """The MLflow run's id and link, for a flow's report artifact."""
+    url = run_url(settings, run.info.experiment_id, run.info.run_id)
+    return f"MLflow run `{run.info.run_id}`: [{url}]({url})"
+
+
+NAME_CHARS = 60  # MLflow's runs table cuts longer names off
+
+
+def run_name(*words: Any, **settings: Any) -> str:
+    """A run's name from what it is and its key settings, short enough to read in MLflow's
+    table: ``run_name("distill", "sst2", q=[4, 6], blocks=[2], seeds=[0, 1, 2, 3, 4])`` is
+    ``distill sst2 q=4,6 blocks=2 seeds=0-4``. A data set given as a path is named by its file."""
+    parts = [_shown(w).rsplit("/", 1)[-1] for w in words if w not in ("", None)]
+    parts += [f"{k}={_shown(v)}" for k, v in settings.items()]
+    return short_name(" ".join(parts))
+
+
+def _shown(value: Any) -> str:
+    """A setting as a run name shows it: lists joined by commas, a run of 3 or more consecutive
+    integers as ``first-last``."""
+    if not isinstance(value, (list, tuple)):
+        return str(value)
+    if (
+        len(value) > 2
+        and all(isinstance(v, int) for v in value)
+        and list(value) == list(range(value[0], value[0] + len(value)))
+    ):
+        return f"{value[0]}-{value[-1]}"
+    return ",".join(map(str, value))
+
+
+def short_name(name: str) -> str:
+    return name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "…"
+
+
+# --- the data a child run was trained and tested on -------------------------------------------------
+
+# MLflow's SQL store keeps at most 36 characters of a dataset's digest.
+DIGEST_CHARS = 36
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """A flow's data set as every child run records it: params (name, hash, split sizes) and an
+    MLflow dataset input, so MLflow's Dataset column tells children of runs on different data
+    apart. Built once per flow by :func:`data_record`."""
+
+    name: str
+    digest: str
+    sizes: Mapping[str, int]
+    dataset: PandasDataset
+
+    def params(self) -> dict[str, Any]:
+        return {"data.name": self.name, "data.hash": self.digest, **{f"data.{k}": v for k, v in self.sizes.items()}}
+
+    def input(self) -> DatasetInput:
+        # What mlflow.log_input logs, for a run that is not the active one.
+        return DatasetInput(self.dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train/test")])
+
+
+def data_record(data: Any) -> DataRecord:
+    """The record of a :class:`lab.data.Dataset` (texts and labels of both splits) or a
+    :class:`lab.corpus.Corpus` (a training and a validation text): its name, source and content
+    hash, and the rows MLflow infers the dataset's schema and size from."""
+    if hasattr(data, "train_texts"):
+        sizes = {"train_size": len(data.train_texts), "test_size": len(data.test_texts)}
+        frame = pd.DataFrame(
+            {
+                "text": [*data.train_texts, *data.test_texts],
+                # label names, not numbers: MLflow warns that an integer column cannot hold a gap
+                "label": [data.label_names[i] for i in (*data.train_labels.tolist(), *data.test_labels.tolist())],
+                "split": ["train"] * sizes["train_size"] + ["test"] * sizes["test_size"],
+            }
+        )
+    else:
+        sizes = {"train_chars": len(data.train_text), "val_chars": len(data.val_text)}
+        frame = pd.DataFrame({"text": [data.train_text, data.val_text], "split": ["train", "val"]})
+    dataset = from_pandas(
+        frame,
+        source=CodeDatasetSource({"qllm.data.source": str(data.source)}),
+        name=str(data.name),
+        digest=data.content_hash[:DIGEST_CHARS],
+    )
+    return DataRecord(str(data.name), data.content_hash, sizes, dataset)
 
 
 # A result's final scores are measured on the test split (the 872 SST-2 dev sentences when that
@@ -152,6 +268,8 @@ def log_child(
     parent: Run,
     name: str,
     *,
+    kind: str,
+    data: DataRecord,
     params: Mapping[str, Any],
     metrics: Mapping[str, float],
     history: Mapping[str, list[float]] | None = None,
@@ -160,32 +278,36 @@ def log_child(
     status: str = "FINISHED",
     tags: Mapping[str, str] | None = None,
 ) -> str:
-    """One child run: params, final metrics, per-epoch curves (step = epoch), each named by its
-    split (:func:`metric_name`), a model folder (``artifacts``, as ``model/``) and files by name.
-    Four calls to the tracking store however much it holds: the run with its tags, one batch of
-    metrics and params, one upload of every artifact, its end."""
+    """One child run: its ``kind`` (a tag, and a param so MLflow's table and compare view can
+    group by it), its data (:class:`DataRecord`: params and a dataset input), params, final
+    metrics, per-epoch curves (step = epoch), each named by its split (:func:`metric_name`), a
+    model folder (``artifacts``, as ``model/``) and files by name. Five calls to the tracking
+    store however much it holds: the run with its tags, its dataset, one batch of metrics and
+    params, one upload of every artifact, its end."""
     client = MlflowClient()
     parent_id = parent.info.run_id
     exp_id = parent.info.experiment_id
 
     def create() -> str:
-        run = client.create_run(exp_id, run_name=name, tags={"mlflow.parentRunId": parent_id, **dict(tags or {})})
-        return run.info.run_id
+        run_tags = {"mlflow.parentRunId": parent_id, **dict(tags or {}), "kind": kind}
+        return client.create_run(exp_id, run_name=short_name(name), tags=run_tags).info.run_id
 
     run_id = with_retries(create, what="create child run")
+    with_retries(lambda: client.log_inputs(run_id, [data.input()]), what="log dataset")
     now = int(time.time() * 1000)
     batch_metrics = [mlflow.entities.Metric(metric_name(k), float(v), now, 0) for k, v in metrics.items()]
     for key, values in (history or {}).items():
-        name = metric_name(key, curve=True)
-        batch_metrics += [mlflow.entities.Metric(name, float(v), now, step) for step, v in enumerate(values, 1)]
-    batch_params = [mlflow.entities.Param(k, v) for k, v in flat_params(params).items()]
+        curve = metric_name(key, curve=True)
+        batch_metrics += [mlflow.entities.Metric(curve, float(v), now, step) for step, v in enumerate(values, 1)]
+    all_params = {**params, "kind": kind, **data.params()}
+    batch_params = [mlflow.entities.Param(k, v) for k, v in flat_params(all_params).items()]
     with_retries(lambda: client.log_batch(run_id, metrics=batch_metrics, params=batch_params), what="log metrics")
     if artifacts is not None or files:
         with tempfile.TemporaryDirectory() as tmp:
             if artifacts is not None:
                 shutil.copytree(artifacts, Path(tmp) / "model")
-            for fname, data in (files or {}).items():
-                (Path(tmp) / fname).write_bytes(data)
+            for fname, content in (files or {}).items():
+                (Path(tmp) / fname).write_bytes(content)
             with_retries(lambda: client.log_artifacts(run_id, tmp), what="log artifacts")
     with_retries(lambda: client.set_terminated(run_id, status=status), what="end child run")
     return run_id
@@ -222,28 +344,29 @@ def log_result_rows(
     test_y: Any,
     label_names: tuple[str, ...],
     *,
+    data: DataRecord,
     model_tag: str,
     figures: Sequence[Mapping[str, bytes]] | None = None,
 ) -> None:
-    """A child run per result of a flow.
+    """A child run per result of a flow, each with its settings (``job``) as params and its
+    parameter counts as ``params_*`` metrics, quantum model or classical baseline alike.
 
-    Results with a ``model_url`` (trained quantum models) get their model folder, training curves
-    and confusion matrix (``figures[i]`` for ``rows[i]`` when they were drawn already, e.g. by
-    the worker that trained it); failed trainings become FAILED runs carrying the error; the
-    rest (classical baselines) get their metrics and curves.
+    Results with a ``model_url`` (trained quantum models) also get their model folder, training
+    curves and confusion matrix (``figures[i]`` for ``rows[i]`` when they were drawn already,
+    e.g. by the worker that trained it); failed trainings become FAILED runs carrying the error.
     """
     from . import reporting
     from .artifacts import download_folder
 
     for i, r in enumerate(rows):
-        tags = {"kind": r.kind}
         if isinstance(r, FailedTraining):
-            log_child(parent, r.name, params=r.job, metrics={}, status="FAILED", tags={**tags, "error": r.error[:5000]})
+            error = {"error": r.error[:5000]}
+            log_child(parent, r.name, kind=r.kind, data=data, params=r.job, metrics={}, status="FAILED", tags=error)
             continue
+        params = {**r.job, "seed": r.seed}
+        metrics = {**r.metrics, **{f"params_{k}": v for k, v in r.params.items()}}
         if r.model_url is None:
-            log_child(
-                parent, r.name, params={"kind": r.kind, "seed": r.seed}, metrics=r.metrics, history=r.history, tags=tags
-            )
+            log_child(parent, r.name, kind=r.kind, data=data, params=params, metrics=metrics, history=r.history)
             continue
         pngs = figures[i] if figures else reporting.result_figures(r, test_y, label_names)
         with tempfile.TemporaryDirectory() as tmp:
@@ -251,25 +374,48 @@ def log_result_rows(
             log_child(
                 parent,
                 r.name,
-                params=r.job,
-                metrics={**r.metrics, **{f"params_{k}": v for k, v in r.params.items()}},
+                kind=r.kind,
+                data=data,
+                params=params,
+                metrics=metrics,
                 history=r.history,
                 artifacts=local,
                 files=pngs,
-                tags={**tags, "qllm.model": model_tag},
+                tags={"qllm.model": model_tag},
             )
 
 
 def log_summary(table: list[dict[str, Any]], extra: Mapping[str, float] | None = None) -> None:
-    """The summary table's numbers as metrics of the active (parent) run: ``<model>.<column>``."""
-    summary = {f"{slug(row['model'])}.{k}": v for row in table for k, v in row.items() if isinstance(v, float)}
+    """The summary table's numbers as metrics of the active (parent) run, named
+    ``<split>/<column>/<model>`` (``test/accuracy/MLP labels only``); a row of one seed logs
+    no ``*_std`` (always 0, a chart each)."""
+    summary = {
+        summary_name(k, row["model"]): v
+        for row in table
+        for k, v in without_spread(row, row.get("seeds", 1)).items()
+        if isinstance(v, float)
+    }
     summary.update(extra or {})
     with_retries(lambda: mlflow.log_metrics(summary), what="log metrics")
 
 
-def slug(text: str) -> str:
-    """``text`` with characters MLflow refuses in metric names replaced by ``_``."""
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+def without_spread(numbers: Mapping[str, Any], seeds: int) -> dict[str, Any]:
+    """``numbers`` without their ``*_std`` entries when they pool fewer than two seeds."""
+    return {k: v for k, v in numbers.items() if seeds > 1 or not k.endswith("_std")}
+
+
+def summary_name(column: str, what: str) -> str:
+    """A parent run's metric: ``column`` named by its split (:func:`metric_name`), then what it
+    measures (a model, a noise setting), in words MLflow accepts (:func:`readable`)."""
+    return f"{metric_name(column)}/{readable(what)}"
+
+
+def readable(text: str) -> str:
+    """``text`` as one part of an MLflow metric name, which allows letters, digits, ``_ - .``,
+    spaces and ``/`` (a level of the name, so not inside a part): other characters become
+    spaces, runs of spaces one (``MLP (labels only)`` is ``MLP labels only``,
+    ``fake_manila+shots=256`` is ``fake_manila shots 256``)."""
+    return " ".join(re.sub(r"[^\w.\- ]", " ", text).split())
 
 
 def set_tags(run: mlflow.ActiveRun, tags: Mapping[str, str]) -> None:

@@ -11,13 +11,19 @@ only while such a module runs, so other tests, and the system tests' own stacks,
 from __future__ import annotations
 
 import os
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import pytest
 from distributed import LocalCluster
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 
@@ -70,3 +76,61 @@ def shared_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
         yield path, os.environ["PREFECT_API_URL"]
     finally:
         mp.undo()
+
+
+# What a flow's log says of its MLflow run (the browser test looks for exactly this shape).
+MLFLOW_LINK = re.compile(r"MLflow run ([0-9a-f]{32}): (\S+#/experiments/\d+/runs/[0-9a-f]{32})")
+
+
+def assert_linked(mlflow_run_id: str, report_key: str, *, timeout: float = 60) -> Run:
+    """The flow run and its MLflow parent run name each other, read back from the Prefect server
+    and the MLflow store the flow used: the parent's tags hold the flow run's id and page, the
+    flow run's log holds exactly one ``MLflow run <id>: <link>`` line (logs arrive in batches,
+    so it is awaited), and its report artifact ``report_key`` names the run and the link.
+    Returns the parent run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.client.schemas.sorting import LogSort
+
+    from lab import tracking
+    from lab.runtime import Runtime
+
+    settings = Runtime()
+    parent = MlflowClient(settings.tracking_uri()).get_run(mlflow_run_id)
+    flow_run_id = parent.data.tags["prefect.flow_run_id"]
+    ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
+    assert parent.data.tags["prefect.flow_run_url"] == f"{ui}/runs/flow-run/{flow_run_id}"
+    link = tracking.run_url(settings, parent.info.experiment_id, mlflow_run_id)
+    with get_client(sync_client=True) as client:
+
+        def lines() -> list[str]:
+            logs: list[Any] = []
+            while True:  # pages of the server's largest limit; limit and offset explicit, it refuses nulls
+                page = client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])),
+                    limit=200,
+                    offset=len(logs),
+                    sort=LogSort.TIMESTAMP_ASC,
+                )
+                logs += page
+                if len(page) < 200:
+                    return [log.message for log in logs]
+
+        deadline = time.monotonic() + timeout
+        while not (found := [m for line in lines() for m in MLFLOW_LINK.findall(line)]) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert found == [(mlflow_run_id, link)]
+        [report] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)]), key=ArtifactFilterKey(any_=[report_key])
+            ),
+            limit=10,
+        )
+    assert f"MLflow run `{mlflow_run_id}`: [{link}]({link})" in str(report.data)
+    return parent

@@ -23,7 +23,7 @@ from lab.runtime import Runtime
 from qcore.federated.client_models import build_model
 from qcore.models.pqc_head import PQCHead, PQCHeadConfig
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
-from tests.stack import shared_lab
+from tests.stack import assert_linked, shared_lab
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
@@ -100,10 +100,12 @@ def test_mlflow_parent_with_a_child_per_method_plot_and_system_metrics(run: dict
     client = MlflowClient()
     parent = client.get_run(run["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
+    assert_linked(run["mlflow_run_id"], "compare-report")
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.tags["method"] for c in children) == sorted(LEADERBOARD)
     for child in children:
         assert {"test/accuracy", "test/accuracy_std", "trainable_params", "train_seconds"} <= set(child.data.metrics)
+        assert child.data.params["kind"] == "method" and child.data.params["data.hash"] == parent.data.tags["data_hash"]
         assert len(client.get_metric_history(child.info.run_id, "test/seed_accuracy")) == 2
     files = {f.path for f in client.list_artifacts(parent.info.run_id)}
     assert {"leaderboard.png", "leaderboard.json", "seeds.json"} <= files

@@ -13,8 +13,10 @@ from mlflow.tracking import MlflowClient
 from flows.cli import main as cli
 from flows.distill import run_distill
 from flows.predict import predict
+from flows.runner import mlflow_hint
 from lab.methods.qdllm import DistillParams
 from lab.runtime import Runtime
+from tests.stack import assert_linked
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
@@ -87,9 +89,12 @@ def test_mlflow_has_parent_children_and_model(first_run: dict, root: Path) -> No
     assert {"model/weights.safetensors", "model/circuit.qasm", "model/config.json", "model/teacher.json"} <= files
     assert len(client.get_metric_history(students[0].info.run_id, "train/loss")) == 2  # one per epoch
     assert len(client.get_metric_history(students[0].info.run_id, "train/accuracy")) == 2
-    assert {"noisy.fake_manila_shots_256.accuracy_low", "noisy.fake_manila_shots_256.accuracy_high"} <= set(
-        parent.data.metrics
-    )
+    assert {
+        "test/accuracy_low/noisy fake_manila shots 256",
+        "test/accuracy_high/noisy fake_manila shots 256",
+        "test/accuracy/MLP labels only",  # was MLP__labels_only_.accuracy
+        "test/accuracy_std/quantum student",  # two seeds: a spread
+    } <= set(parent.data.metrics)
     # every child's test accuracy read back from the store is what the printed table pools, and
     # no metric name leaves its split open (MLflow showed a training curve's last value as "accuracy")
     for model in ("quantum student", "logistic regression", "MLP (labels only)", "classical distilled MLP"):
@@ -100,6 +105,38 @@ def test_mlflow_has_parent_children_and_model(first_run: dict, root: Path) -> No
     assert not {"accuracy", "loss", "train_loss", "macro_f1"} & {k for c in children for k in c.data.metrics}
     plots = {f.path for f in client.list_artifacts(students[0].info.run_id)}
     assert {"training_curves.png", "confusion_matrix.png"} <= plots
+
+
+def test_mlflow_and_prefect_runs_name_each_other(first_run: dict) -> None:
+    parent = assert_linked(first_run["mlflow_run_id"], "distill-report")
+    assert parent.info.run_name == "distill sst2 q=5 blocks=1 alpha=0.5 seeds=0,1"
+    hint = mlflow_hint(first_run["mlflow_run_id"])
+    assert f"/#/experiments/{parent.info.experiment_id}/runs\n" in hint  # the training-runs view
+
+
+def test_children_are_comparable_in_mlflow(first_run: dict) -> None:
+    """Every child says its kind and data as params, with the data as an MLflow dataset; the
+    baselines log their settings and parameter counts as the students do."""
+    mlflow.set_tracking_uri(Runtime().tracking_uri())
+    client = MlflowClient()
+    parent = client.get_run(first_run["mlflow_run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    for child in children:
+        params = child.data.params
+        assert params["kind"] == child.data.tags["kind"]
+        assert params["data.name"] == "sst2" and params["data.hash"] == parent.data.tags["data_hash"]
+        assert (params["data.train_size"], params["data.test_size"]) == ("160", "80")
+        [dataset] = child.inputs.dataset_inputs
+        assert dataset.dataset.digest == parent.data.tags["data_hash"][:36]
+        assert child.data.metrics["params_total"] > 0
+    by_kind = {c.data.tags["kind"]: c for c in children}
+    mlp = by_kind["MLP (labels only)"].data.params
+    assert (mlp["epochs"], mlp["lr"], mlp["alpha"]) == ("2", str(DistillParams().lr), "0.0")
+    assert by_kind["logistic regression"].data.params["c"] == str(DistillParams().logreg_c)
+    student = by_kind["quantum student"].data
+    assert by_kind["MLP (labels only)"].data.metrics["params_total"] == pytest.approx(
+        student.metrics["params_total"], rel=0.1
+    )  # matched to the student's size
 
 
 def test_second_run_reuses_caches(first_run: dict) -> None:
@@ -206,4 +243,7 @@ def test_noise_aware_training_on_aer_repeats(tmp_path: Path, monkeypatch: pytest
         result = run_distill(params)
         assert result["students"] == [{"name": "student-q3-b1-a0.5-s0", "cached": False}]
         accuracies.append({r["model"]: r["accuracy"] for r in result["table"]})
+        metrics = MlflowClient(Runtime().tracking_uri()).get_run(result["mlflow_run_id"]).data.metrics
+        assert "test/accuracy/quantum student" in metrics
+        assert not [k for k in metrics if "_std" in k]  # one seed: no spread to chart
     assert accuracies[0] == accuracies[1]

@@ -15,6 +15,7 @@ from flows.federated import run_federated
 from lab.methods.federated import FederatedParams, simulated_failures
 from lab.runtime import Runtime
 from tasks.federated import llm_finetune
+from tests.stack import assert_linked
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
@@ -71,6 +72,8 @@ def test_mlflow_holds_per_round_metrics_plots_and_models(run: dict) -> None:
     client = MlflowClient()
     parent = client.get_run(run["mlflow_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.params["clients"] == "3"
+    assert_linked(run["mlflow_run_id"], "federated-report")
+    assert parent.info.run_name.startswith("federated sst2 iid clients=3")
     assert any(k.startswith("system/") for k in parent.data.metrics)  # sampled during the rounds
     assert {f.path for f in client.list_artifacts(parent.info.run_id)} >= {
         "accuracy_sst2_iid.png",
@@ -84,6 +87,9 @@ def test_mlflow_holds_per_round_metrics_plots_and_models(run: dict) -> None:
         "sst2/iid/none",
     ]
     child = next(c for c in children if c.info.run_name == "sst2/iid/none")
+    for c in children:  # each says its kind and data, as every flow's children do
+        assert c.data.params["kind"] == c.data.tags["kind"] and c.data.params["data.name"] == "sst2"
+        assert [d.dataset.name for d in c.inputs.dataset_inputs] == ["sst2"]
     accuracy = client.get_metric_history(child.info.run_id, "test/accuracy")
     assert sorted(m.step for m in accuracy) == [0, 1, 2]  # step = round; 0 is the initial model
     final = next(r for r in run["runs"] if r["run"] == "none")["records"][-1]["accuracy"]

@@ -39,6 +39,7 @@ from qcore.simulators.aer import fake_backend
 from qcore.training import train
 from tasks.hardware import QPU_TAG, JobFailedError
 from tests import qpu_standin
+from tests.stack import assert_linked
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
@@ -78,7 +79,15 @@ def _trained_student() -> dict[str, Any]:
         json.dumps({"teacher": dataclasses.asdict(spec), "label_names": list(data.label_names)})
     )
     with tracking.parent_run(Runtime(), "test-hw-source", "distill", {"dataset": "sst2"}) as parent:
-        child = tracking.log_child(parent, "student", params={"qubits": 4}, metrics={}, artifacts=folder)
+        child = tracking.log_child(
+            parent,
+            "student",
+            kind="quantum student",
+            data=tracking.data_record(data),
+            params={"qubits": 4},
+            metrics={},
+            artifacts=folder,
+        )
         return {"run_id": child, "parent_id": parent.info.run_id, "model": model}
 
 
@@ -165,7 +174,8 @@ def test_flow_on_a_fake_backend(lab: dict[str, Any]) -> None:
     run = MlflowClient(Runtime().tracking_uri()).get_run(result["mlflow_run_id"])
     assert run.data.tags["qllm.job_ids"] == ",".join(result["job_ids"])
     assert run.data.tags["qllm.source_run"] == lab["run_id"]
-    assert "fake_hardware.accuracy" in run.data.metrics
+    assert "test/accuracy/fake hardware" in run.data.metrics
+    assert_linked(result["mlflow_run_id"], "hardware-report")
     assert {a.path for a in MlflowClient().list_artifacts(run.info.run_id)} >= {"jobs.json", "hardware.json"}
     again = run_hardware(
         HardwareParams(

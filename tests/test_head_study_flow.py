@@ -27,11 +27,13 @@ from flows.runner import prefect_api
 from flows.study import StudyParams, _log_point, _log_summary, _plot_points, _point_row, run_study, study_method
 from lab import reporting, tracking
 from lab.artifacts import download_folder
+from lab.data import Dataset
 from lab.embedded import EmbeddedSplit
 from lab.methods.base import Hooks
 from lab.methods.pqc_head import HeadParams
 from lab.results import FailedTraining, Outcome, TrainingResult, job_record
 from lab.runtime import Runtime
+from tests.stack import assert_linked
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
@@ -86,8 +88,9 @@ def test_head_flow_with_baselines_noise_ablation_and_predict(root: Path) -> None
     assert {"noise.json", "transpiled.json", "noise.png", "results.json"} <= {
         f.path for f in client.list_artifacts(result["mlflow_run_id"])
     }
-    parent = client.get_run(result["mlflow_run_id"])
+    parent = assert_linked(result["mlflow_run_id"], "head-report")
     assert parent.data.tags["data_key"] and any(k.startswith("system/") for k in parent.data.metrics)
+    assert "test/accuracy/MLP size-matched" in parent.data.metrics
     out = predict(heads[0].info.run_id, ["a wonderful, moving film"])
     assert out[0][1] in ("negative", "positive")
 
@@ -136,6 +139,7 @@ def test_study_survives_a_killed_worker_and_resumes(root: Path) -> None:
     assert [r["status"] for r in result["table"]] == ["ok", "ok"]
     assert {"logistic regression", "linear SVM", "MLP (size-matched)"} <= set(result["baselines"])
 
+    assert_linked(result["mlflow_run_id"], "study-report")
     points = [c for c in _children(result["mlflow_run_id"]) if c.data.tags["kind"] == "study point"]
     assert len(points) == 2 and all("test/accuracy" in p.data.metrics for p in points)
     assert all(len(_children(p.info.run_id)) == 4 for p in points)  # one model per seed
@@ -296,6 +300,7 @@ def _expected(
     baselines: list[TrainingResult],
     table: list[dict[str, Any]],
     split: EmbeddedSplit,
+    record: tracking.DataRecord,
     tmp: Path,
 ) -> dict[tuple[str, ...], dict[str, Any]]:
     """The runs a study logs under its parent: a child per point (its row's numbers, FAILED if no
@@ -306,7 +311,7 @@ def _expected(
         return {
             "status": status,
             "tags": {"mlflow.parentRunId": parent, "mlflow.runName": name, **tags},
-            "params": tracking.flat_params(params),
+            "params": tracking.flat_params({**params, "kind": tags["kind"], **record.params()}),
             "metrics": kw.get("metrics", {}),
             "artifacts": kw.get("artifacts", {}),
         }
@@ -328,21 +333,24 @@ def _expected(
         artifacts["confusion_matrix.png"] = _figure(confusion, tmp / r.name, "c.png")
         numbers = {**r.metrics, **{f"params_{k}": v for k, v in r.params.items()}}
         tags = {"kind": r.kind, "qllm.model": "pqc_head"}
-        return run(parent, r.name, "FINISHED", tags, r.job, metrics=metrics(numbers, r.history), artifacts=artifacts)
+        params = {**r.job, "seed": r.seed}
+        return run(parent, r.name, "FINISHED", tags, params, metrics=metrics(numbers, r.history), artifacts=artifacts)
 
     out: dict[tuple[str, ...], dict[str, Any]] = {}
     for point, rows, row in zip(points, trained, table, strict=True):
         name = "point " + ", ".join(f"{k}={v}" for k, v in point.items())
         tags = {"kind": "study point", "status": row["status"], **({"error": row["error"]} if "error" in row else {})}
-        numbers = {k: v for k, v in row.items() if isinstance(v, float)}
+        # one seed (the partial point): no spread
+        numbers = {k: v for k, v in row.items() if isinstance(v, float) and (row["seeds_ok"] > 1 or "_std" not in k)}
         status = "FAILED" if row["status"] == "failed" else "FINISHED"
         out["study", name] = run("study", name, status, tags, point, metrics=metrics(numbers, {}))
         for r in rows:
             out["study", name, r.name] = seed_run(name, r)
-    for b in baselines:
-        params = {"kind": b.kind, "seed": b.seed}
+    for b in baselines:  # their settings and parameter counts, as the quantum models'
+        numbers = {**b.metrics, **{f"params_{k}": v for k, v in b.params.items()}}
+        params = {**b.job, "seed": b.seed}
         out["study", b.name] = run(
-            "study", b.name, "FINISHED", {"kind": b.kind}, params, metrics=metrics(b.metrics, b.history)
+            "study", b.name, "FINISHED", {"kind": b.kind}, params, metrics=metrics(numbers, b.history)
         )
     return out
 
@@ -370,10 +378,14 @@ def test_a_study_logs_its_points_seeds_and_baselines(root: Path, tmp_path: Path)
         ]
         for rows in trained
     ]
+    texts = [f"text {i}" for i in range(60)]
+    labels = np.arange(60) % 2
+    data = Dataset("synthetic", "unit vectors", ("neg", "pos"), texts[:40], labels[:40], texts[40:], labels[40:], {})
+    record = tracking.data_record(data)
     with tracking.parent_run(Runtime(), "test-study-logging", "study", {}) as parent:
         for point, rows, figures, row in zip(points, trained, drawn, table, strict=True):
-            _log_point(parent, method, point, rows, figures, row, split)
-        _log_summary(parent, {"k": baselines}, table, fig)
+            _log_point(parent, method, point, rows, figures, row, split, record)
+        _log_summary(parent, {"k": baselines}, {"k": record}, table, fig)
     client = MlflowClient()
     logged = _logged(client, parent.info.experiment_id)
     study_run = logged.pop(("study",))
@@ -384,7 +396,7 @@ def test_a_study_logs_its_points_seeds_and_baselines(root: Path, tmp_path: Path)
     assert logged_table["columns"] == list(table[0])
     table_rows = [pytest.approx({k: row.get(k) for k in table[0]}) for row in table]  # pandas writes 10 digits
     assert [dict(zip(logged_table["columns"], r, strict=True)) for r in logged_table["data"]] == table_rows
-    expected = _expected(points, trained, baselines, table, split, tmp_path / "expected")
+    expected = _expected(points, trained, baselines, table, split, record, tmp_path / "expected")
     assert sorted(logged) == sorted(expected)
     for key, run in expected.items():
         assert logged[key] == run, key

@@ -26,7 +26,7 @@ from lab.runtime import Runtime
 from lab.sentence_classifier import PooledClassifier, load_classifier
 from lab.teacher import ModelNotFoundError
 from qcore.adapters import AdapterError
-from tests.stack import shared_lab
+from tests.stack import assert_linked, shared_lab
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
@@ -109,6 +109,8 @@ def test_mlflow_has_parent_children_curves_and_adapters(classify: dict) -> None:
     client = MlflowClient()
     parent = client.get_run(classify["mlflow_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.params["methods"] == "['lora', 'qpa', 'qtha']"
+    assert_linked(classify["mlflow_run_id"], "peft-report")
+    assert parent.info.run_name == f"peft classify sst2 lora,qpa,qtha steps={TINY['steps']}"
     assert any(k.startswith("system/") for k in parent.data.metrics)  # sampled while the methods trained
     assert {"loss_curves.png", "results.json"} <= {f.path for f in client.list_artifacts(parent.info.run_id)}
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -117,6 +119,8 @@ def test_mlflow_has_parent_children_curves_and_adapters(classify: dict) -> None:
         assert len(client.get_metric_history(child.info.run_id, "train/loss")) == TINY["steps"]
         row = next(r for r in classify["table"] if r["method"] == child.data.tags["method"])
         assert child.data.metrics["test/accuracy"] == pytest.approx(row["accuracy"])  # as the table prints it
+        assert child.data.params["kind"] == "adapter" and child.data.params["data.name"] == "sst2"
+        assert child.data.metrics["params_total"] == row["trainable_params"]
         files = {f.path for f in client.list_artifacts(child.info.run_id, "model")}
         assert {"model/adapter_config.json", "model/adapter_model.safetensors"} <= files
 

@@ -398,7 +398,7 @@ def test_mlflow_has_the_run_with_a_child_per_configuration(stack: Stack, runs: l
 
     client = MlflowClient(stack.mlflow_uri)
     exp = client.get_experiment_by_name(TINY["experiment"])
-    parents = client.search_runs([exp.experiment_id], "attributes.run_name = 'distill'")
+    parents = client.search_runs([exp.experiment_id], "tags.flow = 'distill'")
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
     parent = parents[-1]
     assert parent.data.metrics and parent.data.params["train_size"] == "40"
@@ -464,7 +464,7 @@ def test_a_federated_deployment_runs_its_rounds_on_the_stack(stack: Stack, runs:
 
     client = MlflowClient(stack.mlflow_uri)
     exp = client.get_experiment_by_name(FEDERATED["experiment"])
-    [parent] = client.search_runs([exp.experiment_id], "attributes.run_name = 'federated'")
+    [parent] = client.search_runs([exp.experiment_id], "tags.flow = 'federated'")
     assert parent.info.status == "FINISHED" and any(k.startswith("system/") for k in parent.data.metrics)
     [child] = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert child.info.run_name == "sst2/iid/adaptive" and client.get_metric_history(child.info.run_id, "test/accuracy")
@@ -497,9 +497,11 @@ def test_logging_survives_the_tracking_server_and_s3_going_away(
     lab.tracking.with_retries. First the tracking server becomes unreachable (a gate in front
     of it closes) while a child run is created, then S3 stops while the child's model is
     uploaded; each comes back 3 s after the first failed attempt."""
+    import numpy as np
     from mlflow.tracking import MlflowClient
 
     from lab import tracking
+    from lab.data import Dataset
     from lab.runtime import Runtime
 
     gate = Gate(int(stack.mlflow_uri.rsplit(":", 1)[1]))
@@ -513,6 +515,10 @@ def test_logging_survives_the_tracking_server_and_s3_going_away(
     model.mkdir()
     (model / "weights.bin").write_bytes(b"\0" * 1024)
     caplog.set_level("WARNING", logger="lab.tracking")
+    labels = np.array([0, 1])
+    record = tracking.data_record(
+        Dataset("tiny", "two rows", ("neg", "pos"), ["a", "b"], labels, ["c", "d"], labels, {})
+    )
 
     def outage(name: str, down: Any, up: Any, failing: str) -> str:
         caplog.clear()
@@ -522,7 +528,13 @@ def test_logging_survives_the_tracking_server_and_s3_going_away(
             logger = threading.Thread(
                 target=lambda: out.update(
                     run_id=tracking.log_child(
-                        parent, f"{name}-child", params={"seed": 0}, metrics={"accuracy": 0.75}, artifacts=model
+                        parent,
+                        f"{name}-child",
+                        kind="outage test",
+                        data=record,
+                        params={"seed": 0},
+                        metrics={"accuracy": 0.75},
+                        artifacts=model,
                     )
                 )
             )

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from flows.cli import main as cli
 from flows.tune import TuneParams, run_tune
 from lab.runtime import Runtime
-from tests.stack import shared_lab
+from tests.stack import assert_linked, shared_lab
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
@@ -42,11 +42,14 @@ def test_trials_are_child_runs_and_the_best_is_scored_on_test(run: dict) -> None
     client = MlflowClient()
     parent = client.get_run(run["mlflow_run_id"])
     assert parent.data.tags["method"] == "qdllm" and parent.data.tags["study_storage"].endswith(".db")
+    assert_linked(run["mlflow_run_id"], "tune-qdllm")
+    assert parent.info.run_name == "tune qdllm sst2 trials=3 seeds=0,1"
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     kinds = sorted(c.data.tags["kind"] for c in children)
     assert kinds == ["final", "final", "trial", "trial", "trial"]
     for trial in (c for c in children if c.data.tags["kind"] == "trial"):
         assert {"lr", "blocks"} <= set(trial.data.params) and "seconds" in trial.data.metrics
+        assert trial.data.params["kind"] == "trial" and trial.data.params["data.hash"] == parent.data.tags["data_hash"]
         assert len(client.get_metric_history(trial.info.run_id, "val/accuracy")) >= 1  # its pruning reports
     assert {"trials.json", "tuned.json"} <= {f.path for f in client.list_artifacts(parent.info.run_id)}
 

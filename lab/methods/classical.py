@@ -50,6 +50,7 @@ def linear_baseline(method: str, data: EmbeddedSplit, seed: int, *, teacher: boo
         seed,
         {**metrics, "train_seconds": time.perf_counter() - t0},
         {"circuit": 0, "classical": size, "total": size},
+        job={"c": c, "seed": seed},  # its settings, as MLflow's params of its run
         test_predictions=logits.argmax(-1).tolist(),
     )
 
@@ -89,5 +90,6 @@ def mlp_baseline(
         {**metrics, "train_seconds": time.perf_counter() - t0},
         mlp.parameter_counts(),
         curves(history),
+        {"target_params": target_params, "alpha": alpha, **fit, "seed": seed},
         test_predictions=model_predictions(mlp, data.test_x),
     )

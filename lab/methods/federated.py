@@ -26,7 +26,7 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -775,26 +775,28 @@ def log_runs(
     rows: Sequence[dict[str, Any]],
     figures: dict[str, Figure],
     llm: dict[str, Any],
+    records: Mapping[str, tracking.DataRecord],
 ) -> None:
     """On the flow's parent run: the results table, plots and LLM losses, and one child per run
-    with its per-round metrics, round records and final model. Only the flow's process writes."""
+    with its kind and data (``records`` by data set name, as :func:`lab.tracking.log_child`
+    records them), per-round metrics, round records and final model. Only the flow's process
+    writes."""
     client = MlflowClient()
     for out, row in zip(outputs, rows, strict=True):
         name = f"{out.setting.dataset}/{out.setting.partition}/{out.label}"
+        kind = "baseline" if not out.quantum else "quantum"
+        record = records[out.setting.dataset]
         run_id = tracking.with_retries(
             lambda: (
                 client.create_run(
                     parent.info.experiment_id,
                     run_name=name,
-                    tags={
-                        "mlflow.parentRunId": parent.info.run_id,
-                        "kind": "baseline" if not out.quantum else "quantum",
-                        "controller": out.label,
-                    },
+                    tags={"mlflow.parentRunId": parent.info.run_id, "kind": kind, "controller": out.label},
                 ).info.run_id
             ),
             what="create child run",
         )
+        tracking.with_retries(lambda: client.log_inputs(run_id, [record.input()]), what="log dataset")
         run_params = [
             mlflow.entities.Param(k, str(v))
             for k, v in {
@@ -802,6 +804,8 @@ def log_runs(
                 "partition": out.setting.partition,
                 "controller": out.label,
                 "model": out.model.kind,
+                "kind": kind,
+                **record.params(),
             }.items()
         ]
         summary = [

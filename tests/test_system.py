@@ -16,11 +16,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 from servers import BIN, Gate, Proc, S3Server, clean_env, free_port, http_ok, start, stop, wait_until
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 pytestmark = pytest.mark.system
 
@@ -452,7 +455,7 @@ def deployment_run_ids(stack: Stack, deployment_id: Any) -> set[Any]:
     return {r.id for r in found}
 
 
-def open_custom_run(page: Any, ui: str) -> None:
+def open_custom_run(page: Page, ui: str) -> None:
     """From the UI's front page: Deployments → distill → Run → Custom run."""
     page.goto(ui)
     page.get_by_role("link", name="Deployments", exact=True).click()
@@ -461,7 +464,7 @@ def open_custom_run(page: Any, ui: str) -> None:
     page.get_by_role("menuitem", name="Custom run").click()
 
 
-def fill_small_run(page: Any) -> None:
+def fill_small_run(page: Page) -> None:
     """Turn the form's deployment defaults into BROWSER_RUN, field by field."""
     from browser import form_field
     from playwright.sync_api import expect
@@ -487,9 +490,9 @@ def fill_small_run(page: Any) -> None:
 def test_the_ui_form_refuses_bad_values_and_runs_a_good_one(stack: Stack, runs: list[Any], tmp_path: Path) -> None:
     """A researcher's way through Prefect's own UI (its front page opens the V2 UI) in headless
     Chromium: the distill deployment's custom-run form refuses 50 qubits (Chromium checks the
-    input against the schema's maximum) and an unknown fake backend (the server's validation of
-    the form against the schema), each with a message on the page and no flow run; then a small
-    run submitted from the form completes, and its log links its MLflow run."""
+    input against the schema's maximum) and an unknown fake backend (the server validates the
+    form, and the run, against the schema), each with a message on the page and no flow run;
+    then a small run submitted from the form completes, and its log links its MLflow run."""
     from browser import browser_page, form_field, missing
     from mlflow.tracking import MlflowClient
 
@@ -516,28 +519,33 @@ def test_the_ui_form_refuses_bad_values_and_runs_a_good_one(stack: Stack, runs: 
         expect(page).to_have_url(submit_page)
         assert deployment_run_ids(stack, deployment.id) == before  # neither refused Submit made a run
 
+        # Prefect 3.8.8's V2 form decides at Submit from the errors of the Submit before (a stale
+        # closure in its use-create-flow-run-form.tsx): it sent the bad run above, which the server
+        # refused for its schema, and would ignore the next Submit. A fresh form has no errors.
+        page.reload()
         fill_small_run(page)
         page.get_by_role("button", name="Submit").click()
         expect(page.get_by_text("scheduled to start now")).to_be_visible(timeout=30_000)
-        page.get_by_role("button", name="View run").click()  # on the notice, to the run's page
-        page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}$"))
-        run_page = page.url
-    [run_id] = deployment_run_ids(stack, deployment.id) - before
-    assert run_page.endswith(f"/runs/flow-run/{run_id}")
+        page.get_by_role("button", name="View run").click()  # on the notice: the run's page, its logs
+        page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}\b"))
+        [run_id] = deployment_run_ids(stack, deployment.id) - before
+        assert f"/runs/flow-run/{run_id}" in page.url
 
-    def finished() -> bool:
-        return read(stack, "read_flow_run", flow_run_id=run_id).state.is_final()
+        def finished() -> bool:
+            return read(stack, "read_flow_run", flow_run_id=run_id).state.is_final()
 
-    wait_until(finished, stack.procs, 300, "the flow run submitted from the UI")
-    run = read(stack, "read_flow_run", flow_run_id=run_id)
-    assert run.state.type.value == "COMPLETED", run.state.message
-    assert {k: run.parameters["params"].get(k) for k in BROWSER_RUN} == BROWSER_RUN
-    logs = run_logs(stack, run, expect="MLflow run ")
-    [(mlflow_id, link)] = {m.groups() for line in logs if (m := MLFLOW_LINK.search(line))}
-    mlflow_run = MlflowClient(stack.mlflow_uri).get_run(mlflow_id)
-    experiment = MlflowClient(stack.mlflow_uri).get_experiment(mlflow_run.info.experiment_id)
-    assert experiment.name == BROWSER_RUN["experiment"]
-    assert link == f"{stack.mlflow_uri}/#/experiments/{experiment.experiment_id}/runs/{mlflow_id}"
+        wait_until(finished, stack.procs, 300, "the flow run submitted from the UI")
+        run = read(stack, "read_flow_run", flow_run_id=run_id)
+        assert run.state.type.value == "COMPLETED", run.state.message
+        assert {k: run.parameters["params"].get(k) for k in BROWSER_RUN} == BROWSER_RUN
+        logs = run_logs(stack, run, expect="MLflow run ")
+        [(mlflow_id, link)] = {m.groups() for line in logs if (m := MLFLOW_LINK.search(line))}
+        client = MlflowClient(stack.mlflow_uri)
+        experiment = client.get_experiment(client.get_run(mlflow_id).info.experiment_id)
+        assert experiment.name == BROWSER_RUN["experiment"]
+        assert link == f"{stack.mlflow_uri}/#/experiments/{experiment.experiment_id}/runs/{mlflow_id}"
+        page.reload()  # the run's logs as the UI shows them
+        expect(page.get_by_text(f"MLflow run {mlflow_id}: {link}")).to_be_visible(timeout=30_000)
 
 
 FEDERATED = dict(

@@ -1,13 +1,13 @@
 # Two commands: `make run` (the main job on the embedded defaults) and `make test` (lint, types
-# and the whole suite; what CI runs). Both create or reuse .venv and install the pinned
-# dependency set from constraints.txt. `make test-fast` is the everyday tier: lint, types and
-# the unit tests, without the flow runs on real servers.
+# and the whole suite, with Debian's chromium for the browser test; what CI runs). Both create
+# or reuse .venv and install the pinned dependency set from constraints.txt. `make test-fast` is
+# the everyday tier: lint, types and the unit tests, without the flow runs on real servers.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run lint test test-fast bench
+.PHONY: install run lint chromium test test-fast bench
 
 # Named data sets: $QLLM_DATA_DIR when set, else ../shared/data when present, else downloaded.
 ifeq ($(QLLM_DATA_DIR),)
@@ -34,8 +34,18 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+# The browser test drives Debian's chromium (Playwright's own browser download cannot work here):
+# installed when missing and we are root with apt-get; otherwise that test is skipped, saying why.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; } \
+		|| echo "apt-get could not install chromium: the browser test will be skipped"; \
+	else echo "no $(CHROMIUM), and apt-get as root is not available to install it: the browser test will be skipped"; fi
+
+test: lint chromium
+	$(BIN)/python -m pytest -q -rs -n auto --dist loadfile
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not flow and not system"

@@ -16,11 +16,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 from servers import BIN, Gate, Proc, S3Server, clean_env, free_port, http_ok, start, stop, wait_until
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 pytestmark = pytest.mark.system
 
@@ -112,10 +115,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         st.procs.append(
             start(
                 "prefect-server",
-                [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(api_port), "--no-ui"],
+                [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(api_port)],
                 clean_env(
                     PREFECT_HOME=str(tmp / "prefect-server"),
                     PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp / 'prefect.db'}",
+                    PREFECT_UI_API_URL=api,  # the UI's pages call the API here, not on the default port
                 ),
                 tmp,
             )
@@ -429,6 +433,119 @@ def test_second_run_hits_the_caches(stack: Stack, runs: list[Any]) -> None:
     results = [o for k, o in stack.objects().items() if k.startswith("artifacts/students/")]
     written = max(o["LastModified"] for o in results)
     assert written < runs[1].start_time  # nothing was trained (or rewritten) by the second run
+
+
+# What the browser test fills into the distill deployment's form: the small run above, in an
+# experiment of its own (the tests above count the runs of TINY's).
+BROWSER_RUN = {**TINY, "experiment": "system-browser"}
+# What a flow's log says of its MLflow run.
+MLFLOW_LINK = re.compile(r"MLflow run ([0-9a-f]{32}): (\S+#/experiments/\d+/runs/[0-9a-f]{32})")
+
+
+def deployment_run_ids(stack: Stack, deployment_id: Any) -> set[Any]:
+    """The ids of every flow run of the deployment."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+    found = read(
+        stack,
+        "read_flow_runs",
+        flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id])),
+        limit=200,
+    )
+    return {r.id for r in found}
+
+
+def open_custom_run(page: Page, ui: str) -> None:
+    """From the UI's front page: Deployments → distill → Run → Custom run."""
+    page.goto(ui)
+    page.get_by_role("link", name="Deployments", exact=True).click()
+    page.get_by_role("link", name="distill", exact=True).first.click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Custom run").click()
+
+
+def fill_small_run(page: Page) -> None:
+    """Turn the form's deployment defaults into BROWSER_RUN, field by field."""
+    from browser import form_field
+    from playwright.sync_api import expect
+
+    form_field(page, "Train size").get_by_role("spinbutton").fill(str(BROWSER_RUN["train_size"]))
+    test_size = form_field(page, "Test size")
+    test_size.get_by_role("tab", name="int", exact=True).click()
+    test_size.get_by_role("spinbutton").fill(str(BROWSER_RUN["test_size"]))
+    seeds = form_field(page, "Seeds").get_by_role("spinbutton")
+    for left in range(seeds.count() - 1, 0, -1):  # delete the last item until one is left
+        form_field(page, "Seeds").get_by_role("button", name="Open menu").last.click()
+        page.get_by_role("menuitem", name="Delete").click()
+        expect(seeds).to_have_count(left)
+    for name in ("seeds", "qubits", "blocks"):
+        [value] = BROWSER_RUN[name]
+        form_field(page, name.capitalize()).get_by_role("spinbutton").fill(str(value))
+    page.get_by_label("Epochs (Optional)").fill(str(BROWSER_RUN["epochs"]))
+    for title in ("Evaluation shots", "Evaluation noise"):  # both None: no noisy evaluation
+        form_field(page, title).get_by_role("tab", name="None", exact=True).click()
+    page.get_by_label("Experiment (Optional)").fill(BROWSER_RUN["experiment"])
+
+
+def test_the_ui_form_refuses_bad_values_and_runs_a_good_one(stack: Stack, runs: list[Any], tmp_path: Path) -> None:
+    """A researcher's way through Prefect's own UI (its front page opens the V2 UI) in headless
+    Chromium: the distill deployment's custom-run form refuses 50 qubits (Chromium checks the
+    input against the schema's maximum) and an unknown fake backend (the server validates the
+    form, and the run, against the schema), each with a message on the page and no flow run;
+    then a small run submitted from the form completes, and its log links its MLflow run."""
+    from browser import browser_page, form_field, missing
+    from mlflow.tracking import MlflowClient
+
+    if why := missing():
+        pytest.skip(why)
+    from playwright.sync_api import expect
+
+    deployment = read(stack, "read_deployment_by_name", name="distill/distill")
+    before = deployment_run_ids(stack, deployment.id)
+    submit_page = re.compile(r"/deployments/deployment/[0-9a-f-]+/run\b")
+    with browser_page(tmp_path) as page:
+        open_custom_run(page, stack.api.removesuffix("/api"))
+        qubits = form_field(page, "Qubits").get_by_role("spinbutton")
+        qubits.fill("50")
+        page.get_by_role("button", name="Submit").click()
+        assert qubits.evaluate("input => input.validationMessage") == "Value must be less than or equal to 20."
+        expect(page).to_have_url(submit_page)
+        qubits.fill("3")
+
+        noise = form_field(page, "Evaluation noise")
+        noise.get_by_role("textbox").fill("fake_nowhere")
+        page.get_by_role("button", name="Submit").click()
+        expect(noise).to_contain_text("'fake_nowhere' is not one of ['fake_aachen'", timeout=30_000)
+        expect(page).to_have_url(submit_page)
+        assert deployment_run_ids(stack, deployment.id) == before  # neither refused Submit made a run
+
+        # Prefect 3.8.8's V2 form decides at Submit from the errors of the Submit before (a stale
+        # closure in its use-create-flow-run-form.tsx): it sent the bad run above, which the server
+        # refused for its schema, and would ignore the next Submit. A fresh form has no errors.
+        page.reload()
+        fill_small_run(page)
+        page.get_by_role("button", name="Submit").click()
+        expect(page.get_by_text("scheduled to start now")).to_be_visible(timeout=30_000)
+        page.get_by_role("button", name="View run").click()  # on the notice: the run's page, its logs
+        page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}\b"))
+        [run_id] = deployment_run_ids(stack, deployment.id) - before
+        assert f"/runs/flow-run/{run_id}" in page.url
+
+        def finished() -> bool:
+            return read(stack, "read_flow_run", flow_run_id=run_id).state.is_final()
+
+        wait_until(finished, stack.procs, 300, "the flow run submitted from the UI")
+        run = read(stack, "read_flow_run", flow_run_id=run_id)
+        assert run.state.type.value == "COMPLETED", run.state.message
+        assert {k: run.parameters["params"].get(k) for k in BROWSER_RUN} == BROWSER_RUN
+        logs = run_logs(stack, run, expect="MLflow run ")
+        [(mlflow_id, link)] = {m.groups() for line in logs if (m := MLFLOW_LINK.search(line))}
+        client = MlflowClient(stack.mlflow_uri)
+        experiment = client.get_experiment(client.get_run(mlflow_id).info.experiment_id)
+        assert experiment.name == BROWSER_RUN["experiment"]
+        assert link == f"{stack.mlflow_uri}/#/experiments/{experiment.experiment_id}/runs/{mlflow_id}"
+        page.reload()  # the run's logs as the UI shows them
+        expect(page.get_by_text(f"MLflow run {mlflow_id}: {link}")).to_be_visible(timeout=30_000)
 
 
 FEDERATED = dict(

@@ -93,6 +93,7 @@ def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
         "markdown": md,
         "mlflow_run_id": run_id,
         "targets": plan.targets,
+        "model": params.model,  # the folder fine-tuned: for lm without a model, the base pretrained here
         "merged": {r.method: r.files["merged"] for r in rows},
         "methods": [{"name": r.method, "cached": r.cached} for r in rows],
     }

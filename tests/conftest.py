@@ -62,6 +62,9 @@ SLOWEST_FIRST = (
     "test_federated_flow.py",
     "test_peft_flow.py",
     "test_tune_flow.py",
+    "test_registry.py",
+    "test_refusals.py",
+    "test_pretrain.py",
 )
 
 

@@ -1,6 +1,6 @@
 """The peft flow end to end: real Prefect runs on a real Dask cluster, tracked in a real MLflow
-store. LoRA, QPA and QTHA fine-tune the embedded MiniLM on SST-2 (classify) and a tiny GPT-2
-with its own byte-level BPE tokenizer on a text file (lm); the merged models load as plain
+store. LoRA, QPA and QTHA fine-tune the embedded MiniLM on SST-2 (classify) and the GPT-2 base
+the flow pretrains on part of a text file (lm); the merged models load as plain
 Hugging Face folders. Then ``qllm peft count`` from a config alone, and bad input, refused
 before anything starts or is written."""
 
@@ -15,7 +15,6 @@ import torch
 import transformers
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
-from tokenizers import ByteLevelBPETokenizer
 
 from flows.cli import count_main, count_parser
 from flows.peft import run_peft
@@ -30,10 +29,6 @@ from tests.stack import assert_linked, shared_lab
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
-TEXT = (
-    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-    "First Citizen:\nYou are all resolved rather to die than to famish?\n\n"
-) * 40
 TINY = dict(steps=3, batch_size=4, max_length=16)
 
 
@@ -47,30 +42,6 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def classify(root: Path) -> dict:
     return run_peft(PeftParams(**TINY, train_size=24, test_size=16, experiment="test-peft"))
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A GPT-2-style model folder (random weights, a 300-token byte-level BPE) and a text file."""
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    corpus = folder.parent / "corpus.txt"
-    corpus.write_text(TEXT)
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([TEXT], vocab_size=300, special_tokens=["<|endoftext|>"])
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=64,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
-    return folder, corpus
 
 
 def test_classify_compares_the_three_methods(classify: dict) -> None:
@@ -143,20 +114,6 @@ def test_rerun_reuses_every_finished_method(classify: dict) -> None:
     assert [r["accuracy"] for r in again["table"]] == [r["accuracy"] for r in classify["table"]]
 
 
-def test_lm_fine_tunes_a_gpt2_style_model_on_a_text_file(root: Path, tiny_gpt2: tuple[Path, Path]) -> None:
-    folder, corpus = tiny_gpt2
-    result = run_peft(
-        PeftParams(**TINY, task="lm", model=str(folder), corpus=str(corpus), eval_blocks=4, experiment="test-peft-lm")
-    )
-    assert result["targets"] == ["lm_head"]  # as in the QPA paper; GPT-2 ties it to the embedding
-    for row in result["table"]:
-        assert 1 < row["perplexity"] < float("inf") and row["merged_max_abs_diff"] <= 1e-5 * 10
-    merged = transformers.AutoModelForCausalLM.from_pretrained(result["merged"]["qtha"])
-    original = transformers.AutoModelForCausalLM.from_pretrained(folder)
-    assert torch.equal(merged.transformer.wte.weight, original.transformer.wte.weight)
-    assert not torch.equal(merged.lm_head.weight, original.lm_head.weight)
-
-
 def test_lm_without_a_model_adapts_a_base_pretrained_on_the_corpus(root: Path, tmp_path: Path) -> None:
     # the first 60,000 characters of tiny Shakespeare: the base learns the first half of its
     # training part, the adapters the second, both are validated on the last 10 %
@@ -177,8 +134,12 @@ def test_lm_without_a_model_adapts_a_base_pretrained_on_the_corpus(root: Path, t
         text = mlflow.artifacts.load_text(f"{child.info.artifact_uri}/samples.txt")
         assert text.count("---") == 2 and len(text) > 60
     assert parent.data.tags["base_key"] and parent.data.metrics["base/parameters"] > 1e6
-    merged = transformers.AutoModelForCausalLM.from_pretrained(result["merged"]["lora"])
-    assert merged.config.n_layer == 4 and merged.config.n_positions == 128
+    assert result["targets"] == ["lm_head"]  # as in the QPA paper; GPT-2 ties it to the embedding
+    base = transformers.AutoModelForCausalLM.from_pretrained(result["model"])
+    assert base.config.n_layer == 4 and base.config.n_positions == 128
+    merged = transformers.AutoModelForCausalLM.from_pretrained(result["merged"]["qtha"])
+    assert torch.equal(merged.transformer.wte.weight, base.transformer.wte.weight)
+    assert not torch.equal(merged.lm_head.weight, base.lm_head.weight)
 
 
 def test_named_corpus_is_tiny_shakespeare() -> None:

@@ -45,7 +45,7 @@ chromium:
 	else echo "no $(CHROMIUM), and apt-get as root is not available to install it: the browser test will be skipped"; fi
 
 test: lint chromium
-	$(BIN)/python -m pytest -q -rs -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -rs -n auto --dist loadfile --durations=25
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not flow and not system"

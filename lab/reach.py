@@ -35,9 +35,11 @@ def connect_error(url: str) -> str | None:
 
 
 def check_reachable(url: str, what: str, setting: str) -> None:
-    """Refuse ``url`` (the ``setting`` naming ``what``) when nothing answers there."""
+    """Refuse ``url`` (the ``setting`` naming ``what``) when nothing answers there; the message
+    leaves out any ``user:password@`` of the URL (messages end up in logs)."""
     if (error := connect_error(url)) is not None:
-        raise SettingsError(f"{setting}={url}: no {what} answers there: {error}. Start it, or change {setting}")
+        shown = urlsplit(url)._replace(netloc=urlsplit(url).netloc.rpartition("@")[2]).geturl() if "://" in url else url
+        raise SettingsError(f"{setting}={shown}: no {what} answers there: {error}. Start it, or change {setting}")
 
 
 def check_writable(runtime: Runtime) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from lab.reach import connect_error
+from lab.reach import SettingsError, check_reachable, connect_error
 
 UNREACHABLE = "http://127.0.0.1:1"  # port 1: nothing listens there
 SECONDS = 15.0  # per refusal, after the imports (the data checks read SST-2's 67k rows)
@@ -191,3 +191,12 @@ def test_the_probe_passes_a_listening_address_and_skips_other_schemes() -> None:
         assert connect_error(f"127.0.0.1:{port}") is None
     assert connect_error(f"tcp://127.0.0.1:{port}") is not None  # closed now
     assert connect_error("inproc://192.168.0.1/1/2") is None
+
+
+def test_a_refused_address_never_shows_its_credentials() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+    with pytest.raises(SettingsError) as err:  # closed now: refused
+        check_reachable(f"http://alice:s3cret@127.0.0.1:{port}/mlflow", "MLflow tracking server", "QLLM_MLFLOW_URI")
+    assert "s3cret" not in str(err.value) and "alice" not in str(err.value)
+    assert f"QLLM_MLFLOW_URI=http://127.0.0.1:{port}/mlflow" in str(err.value)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import mlflow
 import pandas as pd
 from mlflow.data.code_dataset_source import CodeDatasetSource
-from mlflow.data.pandas_dataset import PandasDataset, from_pandas
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import DatasetInput, InputTag, Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -196,14 +196,10 @@ class DataRecord:
     name: str
     digest: str
     sizes: Mapping[str, int]
-    dataset: PandasDataset
+    input: DatasetInput  # what mlflow.log_input logs, for runs that are not the active one
 
     def params(self) -> dict[str, Any]:
         return {"data.name": self.name, "data.hash": self.digest, **{f"data.{k}": v for k, v in self.sizes.items()}}
-
-    def input(self) -> DatasetInput:
-        # What mlflow.log_input logs, for a run that is not the active one.
-        return DatasetInput(self.dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train/test")])
 
 
 def data_record(data: Any) -> DataRecord:
@@ -229,7 +225,9 @@ def data_record(data: Any) -> DataRecord:
         name=str(data.name),
         digest=data.content_hash[:DIGEST_CHARS],
     )
-    return DataRecord(str(data.name), data.content_hash, sizes, dataset)
+    # its schema and profile computed once here, not again for every child that logs it
+    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train/test")])
+    return DataRecord(str(data.name), data.content_hash, sizes, entity)
 
 
 # A result's final scores are measured on the test split (the 872 SST-2 dev sentences when that
@@ -293,7 +291,7 @@ def log_child(
         return client.create_run(exp_id, run_name=short_name(name), tags=run_tags).info.run_id
 
     run_id = with_retries(create, what="create child run")
-    with_retries(lambda: client.log_inputs(run_id, [data.input()]), what="log dataset")
+    with_retries(lambda: client.log_inputs(run_id, [data.input]), what="log dataset")
     now = int(time.time() * 1000)
     batch_metrics = [mlflow.entities.Metric(metric_name(k), float(v), now, 0) for k, v in metrics.items()]
     for key, values in (history or {}).items():

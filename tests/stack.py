@@ -79,6 +79,13 @@ def shared_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
 
 
 # What a flow's log says of its MLflow run (the browser test looks for exactly this shape).
+def child_runs(parent: Run, where: str = "") -> list[Run]:
+    """The child runs of ``parent`` in the current tracking store, optionally filtered further
+    (``where``: an MLflow search clause such as ``tags.kind = 'quantum student'``)."""
+    clause = f"tags.mlflow.parentRunId = '{parent.info.run_id}'" + (f" and {where}" if where else "")
+    return MlflowClient().search_runs([parent.info.experiment_id], clause)
+
+
 MLFLOW_LINK = re.compile(r"MLflow run ([0-9a-f]{32}): (\S+#/experiments/\d+/runs/[0-9a-f]{32})")
 
 

@@ -16,7 +16,7 @@ from flows.predict import predict
 from flows.runner import mlflow_hint
 from lab.methods.qdllm import DistillParams
 from lab.runtime import Runtime
-from tests.stack import assert_linked
+from tests.stack import assert_linked, child_runs
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
@@ -82,7 +82,7 @@ def test_mlflow_has_parent_children_and_model(first_run: dict, root: Path) -> No
     assert parent.info.status == "FINISHED"
     assert parent.data.params["train_size"] == "160"
     assert parent.data.tags["data_hash"] and any(k.startswith("system/") for k in parent.data.metrics)
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = child_runs(parent)
     students = [c for c in children if c.data.tags.get("kind") == "quantum student"]
     assert len(students) == 2 and len(children) == 2 + 3 * 2  # 3 baselines per seed
     files = {f.path for f in client.list_artifacts(students[0].info.run_id, "model")}
@@ -120,7 +120,7 @@ def test_children_are_comparable_in_mlflow(first_run: dict) -> None:
     mlflow.set_tracking_uri(Runtime().tracking_uri())
     client = MlflowClient()
     parent = client.get_run(first_run["mlflow_run_id"])
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = child_runs(parent)
     for child in children:
         params = child.data.params
         assert params["kind"] == child.data.tags["kind"]
@@ -164,10 +164,7 @@ def test_predict_loads_the_student(first_run: dict, tmp_path: Path, monkeypatch:
     mlflow.set_tracking_uri(Runtime().tracking_uri())
     client = MlflowClient()
     parent = client.get_run(first_run["mlflow_run_id"])
-    child = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.kind = 'quantum student'",
-    )[0]
+    child = child_runs(parent, "tags.kind = 'quantum student'")[0]
     out = predict(child.info.run_id, ["a wonderful, moving film", "dull and lifeless"])
     assert [label in ("negative", "positive") for _, label, _ in out] == [True, True]
     assert all(abs(sum(p.values()) - 1) < 1e-3 for _, _, p in out)
@@ -180,10 +177,7 @@ def test_the_best_seed_is_registered_and_predicts_as_its_run(first_run: dict) ->
     mlflow.set_tracking_uri(Runtime().tracking_uri())
     client = MlflowClient()
     parent = client.get_run(first_run["mlflow_run_id"])
-    students = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.kind = 'quantum student'",
-    )
+    students = child_runs(parent, "tags.kind = 'quantum student'")
     versions = [
         v
         for v in client.search_model_versions("name = 'qllm-qdllm-sst2'")

@@ -33,7 +33,7 @@ from lab.methods.base import Hooks
 from lab.methods.pqc_head import HeadParams
 from lab.results import FailedTraining, Outcome, TrainingResult, job_record
 from lab.runtime import Runtime
-from tests.stack import assert_linked
+from tests.stack import assert_linked, child_runs
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
@@ -49,9 +49,7 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _children(run_id: str) -> list:
     mlflow.set_tracking_uri(Runtime().tracking_uri())
-    client = MlflowClient()
-    parent = client.get_run(run_id)
-    return client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    return child_runs(MlflowClient().get_run(run_id))
 
 
 def test_head_flow_with_baselines_noise_ablation_and_predict(root: Path) -> None:

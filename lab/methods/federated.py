@@ -796,7 +796,7 @@ def log_runs(
             ),
             what="create child run",
         )
-        tracking.with_retries(lambda: client.log_inputs(run_id, [record.input()]), what="log dataset")
+        tracking.with_retries(lambda: client.log_inputs(run_id, [record.input]), what="log dataset")
         run_params = [
             mlflow.entities.Param(k, str(v))
             for k, v in {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +26,15 @@ import torch
 import transformers
 from tokenizers import ByteLevelBPETokenizer
 
-from lab.artifacts import download_folder, hash_json, join_url, read_bytes, sha256_bytes, upload_folder
+from lab.artifacts import (
+    atomic_write_bytes,
+    download_folder,
+    hash_json,
+    join_url,
+    read_bytes,
+    sha256_bytes,
+    upload_folder,
+)
 from lab.corpus import Corpus
 from qcore.adapters.training import lm_blocks, perplexity
 
@@ -77,12 +86,13 @@ def pretrained_base(
         if not (local / "base.json").is_file():
             download_folder(url, local)
         return local, json.loads(raw)
-    with tempfile.TemporaryDirectory() as tmp:
-        record = pretrain(recipe, text, corpus.val_text, Path(tmp), log)
-        record["key"] = key
-        (Path(tmp) / "base.json").write_text(json.dumps(record, indent=2))
-        upload_folder(tmp, url)  # base.json last: a half-written folder is never found as done
-    download_folder(url, local)
+    shutil.rmtree(local, ignore_errors=True)  # what an interrupted run left here
+    record = pretrain(recipe, text, corpus.val_text, local, log)
+    record["key"] = key
+    upload_folder(local, url)
+    raw = json.dumps(record, indent=2).encode()
+    atomic_write_bytes(join_url(url, "base.json"), raw)  # last: a half-uploaded base is never found as done
+    (local / "base.json").write_bytes(raw)
     return local, record
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import uuid
 from urllib.parse import urlsplit
 
+from .artifacts import join_url, url_to_fs
 from .runtime import Runtime
 
 PROBE_SECONDS = 3.0  # a server on the same network answers a TCP connect in milliseconds
@@ -63,6 +65,40 @@ def check_writable(runtime: Runtime) -> None:
         )
 
 
+def check_object_store(runtime: Runtime) -> None:
+    """Refuse a remote artifact root (``s3://``, ``gs://``, ...) that cannot be written, naming
+    the setting and, for missing credentials, the variables that give them: one empty probe
+    object is written and removed, so a run never meets the store's refusal mid-flow. The
+    message carries no credential (botocore's do not; any secret-looking variable's value is
+    cut out regardless)."""
+    if runtime.root_is_local:
+        return
+    probe = join_url(runtime.artifact_root, f".qllm-write-probe-{uuid.uuid4().hex}")
+    try:
+        # skip_instance_cache: a filesystem cached with earlier credentials would answer for the new ones
+        fs, path = url_to_fs(probe, {"skip_instance_cache": True})
+        fs.pipe_file(path, b"")
+        fs.rm_file(path)
+    except Exception as exc:  # noqa: BLE001 - any failure of the probe refuses the root, saying why
+        why = _without_secrets(f"{type(exc).__name__}: {exc}")
+        hint = "set QLLM_ARTIFACT_ROOT to a store and prefix this process can write"
+        if "credentials" in why.lower():
+            hint = (
+                "give credentials through AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
+                "and QLLM_S3_ENDPOINT_URL for a store other than AWS; or " + hint
+            )
+        root = runtime.artifact_root
+        raise SettingsError(f"QLLM_ARTIFACT_ROOT={root}: a test write failed ({why}); {hint}") from None
+
+
+def _without_secrets(text: str) -> str:
+    """``text`` with the value of every secret-looking environment variable cut out."""
+    for name, value in os.environ.items():
+        if len(value) >= 4 and any(word in name.upper() for word in ("SECRET", "TOKEN", "PASSWORD", "KEY")):
+            text = text.replace(value, "***")
+    return text
+
+
 def check_tracking(runtime: Runtime) -> None:
     """Refuse a configured MLflow tracking server that does not answer (``QLLM_MLFLOW_URI``)."""
     if runtime.mlflow_uri:
@@ -70,9 +106,9 @@ def check_tracking(runtime: Runtime) -> None:
 
 
 def check_places(dask_address: str | None) -> None:
-    """Every place a ``qllm run`` will use: the artifact root, the MLflow server, the Prefect API,
-    the S3 endpoint and the Dask scheduler (``dask_address``, the ``--dask-address`` option, else
-    ``QLLM_DASK_ADDRESS``)."""
+    """Every place a ``qllm run`` will use: the artifact root (a remote one written once), the
+    MLflow server, the Prefect API, the S3 endpoint and the Dask scheduler (``dask_address``,
+    the ``--dask-address`` option, else ``QLLM_DASK_ADDRESS``)."""
     runtime = Runtime()
     check_writable(runtime)
     check_tracking(runtime)
@@ -82,6 +118,7 @@ def check_places(dask_address: str | None) -> None:
         check_reachable(runtime.prefect_api_url, "Prefect API", "QLLM_PREFECT_API_URL")
     if runtime.s3_endpoint_url:
         check_reachable(runtime.s3_endpoint_url, "S3 endpoint", "QLLM_S3_ENDPOINT_URL")
+    check_object_store(runtime)
     if dask_address:
         check_reachable(dask_address, "Dask scheduler", "--dask-address")
     elif runtime.dask_address:

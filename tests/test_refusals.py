@@ -13,12 +13,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from flows.cli import main
-from lab.reach import SettingsError, check_reachable, connect_error
+from lab.reach import SettingsError, check_object_store, check_reachable, connect_error
+from lab.runtime import Runtime
+from tests.servers import S3Server, free_port
 
 UNREACHABLE = "http://127.0.0.1:1"  # port 1: nothing listens there
 SECONDS = 15.0  # per refusal, after the imports (the data checks read SST-2's 67k rows)
@@ -200,3 +203,88 @@ def test_a_refused_address_never_shows_its_credentials() -> None:
         check_reachable(f"http://alice:s3cret@127.0.0.1:{port}/mlflow", "MLflow tracking server", "QLLM_MLFLOW_URI")
     assert "s3cret" not in str(err.value) and "alice" not in str(err.value)
     assert f"QLLM_MLFLOW_URI=http://127.0.0.1:{port}/mlflow" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 API on loopback, holding one bucket, ``lab``; its request log (werkzeug's, from
+    a thread of this process) kept off the stderr the tests read."""
+    import logging
+
+    import boto3
+
+    requests = logging.getLogger("werkzeug")
+    level = requests.level
+    requests.setLevel(logging.ERROR)
+    server = S3Server(free_port())
+    server.start()
+    try:
+        keys = {"aws_access_key_id": "refusals", "aws_secret_access_key": "refusals-secret"}
+        boto3.client("s3", endpoint_url=server.url, region_name="us-east-1", **keys).create_bucket(Bucket="lab")
+        yield server.url
+    finally:
+        server.stop()
+        requests.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("root", "credentials", "named"),
+    [
+        ("s3://lab/artifacts", False, "NoCredentialsError: Unable to locate credentials); give credentials through "),
+        ("s3://no-such-bucket/artifacts", True, "s3://no-such-bucket/artifacts: a test write failed"),
+    ],
+    ids=["no-credentials", "no-bucket"],
+)
+def test_an_object_store_root_is_refused_before_the_run(
+    root: str,
+    credentials: bool,
+    named: str,
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An ``s3://`` artifact root that cannot be written (no credentials anywhere botocore
+    looks, a bucket that does not exist) is refused with one message naming the setting, and
+    the store is left as it was; the secret key never shows."""
+    import boto3
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    if credentials:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "refusals")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "refusals-secret")
+    monkeypatch.setenv("QLLM_S3_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("QLLM_ARTIFACT_ROOT", root)
+    t0 = time.monotonic()
+    assert main(["run", "distill", "--train-size", "40", "--test-size", "20"]) == 2
+    seconds = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert f"QLLM_ARTIFACT_ROOT={root}" in err and named in err, err
+    assert "Traceback" not in err and "refusals-secret" not in err
+    assert seconds < SECONDS, f"refused after {seconds:.1f} s"
+    store = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="refusals",
+        aws_secret_access_key="refusals-secret",
+    )
+    assert store.list_objects_v2(Bucket="lab").get("KeyCount") == 0
+
+
+def test_a_writable_object_store_root_passes_and_keeps_no_probe(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "refusals")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "refusals-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("QLLM_S3_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("QLLM_ARTIFACT_ROOT", "s3://lab/artifacts")
+    check_object_store(Runtime())
+    assert boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket="lab").get("KeyCount") == 0

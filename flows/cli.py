@@ -154,6 +154,11 @@ def format_validation_error(err: ValidationError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     flows = _flows()
     parser = argparse.ArgumentParser(prog="qllm", description=__doc__)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on a refused command, raise its error with its traceback (for bug reports)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a flow")
     run_sub = run.add_subparsers(dest="flow", required=True)
@@ -205,8 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             SettingsError,
             RegistryError,
         ) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            return refused(err, args.debug)
         return 0
     if args.command == "peft":
         return count_main(args)
@@ -220,11 +224,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_tracking(Runtime())
         rows = predict(args.source, args.texts)
     except (HardwareError, SettingsError, RegistryError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refused(err, args.debug)
     for text, label, probs in rows:
         print(json.dumps({"text": text, "label": label, "probabilities": probs}))
     return 0
+
+
+def refused(err: Exception, debug: bool) -> int:
+    """A user's mistake: one line on stderr and exit code 2; with ``--debug``, the error itself."""
+    if debug:
+        raise err
+    print(f"error: {err}", file=sys.stderr)
+    return 2
 
 
 def quiet_dask() -> None:
@@ -254,8 +265,7 @@ def count_main(args: argparse.Namespace) -> int:
         print(format_validation_error(err), file=sys.stderr)
         return 2
     except (AdapterError, ModelNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refused(err, args.debug)
     return 0
 
 

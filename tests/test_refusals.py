@@ -288,3 +288,13 @@ def test_a_writable_object_store_root_passes_and_keeps_no_probe(
     monkeypatch.setenv("QLLM_ARTIFACT_ROOT", "s3://lab/artifacts")
     check_object_store(Runtime())
     assert boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket="lab").get("KeyCount") == 0
+
+
+def test_debug_raises_the_refusal_with_its_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``qllm --debug`` lets a refused command's error through (for a bug report) instead of
+    the one-line message."""
+    monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("QLLM_MLFLOW_URI", UNREACHABLE)
+    with pytest.raises(SettingsError, match="QLLM_MLFLOW_URI="):
+        main(["--debug", "run", "head"])
+    assert written(tmp_path / "artifacts") == []

@@ -311,11 +311,19 @@ def check(params: PeftParams) -> None:
     ``lm`` without a model, the block length against the context of the base to be pretrained)."""
     data = load_data(params)
     if params.task == "lm" and params.model is None:
-        if params.max_length > params.recipe().context:
+        recipe = params.recipe()
+        if params.max_length > recipe.context:
             raise AdapterError(
                 f"max_length {params.max_length} is above the pretrained base's context of "
-                f"{params.recipe().context} tokens; allowed: 8..{params.recipe().context}"
+                f"{recipe.context} tokens; allowed: 8..{recipe.context}"
             )
+        # the base's architecture is known before it is trained: its targets are checked now
+        targets = params.target or ["lm_head"]
+        shared = {"dropout": params.dropout, "seed": params.seed}
+        configs = [
+            adapter_config(VARIANTS.get(m, m), **params.adapter_fields(m, targets, **shared)) for m in params.methods
+        ]
+        compare(lambda: skeleton(recipe.model_config(recipe.vocab), AUTO_CLASSES["lm"]), configs)
         return
     preflight(params, finetune_data(params, data))
 
@@ -782,7 +790,9 @@ class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
         return super().for_trial(params, own)
 
     def jobs(self, params: PeftParams, data: Dataset | Corpus) -> list[FinetuneJob]:
-        return [j for j in preflight(params, data).jobs if j.method == self.id]
+        """This method's job alone, whichever ``methods`` the parameters name (a tune's name the defaults)."""
+        own = PeftParams.model_validate({**params.model_dump(), "methods": [self.id]})
+        return preflight(own, data).jobs
 
     def train(self, job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks) -> TrainingResult:
         return fine_tune(job, data, root, hooks)

@@ -1,7 +1,9 @@
 """Hyper-parameter search for one method, as a Prefect flow:
 
 data → the method's features or texts (cached, as in its own flow)
-→ a hold-out of the training split as the trials' test split
+→ a hold-out of the training split as the trials' test split (for an ``lm`` fine-tune, the end
+  of the text the base never saw, scored by perplexity, lower being better; the base pretrained
+  first when no ``model`` is fixed, as the peft flow does)
 → Optuna trials (TPE, median pruning), ``parallel_trials`` at a time as Prefect tasks on the
   Dask cluster, each an MLflow child run; the study in SQLite under the artifact root, so a
   killed or repeated tune resumes where it stopped
@@ -10,10 +12,13 @@ data → the method's features or texts (cached, as in its own flow)
 
 qllm run tune --method qtha --trials 12
 qllm run tune --method qdllm --trials 20 --space "lr=1e-3:0.3:log" --fixed "qubits=8;epochs=20"
+qllm run tune --method qpa --trials 6 --seeds 0,1,2 --fixed "task=lm;target=c_attn;steps=300"
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any, Literal
 
 from mlflow import ActiveRun
@@ -22,11 +27,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from lab import leaderboard as board
-from lab import tracking
+from lab import peft_report, tracking
+from lab.artifacts import download_folder
+from lab.corpus import Corpus
 from lab.methods import METHODS, FeatureMethod, Method
 from lab.methods.base import is_list_field
-from lab.methods.peft import FinetuneMethod, load_data
+from lab.methods.peft import FinetuneMethod, PeftParams, finetune_data, load_data
 from lab.params import Options, RunOptions, experiment, parse_assignments, parse_values
+from lab.pretrain import generated_samples, pretrained_base, speech_prompts
 from lab.runtime import Runtime
 from lab.search_space import Dimension, parse_dimension
 from lab.tuning import TrialOutcome, TuneError, TuningOptions, check_fit, check_space
@@ -114,19 +122,25 @@ class TuneParams(RunOptions, TuningOptions, TuneFields):
         return base
 
     def search_space(self) -> dict[str, Dimension]:
-        declared = self.tuned_method.search_space
+        declared = self.tuned_method.tuning_space(self.base())
         overrides = {k: parse_dimension(k, v, declared.get(k)) for k, v in self.space.items()}
         return {**declared, **overrides}
 
 
-def method_data(method: Method[Any, Any, Any], params: BaseModel, root: str) -> tuple[Any, Any]:
-    """The data set (texts) and what the method trains on, prepared as its own flow does (the
-    teacher's outputs cached)."""
+def method_data(method: Method[Any, Any, Any], params: BaseModel, root: str) -> tuple[Any, Any, BaseModel]:
+    """The data set (texts), what the method trains on, prepared as its own flow does (the
+    teacher's outputs cached), and the parameters that read it: an ``lm`` fine-tune without a
+    model gets the base the peft flow pretrains (cached) and the text that base never saw."""
     if isinstance(method, FeatureMethod):
-        return embeddings(method, params, root)
+        return (*embeddings(method, params, root), params)
     if isinstance(method, FinetuneMethod):
-        data = load_data(params)  # type: ignore[arg-type]
-        return data, data
+        assert isinstance(params, PeftParams)
+        data = load_data(params)
+        if isinstance(data, Corpus) and params.model is None:
+            folder, _ = pretrained_base(data, root, params.recipe(), log=print)
+            params = params.model_copy(update={"model": str(folder)})
+        data = finetune_data(params, data)
+        return data, data, params
     raise TuneError(f"{method.id} has no data the tune flow knows how to prepare")
 
 
@@ -137,12 +151,14 @@ def tune(params: TuneParams = TuneParams()) -> dict[str, Any]:
     runtime = Runtime()
     root = runtime.artifact_root
     method, base = params.tuned_method, params.base()
-    name = tracking.run_name("tune", method.id, getattr(base, "dataset", ""), trials=params.trials, seeds=params.seeds)
+    data_name = getattr(base, "corpus" if getattr(base, "task", "") == "lm" else "dataset", "")
+    name = tracking.run_name("tune", method.id, data_name, trials=params.trials, seeds=params.seeds)
     tags = {"flow": "tune", "method": method.id, **flow_run_tags()}
     with tracking.parent_run(
         runtime, params.experiment, name, params.model_dump(), tags, system_metrics=True
     ) as parent:
-        texts, data = method_data(method, base, root)
+        texts, data, base = method_data(method, base, root)
+        metric = method.objective(base).metric
         record = tracking.data_record(texts)
         tracking.set_tags(parent, {"data_hash": texts.content_hash})
 
@@ -154,7 +170,7 @@ def tune(params: TuneParams = TuneParams()) -> dict[str, Any]:
                 data=record,
                 params=outcome.values,
                 metrics={"seconds": outcome.seconds, **({} if outcome.value is None else {"value": outcome.value})},
-                history={"held_out_accuracy": [v for _, v in outcome.curve]},
+                history={f"held_out_{metric}": [v for _, v in outcome.curve]},
                 status="FAILED" if outcome.state == "failed" else "FINISHED",
                 tags={
                     "state": outcome.state,
@@ -172,11 +188,9 @@ def tune(params: TuneParams = TuneParams()) -> dict[str, Any]:
             seeds=params.seeds,
             on_trial=log_trial,
         )
-        rows = board.tuned_rows(
-            [board.Group(result.method, result.results)], {method.id: method.label}, test_labels(data)
-        )
-        md = report_markdown(result, rows)
-        log_mlflow(parent, record, result, rows)
+        rows = final_rows(method, result, data)
+        md = report_markdown(result, rows, lm=isinstance(data, Corpus))
+        log_mlflow(parent, record, result, rows, data)
         run_id = parent.info.run_id
     trials = result.study.table() if result.study else []
     if trials:
@@ -199,7 +213,15 @@ def test_labels(data: Any) -> Any:
     return data.test_labels if hasattr(data, "test_labels") else data.test_y
 
 
-def report_markdown(result: Tuned, rows: list[dict[str, Any]]) -> str:
+def final_rows(method: Method[Any, Any, Any], result: Tuned, data: Any) -> list[dict[str, Any]]:
+    """The final trainings' row: accuracy with its interval, or (``lm``) each metric's mean and
+    standard deviation over the seeds."""
+    if isinstance(data, Corpus):
+        return [peft_report.seed_row(method.id, result.results)]
+    return board.tuned_rows([board.Group(result.method, result.results)], {method.id: method.label}, test_labels(data))
+
+
+def report_markdown(result: Tuned, rows: list[dict[str, Any]], lm: bool = False) -> str:
     study = result.study
     lines = []
     if study is not None:
@@ -208,17 +230,20 @@ def report_markdown(result: Tuned, rows: list[dict[str, Any]]) -> str:
             f"Study {study.key[:12]} ({study.storage}): {len(study.trials)} trials "
             f"({done['complete']} complete, {done['pruned']} pruned, {done['failed']} failed; "
             f"{study.resumed} from an earlier run).",
-            f"Best held-out accuracy {study.best_value:.4f} with "
+            f"Best held-out {study.objective.metric} {study.best_value:.4f} with "
             + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in study.best_values.items()),
             "",
         ]
-    return "\n".join([*lines, board.tuned_markdown(rows)])
+    return "\n".join([*lines, peft_report.seed_markdown(rows) if lm else board.tuned_markdown(rows)])
 
 
-def log_mlflow(parent: ActiveRun, record: tracking.DataRecord, result: Tuned, rows: list[dict[str, Any]]) -> None:
-    """The final trainings as children (with their parameter counts), the rows and the trials
-    table on the parent."""
+def log_mlflow(
+    parent: ActiveRun, record: tracking.DataRecord, result: Tuned, rows: list[dict[str, Any]], data: Any
+) -> None:
+    """The final trainings as children (with their parameter counts; an ``lm`` fine-tune's with
+    its merged model's place and a few texts it wrote), the rows and the trials table on the parent."""
     for r in result.results:
+        lm = isinstance(data, Corpus) and "merged" in r.files
         tracking.log_child(
             parent,
             r.name,
@@ -227,12 +252,19 @@ def log_mlflow(parent: ActiveRun, record: tracking.DataRecord, result: Tuned, ro
             params=r.job,
             metrics={**r.metrics, **{f"params_{k}": v for k, v in r.params.items()}},
             history=r.history,
-            tags={"method": r.method},
+            files={"samples.txt": written_samples(r.files["merged"], data).encode()} if lm else None,
+            tags={"method": r.method, **({"merged_model": r.files["merged"]} if lm else {})},
         )
     tracking.log_table(parent, rows, "tuned.json")
     if result.study is not None:
         tracking.log_table(parent, result.study.table(), "trials.json")
         tracking.set_tags(parent, {"study": result.study.key[:32], "study_storage": result.study.storage})
+
+
+def written_samples(merged: str, corpus: Corpus) -> str:
+    """What the merged language model at ``merged`` writes after the first validation speakers' names."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return generated_samples(download_folder(merged, Path(tmp) / "merged"), speech_prompts(corpus.val_text))
 
 
 def run_tune(params: TuneParams) -> dict[str, Any]:
@@ -241,9 +273,11 @@ def run_tune(params: TuneParams) -> dict[str, Any]:
     before any server starts."""
     method, base = params.tuned_method, params.base()
     method.check(base)
-    if params.trials:
-        data: Any = method.data_request(base).load() if isinstance(method, FeatureMethod) else load_data(base)  # type: ignore[arg-type]
-        check_fit(data.train_labels, params.tune_fraction, params.sampler_seed)
+    if params.trials and isinstance(method, FeatureMethod):
+        check_fit(method.data_request(base).load().train_labels, params.tune_fraction, params.sampler_seed)
+    elif params.trials:  # a hold-out the training split or text cannot give is refused here
+        assert isinstance(base, PeftParams)
+        method.tuning_view(finetune_data(base, load_data(base)), params.tune_fraction, params.sampler_seed)
     result = run_from_cli(tune, params)
     print(result["markdown"])
     print(mlflow_hint(result["mlflow_run_id"]))

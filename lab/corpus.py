@@ -42,6 +42,18 @@ class Corpus:
         h.update(b"\0" + self.val_text.encode())
         object.__setattr__(self, "content_hash", h.hexdigest())
 
+    def tuning_view(self, fraction: float) -> Corpus:
+        """What hyper-parameter tuning reads: the last ``fraction`` of the training text in the
+        place of the validation text, which tuning never sees. One contiguous cut, not scattered
+        blocks, so no held-out block is the continuation of a training one."""
+        cut = int(len(self.train_text) * (1 - fraction))
+        if cut == 0 or cut == len(self.train_text):
+            raise DataError(
+                f"tune_fraction {fraction:g} of the {len(self.train_text)} training characters of "
+                f"{self.name!r} leaves nothing to train or to hold out"
+            )
+        return Corpus(f"{self.name}[tuning {fraction:g}]", self.source, self.train_text[:cut], self.train_text[cut:])
+
 
 def load_corpus(name_or_path: str, val_fraction: float = 0.1) -> Corpus:
     """The named corpus or a UTF-8 text file (local path or fsspec URL), split by characters."""

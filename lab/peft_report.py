@@ -52,6 +52,39 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# An lm fine-tune's metrics summarised over seeds (:func:`seed_row`): (key, heading, format).
+SEED_METRICS = (
+    ("perplexity", "perplexity, whole blocks", "{:.3f}"),
+    ("speech_perplexity", "speeches, padding masked", "{:.3f}"),
+    ("speech_perplexity_pad_counted", "speeches, padding counted (as reference code)", "{:.3f}"),
+    ("final_train_loss", "final train loss", "{:.4f}"),
+    ("tokens_per_second", "train tokens/s", "{:,.0f}"),
+)
+
+
+def seed_row(method: str, results: Sequence[TrainingResult]) -> dict[str, Any]:
+    """One method's seeds: its size, and each of :data:`SEED_METRICS` as the mean and the
+    standard deviation over seeds (``ddof=1``; 0 for one seed), so a difference between methods
+    can be read against the seeds' own spread."""
+    row: dict[str, Any] = {"method": method, "seeds": len(results), "adapter_params": results[0].params["adapter"]}
+    for key, _, _ in SEED_METRICS:
+        values = np.array([r.metrics[key] for r in results])
+        row[key] = float(values.mean())
+        row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return row
+
+
+def seed_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """:func:`seed_row` rows in Markdown, each metric as mean ± std over the seeds."""
+    heads = ["method", "seeds", "adapter params", *(h for _, h, _ in SEED_METRICS)]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for r in rows:
+        cells = [r["method"], str(r["seeds"]), f"{r['adapter_params']:,}"]
+        cells += [f"{f.format(r[k])} ± {f.format(r[k + '_std'])}" for k, _, f in SEED_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def loss_curves(rows: Sequence[TrainingResult], title: str) -> Figure:
     """Per-step training losses of every method overlaid: faint raw steps, a moving average on top."""
     fig, ax = plt.subplots(figsize=(7, 4))

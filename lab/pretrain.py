@@ -56,6 +56,19 @@ class BaseRecipe:
     seed: int = 0
     fraction: float = 0.5  # of the corpus's training text, from its start
 
+    def model_config(self, vocab_size: int, end_of_text: int | None = None) -> transformers.GPT2Config:
+        """The base's architecture (``vocab_size``: its tokenizer's; the recipe's ``vocab`` before one is trained)."""
+        return transformers.GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=self.context,
+            n_embd=self.width,
+            n_layer=self.layers,
+            n_head=self.heads,
+            bos_token_id=end_of_text,
+            eos_token_id=end_of_text,
+            pad_token_id=end_of_text,
+        )
+
 
 @dataclass(frozen=True)
 class CorpusParts:
@@ -101,16 +114,7 @@ def pretrain(recipe: BaseRecipe, text: str, val_text: str, out: Path, log: Calla
     t0 = time.perf_counter()
     tokenizer = train_tokenizer(text, recipe.vocab)
     torch.manual_seed(recipe.seed)
-    config = transformers.GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=recipe.context,
-        n_embd=recipe.width,
-        n_layer=recipe.layers,
-        n_head=recipe.heads,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-    )
+    config = recipe.model_config(len(tokenizer), tokenizer.eos_token_id)
     model = transformers.GPT2LMHeadModel(config)
     blocks = lm_blocks(tokenizer, text, recipe.context)
     val = lm_blocks(tokenizer, val_text, recipe.context)[:64]

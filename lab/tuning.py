@@ -5,7 +5,8 @@ A study tunes one method on one data set under one budget:
     view = method.tuning_view(data, fraction, seed)    # a training hold-out stands in for test
     study = open_study(root, key)                      # SQLite under the artifact root: resumable
     ask a batch of trials (TPE) → run each on a worker (:func:`run_trial`, median pruning on its
-    held-out accuracy as it trains) → tell the study → … until ``trials`` have finished
+    held-out score as it trains: the method's :class:`~lab.methods.base.Objective`, accuracy or
+    a language model's perplexity) → tell the study → … until ``trials`` have finished
     best values → the method's parameters → retrained per seed on the real split, scored on test
 
 Tuning reads the held-out view only; the test split is touched once, by the final evaluation.
@@ -32,8 +33,10 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from .artifacts import hash_json, join_url, read_bytes
+from .corpus import Corpus
 from .data import Dataset, tuning_mask
 from .methods import METHODS, Hooks, Method
+from .methods.base import ACCURACY, Objective
 from .params import Options
 from .runtime import Runtime
 from .search_space import Dimension
@@ -47,8 +50,8 @@ class TuneError(ValueError):
 
 @dataclass(frozen=True)
 class Pruning:
-    """Optuna's median pruner: after ``startup`` finished trials, a trial whose held-out accuracy
-    at its n-th report (past the first ``warmup`` reports) is below the median of the finished
+    """Optuna's median pruner: after ``startup`` finished trials, a trial whose held-out score
+    at its n-th report (past the first ``warmup`` reports) is worse than the median of the finished
     trials' n-th reports stops. Reports are counted, not steps, so one rule fits epochs and steps."""
 
     startup: int = 3
@@ -85,8 +88,8 @@ class TuningOptions(Options):
 
 @dataclass(frozen=True)
 class TrialTask:
-    """One trial as a worker runs it: the method, its full parameters for this trial, and the
-    finished trials the pruner compares it with."""
+    """One trial as a worker runs it: the method, its full parameters for this trial, the
+    finished trials the pruner compares it with, and what it is scored by."""
 
     method: str
     number: int
@@ -94,6 +97,7 @@ class TrialTask:
     params: dict[str, Any]
     finished: list[Any] = field(default_factory=list)  # optuna FrozenTrials (COMPLETE)
     pruning: Pruning = Pruning()
+    objective: Objective = ACCURACY
 
     @property
     def name(self) -> str:
@@ -102,7 +106,7 @@ class TrialTask:
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """What a trial came to: ``complete`` (``value`` is its held-out accuracy), ``pruned`` (at
+    """What a trial came to: ``complete`` (``value`` is its held-out score), ``pruned`` (at
     its last report) or ``failed`` (``error`` says why); ``curve`` its reports ``(step, value)``."""
 
     number: int
@@ -146,7 +150,8 @@ def run_trial(task: TrialTask, data: Any, root: str, hooks: Hooks | None = None)
     method = METHODS[task.method]
     curve: list[tuple[int, float]] = []
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per private study
-    shadow = optuna.create_study(direction="maximize", pruner=task.pruning.pruner())
+    metric = task.objective.metric
+    shadow = optuna.create_study(direction=task.objective.direction, pruner=task.pruning.pruner())
     shadow.add_trials(task.finished)
     probe = shadow.ask()
 
@@ -154,7 +159,7 @@ def run_trial(task: TrialTask, data: Any, root: str, hooks: Hooks | None = None)
         probe.report(value, len(curve))  # by report, not step: the pruner's warm-up counts reports
         curve.append((step, value))
         if probe.should_prune():
-            raise optuna.TrialPruned(f"held-out accuracy {value:.4f} at step {step} is below the median")
+            raise optuna.TrialPruned(f"held-out {metric} {value:.4f} at step {step} is worse than the median")
 
     base = hooks or Hooks()
     trial_hooks = Hooks(
@@ -175,15 +180,16 @@ def run_trial(task: TrialTask, data: Any, root: str, hooks: Hooks | None = None)
     except Exception as exc:  # noqa: BLE001 - a failed trial is recorded with its error, the study goes on
         error = f"{type(exc).__name__}: {exc}"
         return TrialOutcome(task.number, task.values, "failed", None, curve, time.perf_counter() - t0, error)
-    return TrialOutcome(task.number, task.values, "complete", result.accuracy, curve, time.perf_counter() - t0)
+    value = float(result.metrics[metric])
+    return TrialOutcome(task.number, task.values, "complete", value, curve, time.perf_counter() - t0)
 
 
 # --- the study ------------------------------------------------------------------------------------
 
 
 def data_key(data: Any) -> str:
-    """The content key of a method's data: a data set's hash, an embedded split's key."""
-    return data.content_hash if isinstance(data, Dataset) else str(data.key)
+    """The content key of a method's data: a data set's or a corpus's hash, an embedded split's key."""
+    return data.content_hash if isinstance(data, (Dataset, Corpus)) else str(data.key)
 
 
 def study_key(method: str, base: BaseModel, space: Mapping[str, Dimension], data_key: str, seed: int) -> str:
@@ -244,8 +250,9 @@ def sampler_seed_of(method: str, seed: int) -> int:
     return int(hash_json({"method": method, "sampler_seed": seed})[:8], 16)
 
 
-def open_study(file: StudyFile, key: str, seed: int, pruning: Pruning) -> Any:
-    """The study (created, or loaded to resume) with its sampler seeded by ``seed``; trials a
+def open_study(file: StudyFile, key: str, seed: int, pruning: Pruning, objective: Objective = ACCURACY) -> Any:
+    """The study (created, or loaded to resume) with its sampler seeded by ``seed``, optimising
+    in ``objective``'s direction; trials a
     killed run left running are marked failed and queued again with the same values, so the
     budget is spent in full."""
     import optuna
@@ -255,7 +262,7 @@ def open_study(file: StudyFile, key: str, seed: int, pruning: Pruning) -> Any:
     study = optuna.create_study(
         study_name=key[:32],
         storage=file.url,
-        direction="maximize",
+        direction=objective.direction,
         load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=pruning.pruner(),
@@ -268,7 +275,7 @@ def open_study(file: StudyFile, key: str, seed: int, pruning: Pruning) -> Any:
 
 @dataclass(frozen=True)
 class TuneOutcome:
-    """A finished study: the best trial's values and held-out accuracy, and every trial."""
+    """A finished study: the best trial's values and held-out score (``objective``'s metric), and every trial."""
 
     key: str
     storage: str
@@ -276,6 +283,7 @@ class TuneOutcome:
     best_value: float | None
     trials: list[TrialOutcome]
     resumed: int  # trials finished before this run
+    objective: Objective = ACCURACY
 
     def table(self) -> list[dict[str, Any]]:
         return [
@@ -307,7 +315,8 @@ def tune(
 
     key = study_key(method.id, base, space, data_key, seed)
     file = StudyFile.at(root, key)
-    study = open_study(file, key, sampler_seed_of(method.id, seed), pruning)
+    objective = method.objective(base)
+    study = open_study(file, key, sampler_seed_of(method.id, seed), pruning, objective)
     distributions = {name: dim.distribution() for name, dim in space.items()}
     outcomes = [_outcome_of(t) for t in study.get_trials(deepcopy=False) if _counts(t)]
     resumed = len(outcomes)
@@ -316,7 +325,13 @@ def tune(
         finished = study.get_trials(deepcopy=True, states=(TrialState.COMPLETE,))
         tasks = [
             TrialTask(
-                method.id, t.number, dict(t.params), method.for_trial(base, t.params).model_dump(), finished, pruning
+                method.id,
+                t.number,
+                dict(t.params),
+                method.for_trial(base, t.params).model_dump(),
+                finished,
+                pruning,
+                objective,
             )
             for t in asked
         ]
@@ -340,7 +355,7 @@ def tune(
                 f"{method.id}: its first {len(outcomes)} trials all failed, the last with {outcome.error}"
             )
     complete = [t for t in outcomes if t.state == "complete" and t.value is not None]
-    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    best = max(complete, key=lambda t: (objective.sign * (t.value or 0.0), -t.number)) if complete else None
     return TuneOutcome(
         key,
         file.remote or file.url,
@@ -348,6 +363,7 @@ def tune(
         best.value if best else None,
         outcomes,
         resumed,
+        objective,
     )
 
 

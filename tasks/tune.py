@@ -29,7 +29,7 @@ def run_trial(trial: tuning.TrialTask, data: Any, root: str) -> tuning.TrialOutc
     one_thread_per_task()
     log = get_run_logger()
     outcome = tuning.run_trial(trial, data, root, Hooks(log=log.info, warn=log.warning))
-    log.info("%s: %s, held-out accuracy %s", trial.name, outcome.state, outcome.value)
+    log.info("%s: %s, held-out %s %s", trial.name, outcome.state, trial.objective.metric, outcome.value)
     if outcome.error:
         log.warning("%s failed: %s", trial.name, outcome.error)
     return outcome

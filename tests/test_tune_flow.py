@@ -13,8 +13,9 @@ from mlflow.tracking import MlflowClient
 
 from flows.cli import main as cli
 from flows.tune import TuneParams, run_tune
+from lab.corpus import load_corpus
 from lab.runtime import Runtime
-from tests.stack import assert_linked, shared_lab
+from tests.stack import assert_linked, child_runs, shared_lab
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
@@ -61,6 +62,30 @@ def test_a_repeated_tune_resumes_and_a_larger_budget_runs_only_the_missing_trial
     assert more["study"].resumed == 3 and [t["trial"] for t in more["trials"]] == [0, 1, 2, 3, 4]
 
 
+def test_an_lm_fine_tune_is_tuned_on_held_out_perplexity(lab: tuple[Path, str], tmp_path: Path) -> None:
+    """QPA as published on the attention projections of a base pretrained here (two steps):
+    trials scored by held-out perplexity, the lowest chosen, no head rate searched; the final
+    trainings summarised over seeds, each with the texts its merged model wrote."""
+    corpus = tmp_path / "shakespeare.txt"
+    corpus.write_text(load_corpus("tiny_shakespeare").train_text[:60_000])
+    fixed = {"task": "lm", "corpus": str(corpus), "pretrain_steps": 2, "target": ["c_attn"]}
+    fixed |= {"steps": 4, "batch_size": 4, "max_length": 16, "eval_blocks": 4}
+    run = run_tune(TuneParams(method="qpa-published", trials=2, fixed=fixed, seeds=[0, 1], experiment="test-tune-lm"))
+    assert set(run["best"]) == {"adapter_lr", "circuit_lr"} and run["study"].objective.direction == "minimize"
+    values = [t["value"] for t in run["trials"] if t["state"] == "complete"]
+    assert run["study"].best_value == min(values)
+    (row,) = run["rows"]
+    assert row["seeds"] == 2 and row["perplexity"] > 1 and row["perplexity_std"] >= 0
+    assert row["speech_perplexity"] != row["speech_perplexity_pad_counted"]
+    mlflow.set_tracking_uri(Runtime().tracking_uri())
+    parent = MlflowClient().get_run(run["mlflow_run_id"])
+    for trial in child_runs(parent, "tags.kind = 'trial'"):
+        assert len(MlflowClient().get_metric_history(trial.info.run_id, "val/perplexity")) >= 1
+    for final in child_runs(parent, "tags.kind = 'final'"):
+        assert final.data.tags["merged_model"] and final.data.metrics["merged_max_abs_diff"] < 1e-3
+        assert mlflow.artifacts.load_text(f"{final.info.artifact_uri}/samples.txt").count("---") == 2
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -76,6 +101,8 @@ def test_a_repeated_tune_resumes_and_a_larger_budget_runs_only_the_missing_trial
         (["--seeds", "1,1"], "--seeds: Value error, [1] given more than once"),
         (["--fixed", "dataset=sst3"], "unknown data set 'sst3'"),
         (["--method", "pqc-head", "--fixed", "per_label=2", "--tune-fraction", "0.9"], "leaves a class without"),
+        (["--method", "qtha", "--fixed", "task=lm;max_length=256"], "above the pretrained base's context of 128"),
+        (["--method", "qpa", "--fixed", "task=lm;target=c_atn"], "target_modules ['c_atn'] match no module"),
     ],
 )
 def test_bad_input_is_refused_before_any_work(

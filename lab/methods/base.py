@@ -20,7 +20,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -118,6 +118,23 @@ def _no_progress(done: int, note: str) -> None:
 
 
 @dataclass(frozen=True)
+class Objective:
+    """What tuning optimises: a training result's metric (its held-out value in a trial) and
+    whether a larger or a smaller value is better."""
+
+    metric: str
+    direction: Literal["maximize", "minimize"]
+
+    @property
+    def sign(self) -> int:
+        """+1 or -1: ``sign * value`` is larger the better ``value`` is."""
+        return 1 if self.direction == "maximize" else -1
+
+
+ACCURACY = Objective("accuracy", "maximize")
+
+
+@dataclass(frozen=True)
 class Hooks:
     """What the orchestration lends a training: where it logs (``log``, and ``warn`` for what a
     user must see), where it shows how far it is (``progress(done, note)``, ``done`` out of the
@@ -125,8 +142,8 @@ class Hooks:
     client over which Aer's parameter-shift batches may spread, and (federated) the executor of
     a round's client trainings. ``None``: in this process, one after another.
 
-    ``report(step, accuracy)``, set by a tuning trial (:mod:`lab.tuning`), asks a training for
-    its accuracy on the held-out split as it goes (each epoch, or a few times over the steps);
+    ``report(step, value)``, set by a tuning trial (:mod:`lab.tuning`), asks a training for
+    its :class:`Objective`'s metric on the held-out split as it goes (each epoch, or a few times over the steps);
     it raises to stop a trial the pruner gives up on; ``save_models=False`` (a trial's) skips
     what only a model someone loads needs (a fine-tune's merged folder and its check)."""
 
@@ -204,6 +221,14 @@ class Method(ABC, Generic[P, J, D]):
     def tuning_view(self, data: D, fraction: float, seed: int) -> D:
         """The data a trial reads: a hold-out of the training split as its test split."""
         raise NotImplementedError(f"{self.id} cannot be tuned")
+
+    def tuning_space(self, params: P) -> dict[str, Dimension]:
+        """What a tune of ``params`` searches by default: the declared space."""
+        return dict(self.search_space)
+
+    def objective(self, params: P) -> Objective:
+        """What a trial of ``params`` is scored by: held-out accuracy unless the method says otherwise."""
+        return ACCURACY
 
     def for_trial(self, params: P, values: dict[str, Any]) -> P:
         """``params`` with a trial's values (a list field takes the value as its one entry),

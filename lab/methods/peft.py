@@ -53,7 +53,7 @@ from ..search_space import Dimension, Float
 from ..sentence_classifier import build_classifier, load_classifier
 from ..store import ablated_predictions
 from ..teacher import ModelNotFoundError, model_fingerprint, resolve_model
-from .base import Budget, ClassicalStandin, Hooks, Method
+from .base import ACCURACY, Budget, ClassicalStandin, Hooks, Method, Objective
 
 AUTO_CLASSES = {"classify": "AutoModelForSequenceClassification", "lm": "AutoModelForCausalLM"}
 # Merged vs adapted outputs, relative to the outputs' scale (at least 1). float32 rounding alone
@@ -311,11 +311,19 @@ def check(params: PeftParams) -> None:
     ``lm`` without a model, the block length against the context of the base to be pretrained)."""
     data = load_data(params)
     if params.task == "lm" and params.model is None:
-        if params.max_length > params.recipe().context:
+        recipe = params.recipe()
+        if params.max_length > recipe.context:
             raise AdapterError(
                 f"max_length {params.max_length} is above the pretrained base's context of "
-                f"{params.recipe().context} tokens; allowed: 8..{params.recipe().context}"
+                f"{recipe.context} tokens; allowed: 8..{recipe.context}"
             )
+        # the base's architecture is known before it is trained: its targets are checked now
+        targets = params.target or ["lm_head"]
+        shared = {"dropout": params.dropout, "seed": params.seed}
+        configs = [
+            adapter_config(VARIANTS.get(m, m), **params.adapter_fields(m, targets, **shared)) for m in params.methods
+        ]
+        compare(lambda: skeleton(recipe.model_config(recipe.vocab), AUTO_CLASSES["lm"]), configs)
         return
     preflight(params, finetune_data(params, data))
 
@@ -450,11 +458,17 @@ def fine_tune(job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks)
         if (step + 1) % max(1, job.steps // 10) == 0 or step + 1 == job.steps:
             hooks.log(f"{job.method} step {step + 1}/{job.steps}: loss {loss:.4f}")
             hooks.progress(step + 1, f"step {step + 1}/{job.steps}: loss {loss:.4f}")
-        # a tuning trial's test split is its held-out view: its accuracy four times over the steps
-        if hooks.report is not None and isinstance(data, Dataset) and (step + 1) % max(1, job.steps // 4) == 0:
-            reported[step + 1] = test_predictions(adapted, evaluation)
+        # a tuning trial's test split is its held-out view: its score four times over the steps
+        if hooks.report is not None and (step + 1) % max(1, job.steps // 4) == 0:
+            hooks.report(step + 1, held_out_score(step + 1))
             adapted.train()
-            hooks.report(step + 1, share_right(reported[step + 1], data))
+
+    def held_out_score(step: int) -> float:
+        """Accuracy (the predictions kept: the last report's are the result's) or perplexity."""
+        if isinstance(data, Corpus):
+            return perplexity(adapted, evaluation.batches)
+        reported[step] = test_predictions(adapted, evaluation)
+        return share_right(reported[step], data)
 
     t0 = time.perf_counter()
     trained = train_steps(
@@ -727,6 +741,8 @@ def noisy_evaluation(
 
 # --- the registry's view: one entry per adapter ------------------------------------------------
 
+PERPLEXITY = Objective("perplexity", "minimize")  # of an lm fine-tune, on held-out blocks
+
 
 class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
     """One method of the peft comparison; they all share one preflight and one training."""
@@ -756,9 +772,17 @@ class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
         ]
 
     def tuning_view(self, data: Dataset | Corpus, fraction: float, seed: int) -> Dataset | Corpus:
-        if not isinstance(data, Dataset):
-            raise ValueError("tuning reads a classification data set; causal-LM fine-tuning is not tuned")
-        return data.tuning_view(fraction, seed)
+        """A stratified hold-out of the training texts, or (``lm``) the end of the fine-tuning
+        text, in the place of the test split or the validation text (``seed`` unused: one cut)."""
+        return data.tuning_view(fraction, seed) if isinstance(data, Dataset) else data.tuning_view(fraction)
+
+    def objective(self, params: PeftParams) -> Objective:
+        """Held-out accuracy, or a language model's held-out perplexity (lower is better)."""
+        return PERPLEXITY if params.task == "lm" else ACCURACY
+
+    def tuning_space(self, params: PeftParams) -> dict[str, Dimension]:
+        """The method's space; a language model has no new head whose rate could matter."""
+        return {k: v for k, v in self.search_space.items() if not (params.task == "lm" and k == "head_lr")}
 
     def for_trial(self, params: PeftParams, values: dict[str, Any]) -> PeftParams:
         """A trial's values; a learning rate of the adapter or circuit is this method's own."""
@@ -766,7 +790,9 @@ class FinetuneMethod(Method[PeftParams, FinetuneJob, Dataset | Corpus]):
         return super().for_trial(params, own)
 
     def jobs(self, params: PeftParams, data: Dataset | Corpus) -> list[FinetuneJob]:
-        return [j for j in preflight(params, data).jobs if j.method == self.id]
+        """This method's job alone, whichever ``methods`` the parameters name (a tune's name the defaults)."""
+        own = PeftParams.model_validate({**params.model_dump(), "methods": [self.id]})
+        return preflight(own, data).jobs
 
     def train(self, job: FinetuneJob, data: Dataset | Corpus, root: str, hooks: Hooks) -> TrainingResult:
         return fine_tune(job, data, root, hooks)

@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return refused(err, args.debug)
         return 0
     if args.command == "peft":
-        return count_main(args)
+        return count_main(args, debug=args.debug)
     if blank := [i for i, t in enumerate(args.texts, 1) if not t.strip()]:
         shown = ", ".join(f"#{i} {args.texts[i - 1]!r}" for i in blank)
         print(f"error: text {shown} is empty or blank; give each text to classify", file=sys.stderr)
@@ -257,7 +257,7 @@ def count_parser(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser, CountParams)
 
 
-def count_main(args: argparse.Namespace) -> int:
+def count_main(args: argparse.Namespace, *, debug: bool = False) -> int:
     """``qllm peft count``: print the table, or refuse bad input with a message naming it."""
     try:
         print(count_report(parse_model(CountParams, args)))
@@ -265,7 +265,7 @@ def count_main(args: argparse.Namespace) -> int:
         print(format_validation_error(err), file=sys.stderr)
         return 2
     except (AdapterError, ModelNotFoundError) as err:
-        return refused(err, args.debug)
+        return refused(err, debug)
     return 0
 
 

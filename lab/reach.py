@@ -92,11 +92,12 @@ def check_object_store(runtime: Runtime) -> None:
 
 
 def _without_secrets(text: str) -> str:
-    """``text`` with the value of every secret-looking environment variable cut out."""
-    for name, value in os.environ.items():
-        if len(value) >= 4 and any(word in name.upper() for word in ("SECRET", "TOKEN", "PASSWORD", "KEY")):
-            text = text.replace(value, "***")
-    return text
+    """``text`` with the value of every secret-looking environment variable cut out (by the
+    hardware flow's :func:`~qcore.hardware.service.redact`, imported only on this failure path)."""
+    from qcore.hardware.service import redact
+
+    words = ("SECRET", "TOKEN", "PASSWORD", "KEY")
+    return redact(text, *(v for n, v in os.environ.items() if len(v) >= 4 and any(w in n.upper() for w in words)))
 
 
 def check_tracking(runtime: Runtime) -> None:

@@ -318,14 +318,26 @@ def check(params: PeftParams) -> None:
                 f"{recipe.context} tokens; allowed: 8..{recipe.context}"
             )
         # the base's architecture is known before it is trained: its targets are checked now
-        targets = params.target or ["lm_head"]
-        shared = {"dropout": params.dropout, "seed": params.seed}
-        configs = [
-            adapter_config(VARIANTS.get(m, m), **params.adapter_fields(m, targets, **shared)) for m in params.methods
-        ]
-        compare(lambda: skeleton(recipe.model_config(recipe.vocab), AUTO_CLASSES["lm"]), configs)
+        config = recipe.model_config(recipe.vocab)
+        adapter_counts(params, config, method_fields(params, params.target or ["lm_head"]))
         return
     preflight(params, finetune_data(params, data))
+
+
+def method_fields(params: PeftParams, targets: list[str], **shared: Any) -> dict[str, dict[str, Any]]:
+    """Each method's adapter fields on ``targets``, with the dropout and seed they all share."""
+    return {
+        m: params.adapter_fields(m, targets, dropout=params.dropout, seed=params.seed, **shared) for m in params.methods
+    }
+
+
+def adapter_counts(
+    params: PeftParams, config: transformers.PretrainedConfig, fields: dict[str, dict[str, Any]]
+) -> list[Count]:
+    """Every method's counts on a weightless ``config`` model: a missing target, a rank or a
+    chunk size the model cannot take is refused here, before any training."""
+    configs = [adapter_config(VARIANTS.get(m, m), **f) for m, f in fields.items()]
+    return compare(lambda: skeleton(config, AUTO_CLASSES[params.task]), configs)
 
 
 def preflight(params: PeftParams, data: Dataset | Corpus) -> Plan:
@@ -352,10 +364,8 @@ def preflight(params: PeftParams, data: Dataset | Corpus) -> Plan:
     auto = AUTO_CLASSES[params.task]
     targets = params.target or (["lm_head"] if params.task == "lm" else default_targets(config))
     heads = head_names(skeleton(config, auto)) if params.task == "classify" else []
-    shared = {"dropout": params.dropout, "seed": params.seed, "modules_to_save": heads}
-    fields = {m: params.adapter_fields(m, targets, **shared) for m in params.methods}
-    configs = [adapter_config(VARIANTS.get(m, m), **f) for m, f in fields.items()]
-    counts = compare(lambda: skeleton(config, auto), configs)
+    fields = method_fields(params, targets, modules_to_save=heads)
+    counts = adapter_counts(params, config, fields)
     if params.task == "classify":  # the noise ablation classifies: perplexity is not ablated
         try:
             params.check_device_qubits(max(c.qubits for c in counts), "the widest adapter circuit")

@@ -4,93 +4,100 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
-from lab.data import DataError, DataUnavailableError
-from lab.methods.peft import CountParams, count_report
-from lab.reach import SettingsError, check_tracking
-from lab.registry import RegistryError
-from lab.runtime import Runtime
-from lab.teacher import ModelNotFoundError
-from qcore.adapters import AdapterError
-from qcore.hardware.service import HardwareError
+from lab.params import ReadsData
 
 M = TypeVar("M", bound=BaseModel)
-FlowEntry = tuple[type[BaseModel], Callable[[Any], Any], str]  # (parameters, runner taking them, help)
 
 
-def _flows() -> dict[str, FlowEntry]:
-    from lab.methods.federated import FederatedCompareParams, FederatedParams
-    from lab.methods.peft import PeftParams
-    from lab.methods.pqc_head import HeadParams
-    from lab.methods.qdllm import DistillParams
+@dataclass(frozen=True)
+class FlowEntry:
+    """A ``qllm run`` flow: where its parameter model and its runner live (``module:name``), and
+    its one-line help. Both load only when the flow is chosen: ``qllm --help`` and a refused
+    command answer before torch, Qiskit, Prefect or MLflow load (the parameter models of
+    :mod:`lab.params` are light; a runner's module is not)."""
 
-    from .compare import CompareParams, run_compare
-    from .distill import run_distill
-    from .federated import run_federated
-    from .hardware import HardwareParams, run_hardware
-    from .head import run_head
-    from .peft import run_peft
-    from .study import StudyParams, run_study
-    from .tune import TuneParams, run_tune
+    params: str
+    runner: str
+    help: str
 
-    return {
-        "distill": (DistillParams, run_distill, "QD-LLM: distil a teacher LLM into quantum students"),
-        "head": (
-            HeadParams,
-            run_head,
-            "PQC head: a hybrid quantum classification head on few-shot "
-            "sentence embeddings, beside classical heads, with a noise ablation",
-        ),
-        "peft": (
-            PeftParams,
-            run_peft,
-            "LoRA, QPA and QTHA fine-tune one model on equal footing; "
-            "merged into plain weights for quantum-free inference",
-        ),
-        "study": (
-            StudyParams,
-            run_study,
-            "a grid of configurations x seeds of one method on the Dask "
-            "cluster, with a plot of the metric against the grid axis",
-        ),
-        "tune": (
-            TuneParams,
-            run_tune,
-            "hyper-parameter search for one method (Optuna TPE, median pruning) on a training hold-out, "
-            "trials on the Dask cluster; the best trained per seed and scored on test",
-        ),
-        "federated": (
-            FederatedParams,
-            run_federated,
-            "LLM-QFL: federated quantum classifiers on Dask, steered by an LLM controller",
-        ),
-        "compare": (
-            CompareParams,
-            run_compare,
-            "every method on one data set, budget and seed set: a "
-            "leaderboard of accuracy against parameters and training time",
-        ),
-        "hardware": (
-            HardwareParams,
-            run_hardware,
-            "run a trained quantum model on an IBM quantum computer "
-            "(or a fake one offline) beside its exact and noisy simulation",
-        ),
-        "federated-compare": (
-            FederatedCompareParams,
-            run_federated,
-            "LLM-QFL: controllers none/adaptive/dynamic-weighted and a classical "
-            "federated baseline on SST-2 and SUBJ, IID and Dirichlet(0.5)",
-        ),
-    }
+    def model(self) -> type[BaseModel]:
+        return cast("type[BaseModel]", _load(self.params))
+
+    def run(self, params: BaseModel) -> Any:
+        return _load(self.runner)(params)
+
+
+def _load(where: str) -> Any:
+    module, _, name = where.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+FLOWS: dict[str, FlowEntry] = {
+    "distill": FlowEntry(
+        "lab.params.distill:DistillParams",
+        "flows.distill:run_distill",
+        "QD-LLM: distil a teacher LLM into quantum students",
+    ),
+    "head": FlowEntry(
+        "lab.params.head:HeadParams",
+        "flows.head:run_head",
+        "PQC head: a hybrid quantum classification head on few-shot "
+        "sentence embeddings, beside classical heads, with a noise ablation",
+    ),
+    "peft": FlowEntry(
+        "lab.params.peft:PeftParams",
+        "flows.peft:run_peft",
+        "LoRA, QPA and QTHA fine-tune one model on equal footing; merged into plain weights for quantum-free inference",
+    ),
+    # The study's, tune's and compare's checks read every method's parameters and search space
+    # through the method registry, so their parameter models live with their flows (not light).
+    "study": FlowEntry(
+        "flows.study:StudyParams",
+        "flows.study:run_study",
+        "a grid of configurations x seeds of one method on the Dask "
+        "cluster, with a plot of the metric against the grid axis",
+    ),
+    "tune": FlowEntry(
+        "flows.tune:TuneParams",
+        "flows.tune:run_tune",
+        "hyper-parameter search for one method (Optuna TPE, median pruning) on a training hold-out, "
+        "trials on the Dask cluster; the best trained per seed and scored on test",
+    ),
+    "federated": FlowEntry(
+        "lab.params.federated:FederatedParams",
+        "flows.federated:run_federated",
+        "LLM-QFL: federated quantum classifiers on Dask, steered by an LLM controller",
+    ),
+    "compare": FlowEntry(
+        "flows.compare:CompareParams",
+        "flows.compare:run_compare",
+        "every method on one data set, budget and seed set: a "
+        "leaderboard of accuracy against parameters and training time",
+    ),
+    "hardware": FlowEntry(
+        "lab.params.hardware:HardwareParams",
+        "flows.hardware:run_hardware",
+        "run a trained quantum model on an IBM quantum computer "
+        "(or a fake one offline) beside its exact and noisy simulation",
+    ),
+    "federated-compare": FlowEntry(
+        "lab.params.federated:FederatedCompareParams",
+        "flows.federated:run_federated",
+        "LLM-QFL: controllers none/adaptive/dynamic-weighted and a classical "
+        "federated baseline on SST-2 and SUBJ, IID and Dirichlet(0.5)",
+    ),
+}
 
 
 def _is_list(annotation: Any) -> bool:
@@ -151,8 +158,15 @@ def format_validation_error(err: ValidationError) -> str:
     return "invalid parameters:\n" + "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    flows = _flows()
+def chosen_flow(argv: Sequence[str]) -> str | None:
+    """The flow ``qllm run NAME …`` names, if any: only its options are built (and only its
+    parameter model imported)."""
+    words = [w for w in argv if not w.startswith("-")]
+    return words[1] if len(words) > 1 and words[0] == "run" and words[1] in FLOWS else None
+
+
+def build_parser(flow: str | None) -> argparse.ArgumentParser:
+    """``qllm``'s parser, with the options of ``flow`` (the others' sub-commands have their help only)."""
     parser = argparse.ArgumentParser(prog="qllm", description=__doc__)
     parser.add_argument(
         "--debug",
@@ -162,12 +176,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a flow")
     run_sub = run.add_subparsers(dest="flow", required=True)
-    for name, (model, _, doc) in flows.items():
-        p = run_sub.add_parser(name, help=doc, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        add_model_options(p, model)
-        p.add_argument(
-            "--verbose", action="store_true", help="also print Dask's INFO lines (cluster start, workers, shutdown)"
+    for name, entry in FLOWS.items():
+        p = run_sub.add_parser(
+            name, help=entry.help, description=entry.help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
+        if name == flow:
+            add_model_options(p, entry.model())
+            p.add_argument(
+                "--verbose", action="store_true", help="also print Dask's INFO lines (cluster start, workers, shutdown)"
+            )
     peft_sub = sub.add_parser("peft", help="parameter-efficient fine-tuning tools").add_subparsers(
         dest="peft_command", required=True
     )
@@ -188,28 +205,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models:/NAME@ALIAS (e.g. models:/qllm-qdllm-sst2@champion) or models:/NAME/VERSION",
     )
     pred.add_argument("texts", nargs="+", help="texts to classify")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors a user's input causes once a flow runs: refused in one line, not a traceback.
+    Imported when a command has passed the light checks, since their modules are heavy."""
+    from lab.data import DataError, DataUnavailableError
+    from lab.reach import SettingsError
+    from lab.registry import RegistryError
+    from lab.teacher import ModelNotFoundError
+    from qcore.adapters import AdapterError
+    from qcore.hardware.service import HardwareError
+
+    return (
+        DataError,
+        DataUnavailableError,
+        AdapterError,
+        ModelNotFoundError,
+        HardwareError,
+        SettingsError,
+        RegistryError,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(chosen_flow(argv)).parse_args(argv)
 
     if args.command == "run":
         if not args.verbose:
             quiet_dask()
-        model, runner, _ = flows[args.flow]
+        entry = FLOWS[args.flow]
         try:
-            params = parse_model(model, args)
+            params = parse_model(entry.model(), args)
         except ValidationError as err:
             print(format_validation_error(err), file=sys.stderr)
             return 2
+        from lab.data import DataError, DataUnavailableError
+
+        try:  # the data set, read and split, before any heavy library loads
+            if isinstance(params, ReadsData):
+                params.check_data()
+        except (DataError, DataUnavailableError) as err:
+            return refused(err, args.debug)
         try:
-            runner(params)
-        except (
-            DataError,
-            DataUnavailableError,
-            AdapterError,
-            ModelNotFoundError,
-            HardwareError,
-            SettingsError,
-            RegistryError,
-        ) as err:
+            entry.run(params)
+        except user_errors() as err:
             return refused(err, args.debug)
         return 0
     if args.command == "peft":
@@ -218,12 +260,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         shown = ", ".join(f"#{i} {args.texts[i - 1]!r}" for i in blank)
         print(f"error: text {shown} is empty or blank; give each text to classify", file=sys.stderr)
         return 2
+    from lab.reach import check_tracking
+    from lab.runtime import Runtime
+
     from .predict import predict
 
     try:
         check_tracking(Runtime())
         rows = predict(args.source, args.texts)
-    except (HardwareError, SettingsError, RegistryError) as err:
+    except user_errors() as err:
         return refused(err, args.debug)
     for text, label, probs in rows:
         print(json.dumps({"text": text, "label": label, "probabilities": probs}))
@@ -254,17 +299,25 @@ COUNT_HELP = "trainable parameters of LoRA, QPA and QTHA from a model config alo
 
 def count_parser(parser: argparse.ArgumentParser) -> None:
     """The options of ``qllm peft count`` (one per :class:`CountParams` field)."""
+    from lab.params.peft import CountParams
+
     add_model_options(parser, CountParams)
 
 
 def count_main(args: argparse.Namespace, *, debug: bool = False) -> int:
     """``qllm peft count``: print the table, or refuse bad input with a message naming it."""
+    from lab.params.peft import CountParams
+
     try:
-        print(count_report(parse_model(CountParams, args)))
+        params = parse_model(CountParams, args)
     except ValidationError as err:
         print(format_validation_error(err), file=sys.stderr)
         return 2
-    except (AdapterError, ModelNotFoundError) as err:
+    from lab.methods.peft import count_report
+
+    try:
+        print(count_report(params))
+    except user_errors() as err:
         return refused(err, debug)
     return 0
 

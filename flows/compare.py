@@ -34,18 +34,19 @@ from lab.embedded import EmbeddedSplit
 from lab.methods import LEADERBOARD, METHODS, FeatureMethod, Method
 from lab.methods import federated as fed
 from lab.methods.peft import FinetuneMethod
-from lab.methods.pqc_head import MAX_QUBITS as HEAD_MAX_QUBITS
-from lab.methods.qdllm import MAX_QUBITS as STUDENT_MAX_QUBITS
 from lab.methods.qdllm import QDLLM
 from lab.params import DataOptions, Options, RunOptions, experiment, parse_values
+from lab.params.body import BodyOptions
+from lab.params.distill import MAX_QUBITS as STUDENT_MAX_QUBITS
+from lab.params.head import MAX_QUBITS as HEAD_MAX_QUBITS
 from lab.results import TrainingResult
 from lab.runtime import Runtime
-from lab.setfit_body import BodyJob, BodyOptions
+from lab.setfit_body import BodyJob, body_job
 from lab.teacher import resolve_model
 from lab.tuning import TuneOutcome, TuningOptions, check_fit
 from qcore.federated.controller import RULES
 from qcore.federated.partition import PartitionError
-from qcore.models.pqc_head import MAX_ENCODERS
+from qcore.models.pqc_head_config import MAX_ENCODERS
 from tasks.federated import federated_data, federated_run
 from tasks.prepare import embedded_split
 from tasks.train import train_task
@@ -212,7 +213,7 @@ class CompareParams(RunOptions, TuningOptions, CompareFields, BodyOptions, DataO
             keep &= ~tuning_mask(labels, self.tune_fraction, self.sampler_seed)
         if "pqc-head" in self.methods:
             keep &= ~hold_out(labels, self.val_fraction, self.split_seed)
-        return self.body_on(None, data, keep.tolist())
+        return body_job(self, None, data, keep.tolist())
 
     def check_data(self) -> None:
         """Read and split the data set and check that every chosen method can use it (two

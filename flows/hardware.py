@@ -13,29 +13,26 @@ model, the model's width against the device, and the QPU-time budget.
 from __future__ import annotations
 
 import dataclasses
-import re
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import Field, field_validator
 
 from lab import reporting, tracking
 from lab.artifacts import hash_json, upload_folder
 from lab.data import load_dataset
 from lab.hardware import Ledger, SourceRun, chunks, load_source
-from lab.noise import NoiseSetting
-from lab.params import Options, RunOptions, experiment
+from lab.params.hardware import HardwareParams
+from lab.params.noise import NoiseSetting
 from lab.runtime import Runtime
 from lab.teacher import TeacherSpec, teacher_features
 from qcore.hardware.plan import build_plan
 from qcore.hardware.service import HardwareError, Mitigation, QPUService
 from qcore.simulators.aer import fake_backend, fake_backend_names
-from qcore.simulators.fake_devices import FAKE_DEVICES
 from tasks.hardware import credentials, run_on_qpu, service_for
 from tasks.train import evaluate_under_noise
 
@@ -44,117 +41,45 @@ from .runner import check_dask_address, dask_runner, flow_run_tags, mlflow_hint,
 # Offline, the executor Estimator's boxes touch every qubit of the device: 16 qubits already take
 # about 25 s per binding here, 27 do not fit in memory.
 LOCAL_ESTIMATOR_QUBITS = 16
-BACKEND_PATTERN = re.compile(r"^(fake_[a-z0-9_]+|ibm_[a-z0-9_]+|least_busy)$")
-# The form's rule: one of the fake devices by name, an IBM device's name, or least_busy.
-FORM_BACKENDS = "^(" + "|".join([*FAKE_DEVICES, "ibm_[a-z0-9_]+", "least_busy"]) + ")$"
 
 
-class HardwareFields(Options):
-    """The hardware flow's own parameters (before the run group in the form)."""
-
-    run_id: str = Field(
-        ...,
-        min_length=1,
-        description="MLflow run holding a trained quantum model (a child run of distill, head or study), "
-        "or a registered one: models:/NAME@ALIAS (e.g. models:/qllm-qdllm-sst2@champion) or models:/NAME/VERSION",
+def mitigation(params: HardwareParams) -> Mitigation:
+    """The error mitigation ``params`` ask for (resilience levels apply to the estimator only)."""
+    return Mitigation(
+        resilience_level=params.resilience_level if params.primitive == "estimator" else 0,
+        dynamical_decoupling=params.dynamical_decoupling,
+        twirling=params.twirling,
     )
-    backend: str = Field(
-        "fake_torino",
-        description="fake_DEVICE, e.g. fake_torino (offline: the runtime's local testing "
-        "mode with that device's noise), ibm_NAME, e.g. ibm_torino, or least_busy",
-        json_schema_extra={"pattern": FORM_BACKENDS},
-    )
-    primitive: Literal["sampler", "estimator"] = Field(
-        "sampler",
-        description="executor-based runtime primitive: sampler (⟨Z⟩ from counts; runs on "
-        "every fake device) or estimator (resilience levels)",
-    )
-    shots: int = Field(1024, ge=1, le=100_000, description="shots per circuit")
-    samples: int = Field(200, ge=1, le=100_000, description="test examples (a stratified sample of the test split)")
-    sample_seed: int = Field(0, description="seed of the test sample")
-    dataset: str | None = Field(
-        None,
-        description="data set of the test examples (default: the one the model was trained on, from its MLflow run)",
-    )
-    optimization_level: int = Field(2, ge=0, le=3, description="preset pass manager optimisation level")
-    resilience_level: int = Field(
-        1,
-        ge=0,
-        le=2,
-        description="estimator: 0 none, 1 readout mitigation (TREX), 2 readout + zero-noise extrapolation",
-    )
-    dynamical_decoupling: Literal["XX", "XpXm", "XY4"] | None = Field(
-        None, description="dynamical-decoupling sequence on idle qubits (None: off)"
-    )
-    twirling: bool = Field(False, description="Pauli-twirl gates and measurements")
-    job_size: int = Field(100, ge=1, description="test examples per job; all jobs go in one Batch")
-    max_qpu_seconds: float = Field(
-        600.0, gt=0, description="refuse to submit when the estimated QPU time is above this, unless --confirm"
-    )
-    confirm: bool = Field(False, description="submit even above --max-qpu-seconds")
-    dry_run: bool = Field(
-        False, description="stop after transpiling: print the circuit metrics and the QPU-time estimate, submit nothing"
-    )
-    noisy_simulation: bool = Field(
-        True,
-        description="also simulate the same samples with Aer and the "
-        "device's noise model (needs a fake twin of the device)",
-    )
-    timeout_seconds: float = Field(
-        6 * 3600, gt=0, description="the QPU task's timeout (queue included); its retries resume the same jobs"
-    )
-    poll_max_seconds: float = Field(60.0, gt=0, description="longest wait between two job-status polls")
 
 
-class HardwareParams(RunOptions, HardwareFields):
-    """Parameters of the hardware flow (the CLI options, the Prefect UI form, prefect.yaml)."""
+def ledger_key(params: HardwareParams, source: SourceRun) -> str:
+    """Same model, samples and circuit settings → same jobs (a re-run resumes them)."""
+    fields = (
+        "backend",
+        "primitive",
+        "shots",
+        "samples",
+        "sample_seed",
+        "dataset",
+        "optimization_level",
+        "job_size",
+    )
+    return hash_json(
+        {
+            "weights": source.weights_hash,
+            "mitigation": dataclasses.asdict(mitigation(params)),
+            **{k: getattr(params, k) for k in fields},
+        }
+    )
 
-    experiment: str = experiment("qllm-hardware")
 
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, v: str) -> str:
-        if not BACKEND_PATTERN.match(v):
-            raise ValueError(f"backend {v!r} is not fake_<device>, ibm_<name> or least_busy")
-        if v.startswith("fake_") and v not in FAKE_DEVICES:
-            raise ValueError(f"unknown fake backend {v!r}; available: {', '.join(FAKE_DEVICES)}")
-        return v
-
-    @property
-    def mitigation(self) -> Mitigation:
-        return Mitigation(
-            resilience_level=self.resilience_level if self.primitive == "estimator" else 0,
-            dynamical_decoupling=self.dynamical_decoupling,
-            twirling=self.twirling,
-        )
-
-    def ledger_key(self, source: SourceRun) -> str:
-        """Same model, samples and circuit settings → same jobs (a re-run resumes them)."""
-        fields = (
-            "backend",
-            "primitive",
-            "shots",
-            "samples",
-            "sample_seed",
-            "dataset",
-            "optimization_level",
-            "job_size",
-        )
-        return hash_json(
-            {
-                "weights": source.weights_hash,
-                "mitigation": dataclasses.asdict(self.mitigation),
-                **{k: getattr(self, k) for k in fields},
-            }
-        )
-
-    def check(self) -> None:
-        """The cheap refusals, before any server starts: credentials and the run's model."""
-        if not self.backend.startswith("fake_"):
-            credentials()
-        qubits = load_source(self.run_id, Runtime()).model.hardware_layer.circuit.num_qubits
-        if self.backend.startswith("fake_"):
-            check_device(self, fake_backend(self.backend), qubits, local=True)
+def check_hardware(params: HardwareParams) -> None:
+    """The cheap refusals, before any server starts: credentials and the run's model."""
+    if not params.backend.startswith("fake_"):
+        credentials()
+    qubits = load_source(params.run_id, Runtime()).model.hardware_layer.circuit.num_qubits
+    if params.backend.startswith("fake_"):
+        check_device(params, fake_backend(params.backend), qubits, local=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +151,7 @@ def hardware(params: HardwareParams) -> dict[str, Any]:
     source = load_source(params.run_id, settings)
     model = source.model
     service = service_for(params.backend)
-    ledger = Ledger.open(settings.artifact_root, params.ledger_key(source))
+    ledger = Ledger.open(settings.artifact_root, ledger_key(params, source))
     layer = model.hardware_layer
     backend = resolve_backend(service, params, ledger, layer.circuit.num_qubits)
     ledger.backend = backend.name
@@ -239,7 +164,7 @@ def hardware(params: HardwareParams) -> dict[str, Any]:
         layer, angles.numpy(), backend, primitive=params.primitive, optimization_level=params.optimization_level
     )
     jobs = len(chunks(plan.samples, params.job_size))
-    seconds = plan.qpu_seconds(params.shots, jobs, noise_factors=params.mitigation.noise_factors(params.primitive))
+    seconds = plan.qpu_seconds(params.shots, jobs, noise_factors=mitigation(params).noise_factors(params.primitive))
     metrics = {
         "backend": backend.name,
         **plan.metrics.as_dict(),
@@ -291,7 +216,7 @@ def hardware(params: HardwareParams) -> dict[str, Any]:
             ledger,
             shots=params.shots,
             job_size=params.job_size,
-            mitigation=params.mitigation,
+            mitigation=mitigation(params),
             observables=list(layer.observables),
             on_job_ids=record_job_ids,
             poll_max_seconds=params.poll_max_seconds,
@@ -379,7 +304,7 @@ def report_rows(
 
 def run_hardware(params: HardwareParams) -> dict[str, Any]:
     """Run the flow from the command line and print the report (refusals come before any server)."""
-    params.check()
+    check_hardware(params)
     result = run_from_cli(hardware, params)
     if result.get("dry_run"):
         print(reporting.rows_markdown([result["metrics"]]))

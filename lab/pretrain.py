@@ -36,38 +36,10 @@ from lab.artifacts import (
     upload_folder,
 )
 from lab.corpus import Corpus
+from lab.params.peft import BaseRecipe
 from qcore.adapters.training import lm_blocks, perplexity
 
 END_OF_TEXT = "<|endoftext|>"  # GPT-2's one special token: padding and end of text
-
-
-@dataclass(frozen=True)
-class BaseRecipe:
-    """How the base is made; every field is part of its cache key."""
-
-    layers: int = 4
-    width: int = 192  # GPT-2's n_embd
-    heads: int = 4
-    context: int = 128  # tokens per training block, and the model's n_positions
-    vocab: int = 4096
-    steps: int = 600
-    batch_size: int = 16
-    lr: float = 1e-3
-    seed: int = 0
-    fraction: float = 0.5  # of the corpus's training text, from its start
-
-    def model_config(self, vocab_size: int, end_of_text: int | None = None) -> transformers.GPT2Config:
-        """The base's architecture (``vocab_size``: its tokenizer's; the recipe's ``vocab`` before one is trained)."""
-        return transformers.GPT2Config(
-            vocab_size=vocab_size,
-            n_positions=self.context,
-            n_embd=self.width,
-            n_layer=self.layers,
-            n_head=self.heads,
-            bos_token_id=end_of_text,
-            eos_token_id=end_of_text,
-            pad_token_id=end_of_text,
-        )
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,6 @@ from torch import nn
 
 from qcore.layer import QuantumLayer
 
-CIRCUITS = ("quantum", "classical")  # a config's ``circuit``: the circuit, or its classical stand-in
 STANDIN_TOLERANCE = 0.1  # how far a stand-in's parameter count may miss the circuit's
 
 

@@ -14,7 +14,7 @@ from lab.data import Dataset
 from lab.embedded import EmbeddedSplit
 from lab.methods import Hooks
 from lab.methods import federated as fed
-from lab.noise import NoiseSetting
+from lab.params.noise import NoiseSetting
 from qcore.federated.client import ClientUpdate
 from qcore.federated.server import ClientJob, Fit, Outcome, failure
 from qcore.simulators.threads import set_threads

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from qcore.ablation import (
-    CIRCUITS,
     STANDIN_TOLERANCE,
     ClassicalStandin,
     FixedMap,
@@ -29,6 +28,7 @@ from qcore.circuits import zz_feature_inputs
 from qcore.federated import VQCClassifier, VQCConfig
 from qcore.layer import QuantumLayer
 from qcore.models import PQCHead, PQCHeadConfig, QDLLMConfig, QDLLMStudent, load_model
+from qcore.names import CIRCUITS
 from qcore.training import train
 
 

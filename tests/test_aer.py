@@ -32,6 +32,7 @@ from qcore.simulators.aer import (
     execute,
     fake_backend,
     fake_backend_names,
+    fake_backend_qubits,
     run_plan,
 )
 
@@ -469,10 +470,12 @@ def test_unknown_fake_backend_names_it_and_lists_the_known_ones():
 
 
 def test_the_forms_fake_devices_are_the_installed_runtimes():
-    """The parameter forms offer FAKE_DEVICES without importing the fake provider: the same list."""
-    from qcore.simulators.fake_devices import FAKE_DEVICES
+    """The parameter forms offer FAKE_DEVICES and check their sizes without importing the fake
+    provider: the same names and qubit counts as the installed runtime's devices."""
+    from qcore.devices import FAKE_DEVICES
 
-    assert tuple(fake_backend_names()) == FAKE_DEVICES
+    assert tuple(fake_backend_names()) == tuple(FAKE_DEVICES)
+    assert {name: fake_backend_qubits(name) for name in FAKE_DEVICES} == FAKE_DEVICES
 
 
 def test_more_qubits_than_the_device_is_refused():

@@ -21,7 +21,8 @@ from lab.methods import LEADERBOARD, METHODS
 from lab.methods.peft import preflight as peft_preflight
 from lab.runtime import Runtime
 from qcore.federated.client_models import build_model
-from qcore.models.pqc_head import PQCHead, PQCHeadConfig
+from qcore.models.pqc_head import PQCHead
+from qcore.models.pqc_head_config import PQCHeadConfig
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 from tests.stack import assert_linked, shared_lab
 

@@ -18,7 +18,8 @@ from flows.compare import CompareParams
 from lab.data import Dataset
 from lab.methods import LEADERBOARD, METHODS, peft
 from lab.methods.base import Hooks
-from lab.methods.peft import ADAPTER_LRS, FinetuneJob, PeftParams, fine_tune, head_names, load_pretrained, preflight
+from lab.methods.peft import FinetuneJob, fine_tune, head_names, load_pretrained, preflight
+from lab.params.peft import ADAPTER_LRS, PeftParams
 from lab.sentence_classifier import PooledClassifier, sentence_pooling
 from lab.teacher import resolve_model
 from qcore.ablation import ClassicalStandin

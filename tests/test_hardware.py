@@ -33,7 +33,8 @@ from lab.runtime import Runtime
 from lab.teacher import TeacherSpec, teacher_features
 from qcore.hardware.plan import build_plan, expectation_values
 from qcore.hardware.service import HardwareError, LocalTestingService, Mitigation
-from qcore.models.pqc_head import PQCHead, PQCHeadConfig
+from qcore.models.pqc_head import PQCHead
+from qcore.models.pqc_head_config import PQCHeadConfig
 from qcore.models.qdllm import QDLLMConfig, QDLLMStudent
 from qcore.simulators.aer import fake_backend
 from qcore.training import train

@@ -33,6 +33,7 @@ from lab.methods.base import Hooks
 from lab.methods.pqc_head import HeadParams
 from lab.results import FailedTraining, Outcome, TrainingResult, job_record
 from lab.runtime import Runtime
+from qcore.models.pqc_head_config import PQCHeadConfig
 from tests.stack import assert_linked, child_runs
 
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
@@ -169,7 +170,7 @@ def test_a_failing_point_is_reported_and_the_study_finishes(root: Path, monkeypa
     original = pqc_head.PQCHead.__init__
     attempts: list[int] = []  # the qubits of every head built
 
-    def broken(self: pqc_head.PQCHead, config: pqc_head.PQCHeadConfig, **kw: object) -> None:
+    def broken(self: pqc_head.PQCHead, config: PQCHeadConfig, **kw: object) -> None:
         attempts.append(config.qubits)
         if config.qubits == 3:
             raise RuntimeError("injected fault for qubits=3")

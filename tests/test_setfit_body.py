@@ -16,7 +16,8 @@ from lab import setfit_body
 from lab.data import Dataset, hold_out, load_dataset, tuning_mask
 from lab.embedded import EmbeddedSplit
 from lab.methods.pqc_head import HeadParams, PQCHeadMethod
-from lab.setfit_body import BodyError, BodyJob, BodySettings, fine_tuned_body
+from lab.params.body import BodyError, BodySettings
+from lab.setfit_body import BodyJob, fine_tuned_body
 from lab.teacher import embed_texts
 
 pytest.importorskip("setfit")

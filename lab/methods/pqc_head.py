@@ -11,135 +11,27 @@ import dataclasses
 import functools
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field, model_validator
 from qiskit import QuantumCircuit
 
-from qcore.models.pqc_head import MAX_ENCODERS, PQCHead, PQCHeadConfig
+from qcore.models.pqc_head import PQCHead
+from qcore.models.pqc_head_config import PQCHeadConfig
 from qcore.training import evaluate, train
 
 from .. import setfit_body
 from ..artifacts import hash_json
 from ..data import DataRequest, Dataset, hold_out
 from ..embedded import EmbeddedSplit
-from ..noise import (
-    NoiseChecks,
-    NoiseSetting,
-    check_device_qubits,
-    depolarizing_field,
-    devices_field,
-    noise_settings,
-    shots_field,
-)
-from ..params import DataOptions, Options, RunOptions, config_defaults, experiment, refuse_unused
+from ..params.head import HeadParams
+from ..params.noise import NoiseSetting
 from ..results import TrainingResult, job_record
 from ..search_space import Dimension, Float, Int
 from ..store import cached_result, feature_ablation, model_predictions, store_result
 from ..teacher import TeacherSpec
 from .base import Budget, ClassicalStandin, FeatureMethod, Hooks, ModelJob, exact_training_seconds
 from .classical import curves, linear_baseline, mlp_baseline
-
-MAX_QUBITS = 16
-ARCH = config_defaults(PQCHeadConfig)
-
-
-class HeadFields(Options):
-    """The head flow's own parameters (between the data and the run groups in the form)."""
-
-    per_label: int = Field(256, ge=2, description="few-shot training examples per label")
-    val_fraction: float = Field(
-        0.15, gt=0, lt=1, description="share of the few-shot examples held out for early stopping"
-    )
-    test_size: int | None = Field(
-        None, ge=1, description="test examples: a stratified sample of the rest of the split (None: all of it)"
-    )
-    split_seed: int = Field(0, ge=0, description="seed of the few-shot draw and the validation split")
-    encoder: str | None = Field(
-        None,
-        description="sentence encoder: a sentence-transformers or HF encoder "
-        "name or folder (default: the embedded all-MiniLM-L6-v2)",
-    )
-    encoder_batch_size: int = Field(64, ge=1, description="embedding batch size")
-    shard_size: int = Field(
-        4000, ge=1, description="texts per embedding shard: larger sets are split across the Dask workers"
-    )
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="training seeds (one head each)")
-    qubits: int = Field(ARCH["qubits"], ge=2, le=MAX_QUBITS, description="module 2 qubits Q")
-    encoders: int = Field(
-        ARCH["encoders"],
-        ge=0,
-        le=MAX_ENCODERS,
-        description="module 1 amplitude-encoded encoders E (0: embeddings straight to module 2)",
-    )
-    encoder_layers: int = Field(ARCH["encoder_layers"], ge=1, le=10, description="CNOT-RY layers of each encoder's PQC")
-    layers: int = Field(ARCH["layers"], ge=1, le=20, description="CNOT-RY layers of PQC-1 (offsets 1, 2, …)")
-    reuploads: int = Field(
-        ARCH["reuploads"], ge=1, le=10, description="N: PQC-1 repeats with shared weights (data re-uploading)"
-    )
-    final_layers: int = Field(ARCH["final_layers"], ge=1, le=10, description="CNOT-RY layers of PQC-2")
-    measured: int = Field(ARCH["measured"], ge=1, le=MAX_QUBITS, description="Q_m: qubits read out in Z")
-    readout_scale: Literal["none", "sqrt_dim"] = Field(
-        ARCH["readout_scale"],
-        description="how module 2 starts: none (small angles, about 0.1 rad across samples) or sqrt_dim "
-        "(module 1's readouts scaled by 2^(q/2), the earlier default: angles spread ~1.8 rad, often stuck at 0.5)",
-    )
-    circuit: Literal["quantum", "classical"] = Field(
-        ARCH["circuit"],
-        description="module 2: the circuit, or a classical MLP of as many parameters in its place (the ablation)",
-    )
-    epochs: int = Field(30, ge=1, le=1000, description="maximum training epochs")
-    patience: int = Field(6, ge=1, description="early stopping: epochs without a better validation accuracy")
-    batch_size: int = Field(32, ge=1, description="training batch size")
-    lr: float = Field(
-        0.02,
-        gt=0,
-        le=1,
-        description="Adam learning rate (the classical layers', and the circuit's unless circuit_lr is given)",
-    )
-    circuit_lr: float | None = Field(
-        None, gt=0, le=1, description="Adam learning rate of the circuit's angles (None: lr)"
-    )
-    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
-    noise_shots: list[int] = shots_field([256, 1024, 4096])
-    noise_depolarizing: list[float] = depolarizing_field([0.001, 0.01, 0.03])
-    noise_devices: list[str] = devices_field(["fake_torino", "fake_brisbane"])
-    device_shots: int = Field(1024, ge=1, description="shots under device noise")
-    noise_samples: int = Field(200, ge=1, description="test examples in the noise ablation")
-    noise_finetune_steps: int = Field(
-        0, ge=0, description="optional: mini-batches of parameter-shift fine-tuning under each device's noise (0: none)"
-    )
-
-
-# The head's architecture: the PQCHeadConfig fields the flow sets, named once (by the config).
-ARCH_FIELDS = tuple(name for name in ARCH if name in HeadFields.model_fields)
-
-
-class HeadParams(RunOptions, HeadFields, setfit_body.BodyOptions, DataOptions, NoiseChecks):
-    """Parameters of the head flow (the CLI options, the Prefect UI form, prefect.yaml)."""
-
-    experiment: str = experiment("qllm-head")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> HeadParams:
-        if self.measured > self.qubits:
-            raise ValueError(f"measured={self.measured} exceeds qubits={self.qubits}")
-        check_device_qubits(self.noise_devices, self.qubits, "module 2")
-        if not self.noise_devices:
-            refuse_unused(self, ("noise_finetune_steps",), "it fine-tunes under device noise; give noise_devices")
-        return self
-
-    def head_config(self, data: EmbeddedSplit, seed: int = 0) -> PQCHeadConfig:
-        return PQCHeadConfig(
-            in_features=data.in_features,
-            num_classes=data.num_classes,
-            seed=seed,
-            **{name: getattr(self, name) for name in ARCH_FIELDS},
-        )
-
-    def noise_settings(self) -> list[NoiseSetting]:
-        return noise_settings(self.noise_shots, self.noise_depolarizing, self.noise_devices, self.device_shots)
 
 
 @dataclass(frozen=True)
@@ -206,14 +98,7 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
     }
 
     def data_request(self, params: HeadParams) -> DataRequest:
-        return DataRequest(
-            params.dataset,
-            test_size=params.test_size,
-            seed=params.split_seed,
-            text_column=params.text_column,
-            label_column=params.label_column,
-            per_label=params.per_label,
-        )
+        return params.data_request()
 
     def teacher(self, params: HeadParams) -> TeacherSpec:
         return TeacherSpec(kind="probe", model=params.encoder, batch_size=params.encoder_batch_size)
@@ -228,7 +113,7 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
         i.e. without the validation hold-out :meth:`split` carves (the same mask, chosen from the
         labels alone), so neither validation nor test texts reach the body."""
         keep = ~hold_out(np.asarray(data.train_labels), params.val_fraction, params.split_seed)
-        return params.body_on(params.encoder, data, keep.tolist())
+        return setfit_body.body_job(params, params.encoder, data, keep.tolist())
 
     def split(self, params: HeadParams, embedded: EmbeddedSplit) -> EmbeddedSplit:
         return embedded.with_validation(params.val_fraction, params.split_seed)

@@ -12,9 +12,11 @@ from qcore.adapters.base import CONFIG_FILE, AdapterConfig, AdapterError, Adapte
 from qcore.adapters.lora import LoRAConfig, LoRAModel
 from qcore.adapters.qpa import QPAConfig, QPAModel
 from qcore.adapters.qtha import QTHAConfig, QTHAModel
+from qcore.names import ADAPTERS
 
 CONFIGS: dict[str, type[AdapterConfig]] = {"lora": LoRAConfig, "qpa": QPAConfig, "qtha": QTHAConfig}
 METHODS = tuple(CONFIGS)
+assert METHODS == ADAPTERS, "the adapters and the names the parameter models offer must agree"
 MODELS: dict[str, type[AdapterModel] | type[LoRAModel]] = {"lora": LoRAModel, "qpa": QPAModel, "qtha": QTHAModel}
 Adapted: TypeAlias = AdapterModel | LoRAModel
 

@@ -20,23 +20,66 @@ paper's classifier), ``models`` (what a client can hold), ``client`` (local trai
 (the round loop), ``features`` (PCA + scaling fitted on server data), ``llm`` (per-client LoRA).
 """
 
-from qcore.federated.client import Client, ClientTimeout, ClientUpdate, LocalTraining
-from qcore.federated.client_models import ModelSpec, build_model
-from qcore.federated.controller import (
-    RULES,
-    Controller,
-    Decision,
-    GenerativeController,
-    NoController,
-    RoundSummary,
-    RuleController,
-    make_controller,
-)
-from qcore.federated.partition import PartitionError, PartitionSpec, dirichlet, iid
-from qcore.federated.server import ClientFailure, ClientJob, FederatedRun, RoundRecord, RunResult
-from qcore.federated.strategy import STRATEGIES, FedAdam, FedAvg, FedProx, Strategy, make_strategy
-from qcore.federated.vqc import VQCClassifier, VQCConfig
+from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from qcore._lazy import lazy_names
+
+if TYPE_CHECKING:
+    from qcore.federated.client import Client, ClientTimeout, ClientUpdate, LocalTraining
+    from qcore.federated.client_models import ModelSpec, build_model
+    from qcore.federated.controller import (
+        RULES,
+        Controller,
+        Decision,
+        GenerativeController,
+        NoController,
+        RoundSummary,
+        RuleController,
+        make_controller,
+    )
+    from qcore.federated.partition import PartitionError, PartitionSpec, dirichlet, iid
+    from qcore.federated.server import ClientFailure, ClientJob, FederatedRun, RoundRecord, RunResult
+    from qcore.federated.strategy import STRATEGIES, FedAdam, FedAvg, FedProx, Strategy, make_strategy
+    from qcore.federated.vqc import VQCClassifier, VQCConfig
+
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "Client": "qcore.federated.client",
+        "ClientTimeout": "qcore.federated.client",
+        "ClientUpdate": "qcore.federated.client",
+        "LocalTraining": "qcore.federated.client",
+        "ModelSpec": "qcore.federated.client_models",
+        "build_model": "qcore.federated.client_models",
+        "RULES": "qcore.federated.controller",
+        "Controller": "qcore.federated.controller",
+        "Decision": "qcore.federated.controller",
+        "GenerativeController": "qcore.federated.controller",
+        "NoController": "qcore.federated.controller",
+        "RoundSummary": "qcore.federated.controller",
+        "RuleController": "qcore.federated.controller",
+        "make_controller": "qcore.federated.controller",
+        "PartitionError": "qcore.federated.partition",
+        "PartitionSpec": "qcore.federated.partition",
+        "dirichlet": "qcore.federated.partition",
+        "iid": "qcore.federated.partition",
+        "ClientFailure": "qcore.federated.server",
+        "ClientJob": "qcore.federated.server",
+        "FederatedRun": "qcore.federated.server",
+        "RoundRecord": "qcore.federated.server",
+        "RunResult": "qcore.federated.server",
+        "STRATEGIES": "qcore.federated.strategy",
+        "FedAdam": "qcore.federated.strategy",
+        "FedAvg": "qcore.federated.strategy",
+        "FedProx": "qcore.federated.strategy",
+        "Strategy": "qcore.federated.strategy",
+        "make_strategy": "qcore.federated.strategy",
+        "VQCClassifier": "qcore.federated.vqc",
+        "VQCConfig": "qcore.federated.vqc",
+    },
+)
 __all__ = [
     "RULES",
     "STRATEGIES",

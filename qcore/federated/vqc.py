@@ -23,9 +23,10 @@ import torch
 from qiskit import QuantumCircuit
 from torch import nn
 
-from qcore.ablation import CIRCUITS, classical_standin, constant_output
+from qcore.ablation import classical_standin, constant_output
 from qcore.circuits import ModelCircuit, compose, real_amplitudes, zz_feature_inputs, zz_feature_map
 from qcore.layer import QuantumLayer
+from qcore.names import CIRCUITS
 
 READOUTS = ("mod", "parity")
 _DTYPES = {"complex64": torch.complex64, "complex128": torch.complex128}

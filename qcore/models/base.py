@@ -10,6 +10,7 @@ A saved model is a folder::
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -25,8 +26,10 @@ from torch import nn
 
 from qcore.ablation import constant_output
 from qcore.layer import QuantumLayer
+from qcore.names import COMPLEX_DTYPES
 
 DTYPES = {"complex64": torch.complex64, "complex128": torch.complex128}
+assert tuple(DTYPES) == COMPLEX_DTYPES, "the configs' dtype names and the models' dtypes must agree"
 WEIGHTS_FILE, CONFIG_FILE = "weights.safetensors", "config.json"
 _MODEL_TYPES: dict[str, type[QuantumModel]] = {}
 
@@ -39,10 +42,17 @@ def register_model(cls: type[M]) -> type[M]:
     return cls
 
 
+# The modules whose import registers each model type: ``qcore.models`` loads its names lazily,
+# so a caller of :func:`load_model` may not have imported the model's module yet.
+MODEL_MODULES = {"qdllm": "qcore.models.qdllm", "pqc_head": "qcore.models.pqc_head"}
+
+
 def load_model(directory: str | os.PathLike[str], **backend_options: Any) -> QuantumModel:
     """Any model saved by :meth:`QuantumModel.save`, whatever its type."""
     raw = json.loads((Path(directory) / CONFIG_FILE).read_text())
     kind = raw.get("model_type", "qdllm")
+    if kind in MODEL_MODULES:
+        importlib.import_module(MODEL_MODULES[kind])
     if kind not in _MODEL_TYPES:
         raise ValueError(f"{directory}: model_type {kind!r} is unknown; known: {sorted(_MODEL_TYPES)}")
     return _MODEL_TYPES[kind].load(directory, **backend_options)

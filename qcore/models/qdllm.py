@@ -19,10 +19,11 @@ import torch
 from qiskit import QuantumCircuit
 from torch import nn
 
-from qcore.ablation import CIRCUITS, classical_standin
+from qcore.ablation import classical_standin
 from qcore.circuits import ModelCircuit, angle_encoding, compose, qdllm_ansatz
 from qcore.layer import QuantumLayer, z_observables
 from qcore.models.base import DTYPES, QuantumModel, real_dtype, register_model
+from qcore.names import CIRCUITS
 
 
 @dataclass(frozen=True)

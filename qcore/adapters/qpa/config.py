@@ -9,11 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from qcore.ablation import CIRCUITS
 from qcore.adapters.base import AdapterConfig, AdapterError, positive_int
+from qcore.names import CIRCUITS, PUBLISHED_HIDDEN
 
-# The mapping model of the published code: n+1 → 32 → 64 → 128 → 128 → 64 → 32 → 32, then → chunk.
-PUBLISHED_HIDDEN = (32, 64, 128, 128, 64, 32, 32)
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 MAX_QUBITS = 20
 

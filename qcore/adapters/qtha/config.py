@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from qcore.ablation import CIRCUITS
 from qcore.adapters.base import AdapterConfig, AdapterError, positive_int
+from qcore.names import CIRCUITS
 
 MAX_QUBITS = 16
 

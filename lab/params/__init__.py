@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -62,7 +62,7 @@ def items_between(
     return {"items": item}
 
 
-def one_of(names: Sequence[str], *, optional: bool = False, each: bool = False) -> dict[str, Any]:
+def one_of(names: Iterable[str], *, optional: bool = False, each: bool = False) -> dict[str, Any]:
     """``json_schema_extra`` of a field that takes one of ``names`` (``optional``: or null;
     ``each``: a list field whose every item does): an enum, a dropdown in the form."""
     if each:
@@ -100,6 +100,15 @@ class Options(BaseModel):
                 where = f" (axis {key!r})" if key is not None else ""
                 raise ValueError(f"{twice} given more than once{where}; give each value once")
         return v
+
+
+@runtime_checkable
+class ReadsData(Protocol):
+    """Parameters whose data set is read and checked by :mod:`lab.data` alone (names, paths,
+    columns, labels, sizes): ``qllm`` calls :meth:`check_data` before a flow's heavy modules load,
+    so bad data is refused in a second."""
+
+    def check_data(self) -> None: ...
 
 
 class DataOptions(Options):

@@ -243,11 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_validation_error(err), file=sys.stderr)
             return 2
         from lab.data import DataError, DataUnavailableError
+        from lab.reach import SettingsError, check_places
 
-        try:  # the data set, read and split, before any heavy library loads
+        try:  # the data set, then every place the run will use, before any heavy library loads
             if isinstance(params, ReadsData):
                 params.check_data()
-        except (DataError, DataUnavailableError) as err:
+            check_places(getattr(params, "dask_address", None))
+        except (DataError, DataUnavailableError, SettingsError) as err:
             return refused(err, args.debug)
         try:
             entry.run(params)
@@ -260,13 +262,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         shown = ", ".join(f"#{i} {args.texts[i - 1]!r}" for i in blank)
         print(f"error: text {shown} is empty or blank; give each text to classify", file=sys.stderr)
         return 2
-    from lab.reach import check_tracking
+    from lab.reach import SettingsError, check_tracking
     from lab.runtime import Runtime
-
-    from .predict import predict
 
     try:
         check_tracking(Runtime())
+    except SettingsError as err:
+        return refused(err, args.debug)
+    from .predict import predict
+
+    try:
         rows = predict(args.source, args.texts)
     except user_errors() as err:
         return refused(err, args.debug)

@@ -2,12 +2,15 @@
 one message on stderr that names the bad value, no traceback, within seconds, and nothing written
 under the artifact root.
 
-The table runs the command line's own ``main`` in this process (its imports, 15-30 s a process
-on a busy machine, paid once); a few cases also run as ``python -m flows.cli`` subprocesses, all
-at once, for the exit code and stderr of the real process."""
+The table runs the command line's own ``main`` in this process; then every case whose checks
+need no heavy library runs again through the real command line in one fresh process, which must
+refuse each before torch, Qiskit, Prefect, MLflow or transformers load (``bench/refusals.py``
+times each as a process of its own)."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import socket
 import subprocess
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
+from flows.cli import FLOWS, main
 from lab.reach import SettingsError, check_object_store, check_reachable, connect_error
 from lab.runtime import Runtime
 from tests.servers import S3Server, free_port
@@ -113,6 +116,16 @@ def written(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
 
 
+@pytest.fixture(scope="module")
+def flows_imported() -> None:
+    """Every flow's module, imported before the table's clock starts: the cases of
+    :data:`NEEDS_HEAVY` load them, and whichever ran first would pay the imports (15-30 s on a
+    busy machine) in its time bound."""
+    for name in FLOWS.values():
+        importlib.import_module(name.runner.partition(":")[0])
+    importlib.import_module("flows.predict")
+
+
 @pytest.mark.parametrize(("argv", "env", "named"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_refused_in_process(
     argv: list[str],
@@ -122,6 +135,7 @@ def test_refused_in_process(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    flows_imported: None,
 ) -> None:
     root = tmp_path / "artifacts"
     monkeypatch.setenv("QLLM_ARTIFACT_ROOT", str(root))
@@ -159,28 +173,77 @@ def test_refused_on_a_run_without_a_model(
     assert {p: p.stat().st_size for p in root.rglob("*")} == before
 
 
-SUBPROCESS_CASES = ["mlflow-unreachable", "predict-empty-text"]
+# The cases whose checks need heavy modules: the study's, tune's and compare's parameters are
+# checked against every method's (the registry), and a run id is looked up in MLflow.
+NEEDS_HEAVY = {
+    "duplicate-grid-value",
+    "duplicate-methods",
+    "malformed-grid",
+    "predict-no-such-run",
+    "unknown-hardware-run",
+}
+# The help of every light command: the program's, each light flow's and ``qllm peft count``'s.
+HELPS = [[], ["run"], *(["run", f] for f in ("distill", "head", "peft", "federated", "hardware")), ["peft", "count"]]
+HEAVY = ("torch", "qiskit", "qiskit_aer", "prefect", "mlflow", "transformers", "peft", "dask", "distributed")
+# Runs the cases it is given, one after another, in one fresh process: each one's exit code,
+# stdout, stderr, seconds, and the heavy modules loaded so far (none, for a refusal before them).
+LIGHT_RUNNER = """
+import contextlib, io, json, os, sys, time
+from flows.cli import FLOWS, main
+heavy = json.loads(sys.argv[2])
+for name, argv, env in json.loads(sys.argv[1]):
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    err, out = io.StringIO(), io.StringIO()
+    t0 = time.monotonic()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    seconds = time.monotonic() - t0
+    for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    loaded = [m for m in heavy if m in sys.modules]
+    row = {"name": name, "code": code, "out": out.getvalue(), "err": err.getvalue(), "seconds": seconds}
+    print(json.dumps({**row, "loaded": loaded}))
+"""
 
 
-def test_refused_by_the_real_command_line(data_folder: Path, tmp_path: Path) -> None:
-    """A few cases as ``python -m flows.cli`` processes, started at once: exit code 2, the
-    message on stderr, no traceback, nothing written."""
-    cases = {c[0]: c for c in CASES if c[0] in SUBPROCESS_CASES}
-    procs = {}
-    for name, argv, env, _ in cases.values():
-        run_env = {**os.environ, "QLLM_ARTIFACT_ROOT": str(tmp_path / name), **env}
-        procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", *argv],
-            env=run_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).resolve().parents[1],
+def test_refused_before_any_heavy_library_loads(data_folder: Path, tmp_path: Path) -> None:
+    """Every case but those of :data:`NEEDS_HEAVY`, through the real command line in one fresh
+    process: refused (exit code 2, the value named, no traceback, nothing written) while none of
+    torch, Qiskit, Prefect, MLflow, transformers or Dask has been imported, so a refusal costs
+    the process's start and :mod:`lab.params` only."""
+    cases = [
+        (
+            name,
+            [a.format(data=data_folder) for a in argv],
+            {"QLLM_ARTIFACT_ROOT": str(tmp_path / name), **{k: v.format(data=data_folder) for k, v in env.items()}},
         )
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=500)
-        assert proc.returncode == 2, (name, err)
-        assert cases[name][3] in err and "Traceback" not in out + err, name
+        for name, argv, env, _ in CASES
+        if name not in NEEDS_HEAVY
+    ]
+    helps = [(f"help {' '.join(argv)}", [*argv, "--help"], {}) for argv in HELPS]
+    proc = subprocess.run(
+        [sys.executable, "-c", LIGHT_RUNNER, json.dumps(helps + cases), json.dumps(HEAVY)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    named = {c[0]: c[3] for c in CASES}
+    assert set(rows) == {c[0] for c in helps + cases}
+    for name, _, _ in helps:
+        assert rows[name]["code"] == 0 and rows[name]["out"].startswith("usage: qllm"), name
+        assert rows.pop(name)["loaded"] == [], name
+    for name, row in rows.items():
+        assert row["code"] == 2, (name, row["err"])
+        assert named[name] in row["err"] and "Traceback" not in row["err"], (name, row["err"])
+        assert row["loaded"] == [], (name, row["loaded"])
         assert written(tmp_path / name) == [], name
 
 

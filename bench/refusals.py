@@ -71,15 +71,11 @@ def main() -> None:
     for name, heavy, t, code in rows:
         print(f"| {name} | {'yes' if heavy else 'no'} | {t:.2f} | {code} |")
     light = [r for r in rows if not r[1]]
-    slowest = max(light, key=lambda r: r[2])
-    print(
-        f"\n{len(rows) - 2} refusals, {len(light) - 2} of them light; slowest light command: {slowest[0]} {slowest[2]:.2f} s"
-    )
-    heavy = [r for r in rows if r[1]]
-    if heavy:
-        print(
-            f"slowest refusal that needs heavy libraries: {max(heavy, key=lambda r: r[2])[0]} {max(r[2] for r in heavy):.2f} s"
-        )
+    name, _, slowest, _ = max(light, key=lambda r: r[2])
+    print(f"\n{len(rows) - 2} refusals, {len(light) - 2} of them light; slowest light command: {name} {slowest:.2f} s")
+    if needs_heavy := [r for r in rows if r[1]]:
+        name, _, slowest, _ = max(needs_heavy, key=lambda r: r[2])
+        print(f"slowest refusal that needs heavy libraries: {name} {slowest:.2f} s")
     print(f"1-minute load average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after, on {os.cpu_count()} cores")
 
 

@@ -63,7 +63,7 @@ FLOWS: dict[str, FlowEntry] = {
     # The study's, tune's and compare's checks read every method's parameters and search space
     # through the method registry, so their parameter models live with their flows (not light).
     "study": FlowEntry(
-        "flows.study:StudyParams",
+        "lab.params.study:StudyParams",
         "flows.study:run_study",
         "a grid of configurations x seeds of one method on the Dask "
         "cluster, with a plot of the metric against the grid axis",

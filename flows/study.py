@@ -3,7 +3,7 @@
     qllm run study --method head --grid "qubits=4,6,8,10,12" --seeds 5 --fixed "per_label=64;epochs=20"
 
 Every grid axis is a parameter of the method's flow (``HeadParams``, ``DistillParams``) and is
-validated by it, so adding an axis is a command-line change, not code; the methods come from the
+validated by it (:mod:`lab.params.study`), so adding an axis is a command-line change, not code; the methods come from the
 registry (:mod:`lab.methods`), so a new feature method is a new entry of :data:`STUDY_METHODS`.
 Trainings are Prefect tasks, short ones grouped several to a task by their estimated cost so
 that orchestration does not outweigh them (:func:`trained_points`); each is cached by content,
@@ -16,24 +16,22 @@ lines.
 
 from __future__ import annotations
 
-import itertools
 import json
-import typing
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from mlflow import ActiveRun
 from mlflow.tracking import MlflowClient
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel
 
 from lab import reporting, tracking
 from lab.embedded import EmbeddedSplit
 from lab.methods import METHODS, FeatureMethod
-from lab.params import Options, RunOptions, experiment, parse_assignments, parse_values
+from lab.params.study import StudyParams
 from lab.results import Outcome, Trained, TrainingResult
 from lab.runtime import Runtime
 from tasks.prepare import embedded_split
@@ -55,99 +53,6 @@ def study_method(name: str) -> FeatureMethod[Any, Any]:
     method = METHODS[STUDY_METHODS[name]]
     assert isinstance(method, FeatureMethod), name
     return method
-
-
-class StudyFields(Options):
-    """The study flow's own parameters (before the run group in the form)."""
-
-    method: Literal["head", "distill"] = Field("head", description="the method whose flow parameters the grid sweeps")
-    grid: dict[str, list[Any]] = Field(
-        {"qubits": [4, 6, 8, 10, 12]},
-        description='axes and values, e.g. "qubits=4,6,8;layers=1,2": every '
-        "combination is one point; the first axis is the plot's x axis",
-    )
-    seeds: int = Field(5, ge=1, le=100, description="seeds per point (0 … seeds-1)")
-    fixed: dict[str, Any] = Field(
-        {}, description='other method parameters, the same for every point, e.g. "per_label=64;epochs=20"'
-    )
-    metric: Literal["accuracy", "macro_f1", "train_seconds"] = Field(
-        "accuracy", description="the metric plotted against the grid axis"
-    )
-
-
-class StudyParams(RunOptions, StudyFields):
-    """Parameters of the study flow (the CLI options, the Prefect UI form, prefect.yaml)."""
-
-    experiment: str = experiment("qllm-study")
-
-    @field_validator("grid", mode="before")
-    @classmethod
-    def _parse_grid(cls, v: Any) -> Any:
-        return parse_assignments(v, "grid") if isinstance(v, str) else v
-
-    @field_validator("fixed", mode="before")
-    @classmethod
-    def _parse_fixed(cls, v: Any) -> Any:
-        if not isinstance(v, str):
-            return v
-        return parse_values(v, "fixed")
-
-    @model_validator(mode="after")
-    def _points_valid(self) -> StudyParams:
-        """Every axis is a parameter of the method and every point validates: refused up front."""
-        method = study_method(self.method)
-        fields = method.params.model_fields
-        allowed = sorted(set(fields) - set(method.not_axes))
-        if not self.grid:
-            raise ValueError("the grid is empty; give at least one axis, e.g. qubits=4,6,8")
-        for name in list(self.grid) + list(self.fixed):
-            if name not in allowed:
-                raise ValueError(
-                    f"{name!r} is not a parameter a {self.method} study can set; allowed: {', '.join(allowed)}"
-                )
-        if overlap := set(self.grid) & set(self.fixed):
-            raise ValueError(f"{sorted(overlap)} given both as grid axes and as fixed")
-        for name, values in self.grid.items():
-            if not values:
-                raise ValueError(f"grid axis {name!r} has no values")
-        self.point_params()  # raises, naming the field and value, if any point is invalid
-        return self
-
-    def points(self) -> list[dict[str, Any]]:
-        """Every combination of the axes' values, in grid order."""
-        names = list(self.grid)
-        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*self.grid.values())]
-
-    def point_params(self) -> list[BaseModel]:
-        """The method's parameters at each point (seeds 0 … seeds-1; list fields get one value)."""
-        model = study_method(self.method).params
-        out = []
-        for point in self.points():
-            values = {**self.fixed, **point}
-            values = {k: _as_field_value(model, k, v) for k, v in values.items()}
-            try:
-                out.append(model.model_validate({**values, "seeds": list(range(self.seeds))}))
-            except ValidationError as err:
-                problems = "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or 'point'}: {e['msg']} (got {e.get('input')!r})"
-                    for e in err.errors()
-                )
-                raise ValueError(f"point {point}: {problems}") from None
-        return out
-
-
-def _as_field_value(model: type[BaseModel], name: str, value: Any) -> Any:
-    """A grid value for a field: one-element lists for the list-typed fields that sweep in the
-    method's own flow (e.g. distill's ``qubits``), ``None`` from the text ``none``."""
-    if isinstance(value, str) and value.lower() in ("none", "null"):
-        return None
-    annotation = model.model_fields[name].annotation
-    is_list = typing.get_origin(annotation) is list
-    if is_list and isinstance(value, str):
-        return [v for v in value.split(",") if v]
-    if is_list and not isinstance(value, list):
-        return [value]
-    return value
 
 
 @flow(name="study", task_runner=dask_runner(), log_prints=True)

@@ -92,6 +92,14 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     ("fake-device", ["run", "distill", "--eval-noise", "fake_nowhere"], {}, "fake_nowhere"),
     ("unknown-teacher", ["run", "distill", "--teacher", "gpt"], {}, "'gpt'"),
     ("malformed-grid", ["run", "study", "--grid", "qubits"], {}, "'qubits' is not name=value"),
+    ("study-unknown-axis", ["run", "study", "--grid", "qbits=2,3"], {}, "'qbits' is not a parameter a head study"),
+    (
+        "study-bad-point",
+        ["run", "study", "--method", "distill", "--grid", "qubits=2,30"],
+        {},
+        "qubits [30] out of range",
+    ),
+    ("study-missing-file", ["run", "study", "--fixed", "dataset={data}/missing.csv"], {}, "missing.csv"),
     ("unknown-peft-method", ["run", "peft", "--methods", "dora"], {}, "dora"),
     ("rank-0", ["run", "peft", "--rank", "0"], {}, "--rank"),
     ("clients-0", ["run", "federated", "--clients", "0"], {}, "--clients"),
@@ -173,17 +181,20 @@ def test_refused_on_a_run_without_a_model(
     assert {p: p.stat().st_size for p in root.rglob("*")} == before
 
 
-# The cases whose checks need heavy modules: the study's, tune's and compare's parameters are
-# checked against every method's (the registry), and a run id is looked up in MLflow.
+# The cases whose checks need heavy modules: the tune's and compare's parameters are checked
+# against every method's (the registry), and a run id is looked up in MLflow.
 NEEDS_HEAVY = {
-    "duplicate-grid-value",
     "duplicate-methods",
-    "malformed-grid",
     "predict-no-such-run",
     "unknown-hardware-run",
 }
 # The help of every light command: the program's, each light flow's and ``qllm peft count``'s.
-HELPS = [[], ["run"], *(["run", f] for f in ("distill", "head", "peft", "federated", "hardware")), ["peft", "count"]]
+HELPS = [
+    [],
+    ["run"],
+    *(["run", f] for f in ("distill", "head", "peft", "study", "federated", "hardware")),
+    ["peft", "count"],
+]
 HEAVY = ("torch", "qiskit", "qiskit_aer", "prefect", "mlflow", "transformers", "peft", "dask", "distributed")
 # Runs the cases it is given, one after another, in one fresh process: each one's exit code,
 # stdout, stderr, seconds, and the heavy modules loaded so far (none, for a refusal before them).

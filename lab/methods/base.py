@@ -168,7 +168,7 @@ class Method(ABC, Generic[P, J, D]):
     ``baselines`` are the classical models its own flow trains beside it (a leaderboard has them
     as methods of their own, tuned apart).
     ``data_fields`` are the parameters that shape its data (study points that agree on them share
-    one preparation); ``not_axes`` those a study may not sweep.
+    one preparation); the parameters a study may not sweep are its parameter model's ``not_axes``.
     """
 
     id: ClassVar[str]
@@ -178,7 +178,6 @@ class Method(ABC, Generic[P, J, D]):
     retries: ClassVar[int] = 2  # of its training task: a lost worker is worth a retry
     model_tag: ClassVar[str] = ""  # MLflow tag of a trained model, for `qllm predict` and hardware
     data_fields: ClassVar[tuple[str, ...]] = ()
-    not_axes: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def check(self, params: P) -> None:

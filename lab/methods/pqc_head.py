@@ -76,19 +76,6 @@ class PQCHeadMethod(FeatureMethod[HeadParams, HeadJob]):
         "body_lr",
         "body_seed",
     )
-    not_axes = (
-        "seeds",
-        "experiment",
-        "dask_address",
-        "encoder_batch_size",
-        "shard_size",
-        "noise_shots",
-        "noise_depolarizing",
-        "noise_devices",
-        "device_shots",
-        "noise_samples",
-        "noise_finetune_steps",
-    )
 
     search_space: ClassVar[dict[str, Dimension]] = {
         "lr": Float(3e-3, 0.1, log=True),

@@ -67,17 +67,6 @@ class QDLLM(FeatureMethod[DistillParams, StudentJob]):
         "teacher",
         "teacher_model",
     )
-    not_axes = (
-        "seeds",
-        "experiment",
-        "dask_address",
-        "teacher_batch_size",
-        "teacher_shard_size",
-        "eval_shots",
-        "eval_noise",
-        "eval_samples",
-        "noise_samples",
-    )
 
     search_space: ClassVar[dict[str, Dimension]] = {
         "lr": Float(1e-3, 0.1, log=True),

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -98,6 +98,18 @@ class DistillFields(Options):
 class DistillParams(RunOptions, DistillFields, DataOptions):
     """Parameters of the distill flow (the CLI options, the Prefect UI form, prefect.yaml)."""
 
+    # The parameters a study may not sweep (:mod:`lab.params.study`).
+    not_axes: ClassVar[tuple[str, ...]] = (
+        "seeds",
+        "experiment",
+        "dask_address",
+        "teacher_batch_size",
+        "teacher_shard_size",
+        "eval_shots",
+        "eval_noise",
+        "eval_samples",
+        "noise_samples",
+    )
     experiment: str = experiment("qllm-distill")
 
     @field_validator("qubits", "blocks", "alpha")

@@ -4,7 +4,7 @@ embeddings, with its noise ablation): the ``qllm run head`` options, the Prefect
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -104,6 +104,20 @@ ARCH_FIELDS = tuple(name for name in ARCH if name in HeadFields.model_fields)
 class HeadParams(RunOptions, HeadFields, BodyOptions, DataOptions, NoiseChecks):
     """Parameters of the head flow (the CLI options, the Prefect UI form, prefect.yaml)."""
 
+    # The parameters a study may not sweep (:mod:`lab.params.study`).
+    not_axes: ClassVar[tuple[str, ...]] = (
+        "seeds",
+        "experiment",
+        "dask_address",
+        "encoder_batch_size",
+        "shard_size",
+        "noise_shots",
+        "noise_depolarizing",
+        "noise_devices",
+        "device_shots",
+        "noise_samples",
+        "noise_finetune_steps",
+    )
     experiment: str = experiment("qllm-head")
 
     @model_validator(mode="after")

@@ -21,6 +21,7 @@ import psutil
 from mlflow.tracking import MlflowClient
 from prefect import Flow, get_run_logger
 from prefect.exceptions import TerminationSignal
+from prefect.flows import FlowStateHook
 from prefect.futures import PrefectFuture
 from prefect.settings import PREFECT_API_URL, get_current_settings
 from prefect.task_runners import TaskRunner
@@ -32,7 +33,9 @@ from lab.results import FailedTraining, Outcome, Trained, job_record
 from lab.runtime import Runtime
 
 if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
     from prefect.server.api.server import SubprocessASGIServer
+    from prefect.states import State
 
 T = TypeVar("T")
 
@@ -361,6 +364,25 @@ def _end_processes(grace: float = 1.0) -> None:
     for child in psutil.wait_procs(children, timeout=grace)[1]:
         with suppress(psutil.NoSuchProcess):
             child.kill()
+
+
+def end_mlflow_runs(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """The flows' ``on_cancellation`` and ``on_crashed`` hook: the flow run's MLflow runs still
+    RUNNING end KILLED (cancelled) or FAILED (crashed). A cancelled deployment's process hears
+    SIGTERM and its parent run ends KILLED as it unwinds (:func:`lab.tracking.parent_run`); the
+    worker runs this hook after it has killed the process, for a process that had no time to."""
+    status = "KILLED" if state.is_cancelled() or state.is_cancelling() else "FAILED"
+    try:
+        tracking.connect(Runtime())
+        ended = tracking.end_flow_run(str(flow_run.id), status)
+    except Exception as exc:  # noqa: BLE001 - the store may be gone too: one line, no traceback
+        print(f"MLflow runs of flow run {flow_run.id} not marked {status}: {type(exc).__name__}: {exc}")
+        return
+    for run_id in ended:
+        print(f"MLflow run {run_id} marked {status}")
+
+
+STATE_HOOKS: list[FlowStateHook[..., Any]] = [end_mlflow_runs]  # each flow's on_cancellation and on_crashed
 
 
 def run_from_cli(flow: Flow[Any, dict[str, Any]], params: Any) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from tasks.prepare import embedded_split
 from tasks.train import baselines, chunks, train_chunk
 
 from .runner import (
+    STATE_HOOKS,
     check_dask_address,
     chunk_results_or_failures,
     dask_runner,
@@ -150,7 +151,13 @@ def _as_field_value(model: type[BaseModel], name: str, value: Any) -> Any:
     return value
 
 
-@flow(name="study", task_runner=dask_runner(), log_prints=True)
+@flow(
+    name="study",
+    task_runner=dask_runner(),
+    log_prints=True,
+    on_cancellation=STATE_HOOKS,
+    on_crashed=STATE_HOOKS,
+)
 def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
     """Train every point × seed of the grid on the Dask cluster; summarise, plot and track them."""
     check_dask_address(params.dask_address)

@@ -157,6 +157,18 @@ def end_children(run_id: str, status: str) -> None:
         client.set_terminated(child.info.run_id, status=status)
 
 
+def end_flow_run(flow_run_id: str, status: str) -> list[str]:
+    """Mark the MLflow runs of a Prefect flow run (its ``prefect.flow_run_id`` tag) still RUNNING,
+    and their children still RUNNING, ``status``; their ids. For a flow run whose process was
+    killed before it could end them itself (see :func:`flows.runner.end_mlflow_runs`)."""
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    running = f"tags.`prefect.flow_run_id` = '{flow_run_id}' and attributes.status = 'RUNNING'"
+    ids = [r.info.run_id for r in client.search_runs(experiments, running)] if experiments else []
+    end_unfinished(ids, status)
+    return ids
+
+
 def end_unfinished(run_ids: Sequence[str], status: str = "KILLED") -> None:
     """Mark the runs of ``run_ids`` still RUNNING, and their children still RUNNING, ``status``:
     what a stop does when the flow could not unwind (:func:`parent_run` ends its own run)."""

@@ -82,7 +82,7 @@ def start(root: Path) -> Run:
     env |= {
         "PYTHONPATH": str(REPO),
         "QLLM_ARTIFACT_ROOT": str(root / "artifacts"),
-        "QLLM_DASK_WORKERS": "2",
+        "QLLM_DASK_WORKERS": "1",
         "QLLM_DATA_DIR": os.environ.get("QLLM_DATA_DIR", ""),
         "PREFECT_HOME": str(root / "prefect"),
     }
@@ -126,7 +126,15 @@ def family(run: Run) -> list[psutil.Process]:
                 found[proc.pid] = proc
         except (ProcessLookupError, PermissionError):
             continue
-    return [p for p in found.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    return [p for p in found.values() if alive(p)]
+
+
+def alive(proc: psutil.Process) -> bool:
+    """Whether ``proc`` still runs (a zombie has ended: init reaps it)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def mlflow_run_id(run: Run) -> str | None:
@@ -153,7 +161,7 @@ def wait_until_training(run: Run) -> tuple[str, list[psutil.Process]]:
 def test_a_signal_stops_the_run_cleanly(runs: dict[str, Run], case: str, signum: int, group: bool) -> None:
     run = runs[case]
     run_id, processes = wait_until_training(run)
-    assert len(processes) >= 4, [p.cmdline() for p in processes]  # the flow, its server, 2 workers
+    assert len(processes) >= 3, [p.cmdline() for p in processes]  # the flow, its server, its worker
     t0 = time.monotonic()
     if group:
         os.killpg(run.popen.pid, signum)
@@ -169,8 +177,8 @@ def test_a_signal_stops_the_run_cleanly(runs: dict[str, Run], case: str, signum:
     assert code == 128 + signum, err[-3000:]
     assert "Traceback" not in err and "ConnectError" not in err, err[-5000:]
     assert f"stopped by {signal.Signals(signum).name}: MLflow run {run_id} marked KILLED" in run.out() + err
-    time.sleep(0.5)  # the nannies' last worker processes, reaped by init
-    assert [p.cmdline() for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    time.sleep(0.5)  # a worker process killed last may take a moment to go
+    assert [p.pid for p in processes if alive(p)] == []
     assert family(run) == []
     client = MlflowClient(f"sqlite:///{run.root / 'mlflow.db'}")
     parent = client.get_run(run_id)

@@ -289,8 +289,9 @@ def stop_on_signals() -> Iterator[None]:
     task runner closes its cluster, :func:`prefect_api` stops its server, the MLflow parent run
     ends KILLED), whatever is left of it is ended, one line says which MLflow runs were marked,
     and the process exits with 128 + the signal's number, without a traceback. A run that has
-    not unwound after :data:`FORCE_AFTER` seconds is ended all the same. Only the main thread
-    receives signals: elsewhere this does nothing."""
+    not unwound after :data:`FORCE_AFTER` seconds is ended all the same. Within a flow run,
+    Prefect's own SIGTERM handler raises first and sends the signal here once the flow has
+    unwound. Only the main thread receives signals: elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -334,7 +335,8 @@ def _force_stop(signum: int, first: int, finished: threading.Event) -> None:
 
 def _exit(code: int) -> NoReturn:
     """Exit now, the output flushed: a stopped run has ended what it started, and the interpreter's
-    own exit (collecting torch's, MLflow's and Prefect's objects, their exit hooks) took 5 s more."""
+    own exit (its last garbage collection of torch's, MLflow's and Prefect's objects) took 5-10 s
+    more, unguarded: the :data:`FORCE_AFTER` timer cannot run once the interpreter finalizes."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

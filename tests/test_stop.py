@@ -2,10 +2,12 @@
 Prefect server and Dask workers stopped, its MLflow runs KILLED, no traceback on stderr.
 
 Each case runs ``python -m flows.cli run distill`` in a session of its own, as a terminal or
-``timeout`` would, with its own temporary Prefect server and LocalCluster (not the session's
-services: those are what a stop must clean up). The signal goes out once the MLflow parent run is
-open and the Dask cluster is running the flow's tasks. All cases start at once: each spends some
-40 s importing and starting servers on a 2-core machine, and they wait side by side."""
+``timeout`` would, with its own temporary Prefect server and LocalCluster (what a stop must clean
+up; not the test session's services). The signal goes out, to the whole process group as a
+terminal's Ctrl-C and ``timeout`` send it or to the run alone, once the MLflow parent run is
+open and the Dask cluster trains its student. All cases start at once, side by side: on a 2-core
+machine each takes 50 s alone, some 110 s beside the others, to import and start its servers,
+then 2-3 s to stop."""
 
 from __future__ import annotations
 

@@ -468,6 +468,13 @@ def at_once(calls: Sequence[Callable[[], T]]) -> list[T]:
     """
     if not calls:
         return []
-    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="flow-call") as pool:
-        futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
+    pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="flow-call")
+    futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
+    wait = True
+    try:
         return [f.result() for f in futures]
+    except (KeyboardInterrupt, TerminationSignal):
+        wait = False  # a stop: the other calls wait on tasks that will not finish now
+        raise
+    finally:
+        pool.shutdown(wait=wait, cancel_futures=True)

@@ -279,13 +279,14 @@ def _server_process(port: int) -> subprocess.Popen[Any]:
     )
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP too: a closed terminal hangs up its session, which the temporary server has left
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FORCE_AFTER = 7.0  # seconds a stopped run may take to unwind before its processes are ended
 
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM stop a run cleanly: the flow unwinds (Prefect records the crash, the
+    """SIGINT, SIGTERM and SIGHUP stop a run cleanly: the flow unwinds (Prefect records the crash, the
     task runner closes its cluster, :func:`prefect_api` stops its server, the MLflow parent run
     ends KILLED), whatever is left of it is ended, one line says which MLflow runs were marked,
     and the process exits with 128 + the signal's number, without a traceback. A run that has

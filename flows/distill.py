@@ -22,12 +22,18 @@ from lab.runtime import Runtime
 from tasks.prepare import embedded_split
 from tasks.train import baselines, evaluate_under_noise, train_task
 
-from .runner import check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
+from .runner import STATE_HOOKS, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 METHOD = QDLLM()
 
 
-@flow(name="distill", task_runner=dask_runner(), log_prints=True)
+@flow(
+    name="distill",
+    task_runner=dask_runner(),
+    log_prints=True,
+    on_cancellation=STATE_HOOKS,
+    on_crashed=STATE_HOOKS,
+)
 def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
     """Distil a teacher LLM into quantum students and compare them with classical competitors."""
     check_dask_address(params.dask_address)

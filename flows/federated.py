@@ -35,12 +35,18 @@ from lab.teacher import TeacherSpec
 from tasks.federated import federated_run, global_model_noise, llm_losses
 from tasks.prepare import prepare_data, teacher_outputs
 
-from .runner import check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
+from .runner import STATE_HOOKS, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 METHOD = fed.LLMQFL()
 
 
-@flow(name="federated", task_runner=dask_runner(), log_prints=True)
+@flow(
+    name="federated",
+    task_runner=dask_runner(),
+    log_prints=True,
+    on_cancellation=STATE_HOOKS,
+    on_crashed=STATE_HOOKS,
+)
 def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
     """Federated quantum classifiers with the LLM-QFL controller, compared on the same splits."""
     check_dask_address(params.dask_address)

@@ -24,12 +24,26 @@ from lab.runtime import Runtime
 from tasks.prepare import embedded_split
 from tasks.train import baselines, evaluate_under_noise, noisy_finetune, train_task
 
-from .runner import check_dask_address, dask_runner, flow_run_tags, mlflow_hint, results_or_failures, run_from_cli
+from .runner import (
+    STATE_HOOKS,
+    check_dask_address,
+    dask_runner,
+    flow_run_tags,
+    mlflow_hint,
+    results_or_failures,
+    run_from_cli,
+)
 
 METHOD = PQCHeadMethod()
 
 
-@flow(name="head", task_runner=dask_runner(), log_prints=True)
+@flow(
+    name="head",
+    task_runner=dask_runner(),
+    log_prints=True,
+    on_cancellation=STATE_HOOKS,
+    on_crashed=STATE_HOOKS,
+)
 def head(params: HeadParams = HeadParams()) -> dict[str, Any]:
     """Train PQC heads on few-shot embeddings, compare them with classical heads, ablate noise."""
     check_dask_address(params.dask_address)

@@ -1,21 +1,29 @@
 """How flows run their tasks: the Dask task runner (an existing scheduler, or a temporary
 LocalCluster, decided when a flow starts, never at import), the Prefect API the workers share,
-and gathering results that may have failed."""
+gathering results that may have failed, and a clean stop on a signal."""
 
 from __future__ import annotations
 
 import contextvars
 import os
+import signal
+import subprocess
+import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Any, TypeVar, cast
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
+import prefect
+import psutil
 from mlflow.tracking import MlflowClient
 from prefect import Flow, get_run_logger
+from prefect.exceptions import TerminationSignal
+from prefect.flows import FlowStateHook
 from prefect.futures import PrefectFuture
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, get_current_settings
 from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
@@ -24,7 +32,19 @@ from lab.reach import check_places
 from lab.results import FailedTraining, Outcome, Trained, job_record
 from lab.runtime import Runtime
 
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.states import State
+
 T = TypeVar("T")
+
+
+# A Dask worker preload (the text of a module): each worker process of a temporary cluster leaves
+# the run's process group. A terminal's Ctrl-C and ``timeout`` signal the whole group, and a worker
+# ended by them was started again by its nanny, which a stop then waited for; the run ends its
+# workers itself (:func:`kill_own_workers`), and a worker whose nanny dies exits with it.
+OWN_PROCESS_GROUP = "import os; os.setpgid(0, 0)"
 
 
 class LabTaskRunner(DaskTaskRunner):
@@ -54,9 +74,15 @@ class LabTaskRunner(DaskTaskRunner):
                     "threads_per_worker": 1,
                     "processes": True,
                     "dashboard_address": ":0",
+                    "preload": [OWN_PROCESS_GROUP],
                 }
         super().__enter__()
         return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if isinstance(exc_info[1], (KeyboardInterrupt, TerminationSignal)):
+            kill_own_workers()  # a stop: the cluster closes in a second, not in 4 s per busy worker
+        super().__exit__(*exc_info)
 
     @property
     def client(self) -> Any:
@@ -66,6 +92,8 @@ class LabTaskRunner(DaskTaskRunner):
             if self._client is not None:  # another thread started it meanwhile
                 return self._client
             client = super().client
+            if self._cluster is not None:
+                _own_clusters.add(self._cluster)
             try:
                 link = client.dashboard_link
             except KeyError:  # a remote scheduler without the dashboard service
@@ -78,6 +106,22 @@ class LabTaskRunner(DaskTaskRunner):
             if self.address and (warning := prefect_api_warning(client)):
                 print(f"WARNING: {warning}")
         return client
+
+
+_own_clusters: weakref.WeakSet[Any] = weakref.WeakSet()  # the LocalClusters this process started
+
+
+def kill_own_workers() -> None:
+    """End the worker processes of the clusters this process started, at once, their nannies told
+    not to start them again. A stop cannot wait for a nanny's polite close (4 s per busy worker),
+    nor for workers that the group's SIGTERM ended to be started again. Nothing finished is lost:
+    a task's result is committed to its cache when the task finishes."""
+    for cluster in list(_own_clusters):
+        for nanny in list(cluster.workers.values()):
+            nanny.close_gracefully(reason="stopped by a signal")
+            if nanny.pid:
+                with suppress(ProcessLookupError):
+                    os.kill(nanny.pid, signal.SIGKILL)
 
 
 def _prefect_api_here() -> str | None:
@@ -167,12 +211,10 @@ def prefect_api() -> Iterator[str]:
     url = Runtime().prefect_api_url
     server = None
     if not url:
-        from prefect.server.api.server import SubprocessASGIServer
-
         # The run's own server sends no usage reports unless the user asked for them: nothing
         # leaves the machine unconfigured, and offline every attempt would log an error.
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        server = SubprocessASGIServer()
+        server = session_server()
         server.start(timeout=120)
         url = server.api_url
     os.environ["PREFECT_API_URL"] = url
@@ -187,13 +229,173 @@ def prefect_api() -> Iterator[str]:
             server.stop()
 
 
+def session_server() -> SubprocessASGIServer:
+    """Prefect's temporary server, in a session of its own. A terminal's Ctrl-C and ``timeout``
+    signal the run's whole process group: a server in that group died before the flow could
+    report its crash, and the flow's client then retried it for minutes. :func:`prefect_api`
+    stops it, or :func:`stop_on_signals` as a last resort. It is Prefect's one temporary server
+    of this process (``SubprocessASGIServer()`` returns it), so the flow's own Prefect client,
+    whose settings were read before :func:`prefect_api` exported the address, reports there too.
+    (Prefect's server module, 2 s of imports, is loaded only here: a refused command never needs
+    it.)"""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class SessionServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            return _server_process(cast(int, self.port))
+
+    return SessionServer()
+
+
+def _server_process(port: int) -> subprocess.Popen[Any]:
+    """Prefect's command for its temporary server (``SubprocessASGIServer._run_uvicorn_command``),
+    started in a new session."""
+    return subprocess.Popen(
+        args=[
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(prefect.__module_path__.parent),
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ],
+        env={
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            **get_current_settings().to_environment_variables(exclude_unset=True),
+        },
+        start_new_session=True,
+    )
+
+
+# SIGHUP too: a closed terminal hangs up its session, which the temporary server has left
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FORCE_AFTER = 7.0  # seconds a stopped run may take to unwind before its processes are ended
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP stop a run cleanly: the flow unwinds (Prefect records the crash, the
+    task runner closes its cluster, :func:`prefect_api` stops its server, the MLflow parent run
+    ends KILLED), whatever is left of it is ended, one line says which MLflow runs were marked,
+    and the process exits with 128 + the signal's number, without a traceback. A run that has
+    not unwound after :data:`FORCE_AFTER` seconds is ended all the same. Within a flow run,
+    Prefect's own SIGTERM handler raises first and sends the signal here once the flow has
+    unwound. Only the main thread receives signals: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    first = len(tracking.opened_runs())
+    received: list[int] = []
+    finished = threading.Event()
+
+    def stop(signum: int, frame: Any) -> None:
+        if received:  # already stopping: Prefect sends SIGTERM again once its flow has unwound
+            return
+        received.append(signum)
+        force = threading.Timer(FORCE_AFTER, _force_stop, (signum, first, finished))
+        force.daemon = True  # still armed while the interpreter exits
+        force.start()
+        kill_own_workers()
+        raise KeyboardInterrupt if signum == signal.SIGINT else TerminationSignal(signum)
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    except BaseException:
+        if not received:
+            raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        _finish_stop(received[0], first)
+        finished.set()
+        _exit(128 + received[0])
+
+
+def _force_stop(signum: int, first: int, finished: threading.Event) -> None:
+    """A stop's last resort, when the flow has not unwound in time (a task runner waiting on a
+    worker that does not answer, say), or the interpreter has not exited after it: what the
+    unwinding would have done, unless it did, then exit."""
+    if not finished.is_set():
+        _finish_stop(signum, first)
+    _exit(128 + signum)
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit now, the output flushed: a stopped run has ended what it started, and the interpreter's
+    own exit (its last garbage collection of torch's, MLflow's and Prefect's objects) took 5-10 s
+    more, unguarded: the :data:`FORCE_AFTER` timer cannot run once the interpreter finalizes."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _finish_stop(signum: int, first: int) -> None:
+    """End what a stop left running (the MLflow runs this process opened since :func:`stop_on_signals`
+    began, from the ``first``-th on, and every process it started) and say so in one line."""
+    runs = tracking.opened_runs()[first:]
+    try:
+        tracking.end_unfinished(runs)
+        client = MlflowClient()
+        marked = ", ".join(f"MLflow run {r} marked {client.get_run(r).info.status}" for r in runs)
+    except Exception as exc:  # noqa: BLE001 - the store is gone too: say so, without a traceback
+        marked = f"MLflow runs {', '.join(runs)} not marked ({type(exc).__name__}: {exc})"
+    _end_processes()
+    print(f"stopped by {signal.Signals(signum).name}: {marked or 'no MLflow run was open'}", flush=True)
+
+
+def _end_processes(grace: float = 1.0) -> None:
+    """End every process this one started and that is still alive (Dask workers, a server): SIGTERM,
+    then SIGKILL after ``grace`` seconds."""
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with suppress(psutil.NoSuchProcess):
+            child.terminate()
+    for child in psutil.wait_procs(children, timeout=grace)[1]:
+        with suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
+def end_mlflow_runs(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """The flows' ``on_cancellation`` and ``on_crashed`` hook: the flow run's MLflow runs still
+    RUNNING end KILLED (cancelled) or FAILED (crashed). A cancelled deployment's process hears
+    SIGTERM and its parent run ends KILLED as it unwinds (:func:`lab.tracking.parent_run`); the
+    worker runs this hook after it has killed the process, for a process that had no time to."""
+    status = "KILLED" if state.is_cancelled() or state.is_cancelling() else "FAILED"
+    try:
+        tracking.connect(Runtime())
+        ended = tracking.end_flow_run(str(flow_run.id), status)
+    except Exception as exc:  # noqa: BLE001 - the store may be gone too: one line, no traceback
+        print(f"MLflow runs of flow run {flow_run.id} not marked {status}: {type(exc).__name__}: {exc}")
+        return
+    for run_id in ended:
+        print(f"MLflow run {run_id} marked {status}")
+
+
+STATE_HOOKS: list[FlowStateHook[..., Any]] = [end_mlflow_runs]  # each flow's on_cancellation and on_crashed
+
+
 def run_from_cli(flow: Flow[Any, dict[str, Any]], params: Any) -> dict[str, Any]:
     """Run ``flow`` on ``params`` as ``qllm run`` does: under one Prefect API (:func:`prefect_api`)
-    with its tasks on ``params.dask_address``, or on a temporary LocalCluster. The places its
-    settings name are checked first (:func:`lab.reach.check_places`): one that cannot be reached
-    or written is refused in seconds, before any server starts."""
+    with its tasks on ``params.dask_address``, or on a temporary LocalCluster, stopped cleanly by a
+    signal (:func:`stop_on_signals`). The places its settings name are checked first
+    (:func:`lab.reach.check_places`): one that cannot be reached or written is refused in seconds,
+    before any server starts."""
     check_places(params.dask_address)
-    with prefect_api():
+    with stop_on_signals(), prefect_api():
         return flow.with_options(task_runner=dask_runner(params.dask_address))(params)
 
 
@@ -267,6 +469,13 @@ def at_once(calls: Sequence[Callable[[], T]]) -> list[T]:
     """
     if not calls:
         return []
-    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="flow-call") as pool:
-        futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
+    pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="flow-call")
+    futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
+    wait = True
+    try:
         return [f.result() for f in futures]
+    except (KeyboardInterrupt, TerminationSignal):
+        wait = False  # a stop: the other calls wait on tasks that will not finish now
+        raise
+    finally:
+        pool.shutdown(wait=wait, cancel_futures=True)

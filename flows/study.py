@@ -3,8 +3,9 @@
     qllm run study --method head --grid "qubits=4,6,8,10,12" --seeds 5 --fixed "per_label=64;epochs=20"
 
 Every grid axis is a parameter of the method's flow (``HeadParams``, ``DistillParams``) and is
-validated by it (:mod:`lab.params.study`), so adding an axis is a command-line change, not code; the methods come from the
-registry (:mod:`lab.methods`), so a new feature method is a new entry of :data:`STUDY_METHODS`.
+validated by it (:mod:`lab.params.study`), so adding an axis is a command-line change, not code;
+the methods come from the registry (:mod:`lab.methods`), so a new feature method is a new entry
+of :data:`STUDY_METHODS` (and its parameters one of :data:`lab.params.study.STUDY_PARAMS`).
 Trainings are Prefect tasks, short ones grouped several to a task by their estimated cost so
 that orchestration does not outweigh them (:func:`trained_points`); each is cached by content,
 so a re-run trains only what did not finish. The points that share data (same data set, split
@@ -38,6 +39,7 @@ from tasks.prepare import embedded_split
 from tasks.train import baselines, chunks, train_chunk
 
 from .runner import (
+    STATE_HOOKS,
     check_dask_address,
     chunk_results_or_failures,
     dask_runner,
@@ -55,7 +57,13 @@ def study_method(name: str) -> FeatureMethod[Any, Any]:
     return method
 
 
-@flow(name="study", task_runner=dask_runner(), log_prints=True)
+@flow(
+    name="study",
+    task_runner=dask_runner(),
+    log_prints=True,
+    on_cancellation=STATE_HOOKS,
+    on_crashed=STATE_HOOKS,
+)
 def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
     """Train every point × seed of the grid on the Dask cluster; summarise, plot and track them."""
     check_dask_address(params.dask_address)

@@ -115,15 +115,68 @@ def parent_run(
         ),
         what="start run",
     )
+    _opened.append(run.info.run_id)
     try:
         print(run_line(settings, run.info))
         with_retries(lambda: mlflow.log_params(flat_params(params)), what="log params")
         yield run
-    except BaseException:
-        mlflow.end_run(status="FAILED")
+    except BaseException as exc:
+        status = end_status(exc)
+        try:
+            end_children(run.info.run_id, status)
+        except Exception as err:  # noqa: BLE001 - the store may be what failed: the run's error is raised
+            log.warning("MLflow: the children of run %s left as they are: %s", run.info.run_id, err)
+        mlflow.end_run(status=status)
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+_opened: list[str] = []  # the parent runs this process opened, in order: what a stop ends
+
+
+def opened_runs() -> list[str]:
+    """The ids of the parent runs this process has opened (:func:`parent_run`), oldest first."""
+    return list(_opened)
+
+
+def end_status(exc: BaseException) -> str:
+    """How a run that ``exc`` ended is marked: an error FAILED; a signal or a cancellation
+    (``KeyboardInterrupt``, Prefect's ``TerminationSignal``, ``SystemExit``: not an
+    ``Exception``) KILLED, so a stopped run is not taken for a broken one."""
+    return "FAILED" if isinstance(exc, Exception) else "KILLED"
+
+
+def end_children(run_id: str, status: str) -> None:
+    """Mark the children of ``run_id`` still RUNNING (one the stop caught between its creation
+    and its end) ``status``. Asked once, without retries: a stop must not wait on the store."""
+    client = MlflowClient()
+    experiment = client.get_run(run_id).info.experiment_id
+    running = f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"
+    for child in client.search_runs([experiment], running):
+        client.set_terminated(child.info.run_id, status=status)
+
+
+def end_flow_run(flow_run_id: str, status: str) -> list[str]:
+    """Mark the MLflow runs of a Prefect flow run (its ``prefect.flow_run_id`` tag) still RUNNING,
+    and their children still RUNNING, ``status``; their ids. For a flow run whose process was
+    killed before it could end them itself (see :func:`flows.runner.end_mlflow_runs`)."""
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    running = f"tags.`prefect.flow_run_id` = '{flow_run_id}' and attributes.status = 'RUNNING'"
+    ids = [r.info.run_id for r in client.search_runs(experiments, running)] if experiments else []
+    end_unfinished(ids, status)
+    return ids
+
+
+def end_unfinished(run_ids: Sequence[str], status: str = "KILLED") -> None:
+    """Mark the runs of ``run_ids`` still RUNNING, and their children still RUNNING, ``status``:
+    what a stop does when the flow could not unwind (:func:`parent_run` ends its own run)."""
+    client = MlflowClient()
+    for run_id in run_ids:
+        end_children(run_id, status)
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status=status)
 
 
 # --- links to the MLflow UI and run names ---------------------------------------------------------

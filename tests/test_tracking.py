@@ -159,3 +159,51 @@ def test_children_record_their_kind_and_data(store: Runtime) -> None:
         assert (logged.dataset.name, logged.dataset.digest) == (data.name, data.content_hash[: tracking.DIGEST_CHARS])
         assert json.loads(logged.dataset.profile)["num_rows"] == len(data.train_texts) + 2
         assert [(t.key, t.value) for t in logged.tags] == [("mlflow.data.context", "train/test")]
+
+
+# --- how a parent run ends: an error FAILED, a signal KILLED, with any child it left open -------------
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(ValueError("bad"), "FAILED"), (KeyboardInterrupt(), "KILLED"), (SystemExit(143), "KILLED")],
+    ids=["error", "ctrl-c", "exit"],
+)
+def test_a_parent_run_ends_as_what_ended_it(store: Runtime, error: BaseException, status: str) -> None:
+    """A stop (Ctrl-C, Prefect's TerminationSignal on SIGTERM, an exit) is not a failure: MLflow
+    showed stopped runs as FAILED, or left them RUNNING; a child the stop caught between its
+    creation and its end (federated's, created by hand) ends with its parent."""
+    with pytest.raises(type(error)), tracking.parent_run(store, "test-end", "end", {}) as run:
+        parent_id = run.info.run_id
+        child = MlflowClient().create_run(run.info.experiment_id, tags={"mlflow.parentRunId": parent_id})
+        raise error
+    client = MlflowClient()
+    assert client.get_run(parent_id).info.status == status
+    assert client.get_run(child.info.run_id).info.status == status
+    assert tracking.opened_runs()[-1] == parent_id
+
+
+@pytest.mark.parametrize(("state", "status"), [("Cancelled", "KILLED"), ("Crashed", "FAILED")])
+def test_a_killed_flow_runs_hook_ends_its_mlflow_runs(
+    store: Runtime, state: str, status: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A deployment's worker that had to kill the flow's process runs the flow's on_cancellation or
+    on_crashed hook: the runs tagged with that flow run, left RUNNING, end; another flow run's stay."""
+    import uuid
+
+    from prefect import states
+    from prefect.client.schemas.objects import FlowRun
+
+    from flows.distill import distill
+    from flows.runner import end_mlflow_runs
+
+    flow_run = FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="killed")
+    experiment = tracking.setup(store, "test-hook")
+    client = MlflowClient()
+    ours = client.create_run(experiment, tags={"prefect.flow_run_id": str(flow_run.id)}).info.run_id
+    other = client.create_run(experiment, tags={"prefect.flow_run_id": str(uuid.uuid4())}).info.run_id
+    assert end_mlflow_runs in distill.on_cancellation_hooks and end_mlflow_runs in distill.on_crashed_hooks
+    end_mlflow_runs(distill, flow_run, getattr(states, state)())
+    assert client.get_run(ours).info.status == status
+    assert client.get_run(other).info.status == "RUNNING"
+    assert f"MLflow run {ours} marked {status}" in capsys.readouterr().out

@@ -251,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_places(getattr(params, "dask_address", None))
         except (DataError, DataUnavailableError, SettingsError) as err:
             return refused(err, args.debug)
+        except user_errors() as err:  # compare's data check runs every method's own (heavy) checks
+            return refused(err, args.debug)
         try:
             entry.run(params)
         except user_errors() as err:

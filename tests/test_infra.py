@@ -128,7 +128,7 @@ DEPLOYMENTS = {d["name"]: d for d in PREFECT["deployments"]}
 
 
 def test_a_deployment_for_every_flow() -> None:
-    flows = {m for f in (ROOT / "flows").glob("*.py") for m in re.findall(r'@flow\(name="(\w+)"', f.read_text())}
+    flows = {m for f in (ROOT / "flows").glob("*.py") for m in re.findall(r'@flow\(\s*name="(\w+)"', f.read_text())}
     assert {d["entrypoint"].split(".")[1] for d in DEPLOYMENTS.values()} == flows
     assert {d["work_pool"]["name"] for d in DEPLOYMENTS.values()} == {"qllm"}
 

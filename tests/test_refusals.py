@@ -279,10 +279,15 @@ def test_a_refused_address_never_shows_its_credentials() -> None:
     assert f"QLLM_MLFLOW_URI=http://127.0.0.1:{port}/mlflow" in str(err.value)
 
 
+# moto keeps its buckets in this process's memory, shared by every moto server of a test worker:
+# a name of its own, so another module's server (test_teacher's ``lab``) starts without it.
+BUCKET = "refusals"
+
+
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    """moto's S3 API on loopback, holding one bucket, ``lab``; its request log (werkzeug's, from
-    a thread of this process) kept off the stderr the tests read."""
+    """moto's S3 API on loopback, holding one bucket, :data:`BUCKET`; its request log (werkzeug's,
+    from a thread of this process) kept off the stderr the tests read."""
     import logging
 
     import boto3
@@ -294,7 +299,7 @@ def s3_endpoint() -> Iterator[str]:
     server.start()
     try:
         keys = {"aws_access_key_id": "refusals", "aws_secret_access_key": "refusals-secret"}
-        boto3.client("s3", endpoint_url=server.url, region_name="us-east-1", **keys).create_bucket(Bucket="lab")
+        boto3.client("s3", endpoint_url=server.url, region_name="us-east-1", **keys).create_bucket(Bucket=BUCKET)
         yield server.url
     finally:
         server.stop()
@@ -304,7 +309,11 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.mark.parametrize(
     ("root", "credentials", "named"),
     [
-        ("s3://lab/artifacts", False, "NoCredentialsError: Unable to locate credentials); give credentials through "),
+        (
+            f"s3://{BUCKET}/artifacts",
+            False,
+            "NoCredentialsError: Unable to locate credentials); give credentials through ",
+        ),
         ("s3://no-such-bucket/artifacts", True, "s3://no-such-bucket/artifacts: a test write failed"),
     ],
     ids=["no-credentials", "no-bucket"],
@@ -347,7 +356,7 @@ def test_an_object_store_root_is_refused_before_the_run(
         aws_access_key_id="refusals",
         aws_secret_access_key="refusals-secret",
     )
-    assert store.list_objects_v2(Bucket="lab").get("KeyCount") == 0
+    assert store.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
 
 
 def test_a_writable_object_store_root_passes_and_keeps_no_probe(
@@ -359,9 +368,9 @@ def test_a_writable_object_store_root_passes_and_keeps_no_probe(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "refusals-secret")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("QLLM_S3_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("QLLM_ARTIFACT_ROOT", "s3://lab/artifacts")
+    monkeypatch.setenv("QLLM_ARTIFACT_ROOT", f"s3://{BUCKET}/artifacts")
     check_object_store(Runtime())
-    assert boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket="lab").get("KeyCount") == 0
+    assert boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
 
 
 def test_debug_raises_the_refusal_with_its_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

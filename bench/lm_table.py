@@ -15,9 +15,14 @@ never saw: the table of issue 18, each method with its own tuned learning rate, 
 
 Every run shares one Prefect server and one cluster of ``QLLM_DASK_WORKERS`` (default: one per
 core) single-threaded workers. Prints the Markdown table, the loss curves' comparison, the base
-and the machine's load.
+and the machine's load; ``--figure`` also draws the training-loss curves (:func:`figure`).
 
     python bench/lm_table.py [--steps 200] [--trials 4] [--seeds 0,1,2,3] [--out docs/lm_table.md]
+        [--figure docs/lm_loss_curves.png]
+
+The figure of a finished run, redrawn from its MLflow store (the tune runs its report names;
+nothing is trained): ``QLLM_ARTIFACT_ROOT=<that run's root> python bench/lm_table.py
+--figure-from <its --out report> --figure <png>``.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ def merged_perplexity(merged: str, corpus: Any, fixed: dict[str, Any]) -> float:
 
 
 def losses(run: Any) -> np.ndarray:
+    """A final training's loss at each step (``train/loss``, logged at steps 1..n)."""
     from mlflow.tracking import MlflowClient
 
     history = MlflowClient().get_metric_history(run.info.run_id, "train/loss")
@@ -162,6 +168,62 @@ def smooth(loss: np.ndarray) -> np.ndarray:
     return np.convolve(np.pad(loss, (window - 1, 0), mode="edge"), np.ones(window) / window, mode="valid")
 
 
+def figure(rows: list[dict[str, Any]], path: Path, dpi: int = 100) -> None:
+    """Training loss against step: one panel per setting, one line per method, the mean over seeds
+    of each seed's curve smoothed as in :func:`curves` (so the picture and the table agree), the
+    band the seeds' smoothed min–max, the unsmoothed mean faint behind. QTHA's claim is about
+    training loss at equal steps, and one final number per method hides where curves cross and
+    how far apart the seeds are."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    fig = Figure(figsize=(5.5 * len(settings), 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, setting in zip(fig.subplots(1, len(settings), squeeze=False)[0], settings, strict=True):
+        for i, r in enumerate(x for x in rows if x["setting"] == setting):
+            color = f"C{i}"
+            raw = np.array(r["curves"])
+            smoothed = np.array([smooth(c) for c in raw])
+            step = np.arange(1, raw.shape[1] + 1)
+            ax.plot(step, raw.mean(axis=0), color=color, alpha=0.25, linewidth=0.6)
+            ax.fill_between(step, smoothed.min(axis=0), smoothed.max(axis=0), color=color, alpha=0.2, linewidth=0)
+            ax.plot(step, smoothed.mean(axis=0), color=color, label=f"{r['method']} ({len(raw)} seeds)")
+        ax.set(title=f"target {setting}", xlabel="training step", ylabel="training loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("Mean over seeds, moving mean over a tenth of the steps; band: seeds' min–max", fontsize="small")
+    fig.savefig(path, dpi=dpi)
+
+
+def reported_rows(report: str) -> list[dict[str, Any]]:
+    """The curves of the tune runs a report names (its "MLflow tune runs" line, ids cut to 8
+    characters), read back from the MLflow store of ``QLLM_ARTIFACT_ROOT``."""
+    import re
+
+    from mlflow.tracking import MlflowClient
+
+    from lab.runtime import Runtime
+    from lab.tracking import connect
+
+    (line,) = [x for x in report.splitlines() if x.startswith("MLflow tune runs")]
+    named = re.findall(r"([\w-]+)/([\w-]+) ([0-9a-f]+)", line.partition(":")[2])
+    connect(Runtime())
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("lm-table")
+    if experiment is None:
+        raise SystemExit(f"no experiment lm-table in {Runtime().tracking_uri()}")
+    ids = [r.info.run_id for r in client.search_runs([experiment.experiment_id], max_results=50_000)]
+    rows = []
+    for method, setting, prefix in named:
+        found = [i for i in ids if i.startswith(prefix)]
+        if len(found) != 1:
+            raise SystemExit(f"{len(found)} runs {prefix}… ({method}/{setting}) in {Runtime().tracking_uri()}")
+        (run_id,) = found
+        rows.append({"method": method, "setting": setting, "curves": [losses(r) for r in final_runs(run_id)]})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pretrain-steps", type=int, default=600, help="steps of the base's pretraining (cached)")
@@ -175,8 +237,17 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--out", type=Path, help="also write the report here (Markdown)")
+    ap.add_argument("--figure", type=Path, help="also draw the training-loss curves here (PNG)")
+    ap.add_argument(
+        "--figure-from", type=Path, help="train nothing: draw --figure from the tune runs this report names"
+    )
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    if args.figure_from:
+        if not args.figure:
+            ap.error("--figure-from needs --figure")
+        figure(reported_rows(args.figure_from.read_text()), args.figure)
+        return
 
     import torch
 
@@ -222,7 +293,7 @@ def main() -> None:
             + " ".join(
                 f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ','.join(map(str, v))}"
                 for k, v in vars(args).items()
-                if k != "out" and v is not None
+                if k not in ("out", "figure") and v is not None
             )
             + "`",
             "",
@@ -255,6 +326,8 @@ def main() -> None:
     print(report)
     if args.out:
         args.out.write_text(report + "\n")
+    if args.figure:
+        figure(rows, args.figure)
 
 
 if __name__ == "__main__":

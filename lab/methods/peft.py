@@ -62,6 +62,11 @@ AUTO_CLASSES = {"classify": "AutoModelForSequenceClassification", "lm": "AutoMod
 # reaches 1.7e-5 on MiniLM logits near 0 when the update is as large as the weights (QPA as
 # published); a broken merge is off by the update itself, orders of magnitude more.
 MERGE_TOLERANCE = 1e-4
+# The bound of every training's merge check (:func:`check_merged`), looser: QPA as published on
+# GPT-2's c_attn (ΔW several times W, in every block, so each block's rounding feeds the next)
+# reached 1.6e-4 of the logits' scale on one seed of three (7e-5 and 1.6e-5 on the others) and
+# stopped the issue-18 table; a merge that drops or misplaces the update is off by O(1).
+MERGE_CHECK_TOLERANCE = 1e-3
 
 
 # --- preflight: everything that can be refused before any training -----------------------------
@@ -507,7 +512,7 @@ def _to_device(batch: Batch) -> Batch:
 def check_merged(adapted: Any, tokenizer: Any, probe: Batch, job: FinetuneJob, folder: Path) -> float:
     """Merge the adapter, save a plain Hugging Face folder, load it with ``from_pretrained`` and
     return the largest output difference to the adapted model on ``probe``; refuse a difference
-    above :data:`MERGE_TOLERANCE` times the outputs' scale."""
+    above :data:`MERGE_CHECK_TOLERANCE` times the outputs' scale."""
     inputs = {k: v for k, v in probe.items() if k != "labels"}
     adapted.eval()
     with torch.no_grad():
@@ -521,7 +526,7 @@ def check_merged(adapted: Any, tokenizer: Any, probe: Batch, job: FinetuneJob, f
         )
         reloaded = loaded.to(device()).eval()
         difference = (reloaded(**inputs).logits - expected).abs().max().item()
-    bound = MERGE_TOLERANCE * max(1.0, expected.abs().max().item())
+    bound = MERGE_CHECK_TOLERANCE * max(1.0, expected.abs().max().item())
     if difference > bound:
         raise RuntimeError(
             f"{job.method}: the merged model's outputs differ from the adapted model's by "

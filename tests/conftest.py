@@ -57,6 +57,7 @@ SLOWEST_FIRST = (
     "test_distill_flow.py",
     "test_head_study_flow.py",
     "test_system.py",
+    "test_stop.py",
     "test_compare_flow.py",
     "test_hardware.py",
     "test_federated_flow.py",

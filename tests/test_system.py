@@ -682,3 +682,43 @@ def test_logging_survives_the_tracking_server_and_s3_going_away(
         run = client.get_run(run_id)
         assert run.data.metrics["test/accuracy"] == 0.75 and run.info.status == "FINISHED"
         assert [f.path for f in client.list_artifacts(run_id, "model")] == ["model/weights.bin"]
+
+
+def test_a_cancelled_deployment_run_ends_its_mlflow_run_killed(stack: Stack, runs: list[Any]) -> None:
+    """A Prefect cancellation (issue 17 item 4) of a deployment run that is training: the worker
+    stops the flow's process, the run ends CANCELLED and its MLflow parent KILLED, not RUNNING.
+    Last in the module: the student it leaves on the stack's Dask workers trains to its end."""
+    from mlflow.tracking import MlflowClient
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Cancelling
+
+    params = {**TINY, "seeds": [7], "epochs": 1000, "experiment": "system-cancel"}  # seed 7: no cached student
+    with temporary_settings({PREFECT_API_URL: stack.api}):
+        run = run_deployment("distill/distill", parameters={"params": params}, timeout=0)
+    client = MlflowClient(stack.mlflow_uri)
+
+    def parent() -> Any:
+        experiment = client.get_experiment_by_name("system-cancel")
+        found = experiment and client.search_runs(
+            [experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{run.id}'"
+        )
+        return found[0] if found else None
+
+    def training() -> bool:
+        logs = read(stack, "read_logs", log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        return parent() is not None and any("epoch 2/" in log.message for log in logs)
+
+    wait_until(training, stack.procs, 300, "the cancelled run's student training")
+    t0 = time.monotonic()
+    read(stack, "set_flow_run_state", flow_run_id=run.id, state=Cancelling(), force=True)
+    wait_until(lambda: parent().info.status != "RUNNING", stack.procs, 60, "the MLflow parent to end")
+    ended = time.monotonic() - t0
+    assert parent().info.status == "KILLED"
+
+    def cancelled() -> bool:
+        return bool(read(stack, "read_flow_run", flow_run_id=run.id).state.is_cancelled())
+
+    wait_until(cancelled, stack.procs, 120, "the flow run CANCELLED")
+    print(f"MLflow parent KILLED {ended:.1f} s after the request, the flow run CANCELLED {time.monotonic() - t0:.1f} s")

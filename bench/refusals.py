@@ -23,15 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.test_refusals import CASES, FILES, LATIN, NEEDS_HEAVY  # noqa: E402  (the table, not a copy)
-
-
-def bad_data(folder: Path) -> Path:
-    """The table's bad data files."""
-    for name, text in FILES.items():
-        (folder / name).write_text(text)
-    (folder / LATIN).write_bytes("text,label\nfine,0\ncafé,1\n".encode("latin-1"))
-    return folder
+from tests.test_refusals import CASES, NEEDS_HEAVY, write_bad_data  # noqa: E402  (the table, not a copy)
 
 
 def seconds(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
@@ -53,7 +45,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     rows: list[tuple[str, bool, float, int]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = bad_data(Path(tmp))
+        data = write_bad_data(Path(tmp))
         cases = [("help", ["--help"], {}), ("run distill --help", ["run", "distill", "--help"], {})]
         cases += [(n, argv, env) for n, argv, env, _ in CASES]
         for name, argv, env in cases:

@@ -109,14 +109,17 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def data_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bad data files of the table."""
-    folder = tmp_path_factory.mktemp("bad-data")
+def write_bad_data(folder: Path) -> Path:
+    """The bad data files of the table, written into ``folder`` (``bench/refusals.py`` too)."""
     for name, text in FILES.items():
         (folder / name).write_text(text)
     (folder / LATIN).write_bytes("text,label\nfine,0\ncafé,1\n".encode("latin-1"))
     return folder
+
+
+@pytest.fixture(scope="module")
+def data_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_bad_data(tmp_path_factory.mktemp("bad-data"))
 
 
 def written(root: Path) -> list[str]:
@@ -129,8 +132,8 @@ def flows_imported() -> None:
     """Every flow's module, imported before the table's clock starts: the cases of
     :data:`NEEDS_HEAVY` load them, and whichever ran first would pay the imports (15-30 s on a
     busy machine) in its time bound."""
-    for name in FLOWS.values():
-        importlib.import_module(name.runner.partition(":")[0])
+    for entry in FLOWS.values():
+        importlib.import_module(entry.runner.partition(":")[0])
     importlib.import_module("flows.predict")
 
 

@@ -52,7 +52,7 @@ from tasks.prepare import embedded_split
 from tasks.train import train_task
 from tasks.tune import search, tuned
 
-from .runner import STATE_HOOKS, at_once, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
+from .runner import CRASH_HOOKS, at_once, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 MethodName = Literal[tuple(LEADERBOARD)]  # type: ignore[valid-type]
 SHARED = QDLLM()  # the shared split and features are the distill flow's, under the budget
@@ -368,8 +368,7 @@ def federated_seed(
     name="compare",
     task_runner=dask_runner(),
     log_prints=True,
-    on_cancellation=STATE_HOOKS,
-    on_crashed=STATE_HOOKS,
+    on_crashed=CRASH_HOOKS,
 )
 def compare(params: CompareParams = CompareParams()) -> dict[str, Any]:
     """Every method on one data set, budget and seed set (each tuned under the same trial

@@ -22,7 +22,7 @@ from lab.runtime import Runtime
 from tasks.prepare import embedded_split
 from tasks.train import baselines, evaluate_under_noise, train_task
 
-from .runner import STATE_HOOKS, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
+from .runner import CRASH_HOOKS, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 METHOD = QDLLM()
 
@@ -31,8 +31,7 @@ METHOD = QDLLM()
     name="distill",
     task_runner=dask_runner(),
     log_prints=True,
-    on_cancellation=STATE_HOOKS,
-    on_crashed=STATE_HOOKS,
+    on_crashed=CRASH_HOOKS,
 )
 def distill(params: DistillParams = DistillParams()) -> dict[str, Any]:
     """Distil a teacher LLM into quantum students and compare them with classical competitors."""

@@ -35,7 +35,7 @@ from lab.teacher import TeacherSpec
 from tasks.federated import federated_run, global_model_noise, llm_losses
 from tasks.prepare import prepare_data, teacher_outputs
 
-from .runner import STATE_HOOKS, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
+from .runner import CRASH_HOOKS, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 METHOD = fed.LLMQFL()
 
@@ -44,8 +44,7 @@ METHOD = fed.LLMQFL()
     name="federated",
     task_runner=dask_runner(),
     log_prints=True,
-    on_cancellation=STATE_HOOKS,
-    on_crashed=STATE_HOOKS,
+    on_crashed=CRASH_HOOKS,
 )
 def federated(params: FederatedParams = FederatedParams()) -> dict[str, Any]:
     """Federated quantum classifiers with the LLM-QFL controller, compared on the same splits."""

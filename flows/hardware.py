@@ -36,7 +36,7 @@ from qcore.simulators.aer import fake_backend, fake_backend_names
 from tasks.hardware import credentials, run_on_qpu, service_for
 from tasks.train import evaluate_under_noise
 
-from .runner import STATE_HOOKS, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
+from .runner import CRASH_HOOKS, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 # Offline, the executor Estimator's boxes touch every qubit of the device: 16 qubits already take
 # about 25 s per binding here, 27 do not fit in memory.
@@ -146,8 +146,7 @@ def noisy_twin(backend_name: str) -> str | None:
     name="hardware",
     task_runner=dask_runner(),
     log_prints=True,
-    on_cancellation=STATE_HOOKS,
-    on_crashed=STATE_HOOKS,
+    on_crashed=CRASH_HOOKS,
 )
 def hardware(params: HardwareParams) -> dict[str, Any]:
     """Run a trained quantum model on a (fake) IBM backend; compare with exact and noisy simulation."""

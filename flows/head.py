@@ -25,7 +25,7 @@ from tasks.prepare import embedded_split
 from tasks.train import baselines, evaluate_under_noise, noisy_finetune, train_task
 
 from .runner import (
-    STATE_HOOKS,
+    CRASH_HOOKS,
     check_dask_address,
     dask_runner,
     flow_run_tags,
@@ -41,8 +41,7 @@ METHOD = PQCHeadMethod()
     name="head",
     task_runner=dask_runner(),
     log_prints=True,
-    on_cancellation=STATE_HOOKS,
-    on_crashed=STATE_HOOKS,
+    on_crashed=CRASH_HOOKS,
 )
 def head(params: HeadParams = HeadParams()) -> dict[str, Any]:
     """Train PQC heads on few-shot embeddings, compare them with classical heads, ablate noise."""

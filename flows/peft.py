@@ -35,7 +35,7 @@ from lab.results import TrainingResult
 from lab.runtime import Runtime
 from tasks.train import adapter_noise, train_task
 
-from .runner import STATE_HOOKS, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
+from .runner import CRASH_HOOKS, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 
 @task(name="prepare-peft-data", cache_policy=NO_CACHE)
@@ -55,8 +55,7 @@ def pretrain_base(params: PeftParams, corpus: Corpus, root: str) -> tuple[Path, 
     name="peft",
     task_runner=dask_runner(),
     log_prints=True,
-    on_cancellation=STATE_HOOKS,
-    on_crashed=STATE_HOOKS,
+    on_crashed=CRASH_HOOKS,
 )
 def peft(params: PeftParams = PeftParams()) -> dict[str, Any]:
     """Fine-tune one model with LoRA, QPA and QTHA on equal footing; merge, check and compare."""

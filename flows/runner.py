@@ -82,6 +82,8 @@ class LabTaskRunner(DaskTaskRunner):
     def __exit__(self, *exc_info: Any) -> None:
         if isinstance(exc_info[1], (KeyboardInterrupt, TerminationSignal)):
             kill_own_workers()  # a stop: the cluster closes in a second, not in 4 s per busy worker
+            signum = getattr(exc_info[1], "signal", signal.SIGINT)
+            arm_force_stop(signum, first=0, finished=threading.Event())
         super().__exit__(*exc_info)
 
     @property
@@ -304,9 +306,7 @@ def stop_on_signals() -> Iterator[None]:
         if received:  # already stopping: Prefect sends SIGTERM again once its flow has unwound
             return
         received.append(signum)
-        force = threading.Timer(FORCE_AFTER, _force_stop, (signum, first, finished))
-        force.daemon = True  # still armed while the interpreter exits
-        force.start()
+        arm_force_stop(signum, first, finished)
         kill_own_workers()
         raise KeyboardInterrupt if signum == signal.SIGINT else TerminationSignal(signum)
 
@@ -323,6 +323,16 @@ def stop_on_signals() -> Iterator[None]:
         _finish_stop(received[0], first)
         finished.set()
         _exit(128 + received[0])
+
+
+def arm_force_stop(signum: int, first: int, finished: threading.Event) -> None:
+    """In :data:`FORCE_AFTER` seconds, unless the process has exited by then, :func:`_force_stop`.
+    Armed by :func:`stop_on_signals` when ``qllm run`` hears a signal, and by the task runner when a
+    deployment's flow unwinds from one (a Prefect cancellation), where Prefect waits 30 s before
+    it kills the process and no hook ends its MLflow runs after that."""
+    force = threading.Timer(FORCE_AFTER, _force_stop, (signum, first, finished))
+    force.daemon = True  # still armed while the interpreter exits
+    force.start()
 
 
 def _force_stop(signum: int, first: int, finished: threading.Event) -> None:
@@ -370,22 +380,25 @@ def _end_processes(grace: float = 1.0) -> None:
 
 
 def end_mlflow_runs(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
-    """The flows' ``on_cancellation`` and ``on_crashed`` hook: the flow run's MLflow runs still
-    RUNNING end KILLED (cancelled) or FAILED (crashed). A cancelled deployment's process hears
-    SIGTERM and its parent run ends KILLED as it unwinds (:func:`lab.tracking.parent_run`); the
-    worker runs this hook after it has killed the process, for a process that had no time to."""
-    status = "KILLED" if state.is_cancelled() or state.is_cancelling() else "FAILED"
+    """The flows' ``on_crashed`` hook: the flow run's MLflow runs still RUNNING end FAILED. It runs
+    in the flow's process when the engine records the crash, or, for a process that died without
+    a word (``kill -9``, out of memory), in one the worker starts after it.
+
+    No ``on_cancellation`` hook: the worker runs one in a fresh process that loads the whole flow
+    first, which kept a cancelled run CANCELLING 15 s longer. A cancelled process ends its runs
+    KILLED itself as it unwinds (:func:`lab.tracking.parent_run`), within :data:`FORCE_AFTER`
+    seconds whatever hangs (:meth:`LabTaskRunner.__exit__`)."""
     try:
         tracking.connect(Runtime())
-        ended = tracking.end_flow_run(str(flow_run.id), status)
+        ended = tracking.end_flow_run(str(flow_run.id), "FAILED")
     except Exception as exc:  # noqa: BLE001 - the store may be gone too: one line, no traceback
-        print(f"MLflow runs of flow run {flow_run.id} not marked {status}: {type(exc).__name__}: {exc}")
+        print(f"MLflow runs of flow run {flow_run.id} not marked FAILED: {type(exc).__name__}: {exc}")
         return
     for run_id in ended:
-        print(f"MLflow run {run_id} marked {status}")
+        print(f"MLflow run {run_id} marked FAILED")
 
 
-STATE_HOOKS: list[FlowStateHook[..., Any]] = [end_mlflow_runs]  # each flow's on_cancellation and on_crashed
+CRASH_HOOKS: list[FlowStateHook[..., Any]] = [end_mlflow_runs]  # each flow's on_crashed
 
 
 def run_from_cli(flow: Flow[Any, dict[str, Any]], params: Any) -> dict[str, Any]:

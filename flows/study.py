@@ -39,7 +39,7 @@ from tasks.prepare import embedded_split
 from tasks.train import baselines, chunks, train_chunk
 
 from .runner import (
-    STATE_HOOKS,
+    CRASH_HOOKS,
     check_dask_address,
     chunk_results_or_failures,
     dask_runner,
@@ -61,8 +61,7 @@ def study_method(name: str) -> FeatureMethod[Any, Any]:
     name="study",
     task_runner=dask_runner(),
     log_prints=True,
-    on_cancellation=STATE_HOOKS,
-    on_crashed=STATE_HOOKS,
+    on_crashed=CRASH_HOOKS,
 )
 def study(params: StudyParams = StudyParams()) -> dict[str, Any]:
     """Train every point × seed of the grid on the Dask cluster; summarise, plot and track them."""

@@ -41,7 +41,7 @@ from lab.tuning import TrialOutcome, TuneError, TuningOptions, check_fit, check_
 from tasks.prepare import embeddings
 from tasks.tune import Tuned, tuned
 
-from .runner import STATE_HOOKS, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
+from .runner import CRASH_HOOKS, check_dask_address, dask_runner, flow_run_tags, mlflow_hint, run_from_cli
 
 # The methods whose data this flow prepares and whose final trainings are tasks; the federated
 # methods are tuned by `qllm run compare`, whose flow runs their final rounds.
@@ -148,8 +148,7 @@ def method_data(method: Method[Any, Any, Any], params: BaseModel, root: str) -> 
     name="tune",
     task_runner=dask_runner(),
     log_prints=True,
-    on_cancellation=STATE_HOOKS,
-    on_crashed=STATE_HOOKS,
+    on_crashed=CRASH_HOOKS,
 )
 def tune(params: TuneParams = TuneParams()) -> dict[str, Any]:
     """Search one method's hyper-parameters on a training hold-out, then score the best on test."""

@@ -91,6 +91,42 @@ def progress_artifact(name: str, total: int, every: float = 0.0) -> Progress:
     return report
 
 
+class Released(BaseException):
+    """The Dask task running this training was released: the flow that wanted its result has
+    stopped (a Prefect cancellation, a crash, a Ctrl-C) and closed its client. A BaseException,
+    so neither a chunk's own retries nor Prefect's take it for a failure to try again."""
+
+
+def released() -> bool:
+    """Whether this thread runs a Dask task whose result nobody wants any more. A running task
+    cannot be interrupted from outside: without this, a cancelled flow's training went on to its
+    last epoch on a shared cluster, holding a worker that other runs were waiting for."""
+    from distributed import get_worker
+    from distributed.worker import thread_state
+
+    key = getattr(thread_state, "key", None)
+    if key is None:
+        return False
+    try:
+        worker = get_worker()
+    except ValueError:  # not on a Dask worker
+        return False
+    task = worker.state.tasks.get(key)
+    return task is None or task.state in ("cancelled", "released", "forgotten")
+
+
+def stop_when_released(progress: Progress) -> Progress:
+    """``progress`` that first raises :class:`Released` once this task's Dask result is no longer
+    wanted: a training reports progress every epoch or step, so it stops within one."""
+
+    def report(done: int, note: str) -> None:
+        if released():
+            raise Released("the flow that submitted this training has stopped")
+        progress(done, note)
+
+    return report
+
+
 def _total(job: Job) -> int:
     """What a job's progress counts to: its epochs or steps."""
     for attr in ("epochs", "steps"):
@@ -118,7 +154,7 @@ def _train_one(method: str, job: Job, data: Any, root: str, progress: Progress) 
                 len(client.scheduler_info()["workers"]),
             )
         log = get_run_logger()
-        hooks = Hooks(log=log.info, warn=log.warning, progress=progress, dask_client=client)
+        hooks = Hooks(log=log.info, warn=log.warning, progress=stop_when_released(progress), dask_client=client)
         return METHODS[method].train(job, data, root, hooks)
 
 

@@ -134,3 +134,16 @@ def test_importing_the_flows_changes_nothing_in_the_process() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_flows_without_a_fine_tune_do_not_load_its_libraries() -> None:
+    """The method registry imports a method's module on first lookup: the flows that fine-tune no
+    language model, their tasks and a QD-LLM lookup leave peft and transformers unloaded (2-3 s of
+    every flow process's, Dask worker's and Prefect hook process's start)."""
+    script = (
+        "import sys; import flows.distill, flows.federated, flows.hardware, flows.head, flows.study, tasks.train; "
+        "from lab.methods import METHODS; METHODS['qdllm']; METHODS['pqc-head']; METHODS['llm-qfl']; "
+        "print(sorted(m for m in ('peft', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

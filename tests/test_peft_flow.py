@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
 from flows.cli import count_main, count_parser
-from flows.peft import run_peft
+from flows.peft import NOISE_TITLE, run_peft
 from lab.corpus import load_corpus
 from lab.data import DataError
 from lab.methods.peft import PeftParams
@@ -30,6 +30,8 @@ from tests.stack import assert_linked, shared_lab
 pytestmark = pytest.mark.flow  # a real flow run on real servers: not in the fast tier
 
 TINY = dict(steps=3, batch_size=4, max_length=16)
+# Shot noise only: a fake device's noise on an adapter's circuits is tests/test_adapter_noise.py's.
+CLASSIFY = dict(**TINY, train_size=24, test_size=16, noise_devices=[], experiment="test-peft")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def classify(root: Path) -> dict:
-    return run_peft(PeftParams(**TINY, train_size=24, test_size=16, experiment="test-peft"))
+    return run_peft(PeftParams(**CLASSIFY))
 
 
 def test_classify_compares_the_three_methods(classify: dict) -> None:
@@ -56,6 +58,11 @@ def test_classify_compares_the_three_methods(classify: dict) -> None:
         assert r["peak_memory_mib"] > 80  # MiniLM's weights alone are ~87 MiB
         assert r["merged_max_abs_diff"] <= 1e-5 * 10
     assert "| lora | 36,864 | 100.00% |" in classify["markdown"]
+    noisy = classify["markdown"].split(NOISE_TITLE)[1]  # the methods with a circuit, LoRA not
+    assert [line.split(" | ")[:2] for line in noisy.splitlines() if line.startswith("| q")] == [
+        ["| qpa", "shots=1024"],
+        ["| qtha", "shots=1024"],
+    ]
 
 
 def test_merged_classifier_is_a_hugging_face_encoder_and_its_head(classify: dict) -> None:
@@ -109,7 +116,7 @@ def test_each_merged_classifier_is_registered(classify: dict) -> None:
 
 
 def test_rerun_reuses_every_finished_method(classify: dict) -> None:
-    again = run_peft(PeftParams(**TINY, train_size=24, test_size=16, experiment="test-peft"))
+    again = run_peft(PeftParams(**CLASSIFY))
     assert all(m["cached"] for m in again["methods"])
     assert [r["accuracy"] for r in again["table"]] == [r["accuracy"] for r in classify["table"]]
 

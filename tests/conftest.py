@@ -40,6 +40,18 @@ def services() -> Iterator[Services]:
         yield s
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread_per_xdist_worker() -> None:
+    """Under pytest-xdist, each worker's own torch work runs at one thread, as the lab's Dask tasks
+    do: at torch's default (every core) beside the other busy worker it collapses (a SetFit
+    fine-tune here: 9 s at one thread, 26 s at two beside one busy process). Tests that need
+    another count set it themselves."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _flow_services(request: pytest.FixtureRequest) -> Iterator[None]:
     """Modules marked ``flow`` run on the session's services; autouse, so they are in place

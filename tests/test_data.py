@@ -46,6 +46,23 @@ def test_sst2_uses_dev_as_test_and_matches_source_counts(shared_data: Path) -> N
 
 
 @needs_data
+def test_a_named_set_is_read_once_and_each_caller_gets_its_own_copy(
+    shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = load_dataset("sst2")
+
+    def read_again(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a named set's files read twice in one process")
+
+    monkeypatch.setattr(data, "_read_file", read_again)
+    second = load_dataset("sst2", train_size=100)  # the same files: no second read, whatever the split
+    second_full = load_dataset("sst2")
+    second_full.train_texts.append("changed by a caller")  # (the label arrays are read-only)
+    third = load_dataset("sst2")
+    assert len(second.train_texts) == 100 and third.train_texts == first.train_texts
+
+
+@needs_data
 def test_trec_coarse_and_fine(shared_data: Path) -> None:
     coarse, fine = load_dataset("trec"), load_dataset("trec-fine")
     assert coarse.label_names == ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")

@@ -183,7 +183,9 @@ def build_parser(flow: str | None) -> argparse.ArgumentParser:
         if name == flow:
             add_model_options(p, entry.model())
             p.add_argument(
-                "--verbose", action="store_true", help="also print Dask's INFO lines (cluster start, workers, shutdown)"
+                "--verbose",
+                action="store_true",
+                help="also print Dask's and MLflow's INFO lines and Hugging Face's progress bars",
             )
     peft_sub = sub.add_parser("peft", help="parameter-efficient fine-tuning tools").add_subparsers(
         dest="peft_command", required=True
@@ -235,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "run":
         if not args.verbose:
-            quiet_dask()
+            quiet_libraries()
         entry = FLOWS[args.flow]
         try:
             params = parse_model(entry.model(), args)
@@ -290,14 +292,23 @@ def refused(err: Exception, debug: bool) -> int:
     return 2
 
 
-def quiet_dask() -> None:
-    """Dask's cluster chatter (some 35 INFO lines a run: nanny, scheduler, worker and client
-    comings and goings) at WARNING, here and in the worker processes a LocalCluster starts (they
-    read Dask's configuration from the environment); its warnings and errors still show."""
+def quiet_libraries() -> None:
+    """The libraries' chatter off a run's terminal, here and in the worker processes a LocalCluster
+    starts (they inherit the environment); their warnings and errors still show:
+
+    * Dask's cluster comings and goings (some 35 INFO lines a run) at WARNING;
+    * MLflow's INFO lines (database set-up, system-metrics monitor) and its artifact download bars;
+    * Hugging Face's progress bars ("Loading weights" each time a worker loads MiniLM).
+
+    The lab's own progress (the teacher's ``embed`` bar) stays. Set before any of them is imported:
+    they read these settings once."""
     import logging
     import os
 
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
 

@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.system  # starts its own servers; `flow` would start the session's too
 
 STOP_SECONDS = 10.0
+LIBRARY_CHATTER = re.compile(r"INFO mlflow\.|distributed\.[a-z_.]+ - INFO|Loading weights|Downloading artifacts")
 READY_SECONDS = 240.0  # imports, the temporary Prefect server, the data and the cluster
 REPO = Path(__file__).resolve().parents[1]
 # A run that is still training when the signal comes: one student, many epochs.
@@ -179,6 +180,9 @@ def test_a_signal_stops_the_run_cleanly(runs: dict[str, Run], case: str, signum:
     assert code == 128 + signum, err[-3000:]
     assert "Traceback" not in err and "ConnectError" not in err, err[-5000:]
     assert f"stopped by {signal.Signals(signum).name}: MLflow run {run_id} marked KILLED" in run.out() + err
+    # Quiet without --verbose: no library INFO lines nor Hugging Face bars (the teacher loaded MiniLM)
+    chatter = [line for line in (run.out() + err).splitlines() if LIBRARY_CHATTER.search(line)]
+    assert chatter == [], chatter[:5]
     time.sleep(0.5)  # a worker process killed last may take a moment to go
     assert [p.pid for p in processes if alive(p)] == []
     assert family(run) == []

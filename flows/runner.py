@@ -82,8 +82,8 @@ class LabTaskRunner(DaskTaskRunner):
     def __exit__(self, *exc_info: Any) -> None:
         if isinstance(exc_info[1], (KeyboardInterrupt, TerminationSignal)):
             kill_own_workers()  # a stop: the cluster closes in a second, not in 4 s per busy worker
-            signum = getattr(exc_info[1], "signal", signal.SIGINT)
-            arm_force_stop(signum, first=0, finished=threading.Event())
+        if isinstance(exc_info[1], TerminationSignal):  # the process is ending; a Ctrl-C in a notebook is not
+            arm_force_stop(exc_info[1].signal, first=0, finished=threading.Event())
         super().__exit__(*exc_info)
 
     @property
@@ -326,13 +326,22 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def arm_force_stop(signum: int, first: int, finished: threading.Event) -> None:
-    """In :data:`FORCE_AFTER` seconds, unless the process has exited by then, :func:`_force_stop`.
-    Armed by :func:`stop_on_signals` when ``qllm run`` hears a signal, and by the task runner when a
-    deployment's flow unwinds from one (a Prefect cancellation), where Prefect waits 30 s before
-    it kills the process and no hook ends its MLflow runs after that."""
-    force = threading.Timer(FORCE_AFTER, _force_stop, (signum, first, finished))
-    force.daemon = True  # still armed while the interpreter exits
-    force.start()
+    """In :data:`FORCE_AFTER` seconds, unless the process has exited by then, :func:`_force_stop`;
+    once per process (the first arming holds). Armed by :func:`stop_on_signals` when ``qllm run``
+    hears a signal, and by the task runner when a deployment's flow unwinds from SIGTERM (a Prefect
+    cancellation), where Prefect waits 30 s before it kills the process and no hook ends its MLflow
+    runs after that; under ``qllm run`` the task runner's arming is then a no-op."""
+    with _arming:
+        if _armed:
+            return
+        force = threading.Timer(FORCE_AFTER, _force_stop, (signum, first, finished))
+        force.daemon = True  # still armed while the interpreter exits
+        force.start()
+        _armed.append(force)
+
+
+_arming = threading.Lock()
+_armed: list[threading.Timer] = []  # the process's force-stop timer, once armed (it ends the process)
 
 
 def _force_stop(signum: int, first: int, finished: threading.Event) -> None:

@@ -4,6 +4,7 @@ gathering results that may have failed, and a clean stop on a signal."""
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import os
 import signal
@@ -84,6 +85,7 @@ class LabTaskRunner(DaskTaskRunner):
             kill_own_workers()  # a stop: the cluster closes in a second, not in 4 s per busy worker
         if isinstance(exc_info[1], TerminationSignal):  # the process is ending; a Ctrl-C in a notebook is not
             arm_force_stop(exc_info[1].signal, first=0, finished=threading.Event())
+            atexit.register(_exit, 0)
         super().__exit__(*exc_info)
 
     @property
@@ -356,7 +358,12 @@ def _force_stop(signum: int, first: int, finished: threading.Event) -> None:
 def _exit(code: int) -> NoReturn:
     """Exit now, the output flushed: a stopped run has ended what it started, and the interpreter's
     own exit (its last garbage collection of torch's, MLflow's and Prefect's objects) took 5-10 s
-    more, unguarded: the :data:`FORCE_AFTER` timer cannot run once the interpreter finalizes."""
+    more, unguarded: the :data:`FORCE_AFTER` timer cannot run once the interpreter finalizes.
+
+    A deployment's flow process that unwound from SIGTERM calls it at exit too (the first of the
+    ``atexit`` handlers, registered last; Prefect drains its logs and events before them, and
+    exits 0 after a cancellation): a cancelled run's process once took 30 s to finalize under
+    load, until Prefect killed it."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

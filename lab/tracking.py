@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,6 +27,8 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import DatasetInput, InputTag, Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from .results import FailedTraining, Outcome
 from .runtime import Runtime
@@ -60,9 +63,35 @@ def connect(settings: Runtime) -> None:
     MLflow's S3 client reads its endpoint only from ``MLFLOW_S3_ENDPOINT_URL``, so a configured
     ``QLLM_S3_ENDPOINT_URL`` is passed on there (unless that variable is set already).
     """
-    mlflow.set_tracking_uri(settings.tracking_uri())
+    uri = settings.tracking_uri()
+    # MLflow's usage telemetry posts to MLflow's own servers: nothing here leaves the machine
+    # but what a user configured (set the variable to false to allow it).
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if uri.startswith("sqlite:///"):
+        _wal_stores.add(str(Path(uri.removeprefix("sqlite:///")).resolve()))
+    mlflow.set_tracking_uri(uri)
     if settings.s3_endpoint_url:
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
+
+
+_wal_stores: set[str] = set()  # the SQLite tracking stores :func:`connect` pointed MLflow at
+
+
+@event.listens_for(Engine, "connect")
+def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
+    """A SQLite tracking store in write-ahead-log mode, synced at checkpoints: a child run is
+    about 25 small transactions, and in SQLite's default rollback-journal mode each one syncs
+    the file several times. Measured on 135 child runs, 2 cores: 30 % less of the flow
+    process's CPU, which the Dask workers training beside it get back. WAL suits a local file
+    (where :meth:`Runtime.tracking_uri` puts it); a commit survives a crash of the process,
+    only a power cut can lose the last ones."""
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    main = dbapi_connection.execute("PRAGMA database_list").fetchone()
+    if main is None or main[2] not in _wal_stores:
+        return
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def setup(settings: Runtime, experiment: str) -> str:

@@ -5,6 +5,7 @@ last epoch's training accuracy as the run's score."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import mlflow
@@ -159,6 +160,21 @@ def test_children_record_their_kind_and_data(store: Runtime) -> None:
         assert (logged.dataset.name, logged.dataset.digest) == (data.name, data.content_hash[: tracking.DIGEST_CHARS])
         assert json.loads(logged.dataset.profile)["num_rows"] == len(data.train_texts) + 2
         assert [(t.key, t.value) for t in logged.tags] == [("mlflow.data.context", "train/test")]
+
+
+def test_a_sqlite_store_keeps_a_write_ahead_log(store: Runtime, tmp_path: Path) -> None:
+    """The lab's SQLite store is in WAL mode once MLflow has written to it; another SQLite file
+    the same process opens through SQLAlchemy keeps SQLite's default journal."""
+    with tracking.parent_run(store, "test-wal", "wal", {"lr": 0.1}):
+        pass
+    db = store.tracking_uri().removeprefix("sqlite:///")
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    from sqlalchemy import create_engine, text
+
+    other = tmp_path / "other.db"
+    with create_engine(f"sqlite:///{other}").connect() as conn:
+        conn.execute(text("create table t (x int)"))
+        assert conn.execute(text("PRAGMA journal_mode")).fetchone() == ("delete",)
 
 
 # --- how a parent run ends: an error FAILED, a signal KILLED, with any child it left open -------------

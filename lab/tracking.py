@@ -80,9 +80,9 @@ _wal_stores: set[str] = set()  # the SQLite tracking stores :func:`connect` poin
 @event.listens_for(Engine, "connect")
 def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
     """A SQLite tracking store in write-ahead-log mode, synced at checkpoints: a child run is
-    about 25 small transactions, and in SQLite's default rollback-journal mode each one syncs
-    the file several times. Measured on 135 child runs, 2 cores: 30 % less of the flow
-    process's CPU, which the Dask workers training beside it get back. WAL suits a local file
+    about ten commits, and in SQLite's default rollback-journal mode each one syncs the file
+    several times. Measured on 135 child runs, 2 cores: 13-29 % less of the flow process's
+    CPU, which the Dask workers training beside it get back. WAL suits a local file
     (where :meth:`Runtime.tracking_uri` puts it); a commit survives a crash of the process,
     only a power cut can lose the last ones."""
     if not isinstance(dbapi_connection, sqlite3.Connection):

@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from sqlalchemy import create_engine, text
 
 from lab import tracking
 from lab.data import Dataset
@@ -169,8 +170,6 @@ def test_a_sqlite_store_keeps_a_write_ahead_log(store: Runtime, tmp_path: Path) 
         pass
     db = store.tracking_uri().removeprefix("sqlite:///")
     assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    from sqlalchemy import create_engine, text
-
     other = tmp_path / "other.db"
     with create_engine(f"sqlite:///{other}").connect() as conn:
         conn.execute(text("create table t (x int)"))
